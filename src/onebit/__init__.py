@@ -1,0 +1,24 @@
+"""onebit: binary neural networks — every published method as a composable option.
+
+import onebit
+m = onebit.create_model("resnet20", method="recu", bits="1w1a", num_classes=10, in_chans=1)
+print(onebit.summary(m, input_size=(1, 1, 32, 32)))
+"""
+
+from onebit import errors, nn, quant
+from onebit.binarize import binarize
+from onebit.models import create_model, list_models, register_model
+from onebit.profile import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binarize",
+    "create_model",
+    "errors",
+    "list_models",
+    "nn",
+    "quant",
+    "register_model",
+    "summary",
+]

@@ -1,0 +1,47 @@
+"""User-facing errors: each message names the input that is wrong and how to fix it.
+
+The CLI prints the message of a ``OneBitError`` alone (no traceback) and exits with status 2.
+Anything else that escapes is a bug in onebit and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class OneBitError(Exception):
+    """Base class of every error caused by user input (a name, a file, a config value)."""
+
+
+class UnknownNameError(OneBitError, KeyError):
+    """A name (model, quantizer, method, ...) that is not in its registry."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+        choices = sorted(choices)
+        close = difflib.get_close_matches(name, choices, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ConfigError(OneBitError, ValueError):
+    """A config file, override or keyword argument with a wrong key, type or value."""
+
+
+class DataError(OneBitError):
+    """A dataset that is missing, incomplete or corrupt."""
+
+
+class CheckpointError(OneBitError):
+    """A checkpoint or run directory that is missing, corrupt or does not match the model."""
+
+
+class ExportError(OneBitError):
+    """A deployment file that is malformed, truncated or of an unsupported version."""
+
+
+class TrainingError(OneBitError):
+    """Training that cannot go on (for example a NaN or infinite loss)."""

@@ -1,0 +1,15 @@
+"""The model zoo: ``create_model(name, method=..., bits=...)`` and ``list_models(pattern)``.
+
+Importing this package registers every model family.
+"""
+
+from onebit.models import firnet, resnet_cifar, vgg_small  # noqa: F401  (registers models)
+from onebit.models.registry import (
+    create_model,
+    default_input_size,
+    list_models,
+    model_entry,
+    register_model,
+)
+
+__all__ = ["create_model", "default_input_size", "list_models", "model_entry", "register_model"]

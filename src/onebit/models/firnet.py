@@ -1,0 +1,155 @@
+"""FIRNet (information retention): half the channels go through the binary conv, half are
+kept untouched, then the two are concatenated and channel-shuffled; a fusion layer merges the
+two branches before the head. Built on ReCU's quantizers and tau schedule.
+
+Source: Alexrich961210/FIRNet, ``cifar/models_cifar/resnet20.py`` and ``resnet18.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from onebit.errors import ConfigError
+from onebit.models._common import BNHead, kaiming_init_convs
+from onebit.models.registry import register_model
+from onebit.nn import BinaryLayers, ChannelPadShortcut, ChannelShuffle, LearnableBias
+
+
+class FIRBlock(nn.Module):
+    """Two half-blocks over a 2C-channel tensor [active | idle].
+
+    Half-block: active -> binary conv3x3 -> BN -> + shortcut -> act; idle -> LearnableBias;
+    concat [out, idle], channel shuffle (groups 2). In the first half of a downsampling block
+    the conv has stride 2, the shortcut is AvgPool2d(2) + zero channel pad of the active half,
+    and the idle path is AvgPool2d(2) of the *whole* input (2 C_in = C_out channels).
+    """
+
+    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
+        super().__init__()
+        self.cin, self.cout = cin, cout
+        self.downsamples = stride != 1 or cin != cout
+        if self.downsamples and 2 * cin != cout:
+            raise ConfigError(
+                f"FIRNet blocks downsample by doubling the width; got {cin} -> {cout} channels"
+            )
+        self.conv1 = layers.conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = layers.act(cout)
+        self.shortcut = ChannelPadShortcut(cin, cout, downsample) if self.downsamples else None
+        self.idle_pool = nn.AvgPool2d(2) if self.downsamples else None
+        self.move0 = LearnableBias(cout)
+        self.conv2 = layers.conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = layers.act(cout)
+        self.move1 = LearnableBias(cout)
+        self.shuffle = ChannelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active, idle = x.split([self.cin, self.cin], dim=1)
+        residual = active if self.shortcut is None else self.shortcut(active)
+        out = self.act1(self.bn1(self.conv1(active)) + residual)
+        if self.idle_pool is not None:
+            idle = self.idle_pool(x)
+        x = self.shuffle(torch.cat([out, self.move0(idle)], dim=1))
+        active, idle = x.split([self.cout, self.cout], dim=1)
+        out = self.act2(self.bn2(self.conv2(active)) + active)
+        return self.shuffle(torch.cat([out, self.move1(idle)], dim=1))
+
+
+class FIRFusion(nn.Module):
+    """FIR fusion layer (the official ``DownBlock``), 2C -> C channels:
+
+    out = act(BN(binary conv3x3(x: 2C -> C)) + x[:, :C]).
+    With ``half_block=True`` (ResNet-18 variant) one more half-block (as in FIRBlock, stride 1)
+    runs first.
+    """
+
+    def __init__(self, layers: BinaryLayers, channels: int, half_block: bool):
+        super().__init__()
+        self.channels = channels
+        self.half_block = half_block
+        if half_block:
+            self.conv1 = layers.conv3x3(channels, channels)
+            self.bn1 = nn.BatchNorm2d(channels)
+            self.act1 = layers.act(channels)
+            self.move0 = LearnableBias(channels)
+            self.shuffle = ChannelShuffle(2)
+        self.conv = layers.conv3x3(2 * channels, channels)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = layers.act(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.half_block:
+            active, idle = x.split([self.channels, self.channels], dim=1)
+            out = self.act1(self.bn1(self.conv1(active)) + active)
+            x = self.shuffle(torch.cat([out, self.move0(idle)], dim=1))
+        return self.act(self.bn(self.conv(x)) + x[:, : self.channels])
+
+
+class FIRNetCifar(nn.Module):
+    """3x3 FP stem + BN + stem activation, output duplicated to 2C; FIR stages; fusion; head."""
+
+    def __init__(
+        self,
+        layers: BinaryLayers,
+        widths: tuple[int, ...],
+        depths: tuple[int, ...],
+        num_classes: int,
+        in_chans: int,
+        stem_act: str | None,
+        fusion_half_block: bool,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = layers.act(widths[0], stem_act)
+        stages, cin = [], widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(FIRBlock(layers, cin, width, stride, "avgpool"))
+                cin = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.fusion = FIRFusion(layers, cin, fusion_half_block)
+        self.head = BNHead(cin, num_classes)
+        kaiming_init_convs(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.stages(torch.cat([x, x], dim=1))
+        return self.head(self.fusion(x))
+
+
+@register_model(input_size=(3, 32, 32))
+def firnet20(
+    *,
+    method: str = "recu",
+    bits: str = "1w1a",
+    num_classes: int = 10,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = None,
+) -> nn.Module:
+    """FIRNet ResNet-20 for CIFAR: ResNet-20 widths with split/idle paths and an FIR fusion."""
+    layers = BinaryLayers.of(method, bits, block_act)
+    return FIRNetCifar(layers, (16, 32, 64), (3, 3, 3), num_classes, in_chans, stem_act, False)
+
+
+@register_model(input_size=(3, 32, 32))
+def firnet18_cifar(
+    *,
+    method: str = "recu",
+    bits: str = "1w1a",
+    num_classes: int = 10,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+) -> nn.Module:
+    """FIRNet ResNet-18 for CIFAR: 64-128-256-512 x 2 FIR blocks, half-block + FIR fusion."""
+    layers = BinaryLayers.of(method, bits, block_act)
+    return FIRNetCifar(
+        layers, (64, 128, 256, 512), (2, 2, 2, 2), num_classes, in_chans, stem_act, True
+    )

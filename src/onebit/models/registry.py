@@ -1,0 +1,79 @@
+"""Model registry: ``@register_model`` on a builder, then ``create_model(name, **options)``."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from onebit.errors import ConfigError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered builder and what it needs to know about its inputs."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, int, int]
+    defaults: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        return (self.builder.__doc__ or "").strip().splitlines()[0]
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    input_size: tuple[int, int, int] = (3, 224, 224),
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder under its function name; ``input_size`` is its default (C, H, W)."""
+
+    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        params = inspect.signature(builder).parameters.values()
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _MODELS[builder.__name__] = ModelEntry(builder.__name__, builder, input_size, defaults)
+        return builder
+
+    return deco
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an error listing close names if there is none."""
+    if name not in _MODELS:
+        raise UnknownNameError("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered models matching a shell-style ``pattern``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **options: object) -> nn.Module:
+    """Build the registered model ``name`` with keyword ``options`` (method, bits, ...).
+
+    The model remembers how it was built in ``model.onebit_spec`` (name and every option,
+    defaults included), which checkpoints and exported files store to rebuild it.
+    """
+    entry = model_entry(name)
+    unknown = sorted(set(options) - set(entry.defaults))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option {unknown[0]!r}; "
+            f"its options are: {', '.join(sorted(entry.defaults))}"
+        )
+    model = entry.builder(**options)
+    model.onebit_spec = {"name": name, "options": {**entry.defaults, **options}}
+    return model
+
+
+def default_input_size(name: str, in_chans: int | None = None) -> tuple[int, int, int]:
+    """The (C, H, W) a model ``name`` is built for, with ``in_chans`` channels if given."""
+    c, h, w = model_entry(name).input_size
+    return (in_chans or c, h, w)

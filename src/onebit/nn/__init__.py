@@ -1,0 +1,25 @@
+"""Binary layers and the small blocks BNN architectures are made of."""
+
+from onebit.nn.binary import BinaryConv2d, BinaryLinear, is_binary
+from onebit.nn.factory import BinaryLayers
+from onebit.nn.layers import (
+    ACTIVATION_LAYERS,
+    ChannelPadShortcut,
+    ChannelShuffle,
+    LearnableBias,
+    RPReLU,
+    make_activation,
+)
+
+__all__ = [
+    "ACTIVATION_LAYERS",
+    "BinaryConv2d",
+    "BinaryLayers",
+    "BinaryLinear",
+    "ChannelPadShortcut",
+    "ChannelShuffle",
+    "LearnableBias",
+    "RPReLU",
+    "is_binary",
+    "make_activation",
+]

@@ -1,0 +1,51 @@
+"""Activation and weight binarizers, their schedules and the methods built from them."""
+
+from onebit.quant.binarizers import (
+    ACTIVATIONS,
+    WEIGHTS,
+    Binarizer,
+    act,
+    act_spec,
+    approx_sign,
+    ede,
+    irnet,
+    recu_act,
+    recu_weight,
+    rsign,
+    sign,
+    sign_weight,
+    ste,
+    weight,
+    weight_spec,
+    xnor,
+)
+from onebit.quant.methods import BITS, METHODS, Method, get_method, parse_bits
+from onebit.quant.schedules import ede_schedule, set_schedule_state, tau_schedule
+
+__all__ = [
+    "ACTIVATIONS",
+    "BITS",
+    "METHODS",
+    "WEIGHTS",
+    "Binarizer",
+    "Method",
+    "act",
+    "act_spec",
+    "approx_sign",
+    "ede",
+    "ede_schedule",
+    "get_method",
+    "irnet",
+    "parse_bits",
+    "recu_act",
+    "recu_weight",
+    "rsign",
+    "set_schedule_state",
+    "sign",
+    "sign_weight",
+    "ste",
+    "tau_schedule",
+    "weight",
+    "weight_spec",
+    "xnor",
+]

@@ -1,0 +1,269 @@
+"""Activation and weight binarizers: one named function per published method.
+
+Every binarizer is a differentiable ``f(x, **state)``: the forward pass is ``sign`` (with
+``sign(0) = +1``, see :func:`sign`), the backward pass is the method's surrogate gradient.
+Pick one by name with :func:`act` / :func:`weight`; the specs in :data:`ACTIVATIONS` and
+:data:`WEIGHTS` also say which schedule state (``t``, ``k``, ``tau``) each one reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from onebit.errors import UnknownNameError
+
+State = torch.Tensor | float
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """Binarize to {-1, +1}: +1 where x >= 0, else -1.
+
+    The official codes use ``torch.sign`` (0 -> 0) while training; a deployed network has no
+    zero state, so onebit defines sign(0) = +1 everywhere, in training and in deployment.
+    """
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _as_tensor(value: State, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(value, dtype=torch.float32, device=like.device)
+
+
+def _sign_function(name: str, surrogate: Callable[..., torch.Tensor]) -> type:
+    """Build the autograd.Function for ``sign`` with the given surrogate derivative.
+
+    forward: ``sign(x) * scale`` (``scale`` optional, never differentiated);
+    backward: ``g * surrogate(x, t, k)``, unscaled: the scale is a forward-only factor, as in
+    the official codes (Bi-Real's ``scaling * sign(W)`` detached around a clipped STE).
+    ``t`` and ``k`` are the EDE state (None for the other surrogates).
+    """
+
+    class SignFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, scale, t, k):
+            ctx.save_for_backward(x, t, k)
+            out = sign(x)
+            return out if scale is None else out * scale
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, t, k = ctx.saved_tensors
+            return grad * surrogate(x, t, k), None, None, None
+
+    SignFunction.__name__ = SignFunction.__qualname__ = f"Sign{name}"
+    return SignFunction
+
+
+def _clip_grad(x: torch.Tensor, t: None, k: None) -> torch.Tensor:
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def _approx_sign_grad(x: torch.Tensor, t: None, k: None) -> torch.Tensor:
+    return (2 - 2 * x.abs()).clamp(min=0)
+
+
+def _ede_grad(x: torch.Tensor, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return (k * t * (1 - torch.tanh(t * x) ** 2)).to(x.dtype)
+
+
+def _identity_grad(x: torch.Tensor, t: None, k: None) -> torch.Tensor:
+    return torch.ones_like(x)
+
+
+_SignClip = _sign_function("Clip", _clip_grad)
+_SignApprox = _sign_function("Approx", _approx_sign_grad)
+_SignEDE = _sign_function("EDE", _ede_grad)
+_SignIdentity = _sign_function("Identity", _identity_grad)
+
+
+@dataclass(frozen=True)
+class Binarizer:
+    """A named binarizer: its function and the keyword state it reads.
+
+    ``state`` names come from ``t``, ``k`` (EDE schedule), ``tau`` (ReCU schedule), ``bias``
+    (a learnable per-channel shift owned by the layer) and ``training`` (the module's mode).
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    state: tuple[str, ...] = ()
+    learned_scale: bool = False
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0]
+
+
+ACTIVATIONS: dict[str, Binarizer] = {}
+WEIGHTS: dict[str, Binarizer] = {}
+
+
+def _register(table: dict[str, Binarizer], name: str, state=(), learned_scale=False):
+    def deco(fn):
+        table[name] = Binarizer(name, fn, tuple(state), learned_scale)
+        return fn
+
+    return deco
+
+
+# --------------------------------------------------------------------------- activations
+
+
+@_register(ACTIVATIONS, "ste")
+def ste(x: torch.Tensor) -> torch.Tensor:
+    """Straight-through sign with hardtanh clip (BinaryConnect, XNOR-Net).
+
+    forward: sign(x); backward: g * 1{|x| <= 1}.
+    Source: Courbariaux et al. 2016 (BNN), Rastegari et al. 2016 (XNOR-Net).
+    """
+    return _SignClip.apply(x, None, None, None)
+
+
+@_register(ACTIVATIONS, "approx_sign")
+def approx_sign(x: torch.Tensor) -> torch.Tensor:
+    """Sign with Bi-Real Net's piecewise-quadratic approximation as its derivative.
+
+    forward: sign(x); backward: g * (2 + 2x) on [-1, 0), g * (2 - 2x) on [0, 1), 0 elsewhere,
+    i.e. g * max(0, 2 - 2|x|).
+    Source: Liu et al. 2018 (Bi-Real Net), official ``BinaryActivation``.
+    """
+    return _SignApprox.apply(x, None, None, None)
+
+
+@_register(ACTIVATIONS, "ede", state=("t", "k"))
+def ede(x: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
+    """Sign with IR-Net's Error Decay Estimator: a tanh surrogate sharpened over training.
+
+    forward: sign(x); backward: g * k * t * (1 - tanh(t x)^2), with (t, k) from
+    :func:`onebit.quant.ede_schedule`.
+    Source: Qin et al. 2020 (IR-Net), official ``BinaryQuantize``.
+    """
+    return _SignEDE.apply(x, None, _as_tensor(t, x), _as_tensor(k, x))
+
+
+@_register(ACTIVATIONS, "recu", state=("training",))
+def recu_act(x: torch.Tensor, training: bool = True) -> torch.Tensor:
+    """ReCU's activation: per-sample standardisation in training, then approx-sign.
+
+    forward: sign(x); in training x is first divided by its per-sample standard deviation,
+    x / sqrt(var(x over C, H, W) + 1e-5) (unbiased variance), which changes only the
+    gradient; backward: g * max(0, 2 - |2x|) on the standardised x.
+    Source: Xu et al. 2021 (ReCU), official ``BinaryQuantize_a`` and ``BinarizeConv2d``.
+    """
+    if training:
+        dims = tuple(range(1, x.ndim))
+        # at least fp32 for the variance: under autocast x may be bf16
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        std = torch.sqrt(wide.var(dim=dims, keepdim=True) + 1e-5)
+        x = x / std.to(x.dtype)
+    return _SignApprox.apply(x, None, None, None)
+
+
+@_register(ACTIVATIONS, "rsign", state=("bias",))
+def rsign(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """ReActNet's RSign: sign with a learnable per-channel threshold.
+
+    forward: sign(x + b_c); backward as ``approx_sign`` (to x and to b).
+    Source: Liu et al. 2020 (ReActNet), official ``LearnableBias`` + ``BinaryActivation``.
+    """
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return _SignApprox.apply(x, None, None, None)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _filter_dims(w: torch.Tensor) -> tuple[int, ...]:
+    """Dims of one output channel's filter (everything but dim 0)."""
+    return tuple(range(1, w.ndim))
+
+
+@_register(WEIGHTS, "sign")
+def sign_weight(w: torch.Tensor) -> torch.Tensor:
+    """Plain sign of the latent weight, no scale, clipped STE (BNN, Real-to-Binary).
+
+    forward: sign(W); backward: g * 1{|W| <= 1}.
+    Source: Courbariaux et al. 2016; Martinez et al. 2020 (``ste_sign`` weights).
+    """
+    return _SignClip.apply(w, None, None, None)
+
+
+@_register(WEIGHTS, "xnor")
+def xnor(w: torch.Tensor) -> torch.Tensor:
+    """Sign scaled by each filter's mean magnitude (XNOR-Net, Bi-Real, ReActNet).
+
+    forward: alpha_c * sign(W_c), alpha_c = mean|W_c| (detached);
+    backward: g * 1{|W| <= 1} (the clipped STE of Bi-Real's ``HardBinaryConv``, unscaled).
+    Source: Rastegari et al. 2016; Liu et al. 2018, official ``HardBinaryConv``.
+    """
+    alpha = w.detach().abs().mean(dim=_filter_dims(w), keepdim=True)
+    return _SignClip.apply(w, alpha, None, None)
+
+
+@_register(WEIGHTS, "irnet", state=("t", "k"))
+def irnet(w: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
+    """IR-Net's Libra-PB: balanced, standardised weights with a power-of-two scale.
+
+    forward: Wb = (W_c - mean(W_c)) / std(W_c) (unbiased std, differentiable);
+    s_c = 2^round(log2(mean|Wb_c|)) (detached); out = s_c * sign(Wb).
+    backward: the EDE gradient on Wb, g * s_c * k * t * (1 - tanh(t Wb)^2), then through the
+    standardisation (the official code multiplies the detached scale after the quantizer).
+    Source: Qin et al. 2020 (IR-Net), official ``IRConv2d``.
+    """
+    dims = _filter_dims(w)
+    wb = w - w.mean(dim=dims, keepdim=True)
+    wb = wb / wb.std(dim=dims, keepdim=True)
+    scale = torch.exp2(torch.round(torch.log2(wb.detach().abs().mean(dim=dims, keepdim=True))))
+    return _SignEDE.apply(wb, None, _as_tensor(t, w), _as_tensor(k, w)) * scale
+
+
+@_register(WEIGHTS, "recu", state=("tau",), learned_scale=True)
+def recu_weight(w: torch.Tensor, tau: State = 1.0) -> torch.Tensor:
+    """ReCU: standardise each filter, clamp the outliers at a tau-quantile, take the sign.
+
+    forward: W0 = W_c - mean(W_c); W1 = W0 / (sqrt(var(W0_c) + 1e-5) / (2 sqrt 2));
+    Q = -mean|W1| (whole layer, detached) * ln(2 - 2 tau); W2 = clamp(W1, -Q, Q);
+    out = sign(W2). The layer multiplies its output by a learnable alpha_c.
+    backward: identity to W2, then through the clamp and the standardisation.
+    Q is computed on the device (the official code calls ``.item()``, a host sync).
+    Source: Xu et al. 2021 (ReCU), official ``BinarizeConv2d``.
+    """
+    dims = _filter_dims(w)
+    w0 = w - w.mean(dim=dims, keepdim=True)
+    w1 = w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+    q = -w1.detach().abs().mean() * torch.log(2 - 2 * _as_tensor(tau, w))
+    w2 = torch.clamp(w1, -q, q)
+    return _SignIdentity.apply(w2, None, None, None)
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def act_spec(name: str) -> Binarizer:
+    """The activation binarizer spec called ``name``."""
+    if name not in ACTIVATIONS:
+        raise UnknownNameError("activation binarizer", name, ACTIVATIONS)
+    return ACTIVATIONS[name]
+
+
+def weight_spec(name: str) -> Binarizer:
+    """The weight binarizer spec called ``name``."""
+    if name not in WEIGHTS:
+        raise UnknownNameError("weight binarizer", name, WEIGHTS)
+    return WEIGHTS[name]
+
+
+def act(name: str) -> Callable[..., torch.Tensor]:
+    """The activation binarizer ``f(x, **state)`` called ``name`` (see :data:`ACTIVATIONS`)."""
+    return act_spec(name).fn
+
+
+def weight(name: str) -> Callable[..., torch.Tensor]:
+    """The weight binarizer ``f(w, **state)`` called ``name`` (see :data:`WEIGHTS`)."""
+    return weight_spec(name).fn

@@ -1,0 +1,63 @@
+"""Binarization methods: the recipe a name like ``"irnet"`` stands for.
+
+A method fixes the activation binarizer, the weight binarizer (with its scaling) and the block
+activation the paper's architecture uses between binary convolutions. ``bits`` then switches
+either binarizer off (``"1w32a"``: binary weights, real activations; ``"32w32a"``: none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onebit.errors import ConfigError, UnknownNameError
+
+BITS = ("1w1a", "1w32a", "32w1a", "32w32a")
+
+
+def parse_bits(bits: str) -> tuple[int, int]:
+    """``"1w1a"`` -> (weight bits, activation bits) = (1, 1)."""
+    if bits not in BITS:
+        raise ConfigError(f"bits {bits!r} is not one of {', '.join(BITS)}")
+    w, a = bits[:-1].split("w")
+    return int(w), int(a)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A binarization recipe: binarizers, and the block activation it implies."""
+
+    name: str
+    act: str | None
+    weight: str | None
+    block_act: str
+    paper: str
+
+    def layer_kwargs(self, bits: str = "1w1a") -> dict[str, str | None]:
+        """``act=`` / ``weight=`` arguments of a binary layer for these ``bits``."""
+        w_bits, a_bits = parse_bits(bits)
+        return {
+            "act": self.act if a_bits == 1 else None,
+            "weight": self.weight if w_bits == 1 else None,
+        }
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("fp", None, None, "relu", "full-precision twin"),
+        Method("ste", "ste", "sign", "hardtanh", "BNN, Courbariaux et al. 2016"),
+        Method("xnor", "ste", "xnor", "hardtanh", "XNOR-Net, Rastegari et al. 2016"),
+        Method("bireal", "approx_sign", "xnor", "identity", "Bi-Real Net, Liu et al. 2018"),
+        Method("irnet", "ede", "irnet", "hardtanh", "IR-Net, Qin et al. 2020"),
+        Method("recu", "recu", "recu", "hardtanh", "ReCU, Xu et al. 2021"),
+        Method("reactnet", "rsign", "xnor", "rprelu", "ReActNet, Liu et al. 2020"),
+        Method("real2binary", "ste", "sign", "prelu", "Real-to-Binary, Martinez et al. 2020"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name`` (see :data:`METHODS`)."""
+    if name not in METHODS:
+        raise UnknownNameError("method", name, METHODS)
+    return METHODS[name]

@@ -1,0 +1,87 @@
+"""binarize() on a small model written here (no torchvision)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import onebit
+from onebit.errors import ConfigError
+from onebit.nn import BinaryConv2d, BinaryLinear, is_binary
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2),
+            nn.ReLU(),
+        )
+        self.hidden = nn.Linear(16, 12)
+        self.classifier = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        return self.classifier(torch.relu(self.hidden(x.mean((2, 3)))))
+
+
+def test_binarize_swaps_inner_layers_and_keeps_first_and_last():
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = onebit.binarize(model, method="irnet")
+    assert out is model
+    assert type(model.stem) is nn.Conv2d and type(model.classifier) is nn.Linear
+    assert isinstance(model.body[0], BinaryConv2d) and isinstance(model.body[3], BinaryConv2d)
+    assert isinstance(model.hidden, BinaryLinear)
+    conv = model.body[3]
+    assert (conv.stride, conv.padding, conv.groups, conv.bias is not None) == (
+        (2, 2),
+        (1, 1),
+        2,
+        True,
+    )
+    assert conv.act_spec.name == "ede" and conv.weight_spec.name == "irnet"
+    after = model.state_dict()
+    for key, value in before.items():  # the latent weights are the old weights
+        assert torch.equal(after[key], value), key
+    y = model(torch.randn(2, 1, 8, 8))
+    y.sum().backward()
+    assert model.body[0].weight.grad is not None
+
+
+def test_binarized_layer_computes_the_binary_conv_of_the_old_weights():
+    model = TinyNet()
+    w = model.body[0].weight.detach().clone()
+    onebit.binarize(model, method="xnor")
+    x = torch.randn(2, 8, 5, 5)
+    alpha = w.abs().mean((1, 2, 3), keepdim=True)
+    expected = nn.functional.conv2d(onebit.quant.sign(x), alpha * onebit.quant.sign(w), padding=1)
+    assert torch.allclose(model.body[0](x), expected, atol=1e-6)
+
+
+def test_binarize_options():
+    model = onebit.binarize(TinyNet(), method="recu", keep_first=False, keep_last=False)
+    assert is_binary(model.stem) and is_binary(model.classifier)
+    assert model.stem.alpha is not None
+    model = onebit.binarize(TinyNet(), method="ste", bits="1w32a", skip=["hidden"])
+    assert type(model.hidden) is nn.Linear
+    assert model.body[0].act_spec is None and model.body[0].weight_spec.name == "sign"
+    model = onebit.binarize(TinyNet(), method="fp")
+    assert not any(is_binary(m) for m in model.modules())
+
+
+def test_binarize_is_idempotent_on_binary_layers():
+    model = onebit.binarize(TinyNet(), method="xnor")
+    first = model.body[0]
+    onebit.binarize(model, method="irnet")
+    assert model.body[0] is first
+
+
+def test_binarize_bad_input():
+    with pytest.raises(ConfigError, match="'nope'"):
+        onebit.binarize(TinyNet(), skip=["nope"])
+    with pytest.raises(onebit.errors.UnknownNameError, match="method"):
+        onebit.binarize(TinyNet(), method="xnr")

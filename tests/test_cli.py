@@ -1,0 +1,54 @@
+"""The command line: listing, summary, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from onebit.cli import main
+
+
+def test_models_lists_names_with_filter(capsys):
+    assert main(["models", "firnet*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["firnet18_cifar", "firnet20"]
+
+
+def test_summary_table_and_totals(capsys):
+    assert main(["summary", "resnet20", "--method", "fp", "--in-chans", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "stages.0.0.conv1" in out and "head.fc" in out
+    assert "params: 269,562 (0 binary)" in out
+
+
+def test_summary_counts_one_bit_per_binary_weight(capsys):
+    assert main(["summary", "vgg_small", "--bits", "1w1a"]) == 0
+    out = capsys.readouterr().out
+    binary = 128 * 128 * 9 + 128 * 256 * 9 + 256 * 256 * 9 + 256 * 512 * 9 + 512 * 512 * 9
+    other = 4_660_106 - binary
+    assert f"memory as deployed: {binary // 8 + 4 * other:,} bytes" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["models", "zzz*"], "no model matches 'zzz*'"),
+        (["summary", "resnet2"], "unknown model 'resnet2'. Did you mean 'resnet20'"),
+        (["summary", "resnet20", "--bits", "2w2a"], "bits '2w2a' is not one of"),
+        (["summary", "resnet20", "--input", "3x32"], "--input '3x32' is not a shape"),
+        (["summary", "resnet20", "--opt", "depth=3"], "has no option 'depth'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("onebit: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_console_script_runs_as_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "onebit", "summary", "resnet2"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr

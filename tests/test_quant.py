@@ -1,0 +1,262 @@
+"""Every binarizer's forward and backward against its formula (shared/REFERENCES.md).
+
+Backward passes are checked two ways: against hand-written formulas at chosen points, and
+against a smooth twin whose exact derivative is the surrogate (hardtanh for the clipped STE,
+the quadratic ApproxSign for Bi-Real/ReCU, k tanh(t x) for EDE, the identity for ReCU weights),
+differentiated by autograd in float64.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import onebit
+from onebit import quant
+from onebit.errors import UnknownNameError
+
+torch.set_default_dtype(torch.float64)
+
+POINTS = torch.tensor([-2.0, -1.0, -0.75, -0.5, -0.1, 0.0, 0.1, 0.5, 0.75, 1.0, 1.5])
+
+
+def grad_of(fn, x, **state):
+    x = x.clone().requires_grad_(True)
+    g = torch.linspace(0.5, 1.5, x.numel()).reshape(x.shape)
+    (fn(x, **state) * g).sum().backward()
+    return x.grad / g
+
+
+def approx_sign_twin(x):
+    """Antiderivative of max(0, 2 - 2|x|): 2x + x^2 on [-1, 0), 2x - x^2 on [0, 1), +-1 beyond."""
+    inner = torch.where(x < 0, 2 * x + x**2, 2 * x - x**2)
+    return torch.where(x.abs() >= 1, torch.sign(x), inner)
+
+
+def test_sign_of_zero_is_plus_one():
+    x = torch.tensor([-3.0, -0.0, 0.0, 2.0])
+    assert quant.sign(x).tolist() == [-1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["ste", "approx_sign", "ede", "recu", "rsign"])
+def test_activation_forward_is_sign(name):
+    x = torch.randn(4, 3, 5, 5)
+    x[0, 0, 0, 0] = 0.0
+    assert torch.equal(quant.act(name)(x), quant.sign(x))
+
+
+def test_ste_backward_is_hardtanh_clip():
+    expected = [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    assert grad_of(quant.act("ste"), POINTS).tolist() == expected
+
+
+def test_approx_sign_backward_hand_values():
+    # 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere
+    expected = [0, 0, 0.5, 1.0, 1.8, 2.0, 1.8, 1.0, 0.5, 0, 0]
+    assert torch.allclose(grad_of(quant.act("approx_sign"), POINTS), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("t,k", [(0.01, 100.0), (1.0, 1.0), (9.77, 1.0)])
+def test_ede_backward_formula(t, k):
+    expected = k * t * (1 - torch.tanh(t * POINTS) ** 2)
+    assert torch.allclose(grad_of(quant.act("ede"), POINTS, t=t, k=k), expected)
+    twin = grad_of(lambda x: k * torch.tanh(t * x), POINTS)
+    assert torch.allclose(grad_of(quant.act("ede"), POINTS, t=t, k=k), twin)
+
+
+def test_ede_accepts_tensor_state():
+    t, k = torch.tensor(0.5), torch.tensor(2.0)
+    expected = 2.0 * 0.5 * (1 - torch.tanh(0.5 * POINTS) ** 2)
+    assert torch.allclose(grad_of(quant.act("ede"), POINTS, t=t, k=k), expected)
+
+
+def test_recu_activation_backward_through_standardisation():
+    x = torch.randn(3, 4, 5, 5) * 0.7
+
+    def twin(x):
+        std = torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return approx_sign_twin(x / std)
+
+    assert torch.allclose(grad_of(quant.act("recu"), x), grad_of(twin, x))
+    # not in training: no standardisation, plain approx-sign derivative
+    assert torch.allclose(
+        grad_of(quant.act("recu"), POINTS, training=False), grad_of(approx_sign_twin, POINTS)
+    )
+
+
+def test_rsign_shifts_by_per_channel_bias_and_grads_reach_it():
+    x = torch.randn(2, 3, 4, 4)
+    bias = torch.tensor([0.3, -0.2, 5.0], requires_grad=True)
+    out = quant.act("rsign")(x, bias=bias)
+    assert torch.equal(out, quant.sign(x + bias.view(1, 3, 1, 1)))
+    out.sum().backward()
+    shifted = x + bias.detach().view(1, 3, 1, 1)
+    expected = (2 - 2 * shifted.abs()).clamp(min=0).sum(dim=(0, 2, 3))
+    assert torch.allclose(bias.grad, expected)
+    assert bias.grad[2] == 0  # every input is pushed past +1: no gradient
+
+
+def test_weight_sign_is_unscaled_clipped_ste():
+    w = torch.randn(4, 3, 3, 3)
+    assert torch.equal(quant.weight("sign")(w), quant.sign(w))
+    assert torch.equal(grad_of(quant.weight("sign"), w), (w.abs() <= 1).double())
+
+
+def test_xnor_scale_is_mean_abs_per_filter_and_grad_is_unscaled_clip():
+    w = torch.randn(4, 3, 3, 3) * 1.3
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(quant.weight("xnor")(w), alpha * quant.sign(w))
+    assert torch.equal(grad_of(quant.weight("xnor"), w), (w.abs() <= 1).double())
+
+
+def test_irnet_libra_pb_forward_and_backward():
+    w = torch.randn(5, 2, 3, 3) * 0.2 + 0.05
+    t, k = 0.3, 1 / 0.3
+    flat = w.reshape(5, -1).numpy()
+    wb = (flat - flat.mean(1, keepdims=True)) / flat.std(1, ddof=1, keepdims=True)
+    s = 2.0 ** np.round(np.log2(np.abs(wb).mean(1, keepdims=True)))
+    expected = (s * np.where(wb >= 0, 1.0, -1.0)).reshape(w.shape)
+    assert np.allclose(quant.weight("irnet")(w, t=t, k=k).numpy(), expected)
+    # balanced: every filter of the binary weight sums to ~0 in expectation, std 1 before sign
+    assert (s > 0).all()
+
+    def twin(w):
+        dims = (1, 2, 3)
+        wb = w - w.mean(dims, keepdim=True)
+        wb = wb / wb.std(dims, keepdim=True)
+        scale = torch.exp2(torch.round(torch.log2(wb.detach().abs().mean(dims, keepdim=True))))
+        return scale * k * torch.tanh(t * wb)
+
+    assert torch.allclose(grad_of(quant.weight("irnet"), w, t=t, k=k), grad_of(twin, w))
+
+
+def recu_reference(w: np.ndarray, tau: float):
+    """ReCU's official BinarizeConv2d weight path, line by line, in float64 numpy."""
+    n = w.shape[0]
+    flat = w.reshape(n, -1)
+    w0 = flat - flat.mean(1, keepdims=True)
+    w1 = w0 / (np.sqrt(w0.var(1, ddof=1, keepdims=True) + 1e-5) / 2 / np.sqrt(2))
+    q = -np.abs(w1).mean() * np.log(2 - 2 * tau)
+    w2 = np.clip(w1, -q, q)
+    return w1.reshape(w.shape), q, w2.reshape(w.shape)
+
+
+@pytest.mark.parametrize("tau", [0.85, 0.9029, 0.99])
+def test_recu_weight_clamp_matches_official(tau):
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3) * 0.1
+    w1, q, w2 = recu_reference(w.numpy(), tau)
+    assert torch.equal(quant.weight("recu")(w, tau=tau), quant.sign(torch.from_numpy(w2)))
+    # the clamp cuts exactly the weights beyond Q; its gradient is the identity inside
+    # w1 is ~N(0, 8), so Q = E|w1| ln(1 / (2 - 2 tau)) clamps 2 (1 - Phi(Q / sqrt 8)) of them
+    z = math.sqrt(2 / math.pi) * -math.log(2 - 2 * tau)
+    expected = math.erfc(z / math.sqrt(2))
+    assert (np.abs(w1) > q).mean() == pytest.approx(expected, abs=0.06)
+
+    def twin(w):
+        dims = (1, 2, 3)
+        w0 = w - w.mean(dims, keepdim=True)
+        w1 = w0 / (torch.sqrt(w0.var(dims, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+        return torch.clamp(w1, -q, q)
+
+    assert torch.allclose(grad_of(quant.weight("recu"), w, tau=tau), grad_of(twin, w))
+
+
+def test_recu_clamp_value_for_known_input():
+    # For a layer whose standardised weights have mean |w1| = m, Q = -m ln(2 - 2 tau).
+    w = torch.tensor([[-3.0, -1.0, 1.0, 3.0]]).reshape(1, 4, 1, 1)
+    w1, q, _ = recu_reference(w.numpy(), 0.85)
+    std = math.sqrt(20 / 3 + 1e-5)  # unbiased var of (-3, -1, 1, 3) is 20/3
+    m = (3 + 1 + 1 + 3) / 4 / (std / (2 * math.sqrt(2)))
+    assert q == pytest.approx(-m * math.log(0.3))
+    assert q == pytest.approx(2.6378, abs=1e-4)  # 2 / 0.91287 * 1.20397
+    # w1 = +-3.286, +-1.095: the outer two are clamped to +-Q, the inner two pass
+    assert (abs(w1.ravel()) > q).tolist() == [True, False, False, True]
+
+
+def test_recu_tau_one_means_no_clamp():
+    w = torch.randn(3, 2, 3, 3)
+    g = grad_of(quant.weight("recu"), w, tau=1.0)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize(
+    "epoch,t,k",
+    [(0, 1e-3, 1e3), (100, 1e-2, 1e2), (300, 1.0, 1.0), (399, 10**0.99, 1.0)],
+)
+def test_ede_schedule_official_cifar_values(epoch, t, k):
+    # IR-Net CIFAR trainer: T_min 1e-3, T_max 10, 400 epochs
+    got_t, got_k = quant.ede_schedule(epoch, 400, 1e-3, 10.0)
+    assert got_t == pytest.approx(t)
+    assert got_k == pytest.approx(k)
+
+
+@pytest.mark.parametrize("epoch,tau", [(0, 0.85), (300, 0.9028553), (599, 0.9896312), (600, 0.99)])
+def test_tau_schedule_official_values(epoch, tau):
+    assert quant.tau_schedule(epoch, 600, 0.85, 0.99) == pytest.approx(tau, abs=1e-6)
+    # ReCU's cpt_tau, in its own float32 form: A * e^(epoch / E) + B
+    a = torch.tensor(np.e, dtype=torch.float32)
+    big_a = (torch.tensor(0.99) - torch.tensor(0.85)) / (a - 1)
+    official = big_a * torch.pow(a, epoch / 600) + (torch.tensor(0.85) - big_a)
+    assert quant.tau_schedule(epoch, 600, 0.85, 0.99) == pytest.approx(official.item(), abs=1e-6)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="approx_sign"):
+        quant.act("aprox_sign")
+    with pytest.raises(UnknownNameError, match="Valid weight binarizers: irnet, recu, sign, xnor"):
+        quant.weight("nope")
+    with pytest.raises(UnknownNameError, match="bireal"):
+        quant.get_method("birael")
+
+
+def test_every_registered_binarizer_has_a_docstring_with_formula_and_source():
+    for spec in [*quant.ACTIVATIONS.values(), *quant.WEIGHTS.values()]:
+        doc = spec.fn.__doc__
+        assert "forward" in doc and "backward" in doc and "Source" in doc, spec.name
+
+
+def test_set_schedule_state_fills_buffers_and_reports_values():
+    m = onebit.create_model("resnet20", method="irnet", in_chans=1)
+    used = quant.set_schedule_state(m, epoch=100, epochs=400, ede=(1e-3, 10.0))
+    assert used == pytest.approx({"ede_t": 1e-2, "ede_k": 1e2})
+    layers = [x for x in m.modules() if isinstance(x, onebit.nn.BinaryConv2d)]
+    assert len(layers) == 18
+    assert all(x.t.item() == pytest.approx(1e-2) and x.k.item() == 100 for x in layers)
+    r = onebit.create_model("resnet20", method="recu")
+    assert quant.set_schedule_state(r, 300, 600) == pytest.approx({"tau": 0.9028553})
+    assert onebit.quant.set_schedule_state(onebit.create_model("resnet20", method="fp"), 1, 2) == {}
+
+
+def test_binary_conv_equals_conv_of_binarized_operands():
+    torch.manual_seed(0)
+    layer = onebit.nn.BinaryConv2d(3, 5, 3, padding=1, act="ste", weight="xnor")
+    x = torch.randn(2, 3, 6, 6)
+    alpha = layer.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = F.conv2d(quant.sign(x), alpha * quant.sign(layer.weight), padding=1)
+    assert torch.allclose(layer(x), expected)
+
+
+def test_binary_layers_with_learned_scale_and_bits():
+    conv = onebit.nn.BinaryConv2d(4, 6, 3, act="recu", weight="recu")
+    assert conv.alpha.shape == (6, 1, 1) and ((conv.alpha >= 0) & (conv.alpha < 1)).all()
+    assert conv.bits == "1w1a"
+    lin = onebit.nn.BinaryLinear(4, 3, act=None, weight="xnor")
+    assert lin.bits == "1w32a" and lin.alpha is None
+    x = torch.randn(5, 4)
+    assert torch.allclose(lin(x), F.linear(x, lin.binary_weight(), lin.bias))
+    rs = onebit.nn.BinaryConv2d(4, 6, 1, act="rsign", weight="xnor")
+    assert rs.act_bias.shape == (4,)
+
+
+@pytest.mark.parametrize("act", sorted(quant.ACTIVATIONS))
+@pytest.mark.parametrize("weight", sorted(quant.WEIGHTS))
+def test_binary_conv_forward_has_no_host_sync(act, weight):
+    """A full-graph compile fails on any graph break, which .item() / .cpu() would cause."""
+    torch._dynamo.reset()
+    layer = onebit.nn.BinaryConv2d(4, 4, 3, padding=1, act=act, weight=weight).float()
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float32)
+    assert torch.allclose(compiled(x), layer(x))
