@@ -11,7 +11,7 @@ from onebit.cli import main
 def test_models_lists_names_with_filter(capsys):
     assert main(["models", "firnet*"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["firnet18_cifar", "firnet20"]
+    assert [line.split()[0] for line in out] == ["firnet18", "firnet18_cifar", "firnet20"]
 
 
 def test_summary_table_and_totals(capsys):
@@ -29,6 +29,35 @@ def test_summary_counts_one_bit_per_binary_weight(capsys):
     assert f"memory as deployed: {binary // 8 + 4 * other:,} bytes" in out
 
 
+def test_summary_has_bops_and_flops_columns(capsys):
+    assert main(["summary", "birealnet18", "--input", "3x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[4:6] == ["BOPs", "FLOPs"]
+    # one binary 3x3 conv per block; stages at 8x8, 4x4, 2x2, 1x1 for a 32x32 input
+    bops, cin = 0, 64
+    for hw, width in ((8, 64), (4, 128), (2, 256), (1, 512)):
+        for _ in range(4):
+            bops += hw * hw * cin * width * 9
+            cin = width
+    assert f"per image (3x32x32): BOPs {bops:,}" in out
+    assert "memory as deployed" in out
+
+
+def test_ops_prints_conv_layers_and_paper_totals(capsys):
+    assert main(["ops", "reactnet_a"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["layer", "type", "bits", "output", "BOPs", "FLOPs"]
+    assert lines[2].startswith("conv1 ") and "10,838,016" in lines[2]
+    assert not any(line.startswith("blocks.0.bn1") for line in lines)  # MAC-free layers left out
+    assert "BOPs 4,816,896,000" in out and "OPs = BOPs/64 + FLOPs = 8.71e+07" in out
+
+
+def test_ops_of_an_fp_twin_has_no_bops(capsys):
+    assert main(["ops", "resnet18", "--method", "fp", "--input", "3x32x32"]) == 0
+    assert "BOPs 0 (0)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -37,6 +66,8 @@ def test_summary_counts_one_bit_per_binary_weight(capsys):
         (["summary", "resnet20", "--bits", "2w2a"], "bits '2w2a' is not one of"),
         (["summary", "resnet20", "--input", "3x32"], "--input '3x32' is not a shape"),
         (["summary", "resnet20", "--opt", "depth=3"], "has no option 'depth'"),
+        (["ops", "resnet18", "--opt", "structure=bireel"], "unknown structure 'bireel'"),
+        (["ops", "real2binary18", "--input", "3x64x64"], "option input_hw"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(argv, message, capsys):

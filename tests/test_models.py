@@ -33,7 +33,7 @@ def binary_layers(model):
 
 def test_list_models_and_patterns():
     assert set(CIFAR_MODELS) <= set(onebit.list_models())
-    assert onebit.list_models("firnet*") == ["firnet18_cifar", "firnet20"]
+    assert onebit.list_models("firnet*") == ["firnet18", "firnet18_cifar", "firnet20"]
 
 
 @pytest.mark.parametrize("name", [n for n, c in FP_PARAMS.items() if c is not None])

@@ -8,12 +8,14 @@ print(onebit.summary(m, input_size=(1, 1, 32, 32)))
 from onebit import errors, nn, quant
 from onebit.binarize import binarize
 from onebit.models import create_model, list_models, register_model
-from onebit.profile import summary
+from onebit.profile import OpsReport, count_ops, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OpsReport",
     "binarize",
+    "count_ops",
     "create_model",
     "errors",
     "list_models",

@@ -91,12 +91,33 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def add_summary(sub) -> None:
-    p = sub.add_parser("summary", help="per-layer table: bits, shapes, parameters, deployed memory")
+    p = sub.add_parser(
+        "summary", help="per-layer table: bits, shapes, BOPs/FLOPs, parameters, deployed memory"
+    )
     _add_model_args(p)
     p.set_defaults(func=cmd_summary)
 
 
-COMMANDS: list[Callable] = [add_models, add_summary]
+def cmd_ops(args: argparse.Namespace) -> int:
+    from onebit.profile import count_ops
+
+    model, input_size = _model_from_args(args)
+    print(count_ops(model, input_size))
+    return 0
+
+
+def add_ops(sub) -> None:
+    p = sub.add_parser(
+        "ops",
+        help="BOPs, FLOPs and OPs = BOPs/64 + FLOPs per image, per conv/linear layer",
+        description="Count binary and full-precision multiply-accumulates of one forward pass "
+        "of one image, per conv/linear layer (the Bi-Real / ReActNet OPs convention).",
+    )
+    _add_model_args(p)
+    p.set_defaults(func=cmd_ops)
+
+
+COMMANDS: list[Callable] = [add_models, add_summary, add_ops]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,17 @@
-"""Measure a model: per-layer shapes, parameters and deployed memory (``summary``)."""
+"""Measure a model: per-layer shapes, operation counts (``count_ops``), parameters and
+deployed memory (``summary``).
+
+OPs convention (Bi-Real Net, Liu et al. 2018; ReActNet, Liu et al. 2020, comparison tables):
+BOPs = multiply-accumulates of layers whose weights *and* inputs are binary; FLOPs = MACs of
+every other conv / linear (first conv, FP shortcuts, FC, 1w32a / 32w1a layers);
+OPs = BOPs / 64 + FLOPs. BatchNorm, scaling, activations, pooling and additions count 0,
+as in both papers (this reproduces their published counts, see docs/models.md).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -12,7 +21,7 @@ from onebit.nn.binary import _BinaryMixin, is_binary
 
 @dataclass
 class LayerRecord:
-    """One leaf layer as seen in a real forward pass."""
+    """One call of a leaf layer in a forward pass: its input and output shapes."""
 
     name: str
     module: nn.Module
@@ -50,6 +59,126 @@ def trace_layers(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerRec
     return records
 
 
+def layer_macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one call of a conv / linear layer, for the whole batch:
+    conv: output elements x (C_in / groups) x k_h x k_w; linear: output elements x in_features.
+    0 for every other layer."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return math.prod(output_shape) * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return math.prod(output_shape) * module.in_features
+    return 0
+
+
+def is_bop_layer(module: nn.Module) -> bool:
+    """True for a layer whose MACs are binary operations (1-bit weights and 1-bit inputs)."""
+    return is_binary(module) and module.weight_spec is not None and module.act_spec is not None
+
+
+@dataclass
+class OpsRow:
+    """One call of a layer: its output shape and its MACs per image (binary or not)."""
+
+    name: str
+    type: str
+    bits: str
+    output_shape: tuple[int, ...]
+    macs: int
+    binary: bool
+
+    @property
+    def bops(self) -> int:
+        return self.macs if self.binary else 0
+
+    @property
+    def flops(self) -> int:
+        return 0 if self.binary else self.macs
+
+
+@dataclass
+class OpsReport:
+    """Operation counts of one forward pass of one image (see the module docstring).
+
+    ``bops``: binary MACs; ``flops``: full-precision MACs; ``ops`` = bops / 64 + flops;
+    ``params``: parameter count; ``table``: one :class:`OpsRow` per call of a leaf layer.
+    """
+
+    bops: int
+    flops: int
+    params: int
+    input_size: tuple[int, ...]
+    table: list[OpsRow] = field(repr=False)
+
+    @property
+    def ops(self) -> float:
+        return self.bops / 64 + self.flops
+
+    def totals(self) -> str:
+        """The totals in one line: BOPs, FLOPs and OPs per image."""
+        return (
+            f"per image ({'x'.join(map(str, self.input_size))}): "
+            f"BOPs {self.bops:,} ({self.bops:.3g}), FLOPs {self.flops:,} ({self.flops:.3g}), "
+            f"OPs = BOPs/64 + FLOPs = {self.ops:.3g}"
+        )
+
+    def __str__(self) -> str:
+        rows = [
+            [
+                r.name,
+                r.type,
+                r.bits,
+                "x".join(map(str, r.output_shape)),
+                f"{r.bops:,}" if r.binary else "",
+                "" if r.binary else f"{r.flops:,}",
+            ]
+            for r in self.table
+            if r.macs
+        ]
+        headers = ["layer", "type", "bits", "output", "BOPs", "FLOPs"]
+        return "\n".join(
+            [_table(headers, rows, right={4, 5}), f"params: {self.params:,}", self.totals()]
+        )
+
+
+def _as_batch(input_size: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(input_size) if len(input_size) == 4 else (1, *input_size)
+
+
+def _ops_report(
+    model: nn.Module, input_size: tuple[int, ...], records: list[LayerRecord]
+) -> OpsReport:
+    table = [
+        OpsRow(
+            r.name,
+            type(r.module).__name__,
+            layer_bits(r.module),
+            r.output_shape[1:],
+            layer_macs(r.module, r.output_shape) // input_size[0],
+            is_bop_layer(r.module),
+        )
+        for r in records
+    ]
+    return OpsReport(
+        bops=sum(r.bops for r in table),
+        flops=sum(r.flops for r in table),
+        params=sum(p.numel() for p in model.parameters()),
+        input_size=input_size[1:],
+        table=table,
+    )
+
+
+def count_ops(model: nn.Module, input_size: tuple[int, ...]) -> OpsReport:
+    """Count BOPs, FLOPs and OPs of ``model`` on one image of ``input_size`` ((C, H, W) or
+    (N, C, H, W); counts are per image), from the layer shapes of a real forward pass.
+
+    Works for any model (registry models, ``binarize()``d ones, plain PyTorch): a layer's
+    MACs are BOPs when it binarizes both weights and inputs, FLOPs otherwise.
+    """
+    input_size = _as_batch(input_size)
+    return _ops_report(model, input_size, trace_layers(model, input_size))
+
+
 def layer_bits(module: nn.Module) -> str:
     """``"1w1a"``-style bits of a conv/linear layer, ``""`` for layers without a weight matrix."""
     if isinstance(module, _BinaryMixin):
@@ -82,12 +211,16 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
 
 
 def summary(model: nn.Module, input_size: tuple[int, ...]) -> str:
-    """A per-layer table: name, type, bits, output shape, parameters and deployed memory,
-    with totals (memory at 1 bit per binary weight, against fp32 for every weight)."""
+    """A per-layer table: name, type, bits, output shape, BOPs, FLOPs, parameters and deployed
+    memory, with totals (operations per image as :func:`count_ops`; memory at 1 bit per
+    binary weight, against fp32 for every weight). ``input_size`` is (C, H, W) or (N, C, H, W).
+    """
+    input_size = _as_batch(input_size)
     records = trace_layers(model, input_size)
+    report = _ops_report(model, input_size, records)
     seen: set[nn.Module] = set()
     rows = []
-    for r in records:
+    for r, op in zip(records, report.table, strict=True):
         first_call = r.module not in seen
         seen.add(r.module)
         params = sum(p.numel() for p in r.module.parameters(recurse=False)) if first_call else 0
@@ -95,9 +228,11 @@ def summary(model: nn.Module, input_size: tuple[int, ...]) -> str:
         rows.append(
             [
                 r.name,
-                type(r.module).__name__,
-                layer_bits(r.module),
-                "x".join(map(str, r.output_shape[1:])),
+                op.type,
+                op.bits,
+                "x".join(map(str, op.output_shape)),
+                f"{op.bops:,}" if op.bops else "",
+                f"{op.flops:,}" if op.flops else "",
                 f"{params:,}",
                 f"{memory:,}",
             ]
@@ -107,11 +242,12 @@ def summary(model: nn.Module, input_size: tuple[int, ...]) -> str:
         m.weight.numel() for m in model.modules() if is_binary(m) and m.weight_spec is not None
     )
     memory = sum(deployed_bytes(m) for m in model.modules())
-    table = _table(["layer", "type", "bits", "output", "params", "bytes"], rows, right={4, 5})
+    headers = ["layer", "type", "bits", "output", "BOPs", "FLOPs", "params", "bytes"]
     return "\n".join(
         [
-            table,
+            _table(headers, rows, right={4, 5, 6, 7}),
             f"params: {total_params:,} ({binary_params:,} binary)",
+            report.totals(),
             f"memory as deployed: {memory:,} bytes ({memory / 2**20:.2f} MiB); "
             f"fp32: {4 * total_params:,} bytes ({4 * total_params / max(memory, 1):.1f}x larger)",
         ]

@@ -3,7 +3,16 @@
 Importing this package registers every model family.
 """
 
-from onebit.models import firnet, resnet_cifar, vgg_small  # noqa: F401  (registers models)
+from onebit.models import (  # noqa: F401  (registers models)
+    birealnet,
+    firnet,
+    mobilenet,
+    reactnet,
+    real2binary,
+    resnet,
+    resnet_cifar,
+    vgg_small,
+)
 from onebit.models.registry import (
     create_model,
     default_input_size,

@@ -1,9 +1,34 @@
-"""Pieces several model files share: the classifier head and weight initialisation."""
+"""Pieces several model files share: shortcuts, the classifier head and weight initialisation."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from onebit.errors import UnknownNameError
+from onebit.nn import ChannelPadShortcut
+
+SHORTCUTS = ("conv", "avgpool_conv", "avgpool", "subsample")
+
+
+def make_shortcut(cin: int, cout: int, stride: int, mode: str) -> nn.Module | None:
+    """The shortcut of a block from ``cin`` to ``cout`` channels at ``stride``; None (identity)
+    when the shape does not change. Every conv here is full precision, as in the papers.
+
+    - ``conv``: 1x1 conv (stride s) + BN (He et al.; torchvision, IR-Net, FIRNet ImageNet);
+    - ``avgpool_conv``: AvgPool2d(s) + 1x1 conv + BN (Bi-Real, ReActNet, Real-to-Binary);
+    - ``avgpool`` / ``subsample``: parameter-free, see :class:`onebit.nn.ChannelPadShortcut`.
+    """
+    if mode not in SHORTCUTS:
+        raise UnknownNameError("shortcut", mode, SHORTCUTS)
+    if stride == 1 and cin == cout:
+        return None
+    if mode == "conv":
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    if mode == "avgpool_conv":
+        pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    return ChannelPadShortcut(cin, cout, mode)
 
 
 class BNHead(nn.Module):

@@ -2,7 +2,8 @@
 kept untouched, then the two are concatenated and channel-shuffled; a fusion layer merges the
 two branches before the head. Built on ReCU's quantizers and tau schedule.
 
-Source: Alexrich961210/FIRNet, ``cifar/models_cifar/resnet20.py`` and ``resnet18.py``.
+Source: Alexrich961210/FIRNet, ``cifar/models_cifar/resnet20.py``, ``resnet18.py`` and
+``imagenet/models_imagenet/resnet.py``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import torch
 import torch.nn as nn
 
 from onebit.errors import ConfigError
-from onebit.models._common import BNHead, kaiming_init_convs
+from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut
 from onebit.models.registry import register_model
-from onebit.nn import BinaryLayers, ChannelPadShortcut, ChannelShuffle, LearnableBias
+from onebit.models.resnet import ResNet
+from onebit.nn import BinaryLayers, ChannelShuffle, LearnableBias
 
 
 class FIRBlock(nn.Module):
@@ -21,8 +23,10 @@ class FIRBlock(nn.Module):
 
     Half-block: active -> binary conv3x3 -> BN -> + shortcut -> act; idle -> LearnableBias;
     concat [out, idle], channel shuffle (groups 2). In the first half of a downsampling block
-    the conv has stride 2, the shortcut is AvgPool2d(2) + zero channel pad of the active half,
-    and the idle path is AvgPool2d(2) of the *whole* input (2 C_in = C_out channels).
+    the conv has stride 2, the shortcut of the active half is ``downsample`` (see
+    ``make_shortcut``: "avgpool" = AvgPool2d(2) + zero channel pad on CIFAR, "conv" = FP 1x1/2
+    conv + BN on ImageNet), and the idle path is AvgPool2d(2) of the *whole* input
+    (2 C_in = C_out channels).
     """
 
     def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
@@ -36,7 +40,7 @@ class FIRBlock(nn.Module):
         self.conv1 = layers.conv3x3(cin, cout, stride)
         self.bn1 = nn.BatchNorm2d(cout)
         self.act1 = layers.act(cout)
-        self.shortcut = ChannelPadShortcut(cin, cout, downsample) if self.downsamples else None
+        self.shortcut = make_shortcut(cin, cout, stride, downsample)
         self.idle_pool = nn.AvgPool2d(2) if self.downsamples else None
         self.move0 = LearnableBias(cout)
         self.conv2 = layers.conv3x3(cout, cout)
@@ -153,3 +157,54 @@ def firnet18_cifar(
     return FIRNetCifar(
         layers, (64, 128, 256, 512), (2, 2, 2, 2), num_classes, in_chans, stem_act, True
     )
+
+
+class FIRNet(ResNet):
+    """FIRNet on the ImageNet ResNet trunk: the stem output is duplicated to 2C channels, the
+    stages are FIR blocks, and the FIR fusion (2C -> C) runs before the BN1d + FC head."""
+
+    def __init__(
+        self,
+        layers: BinaryLayers,
+        depths: tuple[int, ...],
+        num_classes: int,
+        in_chans: int,
+        stem_act: nn.Module,
+    ):
+        super().__init__(
+            lambda cin, cout, stride: FIRBlock(layers, cin, cout, stride, "conv"),
+            depths,
+            (64, 128, 256, 512),
+            num_classes=num_classes,
+            in_chans=in_chans,
+            stem_act=stem_act,
+            head_bn=True,
+        )
+        self.fusion = FIRFusion(layers, self.num_features, half_block=False)
+
+    def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fusion(super().forward_stages(torch.cat([x, x], dim=1)))
+
+
+@register_model(input_size=(3, 224, 224))
+def firnet18(
+    *,
+    method: str = "recu",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = None,
+) -> nn.Module:
+    """FIRNet ResNet-18 for ImageNet: 7x7 stem duplicated to 128 channels, FIR blocks with FP
+    1x1 conv shortcuts, FIR fusion 1024 -> 512, BN1d head.
+
+    Initialised as the official code: He-normal (fan_in) convs, every BatchNorm2d weight 1e-8.
+    """
+    layers = BinaryLayers.of(method, bits, block_act)
+    model = FIRNet(layers, (2, 2, 2, 2), num_classes, in_chans, layers.act(64, stem_act))
+    kaiming_init_convs(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1e-8)
+    return model

@@ -4,9 +4,12 @@ from onebit.nn.binary import BinaryConv2d, BinaryLinear, is_binary
 from onebit.nn.factory import BinaryLayers
 from onebit.nn.layers import (
     ACTIVATION_LAYERS,
+    ChannelGate,
     ChannelPadShortcut,
     ChannelShuffle,
+    LeakyClip,
     LearnableBias,
+    LearnedRescale,
     RPReLU,
     make_activation,
 )
@@ -16,9 +19,12 @@ __all__ = [
     "BinaryConv2d",
     "BinaryLayers",
     "BinaryLinear",
+    "ChannelGate",
     "ChannelPadShortcut",
     "ChannelShuffle",
+    "LeakyClip",
     "LearnableBias",
+    "LearnedRescale",
     "RPReLU",
     "is_binary",
     "make_activation",

@@ -39,12 +39,20 @@ class BinaryLayers:
         return kwargs["act"] is None and kwargs["weight"] is None
 
     def conv(
-        self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
     ) -> nn.Conv2d:
         """A binary conv (no bias) of this method and bits, or nn.Conv2d if nothing is binary."""
         if self.is_fp:
-            return nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False)
-        return BinaryConv2d(cin, cout, kernel_size, stride, padding, **self.binary_kwargs)
+            return nn.Conv2d(cin, cout, kernel_size, stride, padding, groups=groups, bias=False)
+        return BinaryConv2d(
+            cin, cout, kernel_size, stride, padding, groups=groups, **self.binary_kwargs
+        )
 
     def conv3x3(self, cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
         return self.conv(cin, cout, 3, stride, 1)

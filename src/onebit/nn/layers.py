@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onebit.errors import UnknownNameError
+from onebit.errors import ConfigError, UnknownNameError
 
 
 class LearnableBias(nn.Module):
@@ -81,10 +81,69 @@ class ChannelPadShortcut(nn.Module):
         return f"mode={self.mode!r}, pad={self.pad}"
 
 
+class LeakyClip(nn.Module):
+    """Clip to [-1, 1] with slope 0.1 outside: x on [-1, 1], 0.1 x -+ 0.9 beyond.
+
+    Source: Liu et al. 2018 (Bi-Real Net), the pre-training nonlinearity of the Caffe recipe
+    and official PyTorch ``Leakyclip`` before the first (real-valued) conv of Bi-Real-50.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        clipped = x.clamp(-1.0, 1.0)
+        return clipped + 0.1 * (x - clipped)
+
+
+class LearnedRescale(nn.Module):
+    """A learned output scale factorised over height, width and channels:
+    out = x * (s_h x s_w x s_c), each factor a learnable vector initialised to 1.
+
+    The factors are sized for one feature-map size (``height`` x ``width``).
+    Source: Bulat & Tzimiropoulos 2019 (XNOR-Net++); Martinez et al. 2020 (Real-to-Binary
+    strong baseline), larq/zoo ``LearnedRescaleLayer``.
+    """
+
+    def __init__(self, channels: int, height: int, width: int):
+        super().__init__()
+        self.scale_h = nn.Parameter(torch.ones(1, 1, height, 1))
+        self.scale_w = nn.Parameter(torch.ones(1, 1, 1, width))
+        self.scale_c = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = (self.scale_h.shape[2], self.scale_w.shape[3])
+        if tuple(x.shape[2:]) != expected:
+            raise ConfigError(
+                f"LearnedRescale was built for {expected[0]}x{expected[1]} feature maps but got "
+                f"{x.shape[2]}x{x.shape[3]}: build the model with the input size you feed it "
+                "(option input_hw)"
+            )
+        return x * (self.scale_h * self.scale_w * self.scale_c)
+
+
+class ChannelGate(nn.Module):
+    """Real-to-Binary's data-driven channel re-scaling (squeeze-and-excitation style):
+    s = sigmoid(W2 relu(W1 GAP(x))), W1: C_in -> C_in / r, W2: C_in / r -> C_out, no biases.
+
+    ``forward(x)`` returns s as (N, C_out, 1, 1); x is the real-valued input of the binary
+    conv whose output s multiplies.
+    Source: Martinez et al. 2020, Sec. 4.3; larq/zoo ``RealToBinNetFactory``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = 8):
+        super().__init__()
+        self.reduce = nn.Linear(in_channels, in_channels // reduction, bias=False)
+        self.expand = nn.Linear(in_channels // reduction, out_channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        s = torch.sigmoid(self.expand(F.relu(self.reduce(z))))
+        return s[:, :, None, None]
+
+
 ACTIVATION_LAYERS = {
     "hardtanh": lambda c: nn.Hardtanh(),
     "relu": lambda c: nn.ReLU(),
     "prelu": lambda c: nn.PReLU(c),
+    "leakyclip": lambda c: LeakyClip(),
     "rprelu": RPReLU,
     "identity": lambda c: nn.Identity(),
     "none": lambda c: nn.Identity(),

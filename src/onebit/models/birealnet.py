@@ -1,0 +1,206 @@
+"""Bi-Real Net 18/34/50: one binary conv per shortcut, so the real-valued activations
+flow through every block; downsampling shortcut = AvgPool2d(2) + FP 1x1 conv + BN.
+
+Source: Liu et al. 2018 (ECCV) / 2020 (IJCV); liuzechun/Bi-Real-net
+``pytorch_implementation/BiReal18_34/birealnet.py`` and ``BiReal_50/birealnet.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from onebit.models._common import make_shortcut
+from onebit.models.registry import register_model
+from onebit.models.resnet import ResNet
+from onebit.nn import BinaryLayers, LeakyClip
+
+
+def bireal_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """Initialise a binary conv's latent weight as the official ``HardBinaryConv``:
+    U[0, 0.001), so every weight sign is +1 at step 0 (Bi-Real 18/34/50, ReActNet-18/34)."""
+    nn.init.uniform_(conv.weight, 0.0, 1e-3)
+    return conv
+
+
+class BiRealBlock(nn.Module):
+    """out = act(bn(conv3x3(x)) + downsample(x)): one binary 3x3 conv with its own shortcut.
+
+    The block activation is the method's (identity for Bi-Real, RPReLU for ReActNet-18/34).
+    The conv starts at U[0, 0.001) (:func:`bireal_init`); the other layers at PyTorch's init.
+    Source: Bi-Real ``BasicBlock``; ReActNet ``resnet/2_step2/birealnet.py``.
+    """
+
+    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
+        super().__init__()
+        self.conv = bireal_init(layers.conv3x3(cin, cout, stride))
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = layers.act(cout)
+        self.downsample = make_shortcut(cin, cout, stride, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(self.bn(self.conv(x)) + shortcut)
+
+
+class BiRealBottleneck(nn.Module):
+    """Bi-Real-50's bottleneck: 1x1 (C/4) -> 3x3 (C/4, stride) -> 1x1 (C), a shortcut around
+    every conv. It carries two tensors: ``mid`` (C/4 channels, the previous 3x3 output) and
+    ``x`` (C channels, the block output):
+
+        y1 = act1(bn1(conv1(x)) + proj(mid))        proj = FP 1x1 C_in/4 -> C/4 when widening
+        y2 = act2(bn2(conv2(y1)) + pool(y1))        pool = AvgPool2d(2) when stride is 2
+        y3 = act3(bn3(conv3(y2)) + downsample(x))   downsample = AvgPool2d + FP 1x1 + BN
+        return (y2, y3)
+
+    In the first block of the network conv1 is full precision, fed through LeakyClip instead
+    of a sign, and y1 has no shortcut (the official ``is_first_block``).
+    """
+
+    def __init__(
+        self,
+        layers: BinaryLayers,
+        cin: int,
+        cout: int,
+        stride: int,
+        first: bool,
+    ):
+        super().__init__()
+        mid = cout // 4
+        self.first = first
+        self.clip = LeakyClip() if first else None
+        self.conv1 = (
+            nn.Conv2d(cin, mid, 1, bias=False) if first else bireal_init(layers.conv1x1(cin, mid))
+        )
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act1 = layers.act(mid)
+        widen = cin != cout
+        self.proj = nn.Conv2d(cin // 4, mid, 1, bias=False) if widen and not first else None
+        self.conv2 = bireal_init(layers.conv3x3(mid, mid, stride))
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.act2 = layers.act(mid)
+        self.pool = nn.AvgPool2d(2) if stride == 2 else None
+        self.conv3 = bireal_init(layers.conv1x1(mid, cout))
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.act3 = layers.act(cout)
+        self.downsample = make_shortcut(cin, cout, stride, "avgpool_conv")
+
+    def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        mid, x = state
+        if self.first:
+            y1 = self.act1(self.bn1(self.conv1(self.clip(x))))
+        else:
+            y1 = self.act1(self.bn1(self.conv1(x)) + (mid if self.proj is None else self.proj(mid)))
+        y2 = self.act2(self.bn2(self.conv2(y1)) + (y1 if self.pool is None else self.pool(y1)))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return y2, self.act3(self.bn3(self.conv3(y2)) + shortcut)
+
+
+class BiRealNet50(ResNet):
+    """ResNet trunk whose stages pass (mid, x) pairs through :class:`BiRealBottleneck`."""
+
+    def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_stages((x, x))[1]
+
+
+def birealnet(
+    depths: tuple[int, ...],
+    *,
+    method: str,
+    bits: str,
+    num_classes: int,
+    in_chans: int,
+    block_act: str | None,
+    stem_act: str | None,
+    downsample: str,
+) -> ResNet:
+    """A Bi-Real-structured ResNet (``depths`` one-conv blocks per stage); also ReActNet-18/34."""
+    layers = BinaryLayers.of(method, bits, block_act)
+    return ResNet(
+        lambda cin, cout, stride: BiRealBlock(layers, cin, cout, stride, downsample),
+        depths,
+        (64, 128, 256, 512),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_act=layers.act(64, stem_act),
+        head_bn=False,
+    )
+
+
+@register_model(input_size=(3, 224, 224))
+def birealnet18(
+    *,
+    method: str = "bireal",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+    downsample: str = "avgpool_conv",
+) -> nn.Module:
+    """Bi-Real Net-18: 16 binary 3x3 convs, each with its own shortcut; 7x7 stem + BN, no act.
+
+    ``downsample``: "avgpool_conv" (the paper's AvgPool2d + FP 1x1 conv + BN) or "conv".
+    """
+    return birealnet(
+        (4, 4, 4, 4),
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        block_act=block_act,
+        stem_act=stem_act,
+        downsample=downsample,
+    )
+
+
+@register_model(input_size=(3, 224, 224))
+def birealnet34(
+    *,
+    method: str = "bireal",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+    downsample: str = "avgpool_conv",
+) -> nn.Module:
+    """Bi-Real Net-34: 32 binary 3x3 convs (stages 6, 8, 12, 6), each with its own shortcut."""
+    return birealnet(
+        (6, 8, 12, 6),
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        block_act=block_act,
+        stem_act=stem_act,
+        downsample=downsample,
+    )
+
+
+@register_model(input_size=(3, 224, 224))
+def birealnet50(
+    *,
+    method: str = "bireal",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+) -> nn.Module:
+    """Bi-Real Net-50: ResNet-50 bottlenecks with a shortcut around each of the three convs."""
+    layers = BinaryLayers.of(method, bits, block_act)
+    depths = (3, 4, 6, 3)
+
+    def make_block(cin: int, cout: int, stride: int) -> nn.Module:
+        return BiRealBottleneck(layers, cin, cout, stride, first=cin == 64)
+
+    return BiRealNet50(
+        make_block,
+        depths,
+        (256, 512, 1024, 2048),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_act=layers.act(64, stem_act),
+        head_bn=False,
+    )

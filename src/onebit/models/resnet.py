@@ -1,0 +1,288 @@
+"""ImageNet ResNets: the shared trunk, IR-Net's binary ResNet-18/34 (normal and Bi-Real
+structure; XNOR-Net baseline with ``method="xnor"``) and the FP ResNet-18/34/50 teachers.
+
+With ``method="fp"`` the state-dict keys and shapes are those of torchvision's ``resnet18``,
+``resnet34`` and ``resnet50`` (v1.5), so torchvision weights load with ``load_state_dict``.
+Sources: He et al. 2016; htqin/IR-Net ``ImageNet/ResNet18/1w1a/models/resnet.py`` (Bi-Real
+structure) and ``1w32a/models/resnet.py`` (normal structure); torchvision ``resnet.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from onebit.errors import UnknownNameError
+from onebit.models._common import make_shortcut
+from onebit.models.registry import register_model
+from onebit.nn import BinaryLayers
+
+STRUCTURES = ("normal", "bireal")
+BlockFactory = Callable[[int, int, int], nn.Module]
+
+
+class ResNet(nn.Module):
+    """The ImageNet ResNet trunk every ResNet-like model here is built on:
+
+    conv1 (7x7/2, full precision) -> bn1 -> act1 (stem activation) -> maxpool (3x3/2) ->
+    layer1..layer4 (``make_block(cin, cout, stride)``, stride 2 at the first block of
+    layers 2-4) -> global average pool -> [bn2: BatchNorm1d, IR-Net / FIRNet head] -> fc.
+    Attribute names follow torchvision's ``ResNet``.
+    """
+
+    def __init__(
+        self,
+        make_block: BlockFactory,
+        depths: tuple[int, ...],
+        widths: tuple[int, ...],
+        *,
+        num_classes: int,
+        in_chans: int,
+        stem_act: nn.Module,
+        head_bn: bool,
+        stem_width: int = 64,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.act1 = stem_act
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = stem_width
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(make_block(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_features = cin
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.bn2 = nn.BatchNorm1d(cin) if head_bn else None
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        if self.bn2 is not None:
+            x = self.bn2(x)
+        return self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_stages(self.forward_stem(x)))
+
+
+def init_resnet(model: nn.Module) -> None:
+    """He-normal (fan_out) init of every conv, binary ones included: torchvision's init and
+    IR-Net's normal(0, sqrt(2 / (k * k * out_channels)))."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with two 3x3 (binary) convs, in one of two structures:
+
+    - ``normal`` (He et al.; IR-Net 1w32a code):
+      out = act2(bn2(conv2(act1(bn1(conv1(x))))) + downsample(x));
+    - ``bireal`` (Bi-Real structure; IR-Net 1w1a code): a shortcut around every conv,
+      y = act1(bn1(conv1(x)) + downsample(x)); out = act2(bn2(conv2(y)) + y).
+    """
+
+    def __init__(
+        self,
+        layers: BinaryLayers,
+        cin: int,
+        cout: int,
+        stride: int,
+        structure: str,
+        downsample: str,
+    ):
+        super().__init__()
+        if structure not in STRUCTURES:
+            raise UnknownNameError("structure", structure, STRUCTURES)
+        self.structure = structure
+        self.conv1 = layers.conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = layers.act(cout)
+        self.conv2 = layers.conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = layers.act(cout)
+        self.downsample = make_shortcut(cin, cout, stride, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.bn1(self.conv1(x))
+        if self.structure == "bireal":
+            y = self.act1(y + shortcut)
+            return self.act2(self.bn2(self.conv2(y)) + y)
+        return self.act2(self.bn2(self.conv2(self.act1(y))) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50 v1.5 bottleneck (torchvision): 1x1 (C/4) -> 3x3 (C/4, stride) -> 1x1 (C),
+    each conv followed by BN; out = act3(bn3(conv3(.)) + downsample(x))."""
+
+    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
+        super().__init__()
+        mid = cout // 4
+        self.conv1 = layers.conv1x1(cin, mid)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act1 = layers.act(mid)
+        self.conv2 = layers.conv3x3(mid, mid, stride)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.act2 = layers.act(mid)
+        self.conv3 = layers.conv1x1(mid, cout)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.act3 = layers.act(cout)
+        self.downsample = make_shortcut(cin, cout, stride, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.act2(self.bn2(self.conv2(y)))
+        return self.act3(self.bn3(self.conv3(y)) + shortcut)
+
+
+def _resnet(
+    depths: tuple[int, ...],
+    *,
+    bottleneck: bool,
+    method: str,
+    bits: str,
+    num_classes: int,
+    in_chans: int,
+    structure: str,
+    block_act: str | None,
+    stem_act: str | None,
+    head_bn: bool | None,
+    downsample: str,
+) -> ResNet:
+    layers = BinaryLayers.of(method, bits, block_act)
+    if bottleneck:
+        widths = (256, 512, 1024, 2048)
+
+        def make_block(cin: int, cout: int, stride: int) -> nn.Module:
+            return Bottleneck(layers, cin, cout, stride, downsample)
+    else:
+        widths = (64, 128, 256, 512)
+
+        def make_block(cin: int, cout: int, stride: int) -> nn.Module:
+            return BasicBlock(layers, cin, cout, stride, structure, downsample)
+
+    model = ResNet(
+        make_block,
+        depths,
+        widths,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_act=layers.act(64, stem_act),
+        head_bn=not layers.is_fp if head_bn is None else head_bn,
+    )
+    init_resnet(model)
+    return model
+
+
+@register_model(input_size=(3, 224, 224))
+def resnet18(
+    *,
+    method: str = "irnet",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    structure: str = "normal",
+    block_act: str | None = None,
+    stem_act: str | None = None,
+    head_bn: bool | None = None,
+    downsample: str = "conv",
+) -> nn.Module:
+    """ResNet-18 (ImageNet): IR-Net binary by default, torchvision-compatible with method="fp".
+
+    ``structure``: "normal" (two convs per shortcut) or "bireal" (a shortcut around every
+    conv, the structure of IR-Net's published 1w1a result). ``stem_act`` defaults to the block
+    activation (hardtanh for IR-Net, ReLU for fp). ``head_bn`` (BatchNorm1d before the FC, as
+    in IR-Net's code) defaults to on for binary models, off for fp. ``downsample``: "conv"
+    (1x1/2 conv + BN) or "avgpool_conv" (Bi-Real's AvgPool2d + 1x1 conv + BN).
+    """
+    return _resnet(
+        (2, 2, 2, 2),
+        bottleneck=False,
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        structure=structure,
+        block_act=block_act,
+        stem_act=stem_act,
+        head_bn=head_bn,
+        downsample=downsample,
+    )
+
+
+@register_model(input_size=(3, 224, 224))
+def resnet34(
+    *,
+    method: str = "irnet",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    structure: str = "normal",
+    block_act: str | None = None,
+    stem_act: str | None = None,
+    head_bn: bool | None = None,
+    downsample: str = "conv",
+) -> nn.Module:
+    """ResNet-34 (ImageNet): IR-Net binary by default, torchvision-compatible with method="fp".
+
+    Options as :func:`resnet18`; stages of 3, 4, 6, 3 basic blocks.
+    """
+    return _resnet(
+        (3, 4, 6, 3),
+        bottleneck=False,
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        structure=structure,
+        block_act=block_act,
+        stem_act=stem_act,
+        head_bn=head_bn,
+        downsample=downsample,
+    )
+
+
+@register_model(input_size=(3, 224, 224))
+def resnet50(
+    *,
+    method: str = "fp",
+    bits: str = "1w1a",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = None,
+    head_bn: bool | None = None,
+    downsample: str = "conv",
+) -> nn.Module:
+    """ResNet-50 v1.5 (ImageNet), full precision by default (a teacher); torchvision's keys.
+
+    With a binary method every 1x1 and 3x3 conv of the bottlenecks is binary (first conv,
+    downsampling shortcuts and FC stay full precision). Options as :func:`resnet18`.
+    """
+    return _resnet(
+        (3, 4, 6, 3),
+        bottleneck=True,
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        structure="normal",
+        block_act=block_act,
+        stem_act=stem_act,
+        head_bn=head_bn,
+        downsample=downsample,
+    )
