@@ -160,11 +160,11 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path:
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{path} does not match the model: {detail}")
-    for key, value in weights.items():
-        if value.shape != own[key].shape:
+    for key, value in own.items():
+        if weights[key].shape != value.shape:
             raise CheckpointError(
-                f"{path} does not match the model: {key} has shape {tuple(value.shape)}, "
-                f"the model {tuple(own[key].shape)}"
+                f"{path} does not match the model: {key} has shape {tuple(weights[key].shape)}, "
+                f"the model {tuple(value.shape)}"
             )
     model.load_state_dict(weights)
 

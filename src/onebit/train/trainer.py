@@ -344,6 +344,7 @@ class Trainer:
         run = self.run_dir
         if run is None:
             raise ValueError("Trainer.fit needs a run directory")
+        self.config.runtime.out = str(run.path)
         if run.last.exists():
             if not resume:
                 raise CheckpointError(
