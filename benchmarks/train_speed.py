@@ -210,10 +210,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per implementation")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile)")
     parser.add_argument(
-        "--workers", type=int, help="official-style DataLoader workers (default: 8 on CUDA, "
-        "the official default; 0 on CPU, where workers would take the training cores)"
+        "--workers",
+        type=int,
+        help="official-style DataLoader workers (default: 8 on CUDA, "
+        "the official default; 0 on CPU, where workers would take the training cores)",
     )
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     n = 50_000

@@ -67,7 +67,9 @@ def test_every_config_trains_one_step(path, cifar_roots):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_epoch(0, max_steps=1)
     assert math.isfinite(metrics["train_loss"]) and trainer.progress.step == 1
-    changed = sum(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    changed = sum(
+        not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
+    )
     assert changed > len(before) // 2
 
 
@@ -85,12 +87,27 @@ def tiny_run(tmp_path_factory):
 def test_run_directory_contents(tiny_run):
     out, result = tiny_run
     names = {p.name for p in out.iterdir()}
-    assert names == {"config.yaml", "metrics.jsonl", "last.safetensors", "last.json",
-                     "best.safetensors", "train.log"}
+    assert names == {
+        "config.yaml",
+        "metrics.jsonl",
+        "last.safetensors",
+        "last.json",
+        "best.safetensors",
+        "train.log",
+    }
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
-    keys = {"epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-            "seconds", "images_per_s"}
+    keys = {
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_top1",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "seconds",
+        "images_per_s",
+    }
     assert keys <= set(records[0])
     assert 0 <= records[1]["val_top1"] <= records[1]["val_top5"] <= 100
     assert records[1]["step"] == 4 and result["val_top1"] == records[1]["val_top1"]
@@ -122,7 +139,7 @@ def test_load_model_and_eval(tiny_run, capsys):
 
 def test_bad_checkpoints_are_one_line_errors(tiny_run, tmp_path, capsys):
     out, _ = tiny_run
-    with pytest.raises(CheckpointError, match="holds no best.safetensors or last.safetensors"):
+    with pytest.raises(CheckpointError, match=r"holds no best\.safetensors or last\.safetensors"):
         load_model(tmp_path)
     corrupt = tmp_path / "x.safetensors"
     corrupt.write_bytes((out / "best.safetensors").read_bytes()[:-100])
@@ -135,7 +152,10 @@ def test_bad_checkpoints_are_one_line_errors(tiny_run, tmp_path, capsys):
     (bare / "config.yaml").write_text(config)
     assert load_model(bare)[1].model["name"] == "resnet20"
     (bare / "config.yaml").write_text(config.replace("num_classes: 10", "num_classes: 7"))
-    with pytest.raises(CheckpointError, match=r"match the model: head.fc.weight has shape \(10, 64\), the model \(7, 64\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"match the model: head.fc.weight has shape \(10, 64\), the model \(7, 64\)",
+    ):
         load_model(bare)
     (bare / "config.yaml").unlink()
     with pytest.raises(CheckpointError, match="stores no config and there is no"):
@@ -168,7 +188,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     state = json.loads(run.last_json.read_text())
     assert state["progress"]["epoch"] == 1
     assert len(run.metrics.read_text().splitlines()) == 1
-    assert all(torch.isfinite(v).all() for v in load_file(run.last).values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in load_file(run.last).values() if v.is_floating_point()
+    )
 
 
 def test_resume_without_a_checkpoint_starts(tmp_path):
@@ -183,9 +205,19 @@ def test_resume_without_a_checkpoint_starts(tmp_path):
 
 def test_killed_run_resumes_to_bit_identical_weights(tmp_path):
     args = [
-        str(RECU), "--set", "data.subset=64", "--set", "data.batch_size=32",
-        "--set", "data.eval_subset=32", "--set", "schedule.epochs=3",
-        "--set", "runtime.log_interval=1", "--set", "runtime.device=cpu",
+        str(RECU),
+        "--set",
+        "data.subset=64",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        "data.eval_subset=32",
+        "--set",
+        "schedule.epochs=3",
+        "--set",
+        "runtime.log_interval=1",
+        "--set",
+        "runtime.device=cpu",
     ]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     proc = subprocess.Popen(
@@ -222,8 +254,14 @@ def test_short_fashion_mnist_run_learns(tmp_path):
     """768 images, 2 epochs (48 steps): this loop reached 63.4% on 500 test images; a broken
     one (no gradient, no lr, shuffled labels) stays near chance, 10%."""
     config = load_config(
-        FP, ["data.subset=768", "data.batch_size=32", "data.eval_subset=500",
-             "schedule.epochs=2", "runtime.device=cpu"],
+        FP,
+        [
+            "data.subset=768",
+            "data.batch_size=32",
+            "data.eval_subset=500",
+            "schedule.epochs=2",
+            "runtime.device=cpu",
+        ],
     )
     result = Trainer(config, RunDir(tmp_path)).fit()
     assert result["val_top1"] > 50.0, result

@@ -127,7 +127,10 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a recipe from a YAML config (see docs/training.md)")
     p.add_argument("config", help="a YAML recipe, e.g. configs/fmnist/resnet20_recu.yaml")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, e.g. --set optim.lr=0.05 (repeatable)",
     )
     p.add_argument("--out", help="run directory (default: runtime.out, or runs/<folder>/<name>)")
@@ -165,7 +168,10 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run (top-1 / top-5 on the test split)")
     p.add_argument("run", help="a run directory (its best.safetensors) or a .safetensors file")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
     )
     p.set_defaults(func=cmd_eval)

@@ -25,10 +25,8 @@ import yaml
 from onebit.errors import ConfigError, OneBitError
 
 
-def _spec(default: Any = dataclasses.MISSING, **checks: Any) -> Any:
-    """A dataclass field with value checks: ``choices=``, ``min=``, ``length=``."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=checks)
+def _spec(default: Any, **checks: Any) -> Any:
+    """A dataclass field with value checks: ``choices=``, ``min=`` (``length=`` for lists)."""
     return field(default=default, metadata=checks)
 
 
@@ -57,7 +55,7 @@ class OptimConfig:
     momentum: float = _spec(0.9, min=0.0)
     weight_decay: float = _spec(1e-4, min=0.0)
     nesterov: bool = False
-    betas: list[float] = _spec([0.9, 0.999], length=2)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
 
 
 @dataclass
@@ -67,7 +65,7 @@ class ScheduleConfig:
     epochs: int = _spec(1, min=1)
     lr: str = _spec("cos", choices=("cos", "step", "linear", "const"))
     warmup_epochs: float = _spec(0.0, min=0.0)
-    milestones: list[float] = _spec([])
+    milestones: list[float] = field(default_factory=list)
     gamma: float = _spec(0.1, min=0.0)
 
 
@@ -83,7 +81,7 @@ class EdeConfig:
 class QuantConfig:
     """Schedules of the binarizers' state (each layer reads only what its binarizer uses)."""
 
-    tau: list[float] = _spec([0.85, 0.99], length=2)
+    tau: list[float] = field(default_factory=lambda: [0.85, 0.99], metadata={"length": 2})
     ede: EdeConfig = field(default_factory=EdeConfig)
 
 
@@ -125,7 +123,9 @@ def _type_name(hint: Any) -> str:
     if hint in names:
         return names[hint]
     if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+        return " or ".join(
+            "null" if a is type(None) else _type_name(a) for a in typing.get_args(hint)
+        )
     if typing.get_origin(hint) is list:
         return "a list"
     return "a mapping"
@@ -175,9 +175,8 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     elif hint is str:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(
-            f"config key {path}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
-        )
+        got = f"{value!r} ({type(value).__name__})"
+        raise ConfigError(f"config key {path}: expected {_type_name(hint)}, got {got}")
     return value
 
 

@@ -1,9 +1,9 @@
 """Training: the one loop (:class:`Trainer`), its schedules, optimizers, losses, checkpoints.
 
-    from onebit.config import load_config
-    from onebit.train import RunDir, Trainer
-    Trainer(load_config("configs/fmnist/resnet20_recu.yaml"), RunDir("runs/x")).fit()
-    model, config = onebit.train.load_model("runs/x")
+from onebit.config import load_config
+from onebit.train import RunDir, Trainer
+Trainer(load_config("configs/fmnist/resnet20_recu.yaml"), RunDir("runs/x")).fit()
+model, config = onebit.train.load_model("runs/x")
 """
 
 from onebit.train.checkpoint import load_model

@@ -22,7 +22,10 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "sgd":
         opt = torch.optim.SGD(
-            params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            params,
+            cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
     else:

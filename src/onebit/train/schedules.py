@@ -26,7 +26,8 @@ def lr_factor(
     """Multiplier of the base learning rate at (fractional) ``epoch`` e of E.
 
     Warm-up (e < W): linear, (e + s) / W with s = ``step_epochs`` the length of one step, so
-    the first step is already non-zero and the last warm-up step reaches 1. After it, with p = (e - W) / (E - W):
+    the first step is already non-zero and the last warm-up step reaches 1.
+    After it, with p = (e - W) / (E - W):
     ``cos``: (1 + cos(pi p)) / 2 (CosineAnnealingLR to 0, IR-Net / ReCU, here per step);
     ``linear``: 1 - p (Bi-Real, ReActNet); ``step``: gamma^(number of milestones <= e)
     (MultiStepLR); ``const``: 1.

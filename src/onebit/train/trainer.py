@@ -84,7 +84,11 @@ def evaluate(
         count += y.numel()
     model.train(was_training)
     loss, top1, top5 = loss_sum.tolist()
-    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count}
+    return {
+        "val_loss": loss / count,
+        "val_top1": 100 * top1 / count,
+        "val_top5": 100 * top5 / count,
+    }
 
 
 class RunDir:
@@ -192,7 +196,10 @@ class Trainer:
         """The model section with num_classes / in_chans taken from the data when not given."""
         model = dict(model)
         options = model_entry(model["name"]).defaults
-        for key, value in (("num_classes", loaders.num_classes), ("in_chans", loaders.input_size[0])):
+        for key, value in (
+            ("num_classes", loaders.num_classes),
+            ("in_chans", loaders.input_size[0]),
+        ):
             if key in options and model.setdefault(key, value) != value:
                 raise ConfigError(
                     f"config key model.{key}: {model[key]}, but the dataset has {value}; "
@@ -331,9 +338,7 @@ class Trainer:
         restore_optimizers(self.optimizers, tensors, state["optimizers"])
         set_rng_state(state["rng"])
         run.keep_metrics_until(self.progress.phase, self.progress.epoch)
-        run.log(
-            f"resumed {run.path} after epoch {self.progress.epoch} (step {self.progress.step})"
-        )
+        run.log(f"resumed {run.path} after epoch {self.progress.epoch} (step {self.progress.step})")
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Run every phase to its last epoch; returns the last epoch's metrics and the best.
@@ -366,11 +371,18 @@ class Trainer:
                 self.progress.epoch = epoch + 1
                 is_best = record["val_top1"] > self.progress.best_top1
                 if is_best:
-                    self.progress.best_top1, self.progress.best_epoch = record["val_top1"], epoch + 1
+                    self.progress.best_top1, self.progress.best_epoch = (
+                        record["val_top1"],
+                        epoch + 1,
+                    )
                 run.append_metrics(record)
                 run.log(_epoch_line(record, epochs))
                 self._checkpoint(record, is_best)
-        return {**record, "best_top1": self.progress.best_top1, "best_epoch": self.progress.best_epoch}
+        return {
+            **record,
+            "best_top1": self.progress.best_top1,
+            "best_epoch": self.progress.best_epoch,
+        }
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
