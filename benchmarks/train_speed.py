@@ -14,15 +14,20 @@ epoch (50,000 // batch steps).
   DataLoader over CPU tensors with per-sample crop/flip/normalise (torchvision-free, same
   operations), ``loss.item()``, top-1 and top-5 ``.item()`` every step, fp32.
 
+The two run in alternating rounds (official, onebit, official, ...) and each reports the
+median seconds per step of its rounds, so a change in machine load hits both alike.
+
     python benchmarks/train_speed.py                       # GPU if there is one
-    python benchmarks/train_speed.py --device cpu --steps 10 --warmup 2
+    python benchmarks/train_speed.py --device cpu --steps 20 --warmup 2 --rounds 4
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -150,8 +155,8 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[to
     return [correct[:k].reshape(-1).float().sum(0).mul_(100.0 / target.size(0)) for k in topk]
 
 
-def time_official(images, labels, device, batch, steps, warmup, workers) -> float:
-    """Seconds per step of the official-style loop."""
+def official_runner(images, labels, device, batch, workers) -> Callable[[int], float]:
+    """``run(k)``: train k steps of the official-style loop, return the seconds they took."""
     model = OfficialResNet20().to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
@@ -161,37 +166,48 @@ def time_official(images, labels, device, batch, steps, warmup, workers) -> floa
         shuffle=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )
-    model.train()
+    batches = iter(loader)
     meters = [0.0, 0.0, 0.0]
-    start = 0.0
-    for i, (x, y) in enumerate(loader):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        if i == warmup + steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        output = model(x)
-        loss = criterion(output, y)
-        prec1, prec5 = accuracy(output.data, y)
-        meters[0] += loss.item()
-        meters[1] += prec1.item()
-        meters[2] += prec5.item()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model.train()
+
+    def run(k: int) -> float:
+        nonlocal batches
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(k):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            output = model(x)
+            loss = criterion(output, y)
+            prec1, prec5 = accuracy(output.data, y)
+            meters[0] += loss.item()
+            meters[1] += prec1.item()
+            meters[2] += prec5.item()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------- onebit
 
 
-def time_onebit(images, labels, device, batch, steps, warmup) -> float:
-    """Seconds per step of onebit's trainer on device-resident data."""
+def onebit_runner(images, labels, device, batch) -> Callable[[int], float]:
+    """``run(k)``: train k steps with onebit's trainer, return the seconds they took."""
     config = load_config(CONFIG, [f"data.batch_size={batch}", f"runtime.device={device}"])
     normalize = Normalize(MEAN, STD, device)
     train = DeviceLoader(
@@ -199,8 +215,8 @@ def time_onebit(images, labels, device, batch, steps, warmup) -> float:
     )
     trainer = Trainer(config, loaders=Loaders(train, train, 10, (3, 32, 32)))
     apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
-    trainer.train_epoch(0, max_steps=warmup)
-    return trainer.train_epoch(0, max_steps=steps)["seconds"] / steps
+    # train_epoch ends with a host read of its metrics, so its clock includes the device work
+    return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
 
 
 def main() -> None:
@@ -209,6 +225,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="the recipe's 128")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per implementation")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
     parser.add_argument(
         "--workers",
         type=int,
@@ -216,8 +233,8 @@ def main() -> None:
         "the official default; 0 on CPU, where workers would take the training cores)",
     )
     args = parser.parse_args()
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1")
+    if min(args.steps, args.warmup, args.rounds) < 1:
+        parser.error("--steps, --warmup and --rounds must be at least 1")
     device = resolve_device(args.device)
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     n = 50_000
@@ -227,17 +244,25 @@ def main() -> None:
     steps_per_epoch = n // args.batch_size
 
     torch.manual_seed(0)
-    official = time_official(
-        images, labels, device, args.batch_size, args.steps, args.warmup, workers
-    )
-    torch.manual_seed(0)
-    onebit_step = time_onebit(images, labels, device, args.batch_size, args.steps, args.warmup)
+    runners = {
+        "official": official_runner(images, labels, device, args.batch_size, workers),
+        "onebit": onebit_runner(images, labels, device, args.batch_size),
+    }
+    for run in runners.values():
+        run(args.warmup)
+    # Alternate rounds so that both see the same machine load; report each one's median.
+    per_step: dict[str, list[float]] = {name: [] for name in runners}
+    chunk = -(-args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            per_step[name].append(run(chunk) / chunk)
+    official, onebit_step = (statistics.median(per_step[n]) for n in ("official", "onebit"))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"ResNet-20 1W/1A ReCU, CIFAR-shaped synthetic data, batch {args.batch_size}, "
         f"{steps_per_epoch} steps/epoch; {name}, {torch.get_num_threads()} threads; "
-        f"{args.steps} timed steps after {args.warmup}"
+        f"median of {args.rounds} alternating rounds of {chunk} steps, after {args.warmup}"
     )
     print(f"| {'implementation':<40} | {'s/step':>8} | {'s/epoch':>8} | {'img/s':>7} |")
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")

@@ -7,6 +7,9 @@ import os
 import pickle
 import random
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from onebit.data.imagefolder import random_resized_box
 from onebit.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ Fashion-MNIST (real files)
 
@@ -303,3 +307,31 @@ def test_device_loader_flip_and_crop_change_images():
     crop = DeviceLoader(images, torch.zeros(n), n, norm, train=True, augment="crop", pad=2)
     x, _ = next(crop.batches(0))
     assert (x == 0).any(dim=(1, 2, 3)).sum() > 30  # most crops show some zero padding
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ("fmnist/resnet20_fp.yaml", "Fashion-MNIST train files not found in"),
+        ("cifar10/resnet20_recu.yaml", "cifar10 file"),
+        ("cifar100/resnet20_irnet.yaml", "cifar100 file"),
+    ],
+)
+def test_cli_missing_data_is_one_line_exit_2(config, message, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onebit",
+            "train",
+            str(ROOT / "configs" / config),
+            "--set",
+            f"data.root={tmp_path / 'none'}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"onebit: error: {message}") and proc.stderr.count("\n") == 1

@@ -203,6 +203,7 @@ def test_resume_without_a_checkpoint_starts(tmp_path):
 # ------------------------------------------------------------------ kill and resume
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_bit_identical_weights(tmp_path):
     args = [
         str(RECU),
