@@ -1,5 +1,13 @@
 PYTHON ?= python3
 EPOCHS ?=
+DEMO_OUT ?= runs/demo
+# Without EPOCHS: one epoch on the first 12,800 training images (100 steps of 128; a few
+# minutes on a 2-core CPU). EPOCHS=40: the full recipe on all 60,000 images.
+ifeq ($(strip $(EPOCHS)),)
+DEMO_SET = --set schedule.epochs=1 --set data.subset=12800
+else
+DEMO_SET = --set schedule.epochs=$(EPOCHS)
+endif
 
 .PHONY: install test lint format demo bench
 
@@ -13,6 +21,14 @@ test:
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
+
+demo:
+	rm -rf $(DEMO_OUT)/resnet20_recu $(DEMO_OUT)/resnet20_fp
+	$(PYTHON) -m onebit train configs/fmnist/resnet20_recu.yaml $(DEMO_SET) --out $(DEMO_OUT)/resnet20_recu
+	$(PYTHON) -m onebit train configs/fmnist/resnet20_fp.yaml $(DEMO_SET) --out $(DEMO_OUT)/resnet20_fp
+
+bench:
+	$(PYTHON) benchmarks/train_speed.py
 
 format:
 	$(PYTHON) -m ruff check --fix src tests benchmarks

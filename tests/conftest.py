@@ -6,3 +6,42 @@ import torch
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def write_cifar(root, name: str, per_file: int = 6, seed: int = 0):
+    """Write a tiny CIFAR-10/100 folder in the official on-disk format (Python-2 style pickles:
+    dicts with bytes keys, b'data' a uint8 (N, 3072) array, labels a list). Returns the folder."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if name == "cifar10":
+        folder, files, classes = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], 10
+        files.append("test_batch")
+    else:
+        folder, files, classes = "cifar-100-python", ["train", "test"], 100
+    directory = root / folder
+    directory.mkdir(parents=True)
+    for file in files:
+        data = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+        labels = rng.integers(0, classes, per_file).tolist()
+        batch = {b"batch_label": file.encode(), b"data": data, b"filenames": [b"x.png"] * per_file}
+        if name == "cifar10":
+            batch[b"labels"] = labels
+        else:
+            batch[b"fine_labels"], batch[b"coarse_labels"] = labels, [c // 5 for c in labels]
+        with open(directory / file, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def cifar_roots(tmp_path_factory):
+    """{"cifar10": root, "cifar100": root} with tiny generated CIFAR folders."""
+    base = tmp_path_factory.mktemp("cifar")
+    roots = {}
+    for name in ("cifar10", "cifar100"):
+        roots[name] = base / name
+        write_cifar(roots[name], name)
+    return roots

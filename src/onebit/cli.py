@@ -117,7 +117,88 @@ def add_ops(sub) -> None:
     p.set_defaults(func=cmd_ops)
 
 
-COMMANDS: list[Callable] = [add_models, add_summary, add_ops]
+def default_run_dir(config_path: str) -> str:
+    """``runs/<config folder>/<config name>``, e.g. runs/fmnist/resnet20_recu."""
+    from pathlib import Path
+
+    path = Path(config_path)
+    return str(Path("runs") / path.parent.name / path.stem)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from onebit.config import load_config
+    from onebit.train import RunDir, Trainer
+
+    config = load_config(args.config, args.set)
+    out = args.out or config.runtime.out
+    config.runtime.out = default_run_dir(args.config) if out == "runs/auto" else out
+    run = RunDir(config.runtime.out)
+    result = Trainer(config, run).fit(resume=args.resume)
+    if "val_top1" in result:
+        print(
+            f"test top-1 {result['val_top1']:.2f}% (best {result['best_top1']:.2f}% at epoch "
+            f"{result['best_epoch']}); run directory: {run.path}"
+        )
+    else:
+        print(f"{run.path} had already finished; `onebit eval {run.path}` evaluates it")
+    return 0
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe from a YAML config (see docs/training.md)")
+    p.add_argument("config", help="a YAML recipe, e.g. configs/fmnist/resnet20_recu.yaml")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.05 (repeatable)",
+    )
+    p.add_argument("--out", help="run directory (default: runtime.out, or runs/<folder>/<name>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the directory where it stopped"
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from onebit.config import apply_overrides, config_from_dict
+    from onebit.data import build_loaders
+    from onebit.train import evaluate, load_model, resolve_device
+    from onebit.train.checkpoint import checkpoint_path
+
+    model, config = load_model(args.run)
+    data = config.to_dict()
+    apply_overrides(data, args.set)
+    config = config_from_dict(data)
+    device = resolve_device(config.runtime.device)
+    loaders = build_loaders(config.data, device, config.runtime.seed, train=False)
+    amp = torch.bfloat16 if device.type == "cuda" and config.runtime.precision == "bf16" else None
+    result = evaluate(model.to(device), loaders.eval, amp)
+    print(
+        f"val_loss {result['val_loss']:.4f}  val_top1 {result['val_top1']:.2f}%  "
+        f"val_top5 {result['val_top5']:.2f}%  ({loaders.eval.num_samples} images, "
+        f"{checkpoint_path(args.run)})"
+    )
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run (top-1 / top-5 on the test split)")
+    p.add_argument("run", help="a run directory (its best.safetensors) or a .safetensors file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
+    )
+    p.set_defaults(func=cmd_eval)
+
+
+COMMANDS: list[Callable] = [add_models, add_summary, add_ops, add_train, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

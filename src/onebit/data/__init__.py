@@ -1,0 +1,180 @@
+"""Datasets: readers of the on-disk formats and the loaders that feed the trainer.
+
+``build_loaders(config.data, device, seed)`` returns the training and evaluation loaders of
+the dataset a config names. Small datasets (Fashion-MNIST, CIFAR) are held on the device as
+uint8 and augmented there (:mod:`onebit.data.gpu_loader`); image folders go through
+DataLoader workers (:mod:`onebit.data.imagefolder`). Every loader has ``len()`` (batches per
+epoch), ``num_samples`` and ``batches(epoch)`` yielding (normalised images, labels) on the device.
+The evaluation split is the test set (Fashion-MNIST, CIFAR) or ``val/`` (image folders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from onebit.data.cifar import load_cifar
+from onebit.data.fashion_mnist import load_fashion_mnist
+from onebit.data.gpu_loader import DeviceLoader, Normalize, epoch_generator
+from onebit.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from onebit.config import DataConfig
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Loader(Protocol):
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class Loaders:
+    """What the trainer needs to know about its data."""
+
+    train: Loader | None  # None when built with train=False (evaluation only)
+    eval: Loader
+    num_classes: int
+    input_size: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class TensorDataset:
+    """A dataset small enough to hold in memory: a reader and how to normalise and augment it.
+
+    ``pad_to``: images are zero-padded (centred) to this size when loaded (Fashion-MNIST 28 ->
+    32, so that the CIFAR-scale models apply); ``crop_pad``: padding of the random crop.
+    """
+
+    read: Callable[[DataConfig, str], tuple[torch.Tensor, torch.Tensor]]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad_to: int | None = None
+    crop_pad: int = 4
+
+
+# Normalisation: Fashion-MNIST's own statistics; CIFAR as the official IR-Net / ReCU code
+# (ImageNet statistics for CIFAR-10, ReCU's values for CIFAR-100).
+TENSOR_DATASETS: dict[str, TensorDataset] = {
+    "fashion_mnist": TensorDataset(
+        lambda cfg, split: load_fashion_mnist(cfg.root, split), 10, (0.2860,), (0.3530,), 32
+    ),
+    "cifar10": TensorDataset(
+        lambda cfg, split: load_cifar(cfg.root, "cifar10", split, cfg.checksum),
+        10,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    ),
+    "cifar100": TensorDataset(
+        lambda cfg, split: load_cifar(cfg.root, "cifar100", split, cfg.checksum),
+        100,
+        (0.507, 0.487, 0.441),
+        (0.267, 0.256, 0.276),
+    ),
+}
+DATASETS = (*TENSOR_DATASETS, "imagefolder")
+
+
+def check_dataset_name(name: str) -> None:
+    """ConfigError naming ``data.dataset`` unless ``name`` is a known dataset."""
+    if name not in DATASETS:
+        raise ConfigError(f"config key data.dataset: {UnknownNameError('dataset', name, DATASETS)}")
+
+
+def _head(x: torch.Tensor, n: int | None) -> torch.Tensor:
+    return x if n is None else x[:n]
+
+
+def _tensor_loaders(
+    spec: TensorDataset, cfg: DataConfig, device: torch.device, seed: int, with_train: bool
+) -> Loaders:
+    normalize = Normalize(spec.mean, spec.std, device)
+    loaders = [None] if not with_train else []
+    splits = (("train", cfg.subset, True), ("test", cfg.eval_subset, False))
+    for split, limit, train in splits[0 if with_train else 1 :]:
+        images, labels = spec.read(cfg, split)
+        images, labels = _head(images, limit), _head(labels, limit)
+        if spec.pad_to:
+            h, w = images.shape[-2:]
+            top, left = (spec.pad_to - h) // 2, (spec.pad_to - w) // 2
+            images = F.pad(images, (left, spec.pad_to - w - left, top, spec.pad_to - h - top))
+        loaders.append(
+            DeviceLoader(
+                images.to(device),
+                labels.to(device),
+                cfg.batch_size if train else cfg.eval_batch_size,
+                normalize,
+                train=train,
+                augment=cfg.augment,
+                pad=spec.crop_pad,
+                seed=seed,
+            )
+        )
+    return Loaders(loaders[0], loaders[1], spec.num_classes, tuple(images.shape[1:]))
+
+
+def _folder_loaders(
+    cfg: DataConfig, device: torch.device, seed: int, with_train: bool
+) -> Loaders:
+    from onebit.data.imagefolder import FolderLoader, ImageFolder
+
+    if not cfg.root:
+        raise ConfigError("config key data.root: an image folder needs its path (train/, val/)")
+    if cfg.subset or cfg.eval_subset:
+        raise ConfigError("config key data.subset / eval_subset: not available for imagefolder")
+    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
+    root = Path(cfg.root)
+    train = ImageFolder(root, "train", cfg.image_size, True, seed)
+    val = ImageFolder(root, "val", cfg.image_size, False, seed, classes=train.classes)
+    return Loaders(
+        FolderLoader(train, cfg.batch_size, normalize, device, cfg.workers, seed)
+        if with_train
+        else None,
+        FolderLoader(val, cfg.eval_batch_size, normalize, device, cfg.workers, seed),
+        len(train.classes),
+        (3, cfg.image_size, cfg.image_size),
+    )
+
+
+def build_loaders(
+    cfg: DataConfig, device: torch.device, seed: int = 0, train: bool = True
+) -> Loaders:
+    """Training and evaluation loaders of ``cfg.dataset`` on ``device`` (see module doc);
+    ``train=False`` reads the evaluation split only."""
+    check_dataset_name(cfg.dataset)
+    if cfg.dataset == "imagefolder":
+        loaders = _folder_loaders(cfg, device, seed, train)
+    else:
+        loaders = _tensor_loaders(TENSOR_DATASETS[cfg.dataset], cfg, device, seed, train)
+    if loaders.train is not None and len(loaders.train) == 0:
+        raise ConfigError(
+            f"config key data.batch_size: {cfg.batch_size} is larger than the "
+            f"{loaders.train.num_samples} training samples; lower it or raise data.subset"
+        )
+    return loaders
+
+
+__all__ = [
+    "DATASETS",
+    "DeviceLoader",
+    "Loaders",
+    "Normalize",
+    "TensorDataset",
+    "build_loaders",
+    "check_dataset_name",
+    "epoch_generator",
+    "load_cifar",
+    "load_fashion_mnist",
+]

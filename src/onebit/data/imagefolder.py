@@ -1,0 +1,170 @@
+"""ImageNet-layout image folders (root/{train,val}/<class>/<image>) read with Pillow.
+
+Training: RandomResizedCrop(image_size, scale [0.08, 1], ratio [3/4, 4/3]) + horizontal flip;
+evaluation: resize the shorter side to image_size / 0.875 (256 for 224), centre crop. The
+same algorithms as torchvision's transforms (torchvision is not needed). Images leave the
+DataLoader workers as uint8 and are normalised on the device. Each sample's crop and flip come
+from a generator seeded by (seed, epoch, index), so they do not depend on the worker count.
+Pillow is the optional ``vision`` extra: ``pip install "onebit[vision]"``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from onebit.data.gpu_loader import Normalize, epoch_generator
+from onebit.errors import DataError
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(
+            'image folders need Pillow: pip install "onebit[vision]" (or pip install pillow)'
+        ) from None
+    return Image
+
+
+def scan_folder(root: Path, split: str, classes: list[str] | None = None):
+    """(paths, labels, classes) of ``root/split/<class>/*``; classes sorted by name."""
+    directory = root / split
+    if not directory.is_dir():
+        raise DataError(
+            f"image folder {directory} not found; data.root must hold train/ and val/, each "
+            "with one sub-folder of images per class (the ImageNet layout)"
+        )
+    found = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{directory} has classes that {root / 'train'} lacks: {unknown[:5]}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = directory / name
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        for path in files:
+            if path.suffix.lower() in EXTENSIONS:
+                paths.append(path)
+                labels.append(label)
+    if not paths:
+        raise DataError(f"image folder {directory} holds no images ({', '.join(EXTENSIONS)})")
+    return paths, labels, classes
+
+
+def random_resized_box(
+    width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (left, top, right, bottom): area in ``scale`` of the
+    image, aspect in ``ratio`` (log-uniform), 10 tries, else a centre crop of clamped aspect."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            return left, top, left + w, top + h
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+class ImageFolder(Dataset):
+    """One split of an image folder; items are (uint8 tensor (3, S, S), label)."""
+
+    def __init__(self, root: Path, split: str, image_size: int, train: bool, seed: int = 0,
+                 classes: list[str] | None = None):
+        _pil()
+        self.paths, self.labels, self.classes = scan_folder(root, split, classes)
+        self.image_size, self.train, self.seed, self.epoch = image_size, train, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image_mod = _pil()
+        path, size = self.paths[index], self.image_size
+        try:
+            with image_mod.open(path) as f:
+                img = f.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from None
+        if self.train:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+            box = random_resized_box(*img.size, rng)
+            img = img.resize((size, size), image_mod.BILINEAR, box=box)
+            if rng.random() < 0.5:
+                img = img.transpose(image_mod.FLIP_LEFT_RIGHT)
+        else:
+            short = round(size / 0.875)
+            w, h = img.size
+            scale = short / min(w, h)
+            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))),
+                             image_mod.BILINEAR)
+            left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        array = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1), self.labels[index]
+
+
+class FolderLoader:
+    """Batches of an :class:`ImageFolder` through DataLoader workers, normalised on ``device``.
+
+    The training order of an epoch is a permutation drawn from (seed, epoch); full batches only.
+    """
+
+    def __init__(self, dataset: ImageFolder, batch_size: int, normalize: Normalize,
+                 device: torch.device, workers: int, seed: int = 0):
+        self.dataset, self.batch_size, self.normalize = dataset, batch_size, normalize
+        self.device, self.workers, self.seed = device, workers, seed
+        self.train = dataset.train
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.train else -(-n // b)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch``; a corrupt image is a one-line DataError."""
+        self.dataset.epoch = epoch
+        order = (
+            torch.randperm(self.num_samples, generator=epoch_generator(self.seed, epoch)).tolist()
+            if self.train
+            else range(self.num_samples)
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.train,
+        )
+        try:
+            for x, y in loader:
+                x = x.to(self.device, non_blocking=True)
+                yield self.normalize(x), y.to(self.device, non_blocking=True)
+        except DataError as err:
+            # from a worker the message carries the worker's traceback; keep its last line
+            raise DataError(str(err).rsplit("DataError: ", 1)[-1].strip()) from None

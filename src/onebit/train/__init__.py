@@ -1,0 +1,22 @@
+"""Training: the one loop (:class:`Trainer`), its schedules, optimizers, losses, checkpoints.
+
+from onebit.config import load_config
+from onebit.train import RunDir, Trainer
+Trainer(load_config("configs/fmnist/resnet20_recu.yaml"), RunDir("runs/x")).fit()
+model, config = onebit.train.load_model("runs/x")
+"""
+
+from onebit.train.checkpoint import load_model
+from onebit.train.schedules import apply_quant_schedule, lr_at, lr_factor
+from onebit.train.trainer import RunDir, Trainer, evaluate, resolve_device
+
+__all__ = [
+    "RunDir",
+    "Trainer",
+    "apply_quant_schedule",
+    "evaluate",
+    "load_model",
+    "lr_at",
+    "lr_factor",
+    "resolve_device",
+]

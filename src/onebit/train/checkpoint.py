@@ -1,0 +1,221 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, every write atomic.
+
+A checkpoint file ``X.safetensors`` holds the tensors (``model.<key>``, and for ``last``
+``optim.<i>.<param>.<key>``); its safetensors metadata key ``onebit`` holds the JSON state
+(format, kind, epoch, step, best metric, RNG states, optimizers' non-tensor state, the fully
+resolved config). ``last.json`` is a readable copy of that state. Because the state travels
+inside the tensor file, one ``os.replace`` publishes a checkpoint: a run killed at any moment
+leaves either the old or the new checkpoint, never a mix. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from onebit.errors import CheckpointError, OneBitError
+
+if TYPE_CHECKING:
+    from onebit.config import Config
+
+FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+# --------------------------------------------------------------------------- state <-> tensors
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG states (CPU, and every CUDA device) as base64 strings."""
+    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["cpu"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v.detach() for k, v in model.state_dict().items()}
+
+
+def optimizer_state(
+    optimizers: list[torch.optim.Optimizer],
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Split the optimizers' state dicts into tensors and JSON-able rest."""
+    tensors, rest = {}, []
+    for i, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        plain: dict[str, dict[str, Any]] = {}
+        for pid, values in sd["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{i}.{pid}.{key}"] = value
+                else:
+                    plain.setdefault(str(pid), {})[key] = value
+        rest.append({"param_groups": sd["param_groups"], "state": plain})
+    return tensors, rest
+
+
+def restore_optimizers(
+    optimizers: list[torch.optim.Optimizer],
+    tensors: dict[str, torch.Tensor],
+    rest: list[dict[str, Any]],
+) -> None:
+    if len(rest) != len(optimizers):
+        raise CheckpointError(
+            f"the checkpoint has {len(rest)} optimizer(s), the config builds {len(optimizers)}"
+        )
+    for i, (opt, saved) in enumerate(zip(optimizers, rest, strict=True)):
+        state: dict[int, dict[str, Any]] = {
+            int(pid): dict(values) for pid, values in saved["state"].items()
+        }
+        prefix = f"optim.{i}."
+        for name, value in tensors.items():
+            if name.startswith(prefix):
+                pid, key = name[len(prefix) :].split(".", 1)
+                state.setdefault(int(pid), {})[key] = value
+        try:
+            opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"optimizer state does not match the model: {err}") from None
+
+
+def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` with the JSON ``state`` in the file's metadata."""
+    state = {"format": FORMAT, **state}
+    data = save_safetensors(_contiguous_cpu(tensors), metadata={"onebit": json.dumps(state)})
+    atomic_write_bytes(path, data)
+
+
+def read_checkpoint(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors on ``device``, state) of a checkpoint file; CheckpointError if it is not one."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    try:
+        tensors = load_safetensors(raw)  # validates the header and every tensor's extent
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    except (SafetensorError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint (corrupt: {err})") from None
+    meta = (header.get("__metadata__") or {}).get("onebit")
+    try:
+        state = json.loads(meta) if meta else {}
+    except ValueError:
+        raise CheckpointError(f"{path}: its onebit metadata is not valid JSON") from None
+    if state.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {state['format']}, expected {FORMAT}")
+    return {k: v.to(device) for k, v in tensors.items()}, state
+
+
+def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the ``model.*`` tensors into ``model``; CheckpointError naming a mismatch."""
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{path} does not match the model: {detail}")
+    for key, value in own.items():
+        if weights[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path} does not match the model: {key} has shape {tuple(weights[key].shape)}, "
+                f"the model {tuple(value.shape)}"
+            )
+    model.load_state_dict(weights)
+
+
+# --------------------------------------------------------------------------- public loading
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint a run directory stands for: best.safetensors if there is one (the
+    weights with the best evaluation top-1), else last.safetensors; a file stands for itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no best.safetensors or last.safetensors")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run directory or a .safetensors file")
+    return path
+
+
+def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
+    """The config stored in a checkpoint, else the config.yaml beside it."""
+    from onebit.config import config_from_dict, read_yaml
+
+    data = state.get("config")
+    if data is None:
+        side = path.parent / "config.yaml"
+        if not side.is_file():
+            raise CheckpointError(f"{path} stores no config and there is no {side}")
+        data = read_yaml(side)
+    try:
+        return config_from_dict(data)
+    except OneBitError as err:
+        raise CheckpointError(f"the config of {path} is not valid: {err}") from None
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
+    """Rebuild a trained model: ``create_model(**config.model)``, weights loaded, eval mode.
+
+    ``path``: a run directory (its best.safetensors if present, else last.safetensors) or a
+    ``.safetensors`` checkpoint file (its config is read from the file, else from the
+    config.yaml beside it). Returns (model on ``map_location``, config).
+    """
+    from onebit.models import create_model
+
+    file = checkpoint_path(path)
+    tensors, state = read_checkpoint(file, map_location)
+    config = checkpoint_config(file, state)
+    model = create_model(**config.model).to(map_location)
+    load_model_tensors(model, tensors, file)
+    return model.eval(), config

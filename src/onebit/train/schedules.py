@@ -1,0 +1,68 @@
+"""Schedules the trainer applies: the learning rate (every step) and the binarizers' state
+(every epoch). Pure functions of (epoch, step), so a resumed run sees the same values."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch.nn as nn
+
+from onebit.quant import set_schedule_state
+
+if TYPE_CHECKING:
+    from onebit.config import QuantConfig, ScheduleConfig
+
+
+def lr_factor(
+    kind: str,
+    epoch: float,
+    epochs: int,
+    warmup_epochs: float = 0.0,
+    milestones: tuple[float, ...] | list[float] = (),
+    gamma: float = 0.1,
+    step_epochs: float = 0.0,
+) -> float:
+    """Multiplier of the base learning rate at (fractional) ``epoch`` e of E.
+
+    Warm-up (e < W): linear, (e + s) / W with s = ``step_epochs`` the length of one step, so
+    the first step is already non-zero and the last warm-up step reaches 1.
+    After it, with p = (e - W) / (E - W):
+    ``cos``: (1 + cos(pi p)) / 2 (CosineAnnealingLR to 0, IR-Net / ReCU, here per step);
+    ``linear``: 1 - p (Bi-Real, ReActNet); ``step``: gamma^(number of milestones <= e)
+    (MultiStepLR); ``const``: 1.
+    """
+    if epoch < warmup_epochs:
+        return min((epoch + step_epochs) / warmup_epochs, 1.0)
+    p = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
+    if kind == "cos":
+        return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    if kind == "linear":
+        return max(1.0 - p, 0.0)
+    if kind == "step":
+        return gamma ** sum(1 for m in milestones if m <= epoch)
+    return 1.0
+
+
+def lr_at(schedule: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier for ``step`` (0-based, within ``epoch``) of a config's
+    schedule, at the fractional epoch e = epoch + step / steps_per_epoch."""
+    return lr_factor(
+        schedule.lr,
+        epoch + step / steps_per_epoch,
+        schedule.epochs,
+        schedule.warmup_epochs,
+        schedule.milestones,
+        schedule.gamma,
+        step_epochs=1 / steps_per_epoch,
+    )
+
+
+def apply_quant_schedule(
+    model: nn.Module, quant: QuantConfig, epoch: int, epochs: int
+) -> dict[str, float]:
+    """Set the EDE (t, k) and ReCU tau of every binary layer for ``epoch`` (once per epoch, as
+    the official IR-Net / ReCU code); returns the values used, for the metrics."""
+    return set_schedule_state(
+        model, epoch, epochs, ede=(quant.ede.t_min, quant.ede.t_max), tau=tuple(quant.tau)
+    )

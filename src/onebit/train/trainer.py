@@ -1,0 +1,394 @@
+"""The one training loop, for every method.
+
+Per step: set the learning rate (a pure function of (epoch, step)), forward under autocast
+(bf16 on CUDA, fp32 on CPU), loss = weighted sum of the loss terms, backward, step every
+optimizer, run the post-step hooks. Per epoch: set the binarizers' schedule state, train,
+evaluate (top-1 / top-5), append metrics.jsonl, write best/last checkpoints.
+
+No host-device sync inside a step: the loss and correct counts accumulate on the device and
+are read once per ``runtime.log_interval`` steps (where a NaN/inf loss is detected). A run is
+a sequence of phases (today one: the config itself), each with its own optimizers, loss terms
+and hooks, the weights carried over. Everything the run writes goes through :class:`RunDir`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from onebit.config import Config, save_config
+from onebit.data import Loader, Loaders, build_loaders
+from onebit.errors import CheckpointError, ConfigError, TrainingError
+from onebit.models import create_model, model_entry
+from onebit.train.checkpoint import (
+    atomic_write_text,
+    load_model_tensors,
+    model_tensors,
+    optimizer_state,
+    read_checkpoint,
+    restore_optimizers,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from onebit.train.losses import Batch, build_loss_terms, total_loss
+from onebit.train.optim import build_optimizers
+from onebit.train.schedules import apply_quant_schedule, lr_at
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: the GPU if there is one, else the CPU; otherwise a torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key runtime.device: {name!r} is not a device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key runtime.device: {name!r} but no CUDA GPU is available")
+    return device
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Loader, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Mean cross-entropy and top-1 / top-5 accuracy (percent) of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = top1 = top5 = None
+    count = 0
+    for x, y in loader.batches(0):
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+        batch = torch.stack(
+            [
+                F.cross_entropy(logits.float(), y, reduction="sum"),
+                hits[:, 0].sum().float(),
+                hits.any(dim=1).sum().float(),
+            ]
+        )
+        loss_sum = batch if loss_sum is None else loss_sum + batch
+        count += y.numel()
+    model.train(was_training)
+    loss, top1, top5 = loss_sum.tolist()
+    return {
+        "val_loss": loss / count,
+        "val_top1": 100 * top1 / count,
+        "val_top5": 100 * top5 / count,
+    }
+
+
+class RunDir:
+    """A run directory: config.yaml, metrics.jsonl, last.safetensors + last.json,
+    best.safetensors, train.log. The only place a run writes files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.last = self.path / "last.safetensors"
+        self.last_json = self.path / "last.json"
+        self.best = self.path / "best.safetensors"
+        self.log_file = self.path / "train.log"
+
+    def log(self, message: str) -> None:
+        """Print ``message`` and append it, time-stamped, to train.log."""
+        print(message, flush=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def write_config(self, config: Config) -> None:
+        save_config(config, self.config)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def keep_metrics_until(self, phase: int, epoch: int) -> None:
+        """Drop metric lines written after the checkpoint being resumed (phase, epoch)."""
+        if not self.metrics.exists():
+            return
+        kept = ""
+        for line in self.metrics.read_text().splitlines():
+            record = json.loads(line)
+            if (record.get("phase", 0), record["epoch"]) <= (phase, epoch):
+                kept += line + "\n"
+        atomic_write_text(self.metrics, kept)
+
+    def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        save_checkpoint(self.last, tensors, {"kind": "last", **state})
+        atomic_write_text(self.last_json, json.dumps({"kind": "last", **state}, indent=1))
+
+    def save_best(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        save_checkpoint(self.best, tensors, {"kind": "best", **state})
+
+
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint restores besides tensors and RNG."""
+
+    phase: int = 0
+    epoch: int = 0  # epochs completed in the current phase
+    step: int = 0  # optimizer steps taken since the start of the run
+    best_top1: float = -1.0
+    best_epoch: int = 0
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path} (saved {a!r}, now {b!r})"
+
+
+class Trainer:
+    """Trains ``config``'s model on its data; files go to ``run_dir`` (see :class:`RunDir`).
+
+    ``loaders`` replaces the config's dataset (benchmarks, tests). After construction
+    ``trainer.config`` is the fully resolved config (model options with their defaults,
+    num_classes and in_chans from the data).
+    """
+
+    def __init__(
+        self, config: Config, run_dir: RunDir | None = None, loaders: Loaders | None = None
+    ):
+        self.config = copy.deepcopy(config)
+        runtime = self.config.runtime
+        self.device = resolve_device(runtime.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(runtime.seed)
+        self.loaders = loaders or build_loaders(self.config.data, self.device, runtime.seed)
+        self.config.model = self._model_options(self.config.model, self.loaders)
+        self.model = create_model(**self.config.model).to(self.device)
+        self.config.model = {"name": self.config.model["name"], **self.model.onebit_spec["options"]}
+        use_bf16 = self.device.type == "cuda" and runtime.precision == "bf16"
+        self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        compile_model = runtime.compile is True or (
+            runtime.compile == "auto" and self.device.type == "cuda"
+        )
+        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.run_dir = run_dir
+        self.progress = Progress()
+        # A run is a sequence of phases, each a full config; the `phases:` key will list more.
+        self.phases = [self.config]
+        self._setup_phase(0)
+
+    @staticmethod
+    def _model_options(model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
+        """The model section with num_classes / in_chans taken from the data when not given."""
+        model = dict(model)
+        options = model_entry(model["name"]).defaults
+        for key, value in (
+            ("num_classes", loaders.num_classes),
+            ("in_chans", loaders.input_size[0]),
+        ):
+            if key in options and model.setdefault(key, value) != value:
+                raise ConfigError(
+                    f"config key model.{key}: {model[key]}, but the dataset has {value}; "
+                    f"set model.{key}: {value}"
+                )
+        return model
+
+    def _setup_phase(self, index: int) -> None:
+        self.phase_config = self.phases[index]
+        self.optimizers = build_optimizers(self.model, self.phase_config.optim)
+        self.loss_terms = build_loss_terms(self.phase_config)
+        # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping).
+        self.post_step_hooks: list[Callable[[Trainer], None]] = []
+
+    # ------------------------------------------------------------------ the step and the epoch
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            logits = self.forward(x)
+            loss = total_loss(self.loss_terms, Batch(x, y, logits))
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        for hook in self.post_step_hooks:
+            hook(self)
+        return loss, logits
+
+    def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        factor = lr_at(self.phase_config.schedule, epoch, step, steps_per_epoch)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def _check_finite(self, loss: float, epoch: int, step: int) -> None:
+        if math.isfinite(loss):
+            return
+        run = self.run_dir
+        kept = (
+            f"the last good checkpoint is kept: {run.last} (epoch {self.progress.epoch})"
+            if run is not None and run.last.exists()
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingError(
+            f"training loss became {loss} in epoch {epoch + 1} by step {step + 1}; stopped, "
+            f"{kept}. Lower optim.lr or check the data"
+        )
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
+        """Train one epoch (or its first ``max_steps`` steps); returns its metrics."""
+        self.model.train()
+        loader = self.loaders.train
+        steps = len(loader) if max_steps is None else min(max_steps, len(loader))
+        stats = torch.zeros(2, device=self.device)  # sum of loss * batch, correct predictions
+        seen, shown, lr = 0, 0, 0.0
+        interval = self.config.runtime.log_interval
+        epochs = self.phase_config.schedule.epochs
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=None, leave=False)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(loader.batches(epoch)):
+            if i == steps:
+                break
+            lr = self._set_lr(epoch, i, len(loader))
+            loss, logits = self._step(x, y)
+            stats += torch.stack(
+                [loss.detach().float() * y.numel(), (logits.argmax(1) == y).sum().float()]
+            )
+            seen += y.numel()
+            self.progress.step += 1
+            if (i + 1) % interval == 0 or i + 1 == steps:
+                loss_sum, correct = stats.tolist()  # the one host sync per log interval
+                self._check_finite(loss_sum, epoch, i)
+                elapsed = time.perf_counter() - start
+                bar.update(i + 1 - shown)
+                shown = i + 1
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}",
+                    acc=f"{100 * correct / seen:.2f}",
+                    lr=f"{lr:.3g}",
+                    img_s=f"{seen / elapsed:.0f}",
+                )
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {
+            "lr": lr,
+            "train_loss": loss_sum / seen,
+            "train_top1": 100 * correct / seen,
+            "seconds": seconds,
+            "images_per_s": seen / seconds,
+        }
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Schedule, train and evaluate one epoch; returns its metrics record."""
+        cfg = self.phase_config
+        schedule = apply_quant_schedule(self.model, cfg.quant, epoch, cfg.schedule.epochs)
+        train = self.train_epoch(epoch)
+        val = evaluate(self.forward, self.loaders.eval, self.amp_dtype)
+        return {"epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
+
+    # ------------------------------------------------------------------ the run
+
+    def _state(self) -> dict[str, Any]:
+        return {"progress": asdict(self.progress), "config": self.config.to_dict()}
+
+    def _checkpoint(self, record: dict[str, Any], is_best: bool) -> None:
+        run, state = self.run_dir, self._state()
+        if is_best:
+            run.save_best(model_tensors(self.model), {**state, "val_top1": record["val_top1"]})
+        tensors, optim_rest = optimizer_state(self.optimizers)
+        run.save_last(
+            {**model_tensors(self.model), **tensors},
+            {**state, "optimizers": optim_rest, "rng": rng_state()},
+        )
+
+    def _restore(self) -> None:
+        run = self.run_dir
+        tensors, state = read_checkpoint(run.last, self.device)
+        if "progress" not in state or "optimizers" not in state:
+            raise CheckpointError(f"{run.last} is not a last checkpoint of a onebit run")
+        saved, now = dict(state["config"]), self.config.to_dict()
+        saved.pop("runtime", None)
+        now.pop("runtime")
+        diff = _first_difference(saved, now)
+        if diff:
+            raise CheckpointError(
+                f"cannot resume {run.path}: the config differs at {diff}; resume with the run's "
+                f"config ({run.config}) or train into another --out"
+            )
+        self.progress = Progress(**state["progress"])
+        self._setup_phase(self.progress.phase)
+        load_model_tensors(self.model, tensors, run.last)
+        restore_optimizers(self.optimizers, tensors, state["optimizers"])
+        set_rng_state(state["rng"])
+        run.keep_metrics_until(self.progress.phase, self.progress.epoch)
+        run.log(f"resumed {run.path} after epoch {self.progress.epoch} (step {self.progress.step})")
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Run every phase to its last epoch; returns the last epoch's metrics and the best.
+
+        ``resume``: continue from ``last.safetensors`` if the run directory has one (else
+        start). Without it an existing checkpoint is an error rather than overwritten.
+        """
+        run = self.run_dir
+        if run is None:
+            raise ValueError("Trainer.fit needs a run directory")
+        self.config.runtime.out = str(run.path)
+        if run.last.exists():
+            if not resume:
+                raise CheckpointError(
+                    f"{run.path} already holds a run; pass --resume to continue it or "
+                    "--out DIR to start a new one"
+                )
+            self._restore()
+        else:
+            run.log(f"training {self.config.model['name']} into {run.path} on {self.device}")
+        run.write_config(self.config)
+        record: dict[str, Any] = {}
+        for phase in range(self.progress.phase, len(self.phases)):
+            if phase != self.progress.phase:
+                self.progress.phase, self.progress.epoch = phase, 0
+                self._setup_phase(phase)
+            epochs = self.phases[phase].schedule.epochs
+            for epoch in range(self.progress.epoch, epochs):
+                record = self.run_epoch(epoch)
+                self.progress.epoch = epoch + 1
+                is_best = record["val_top1"] > self.progress.best_top1
+                if is_best:
+                    self.progress.best_top1, self.progress.best_epoch = (
+                        record["val_top1"],
+                        epoch + 1,
+                    )
+                run.append_metrics(record)
+                run.log(_epoch_line(record, epochs))
+                self._checkpoint(record, is_best)
+        return {
+            **record,
+            "best_top1": self.progress.best_top1,
+            "best_epoch": self.progress.best_epoch,
+        }
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    extras = "".join(f"  {k} {r[k]:.4g}" for k in ("tau", "ede_t", "ede_k") if k in r)
+    return (
+        f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
+        f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"
+        f"  lr {r['lr']:.4g}{extras}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s"
+    )

@@ -1,0 +1,138 @@
+"""Config files: every recipe in configs/ loads; overrides; every bad key, type or value is a
+ConfigError naming the key path, printed by the CLI as one line with exit status 2."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onebit.cli import main
+from onebit.config import Config, config_from_dict, load_config
+from onebit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
+FOLDERS = {"fmnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+
+def test_the_recipes_exist():
+    names = {str(p.relative_to(ROOT / "configs")) for p in CONFIGS}
+    for dataset in ("cifar10", "cifar100", "fmnist"):
+        for recipe in (
+            "resnet20_recu",
+            "resnet20_irnet",
+            "vgg_small_irnet",
+            "resnet18_cifar_irnet",
+        ):
+            assert f"{dataset}/{recipe}.yaml" in names
+    assert "fmnist/resnet20_fp.yaml" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_loads_and_is_named_after_its_content(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert FOLDERS[path.parent.name] == config.data.dataset
+    assert path.stem == f"{config.model['name']}_{config.model['method']}"
+    text = path.read_text()
+    assert text.startswith("# Source: ")
+    assert re.search(r"^# Published top-1: ", text, re.M)
+
+
+def test_recipe_values_match_the_official_commands():
+    recu = load_config(ROOT / "configs/cifar10/resnet20_recu.yaml")
+    assert (recu.optim.lr, recu.optim.weight_decay, recu.data.batch_size) == (0.1, 1e-4, 128)
+    assert (recu.schedule.epochs, recu.schedule.lr, recu.quant.tau) == (600, "cos", [0.85, 0.99])
+    irnet = load_config(ROOT / "configs/cifar10/resnet20_irnet.yaml")
+    assert (irnet.schedule.epochs, irnet.quant.ede.t_min, irnet.quant.ede.t_max) == (400, 1e-3, 10)
+    vgg = load_config(ROOT / "configs/cifar100/vgg_small_irnet.yaml")
+    assert (vgg.optim.lr, vgg.schedule.epochs, vgg.model["num_classes"]) == (0.007, 300, 100)
+    fp = load_config(ROOT / "configs/fmnist/resnet20_fp.yaml")
+    assert (fp.model["method"], fp.model["in_chans"], fp.schedule.epochs) == ("fp", 1, 40)
+
+
+def test_overrides_and_round_trip():
+    config = load_config(
+        ROOT / "configs/fmnist/resnet20_recu.yaml",
+        [
+            "optim.lr=0.05",
+            "data.subset=100",
+            "model.bits=1w32a",
+            "quant.ede.t_min=1e-2",
+            "runtime.compile=false",
+        ],
+    )
+    assert config.optim.lr == 0.05 and config.data.subset == 100
+    assert config.model["bits"] == "1w32a" and config.quant.ede.t_min == 0.01
+    assert config.runtime.compile is False
+    assert config_from_dict(config.to_dict()) == config
+    assert yaml.safe_load(yaml.safe_dump(config.to_dict())) == config.to_dict()
+
+
+def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: resnet20}\noptim: {weight_decay: 1e-4}\n")
+    assert load_config(path).optim.weight_decay == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.lrr=0.1"], r"config key optim.lrr is unknown. Did you mean optim.lr\?"),
+        (["optim.lr=fast"], r"config key optim.lr: expected a number, got 'fast'"),
+        (["data.batch_size=true"], r"config key data.batch_size: expected an integer, got True"),
+        (["data.batch_size=0"], r"config key data.batch_size: 0 is below the minimum 1"),
+        (["schedule.lr=exp"], r"config key schedule.lr: 'exp' is not one of cos, step"),
+        (["quant.tau=[0.9]"], r"config key quant.tau: expected 2 values"),
+        (["runtime.compile=maybe"], r"config key runtime.compile: 'maybe' is not one of auto"),
+        (["data.dataset=mnist"], r"config key data.dataset: unknown dataset 'mnist'"),
+        (["model.depth=3"], r"config key model.depth: model 'resnet20' has no option 'depth'"),
+        (["model.name=resnet2"], r"config key model.name: unknown model 'resnet2'"),
+        (["distill.loss=kl"], r"config key distill: not supported yet; set distill: null"),
+        (["optim"], r"--set 'optim' is not KEY.PATH=VALUE"),
+        (["optim.lr.x=1"], r"--set 'optim.lr.x=1': config key optim.lr is not a section"),
+        (["extra.key=1"], r"config key extra is unknown"),
+    ],
+)
+def test_bad_keys_types_and_values(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs/fmnist/resnet20_recu.yaml", overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read config .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: resnet20\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+ is not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+    bad.write_text("data: {dataset: cifar10}\n")
+    with pytest.raises(ConfigError, match="config key model is missing"):
+        load_config(bad)
+    bad.write_text("model: {bits: 1w1a}\n")
+    with pytest.raises(ConfigError, match=r"config key model\.name is missing"):
+        load_config(bad)
+
+
+def test_cli_bad_config_is_one_line_exit_2(capsys):
+    assert (
+        main(["train", str(ROOT / "configs/fmnist/resnet20_fp.yaml"), "--set", "optim.lr=x"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err == "onebit: error: config key optim.lr: expected a number, got 'x' (str)\n"
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "onebit", "train", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("onebit: error: cannot read config")
