@@ -125,9 +125,7 @@ def _tensor_loaders(
     return Loaders(loaders[0], loaders[1], spec.num_classes, tuple(images.shape[1:]))
 
 
-def _folder_loaders(
-    cfg: DataConfig, device: torch.device, seed: int, with_train: bool
-) -> Loaders:
+def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int, with_train: bool) -> Loaders:
     from onebit.data.imagefolder import FolderLoader, ImageFolder
 
     if not cfg.root:

@@ -89,7 +89,8 @@ class DeviceLoader:
         device, n, b = self.images.device, self.num_samples, self.batch_size
         if not self.train:
             for i in range(len(self)):
-                yield self.normalize(self.images[i * b : (i + 1) * b]), self.labels[i * b : (i + 1) * b]
+                batch = slice(i * b, (i + 1) * b)
+                yield self.normalize(self.images[batch]), self.labels[batch]
             return
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g).to(device)

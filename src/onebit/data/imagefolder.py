@@ -90,8 +90,15 @@ def random_resized_box(
 class ImageFolder(Dataset):
     """One split of an image folder; items are (uint8 tensor (3, S, S), label)."""
 
-    def __init__(self, root: Path, split: str, image_size: int, train: bool, seed: int = 0,
-                 classes: list[str] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        image_size: int,
+        train: bool,
+        seed: int = 0,
+        classes: list[str] | None = None,
+    ):
         _pil()
         self.paths, self.labels, self.classes = scan_folder(root, split, classes)
         self.image_size, self.train, self.seed, self.epoch = image_size, train, seed, 0
@@ -117,8 +124,9 @@ class ImageFolder(Dataset):
             short = round(size / 0.875)
             w, h = img.size
             scale = short / min(w, h)
-            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))),
-                             image_mod.BILINEAR)
+            img = img.resize(
+                (max(short, round(w * scale)), max(short, round(h * scale))), image_mod.BILINEAR
+            )
             left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
             img = img.crop((left, top, left + size, top + size))
         array = np.asarray(img, dtype=np.uint8)
@@ -131,8 +139,15 @@ class FolderLoader:
     The training order of an epoch is a permutation drawn from (seed, epoch); full batches only.
     """
 
-    def __init__(self, dataset: ImageFolder, batch_size: int, normalize: Normalize,
-                 device: torch.device, workers: int, seed: int = 0):
+    def __init__(
+        self,
+        dataset: ImageFolder,
+        batch_size: int,
+        normalize: Normalize,
+        device: torch.device,
+        workers: int,
+        seed: int = 0,
+    ):
         self.dataset, self.batch_size, self.normalize = dataset, batch_size, normalize
         self.device, self.workers, self.seed = device, workers, seed
         self.train = dataset.train
