@@ -158,6 +158,10 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else f"{path} (saved {a!r}, now {b!r})"
 
 
+# Fewer training steps than this do not repay torch.compile's start-up on a CPU.
+CPU_COMPILE_MIN_STEPS = 2000
+
+
 class Trainer:
     """Trains ``config``'s model on its data; files go to ``run_dir`` (see :class:`RunDir`).
 
@@ -181,15 +185,24 @@ class Trainer:
         self.config.model = {"name": self.config.model["name"], **self.model.onebit_spec["options"]}
         use_bf16 = self.device.type == "cuda" and runtime.precision == "bf16"
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
-        compile_model = runtime.compile is True or (
-            runtime.compile == "auto" and self.device.type == "cuda"
-        )
-        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.forward = torch.compile(self.model) if self._should_compile() else self.model
         self.run_dir = run_dir
         self.progress = Progress()
         # A run is a sequence of phases, each a full config; the `phases:` key will list more.
         self.phases = [self.config]
         self._setup_phase(0)
+
+    def _should_compile(self) -> bool:
+        """``runtime.compile``; ``auto`` compiles on CUDA, and on CPU when the run is long
+        enough to repay the compile time (measured on 2 cores: ResNet-20 ReCU steps 1.4x,
+        FP 1.2x faster after ~1 min of compiling)."""
+        setting = self.config.runtime.compile
+        if setting != "auto":
+            return setting
+        if self.device.type == "cuda":
+            return True
+        steps = self.config.schedule.epochs * len(self.loaders.train or ())
+        return self.device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS
 
     @staticmethod
     def _model_options(model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
