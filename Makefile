@@ -14,6 +14,9 @@ lint:
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
 
+bench:
+	$(PYTHON) benchmarks/kernel_speed.py
+
 format:
 	$(PYTHON) -m ruff check --fix src tests benchmarks
 	$(PYTHON) -m ruff format src tests benchmarks

@@ -17,9 +17,18 @@ import onebit
 from onebit import quant
 from onebit.errors import UnknownNameError
 
-torch.set_default_dtype(torch.float64)
+POINTS = torch.tensor(
+    [-2.0, -1.0, -0.75, -0.5, -0.1, 0.0, 0.1, 0.5, 0.75, 1.0, 1.5], dtype=torch.float64
+)
 
-POINTS = torch.tensor([-2.0, -1.0, -0.75, -0.5, -0.1, 0.0, 0.1, 0.5, 0.75, 1.0, 1.5])
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These checks run in float64; restore the default so other test files stay fp32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def grad_of(fn, x, **state):

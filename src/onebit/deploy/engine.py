@@ -106,7 +106,7 @@ class PackedConv2d(nn.Module):
         ncb = -(-cout // LANES)
         pm1 = 1.0 - 2.0 * unpack_weight(weight_bits, desc.in_channels).float()
         if act_bias is None:
-            act_bias = torch.zeros(desc.in_channels)
+            act_bias = torch.zeros(desc.in_channels, dtype=torch.float32)
         self.register_buffer("act_bias", act_bias.float().contiguous(), persistent=False)
         if kernel == "reference":
             self.register_buffer("weight_pm1", pm1, persistent=False)
@@ -129,7 +129,7 @@ class PackedConv2d(nn.Module):
             persistent=False,
         )
         for name, value in (("out_scale", out_scale), ("out_bias", out_bias)):
-            padded = torch.zeros(ncb * LANES)
+            padded = torch.zeros(ncb * LANES, dtype=torch.float32)
             padded[:cout] = value.float()
             self.register_buffer(name, padded, persistent=False)
         # what every call passes to the C kernels, looked up once (numpy views share memory)
@@ -203,7 +203,8 @@ class PackedConv2d(nn.Module):
             return dot.round() * self.out_scale + self.out_bias
         packed, nhwc = self.pack_input(x)
         n, cout = x.shape[0], d.out_channels
-        out = torch.empty(n, oh, ow, cout) if nhwc else torch.empty(n, cout, oh, ow)
+        shape = (n, oh, ow, cout) if nhwc else (n, cout, oh, ow)
+        out = torch.empty(shape, dtype=torch.float32)
         geometry = (
             n,
             *x.shape[2:],
@@ -321,7 +322,7 @@ def _install(
             weight = signs * tensors[f"{d.name}.weight_scale"].view(-1, 1, 1, 1)
             # contiguous like the trained layer's binary_weight(), so PyTorch picks the same conv
             # algorithm and the result is bit-identical
-            weight = weight.reshape(layer.weight.shape).contiguous()
+            weight = weight.reshape(layer.weight.shape).to(layer.weight.dtype).contiguous()
             layer.weight = nn.Parameter(weight, requires_grad=False)
             layer.weight_spec = None
             float_weights.add(f"{d.name}.weight")

@@ -49,9 +49,9 @@ static const char *VARIANT_NAMES[V_COUNT] = {"portable", "avx2", "avx512"};
 typedef struct {
     const uint64_t *in;     /* first word of the first tap of the first pixel */
     int64_t pix_stride;     /* words between the receptive fields of neighbouring pixels */
-    const int64_t *tap_off; /* word offset of each tap from `in` */
-    int64_t ntaps, kc;
-    const uint64_t *w;      /* this block's weights: ntaps * kc * LANES words */
+    const int64_t *word_off; /* offset from `in` of the k-th word of a receptive field */
+    int64_t nwords;          /* words per receptive field, ntaps * kc, in (kh, kw, kc) order */
+    const uint64_t *w;       /* this block's weights: nwords * LANES words, same order */
     const int32_t *corr;    /* TILE_P x LANES border corrections, or NULL if all are 0 */
     int32_t kbits;          /* ntaps * cin */
     const float *scale, *bias; /* LANES each */
@@ -77,14 +77,11 @@ static void epilogue_scalar(const Tile *t, int P, const uint64_t pop[TILE_P][LAN
 
 static void tile_portable(const Tile *t, int P) {
     uint64_t pop[TILE_P][LANES] = {{0}};
-    for (int64_t tap = 0; tap < t->ntaps; tap++) {
-        const uint64_t *w = t->w + tap * t->kc * LANES;
-        const uint64_t *a = t->in + t->tap_off[tap];
-        for (int64_t c = 0; c < t->kc; c++) {
-            for (int i = 0; i < P; i++) {
-                uint64_t av = a[i * t->pix_stride + c];
-                for (int j = 0; j < LANES; j++) pop[i][j] += __builtin_popcountll(av ^ w[c * LANES + j]);
-            }
+    for (int64_t k = 0; k < t->nwords; k++) {
+        const uint64_t *a = t->in + t->word_off[k], *w = t->w + k * LANES;
+        for (int i = 0; i < P; i++) {
+            const uint64_t av = a[i * t->pix_stride];
+            for (int j = 0; j < LANES; j++) pop[i][j] += __builtin_popcountll(av ^ w[j]);
         }
     }
     epilogue_scalar(t, P, pop);
@@ -132,41 +129,45 @@ __attribute__((target("avx2"), always_inline)) static inline __m256i popcount_by
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
-/* AVX2 tile: lanes 0-3 and 4-7 of the block in two ymm registers; the activation word of a
- * pixel is broadcast to all lanes. Byte counters hold at most 31 words (31 * 8 < 256), so the
- * words are taken in groups of <= 31 (whole taps when kc <= 31) and each group's byte counts are
- * summed into 64-bit totals with vpsadbw. The 8 byte counters stay in registers. */
-__attribute__((target("avx2"), always_inline)) static inline void tile_avx2_p(const Tile *t,
-                                                                            const int P) {
+/* Byte-wise popcounts of the words [k0, k1) (at most 31: 31 * 8 < 256) of P pixels' receptive
+ * fields XOR the block's weights, added to acc (lanes 0-3 and 4-7 of the block in two ymm
+ * registers; the activation word of a pixel is broadcast to all lanes). */
+__attribute__((target("avx2"), always_inline)) static inline void count_words_avx2(
+    const Tile *t, const int P, int64_t k0, int64_t k1, __m256i acc[TILE_P][2]) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
                                          1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
-    const int64_t kc = t->kc, ps = t->pix_stride;
-    const int64_t group = kc <= 31 ? 31 / kc : 1; /* taps per byte-counter flush */
-    __m256i tot[TILE_P][2];
-    for (int i = 0; i < P; i++) tot[i][0] = tot[i][1] = _mm256_setzero_si256();
-    for (int64_t tap0 = 0; tap0 < t->ntaps; tap0 += group) {
-        const int64_t tap1 = tap0 + group < t->ntaps ? tap0 + group : t->ntaps;
-        for (int64_t c0 = 0; c0 < kc; c0 += 31) { /* one pass unless kc > 31 */
-            const int64_t c1 = c0 + 31 < kc ? c0 + 31 : kc;
-            __m256i acc[TILE_P][2];
-            for (int i = 0; i < P; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-            for (int64_t tap = tap0; tap < tap1; tap++) {
-                const uint64_t *a = t->in + t->tap_off[tap];
-                const uint64_t *w = t->w + tap * kc * LANES;
-                for (int64_t c = c0; c < c1; c++) {
-                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + c * LANES));
-                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + c * LANES + 4));
-                    for (int i = 0; i < P; i++) {
-                        const __m256i av = _mm256_set1_epi64x((long long)a[i * ps + c]);
-                        acc[i][0] = _mm256_add_epi8(
-                            acc[i][0], popcount_bytes(_mm256_xor_si256(av, w0), lut, low));
-                        acc[i][1] = _mm256_add_epi8(
-                            acc[i][1], popcount_bytes(_mm256_xor_si256(av, w1), lut, low));
-                    }
-                }
-            }
-            const __m256i zero = _mm256_setzero_si256();
+    const int64_t ps = t->pix_stride;
+    for (int64_t k = k0; k < k1; k++) {
+        const uint64_t *a = t->in + t->word_off[k];
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(t->w + k * LANES));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(t->w + k * LANES + 4));
+        for (int i = 0; i < P; i++) {
+            const __m256i av = _mm256_set1_epi64x((long long)a[i * ps]);
+            acc[i][0] = _mm256_add_epi8(acc[i][0], popcount_bytes(_mm256_xor_si256(av, w0), lut, low));
+            acc[i][1] = _mm256_add_epi8(acc[i][1], popcount_bytes(_mm256_xor_si256(av, w1), lut, low));
+        }
+    }
+}
+
+/* AVX2 tile: the words are counted in groups of 31, each group's byte counts summed into
+ * 64-bit totals with vpsadbw (a single group, the common case, skips the totals). */
+__attribute__((target("avx2"), always_inline)) static inline void tile_avx2_p(const Tile *t,
+                                                                            const int P) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i tot[TILE_P][2], acc[TILE_P][2];
+    for (int i = 0; i < P; i++) acc[i][0] = acc[i][1] = zero;
+    if (t->nwords <= 31) {
+        count_words_avx2(t, P, 0, t->nwords, acc);
+        for (int i = 0; i < P; i++) {
+            tot[i][0] = _mm256_sad_epu8(acc[i][0], zero);
+            tot[i][1] = _mm256_sad_epu8(acc[i][1], zero);
+        }
+    } else {
+        for (int i = 0; i < P; i++) tot[i][0] = tot[i][1] = zero;
+        for (int64_t k0 = 0; k0 < t->nwords; k0 += 31) {
+            for (int i = 0; i < P; i++) acc[i][0] = acc[i][1] = zero;
+            count_words_avx2(t, P, k0, k0 + 31 < t->nwords ? k0 + 31 : t->nwords, acc);
             for (int i = 0; i < P; i++) {
                 tot[i][0] = _mm256_add_epi64(tot[i][0], _mm256_sad_epu8(acc[i][0], zero));
                 tot[i][1] = _mm256_add_epi64(tot[i][1], _mm256_sad_epu8(acc[i][1], zero));
@@ -198,15 +199,12 @@ __attribute__((target("avx512f,avx512vpopcntdq,avx2"), always_inline)) static in
 tile_avx512_p(const Tile *t, const int P) {
     __m512i acc[TILE_P];
     for (int i = 0; i < P; i++) acc[i] = _mm512_setzero_si512();
-    for (int64_t tap = 0; tap < t->ntaps; tap++) {
-        const uint64_t *w = t->w + tap * t->kc * LANES;
-        const uint64_t *a = t->in + t->tap_off[tap];
-        for (int64_t c = 0; c < t->kc; c++) {
-            __m512i wv = _mm512_loadu_si512((const void *)(w + c * LANES));
-            for (int i = 0; i < P; i++) {
-                __m512i av = _mm512_set1_epi64((long long)a[i * t->pix_stride + c]);
-                acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv)));
-            }
+    for (int64_t k = 0; k < t->nwords; k++) {
+        const uint64_t *a = t->in + t->word_off[k];
+        const __m512i wv = _mm512_loadu_si512((const void *)(t->w + k * LANES));
+        for (int i = 0; i < P; i++) {
+            const __m512i av = _mm512_set1_epi64((long long)a[i * t->pix_stride]);
+            acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv)));
         }
     }
     __m256i pop[TILE_P];
@@ -306,23 +304,32 @@ static void border_correction(const Geometry *g, const int32_t *tapsum, const in
     }
 }
 
+static int col_border(const Geometry *g, int64_t x) {
+    return tap_col_out(g, x, 0) || tap_col_out(g, x, g->kw - 1);
+}
+
+/* One work item = one output row of one image for one block of 8 output channels, so that a
+ * thread reuses the row's input words and the block's weights from L1. Pixels [lo, hi) of a
+ * row are interior (no tap in the padding); the others get their border correction. */
 static void conv_run(const Geometry *g, const uint64_t *in, const uint64_t *wts,
                      const int32_t *tapsum, const float *scale, const float *bias, float *out,
-                     const int64_t *tap_off, const int32_t *row_corr, const int32_t *col_corr,
+                     const int64_t *word_off, const int32_t *row_corr, const int32_t *col_corr,
                      int out_nhwc, tile_fn tile, int threads) {
-    int64_t items = g->n * g->oh * g->ncb;
-    int64_t plane = g->oh * g->ow;
+    const int64_t items = g->n * g->oh * g->ncb, plane = g->oh * g->ow;
+    int64_t lo = 0, hi = 0;
+    while (lo < g->ow && col_border(g, lo)) lo++;
+    hi = lo;
+    while (hi < g->ow && !col_border(g, hi)) hi++;
     (void)threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t it = 0; it < items; it++) {
-        int64_t cb = it % g->ncb, row = it / g->ncb;
-        int64_t b = row / g->oh, y = row % g->oh;
+        const int64_t cb = it % g->ncb, row = it / g->ncb;
+        const int64_t b = row / g->oh, y = row % g->oh;
         int32_t corr[TILE_P * LANES];
         Tile t;
         t.pix_stride = g->sw * g->kc;
-        t.tap_off = tap_off;
-        t.ntaps = g->ntaps;
-        t.kc = g->kc;
+        t.word_off = word_off;
+        t.nwords = g->ntaps * g->kc;
         t.w = wts + cb * g->ntaps * g->kc * LANES;
         t.kbits = (int32_t)(g->ntaps * g->cin);
         t.scale = scale + cb * LANES;
@@ -336,18 +343,18 @@ static void conv_run(const Geometry *g, const uint64_t *in, const uint64_t *wts,
         const int row_border = tap_row_out(g, y, 0) || tap_row_out(g, y, g->kh - 1);
         for (int64_t x0 = 0; x0 < g->ow; x0 += TILE_P) {
             const int P = (int)(g->ow - x0 < TILE_P ? g->ow - x0 : TILE_P);
-            int any = 0;
-            for (int i = 0; i < P; i++) {
-                const int64_t x = x0 + i;
-                if (row_border || tap_col_out(g, x, 0) || tap_col_out(g, x, g->kw - 1)) {
-                    border_correction(g, tapsum, row_corr, col_corr, cb, y, x, corr + i * LANES);
-                    any = 1;
-                } else {
-                    memset(corr + i * LANES, 0, sizeof(int32_t) * LANES);
+            t.corr = NULL;
+            if (row_border || x0 < lo || x0 + P > hi) {
+                for (int i = 0; i < P; i++) {
+                    const int64_t x = x0 + i;
+                    if (row_border || x < lo || x >= hi)
+                        border_correction(g, tapsum, row_corr, col_corr, cb, y, x, corr + i * LANES);
+                    else
+                        memset(corr + i * LANES, 0, sizeof(int32_t) * LANES);
                 }
+                t.corr = corr;
             }
-            t.corr = any ? corr : NULL;
-            t.in = in_row + x0 * g->sw * g->kc;
+            t.in = in_row + x0 * t.pix_stride;
             t.out = out_row + x0 * t.pix_out;
             tile(&t, P);
         }
@@ -594,11 +601,11 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
         release(bufs, 6);
         return NULL;
     }
-    int64_t *tap_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)g.ntaps);
+    int64_t *word_off = (int64_t *)malloc(sizeof(int64_t) * (size_t)(g.ntaps * g.kc));
     int32_t *row_corr = (int32_t *)malloc(sizeof(int32_t) * (size_t)(g.oh * g.ncb * LANES));
     int32_t *col_corr = (int32_t *)malloc(sizeof(int32_t) * (size_t)(g.ow * g.ncb * LANES));
-    if (tap_off == NULL || row_corr == NULL || col_corr == NULL) {
-        free(tap_off);
+    if (word_off == NULL || row_corr == NULL || col_corr == NULL) {
+        free(word_off);
         free(row_corr);
         free(col_corr);
         release(bufs, 6);
@@ -606,15 +613,16 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     }
     for (int64_t ky = 0; ky < g.kh; ky++)
         for (int64_t kx = 0; kx < g.kw; kx++)
-            tap_off[ky * g.kw + kx] = (ky * g.dh * g.wp + kx * g.dw) * g.kc;
+            for (int64_t c = 0; c < g.kc; c++)
+                word_off[(ky * g.kw + kx) * g.kc + c] = (ky * g.dh * g.wp + kx * g.dw) * g.kc + c;
     tile_fn tile = variant_tile(variant);
     Py_BEGIN_ALLOW_THREADS
     border_tables(&g, (const int32_t *)bufs[2].view.buf, row_corr, col_corr);
     conv_run(&g, (const uint64_t *)bufs[0].view.buf, (const uint64_t *)bufs[1].view.buf,
              (const int32_t *)bufs[2].view.buf, (const float *)bufs[3].view.buf,
-             (const float *)bufs[4].view.buf, (float *)bufs[5].view.buf, tap_off, row_corr, col_corr, out_nhwc, tile, threads);
+             (const float *)bufs[4].view.buf, (float *)bufs[5].view.buf, word_off, row_corr, col_corr, out_nhwc, tile, threads);
     Py_END_ALLOW_THREADS
-    free(tap_off);
+    free(word_off);
     free(row_corr);
     free(col_corr);
     release(bufs, 6);
