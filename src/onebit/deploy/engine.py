@@ -281,7 +281,7 @@ def _rebuild(header: dict[str, Any], model: nn.Module | None, path: str | Path) 
 
     try:
         return create_model(spec["name"], **spec["options"]).eval()
-    except OneBitError as err:
+    except (OneBitError, TypeError, ValueError, RuntimeError) as err:  # options from the file
         raise ExportError(f"{path}: cannot rebuild model {spec['name']!r}: {err}") from None
 
 
