@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -128,8 +129,6 @@ def add_ops(sub) -> None:
 
 def default_run_dir(config_path: str) -> str:
     """``runs/<config folder>/<config name>``, e.g. runs/fmnist/resnet20_recu."""
-    from pathlib import Path
-
     path = Path(config_path)
     return str(Path("runs") / path.parent.name / path.stem)
 
@@ -316,6 +315,58 @@ def add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from onebit.report import report
+    from onebit.train.checkpoint import atomic_write_text
+
+    text = report(args.runs)
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="Markdown table of trained runs: top-1 (mean ± std over seeds), size, OPs, speed",
+        description="Write a Markdown table of the runs in RUN_DIR... (run directories of "
+        "`onebit train`, or folders searched for them, e.g. <out>/seed*/): one row per recipe, "
+        "runs that differ only in runtime (seed, ...) grouped, with mean ± std of top-1.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or folder of runs")
+    p.add_argument("-o", "--out", help="write the Markdown here (default: print it)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from onebit.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, args.out, args.label or None)}")
+    return 0
+
+
+def add_plot(sub) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="training curves of runs as a PNG: loss, top-1, lr and schedules against epoch",
+        description="Plot loss and top-1 (train and test) and the schedules (lr, ReCU tau, "
+        "IR-Net EDE t) of the runs in RUN_DIR... against epoch, overlaid by name; the seeds of "
+        'one recipe as mean and min-max band. Needs matplotlib: pip install "onebit[plot]".',
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or folder of runs")
+    p.add_argument("-o", "--out", required=True, help="the PNG file to write")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="legend name of each RUN_DIR, in order (default: the directory names)",
+    )
+    p.set_defaults(func=cmd_plot)
+
+
 COMMANDS: list[Callable] = [
     add_models,
     add_summary,
@@ -324,6 +375,8 @@ COMMANDS: list[Callable] = [
     add_eval,
     add_export,
     add_bench,
+    add_report,
+    add_plot,
 ]
 
 

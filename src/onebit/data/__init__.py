@@ -53,35 +53,50 @@ class Loaders:
 class TensorDataset:
     """A dataset small enough to hold in memory: a reader and how to normalise and augment it.
 
-    ``pad_to``: images are zero-padded (centred) to this size when loaded (Fashion-MNIST 28 ->
-    32, so that the CIFAR-scale models apply); ``crop_pad``: padding of the random crop.
+    ``size``: side of the square images in the files; ``pad_to``: images are zero-padded
+    (centred) to this size when loaded (Fashion-MNIST 28 -> 32, so that the CIFAR-scale models
+    apply); ``crop_pad``: padding of the random crop. One channel per ``mean`` entry.
     """
 
     read: Callable[[DataConfig, str], tuple[torch.Tensor, torch.Tensor]]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    size: int
     pad_to: int | None = None
     crop_pad: int = 4
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model sees."""
+        side = self.pad_to or self.size
+        return (len(self.mean), side, side)
 
 
 # Normalisation: Fashion-MNIST's own statistics; CIFAR as the official IR-Net / ReCU code
 # (ImageNet statistics for CIFAR-10, ReCU's values for CIFAR-100).
 TENSOR_DATASETS: dict[str, TensorDataset] = {
     "fashion_mnist": TensorDataset(
-        lambda cfg, split: load_fashion_mnist(cfg.root, split), 10, (0.2860,), (0.3530,), 32
+        lambda cfg, split: load_fashion_mnist(cfg.root, split),
+        10,
+        (0.2860,),
+        (0.3530,),
+        size=28,
+        pad_to=32,
     ),
     "cifar10": TensorDataset(
         lambda cfg, split: load_cifar(cfg.root, "cifar10", split, cfg.checksum),
         10,
         IMAGENET_MEAN,
         IMAGENET_STD,
+        size=32,
     ),
     "cifar100": TensorDataset(
         lambda cfg, split: load_cifar(cfg.root, "cifar100", split, cfg.checksum),
         100,
         (0.507, 0.487, 0.441),
         (0.267, 0.256, 0.276),
+        size=32,
     ),
 }
 DATASETS = (*TENSOR_DATASETS, "imagefolder")
@@ -91,6 +106,14 @@ def check_dataset_name(name: str) -> None:
     """ConfigError naming ``data.dataset`` unless ``name`` is a known dataset."""
     if name not in DATASETS:
         raise ConfigError(f"config key data.dataset: {UnknownNameError('dataset', name, DATASETS)}")
+
+
+def dataset_input_size(cfg: DataConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the images ``cfg``'s dataset feeds the model, without reading it."""
+    check_dataset_name(cfg.dataset)
+    if cfg.dataset == "imagefolder":
+        return (3, cfg.image_size, cfg.image_size)
+    return TENSOR_DATASETS[cfg.dataset].input_size
 
 
 def _head(x: torch.Tensor, n: int | None) -> torch.Tensor:
@@ -142,7 +165,7 @@ def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int, with_train
         else None,
         FolderLoader(val, cfg.eval_batch_size, normalize, device, cfg.workers, seed),
         len(train.classes),
-        (3, cfg.image_size, cfg.image_size),
+        dataset_input_size(cfg),
     )
 
 
@@ -172,6 +195,7 @@ __all__ = [
     "TensorDataset",
     "build_loaders",
     "check_dataset_name",
+    "dataset_input_size",
     "epoch_generator",
     "load_cifar",
     "load_fashion_mnist",

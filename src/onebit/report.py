@@ -1,0 +1,319 @@
+"""Results of training runs: read run directories, group the seeds of one recipe, and write
+the Markdown table of ``onebit report``.
+
+A run directory is one written by ``onebit train`` (config.yaml, metrics.jsonl, ...; see
+docs/training.md). A directory that is not a run is searched for runs below it, so
+``<out>/seed0``, ``<out>/seed1``, ... (``onebit train --runs N``, the results runner) and
+whole output trees are accepted. Runs whose configs are equal except the ``runtime``
+section (seed, device, out, ...) are repetitions of one recipe: they form one row, with
+mean ± sample standard deviation over the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from onebit.config import Config, load_config
+from onebit.errors import CheckpointError, OneBitError
+
+SEED_DIR = re.compile(r"seed\d+")
+
+
+@dataclass
+class Run:
+    """One run directory: its resolved config and its metrics (one record per epoch)."""
+
+    path: Path
+    config: Config
+    records: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        """The directory name; ``parent/seedK`` for a seed directory of a repeated run."""
+        if SEED_DIR.fullmatch(self.path.name):
+            return f"{self.path.parent.name}/{self.path.name}"
+        return self.path.name
+
+    @property
+    def recipe_name(self) -> str:
+        """The name without the seed directory: what the runs of one row share."""
+        return self.path.parent.name if SEED_DIR.fullmatch(self.path.name) else self.path.name
+
+    @property
+    def recipe_key(self) -> str:
+        """The config without its ``runtime`` section, as canonical JSON (the grouping key)."""
+        data = self.config.to_dict()
+        data.pop("runtime")
+        return json.dumps(data, sort_keys=True, default=str)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the config asks for (of its one phase)."""
+        return self.config.schedule.epochs
+
+    def values(self, key: str) -> list[float]:
+        """``key`` of every epoch record that has it, in order."""
+        return [r[key] for r in self.records if key in r]
+
+    @property
+    def final_top1(self) -> float | None:
+        """The last epoch's test top-1."""
+        top1 = self.values("val_top1")
+        return top1[-1] if top1 else None
+
+    @property
+    def best_top1(self) -> float | None:
+        """The best test top-1 of the latest phase's epochs (the weights best.safetensors
+        holds: an earlier phase's model is not the recipe's result)."""
+        if not self.records:
+            return None
+        phase = self.records[-1].get("phase", 0)
+        return max(r["val_top1"] for r in self.records if r.get("phase", 0) == phase)
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time: the sum of the epochs' ``seconds`` (evaluation not included)."""
+        return sum(self.values("seconds"))
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Training images per second over the whole run (total images / total seconds)."""
+        seconds = self.train_seconds
+        if not seconds:
+            return None
+        images = sum(r["images_per_s"] * r["seconds"] for r in self.records if "seconds" in r)
+        return images / seconds
+
+
+def read_run(path: str | Path) -> Run:
+    """The run in directory ``path`` (config.yaml and, once an epoch has finished,
+    metrics.jsonl); CheckpointError if either file is unreadable."""
+    path = Path(path)
+    try:
+        config = load_config(path / "config.yaml")
+    except OneBitError as err:
+        raise CheckpointError(f"{path}: its config.yaml is not a valid config ({err})") from None
+    metrics = path / "metrics.jsonl"
+    records = []
+    if metrics.exists():
+        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise CheckpointError(
+                    f"{metrics} line {number} is not JSON; the file is written by onebit train"
+                ) from None
+    return Run(path, config, records)
+
+
+def _run_dirs(path: Path) -> list[Path]:
+    if (path / "config.yaml").is_file():
+        return [path]
+    found = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        found += _run_dirs(child)
+    return found
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """The runs in ``paths``: each a run directory, or a directory searched for run
+    directories below it (sorted by path). CheckpointError for a path that holds none."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{path} is not a directory; give run directories of onebit train"
+            )
+        dirs = _run_dirs(path)
+        if not dirs:
+            raise CheckpointError(f"{path} holds no run directory (a folder with config.yaml)")
+        runs += [read_run(d) for d in dirs]
+    return runs
+
+
+def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
+    """Runs of the same recipe (configs equal but for ``runtime``) together, in the order
+    each recipe first appears."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.recipe_key, []).append(run)
+    return list(groups.values())
+
+
+def group_label(group: Sequence[Run]) -> str:
+    """The recipe name the runs share, else their names' common prefix, else the first's."""
+    names = [r.recipe_name for r in group]
+    if len(set(names)) == 1:
+        return names[0]
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix.rstrip("_-./") or names[0]
+
+
+# --------------------------------------------------------------------------- model figures
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """What a row says about the model itself: bits, parameters, OPs, packed file size."""
+
+    bits: str
+    params: int
+    ops: float
+    packed_bytes: int  # bytes of the onebit.deploy.export file
+
+
+def model_figures(config: Config) -> ModelFigures:
+    """Figures of ``config``'s model at its dataset's input size (see :func:`_figures`)."""
+    from onebit.data import dataset_input_size
+
+    options = json.dumps(config.model, sort_keys=True)
+    return _figures(options, dataset_input_size(config.data))
+
+
+@cache
+def _figures(options: str, input_size: tuple[int, int, int]) -> ModelFigures:
+    """Rebuild the model ``create_model(**options)``: bits of its binary layers, ``count_ops``
+    (params, OPs = BOPs/64 + FLOPs per image of ``input_size``) and the size of the file
+    ``onebit.deploy.export`` writes (exported to a temporary file; it does not depend on the
+    weights' values, so an untrained model of the same options gives the trained size)."""
+    from onebit.deploy import export
+    from onebit.models import create_model
+    from onebit.nn import is_binary
+    from onebit.profile import count_ops
+
+    model = create_model(**json.loads(options))
+    bits = sorted({m.bits for m in model.modules() if is_binary(m)})
+    ops = count_ops(model, input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "model.onebit"
+        export(model, file)
+        packed = file.stat().st_size
+    return ModelFigures("/".join(bits) or "32w32a", ops.params, ops.ops, packed)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    """One row of the report: a recipe and its runs' figures."""
+
+    label: str
+    runs: list[Run]
+    figures: ModelFigures
+    cells: dict[str, str]  # column -> text, for every column of COLUMNS
+
+
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+    """``"m ± s"`` with the sample standard deviation (n - 1); the value alone for one run;
+    ``"—"`` for none."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _duration(seconds: float) -> str:
+    if not seconds:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 60 else f"{minutes / 60:.2f} h"
+
+
+def _epochs(group: Sequence[Run]) -> str:
+    done = sorted({len(r.values("val_top1")) for r in group})
+    target = group[0].epochs
+    text = str(done[0]) if len(done) == 1 else f"{done[0]}–{done[-1]}"
+    return text if done[0] == target else f"{text}/{target}"
+
+
+COLUMNS = (
+    "run",
+    "model",
+    "method",
+    "bits",
+    "epochs",
+    "runs",
+    "params",
+    "OPs",
+    "packed (bytes)",
+    "best top-1 (%)",
+    "final top-1 (%)",
+    "train time",
+    "img/s",
+)
+
+
+def report_rows(runs: Sequence[Run]) -> list[Row]:
+    """One :class:`Row` per recipe (see :func:`group_runs`), cells formatted for Markdown."""
+    rows = []
+    for group in group_runs(runs):
+        config = group[0].config
+        figures = model_figures(config)
+        speeds = [s for s in (r.images_per_s for r in group) if s is not None]
+        label = group_label(group)
+        cells = {
+            "run": label,
+            "model": config.model["name"],
+            "method": str(config.model.get("method", "")),
+            "bits": figures.bits,
+            "epochs": _epochs(group),
+            "runs": str(len(group)),
+            "params": _si(figures.params),
+            "OPs": _si(figures.ops),
+            "packed (bytes)": f"{figures.packed_bytes:,}",
+            "best top-1 (%)": mean_std([r.best_top1 for r in group if r.best_top1 is not None]),
+            "final top-1 (%)": mean_std([r.final_top1 for r in group if r.final_top1 is not None]),
+            "train time": _duration(statistics.mean(r.train_seconds for r in group)),
+            "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
+        }
+        rows.append(Row(label, list(group), figures, cells))
+    return rows
+
+
+NOTES = """\
+top-1: test accuracy (`val_top1`), mean ± sample standard deviation over the row's runs (runs
+whose configs differ only in `runtime`: seed, device, ...); best = the best epoch, final = the
+last. epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
++ FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
+`onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
+epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
+second.
+"""
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a Markdown table (numeric columns right-aligned)."""
+    left = {"run", "model", "method", "bits"}
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if c in left else "--:" for c in COLUMNS) + "|",
+    ]
+    lines += ["| " + " | ".join(row.cells[c] for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(paths: Sequence[str | Path]) -> str:
+    """The Markdown of ``onebit report``: the table of the runs in ``paths``, then notes."""
+    return markdown_table(report_rows(find_runs(paths))) + "\n\n" + NOTES

@@ -1,0 +1,235 @@
+"""onebit report / onebit plot on real run directories, and the Fashion-MNIST results runner
+(benchmarks/fmnist_results.py) that trains them: the tree below is trained by the runner's own
+jobs through ``onebit train``, then reported and plotted."""
+
+import importlib.util
+import json
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onebit.cli import main
+from onebit.deploy import export
+from onebit.models import create_model
+from onebit.plot import schedule_keys
+from onebit.profile import count_ops
+from onebit.report import find_runs, group_runs, report, report_rows
+from onebit.train import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.batch_size=16", "data.eval_batch_size=16", "runtime.device=cpu"]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location(
+        "fmnist_results", ROOT / "benchmarks" / "fmnist_results.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+RUNNER = _runner()
+# ResNet-20 ReCU twice (seeds 0, 1: the headline layout), IR-Net once; 2 epochs of 32 images
+RUNNER_ARGS = [
+    "--only",
+    "resnet20_recu",
+    "--only",
+    "resnet20_irnet",
+    "--headline",
+    "resnet20_recu",
+    "--seeds",
+    "2",
+    "--epochs",
+    "2",
+    "--subset",
+    "32",
+    "--eval-subset",
+    "32",
+    *(a for o in TINY for a in ("--set", o)),
+]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """OUT/resnet20_irnet/seed0, OUT/resnet20_recu/seed0 and seed1, each trained by the
+    runner's ``onebit train`` command line (in this process rather than a subprocess)."""
+    out = tmp_path_factory.mktemp("results")
+    jobs = RUNNER.jobs(RUNNER.parse_args([*RUNNER_ARGS, "--out", str(out)]))
+    # One thread: at batch 16 a second one gains nothing, and on a loaded 2-core machine two
+    # threads per process oversubscribe it (measured: 54 s against 6 s for one of these runs).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert [(j.entry.name, j.seed) for j in jobs] == [
+        ("resnet20_irnet", 0),
+        ("resnet20_recu", 0),
+        ("resnet20_recu", 1),
+    ]
+    try:
+        for job in jobs:
+            assert main(list(job.args)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_runner_jobs_scale_the_schedule_and_set_seeds(tmp_path):
+    args = RUNNER.parse_args(["--only", "vgg_small_fp", "--epochs", "4", "--out", str(tmp_path)])
+    (job,) = RUNNER.jobs(args)
+    assert job.entry.config.name == "vgg_small_irnet.yaml"  # no own fp recipe: the base one
+    sets = [job.args[i + 1] for i, a in enumerate(job.args) if a == "--set"]
+    assert sets[:3] == ["model.method=fp", "model.bits=32w32a", "schedule.epochs=4"]
+    assert sets[-1] == "runtime.seed=0" and job.run_dir == tmp_path / "vgg_small_fp" / "seed0"
+    entries = {e.name for e in RUNNER.matrix()}
+    models, methods = RUNNER.MODELS, RUNNER.METHODS
+    assert {f"{m}_{k}" for m in models for k in methods} <= entries
+
+
+def test_runner_skips_finished_runs_then_reports_and_plots(tree, capsys):
+    assert RUNNER.main([*RUNNER_ARGS, "--out", str(tree)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done, skipped") == 3 and "train\n" not in printed
+    assert "| resnet20_recu |" in (tree / "results.md").read_text()
+    for name in ("curves_resnet20.png", "curves_headline.png"):
+        assert (tree / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rows_numbers(tree):
+    runs = find_runs([tree])  # a parent folder: the run directories below it
+    assert [r.name for r in runs] == [
+        "resnet20_irnet/seed0",
+        "resnet20_recu/seed0",
+        "resnet20_recu/seed1",
+    ]
+    irnet, recu = report_rows(runs)
+    assert (irnet.label, recu.label) == ("resnet20_irnet", "resnet20_recu")
+    assert [len(irnet.runs), len(recu.runs)] == [1, 2]
+    final = [_records(tree / "resnet20_recu" / s)[-1]["val_top1"] for s in ("seed0", "seed1")]
+    best = [
+        max(r["val_top1"] for r in _records(tree / "resnet20_recu" / s)) for s in ("seed0", "seed1")
+    ]
+    assert recu.cells["final top-1 (%)"] == (
+        f"{statistics.mean(final):.2f} ± {statistics.stdev(final):.2f}"
+    )
+    assert recu.cells["best top-1 (%)"] == (
+        f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}"
+    )
+    assert (
+        irnet.cells["final top-1 (%)"]
+        == f"{_records(tree / 'resnet20_irnet/seed0')[-1]['val_top1']:.2f}"
+    )
+    model, config = load_model(tree / "resnet20_recu" / "seed0")
+    ops = count_ops(model, (1, 32, 32))
+    assert recu.figures.params == ops.params == sum(p.numel() for p in model.parameters())
+    assert recu.figures.ops == ops.ops and recu.figures.bits == "1w1a"
+    exported = tree / "recu.onebit"
+    export(model, exported)
+    assert recu.figures.packed_bytes == exported.stat().st_size
+    assert recu.cells["packed (bytes)"] == f"{exported.stat().st_size:,}"
+    fp = create_model(**{**config.model, "method": "fp", "bits": "32w32a"})
+    assert recu.figures.packed_bytes * 10 < sum(p.numel() for p in fp.parameters()) * 4
+    seconds = [
+        sum(r["seconds"] for r in _records(tree / "resnet20_recu" / s)) for s in ("seed0", "seed1")
+    ]
+    assert recu.runs[0].train_seconds == pytest.approx(seconds[0])
+    assert recu.cells["epochs"] == "2" and recu.cells["runs"] == "2"
+
+
+def test_report_cli_writes_markdown_and_groups_seed_dirs(tree, tmp_path, capsys):
+    out = tmp_path / "results.md"
+    seeds = [str(tree / "resnet20_recu" / s) for s in ("seed0", "seed1")]
+    assert main(["report", *seeds, "-o", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("| run | model | method | bits |")
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == 1 and rows[0].startswith("| resnet20_recu | resnet20 | recu | 1w1a |")
+    assert main(["report", str(tree / "resnet20_irnet")]) == 0  # the folder of --runs
+    assert "| resnet20_irnet | resnet20 | irnet |" in capsys.readouterr().out
+    assert report([tree]).count("\n| resnet20_") == 2
+
+
+def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    source = tree / "resnet20_irnet" / "seed0"
+    (partial / "config.yaml").write_text((source / "config.yaml").read_text())
+    (partial / "metrics.jsonl").write_text((source / "metrics.jsonl").read_text().splitlines()[0])
+    (row,) = report_rows(find_runs([partial]))
+    assert row.cells["epochs"] == "1/2"
+
+
+def test_bad_run_dirs_are_one_line_errors(tree, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["report", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "not a directory" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "holds no run directory" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    source = tree / "resnet20_recu" / "seed0"
+    (broken / "config.yaml").write_text((source / "config.yaml").read_text())
+    (broken / "metrics.jsonl").write_text('{"epoch": 1, "val_top1"\n')
+    assert main(["plot", str(broken), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl line 1 is not JSON" in err
+    (broken / "config.yaml").write_text("model: [1, 2\n")
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{broken}: its config.yaml is not a valid config" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_png(tree, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    runs = [str(tree / "resnet20_recu"), str(tree / "resnet20_irnet")]
+    assert main(["plot", *runs, "-o", str(out), "--label", "ReCU", "--label", "IR-Net"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert _png_size(out) == (17 * 110, 5 * 110)  # figsize (17, 5) inches at 110 dpi
+    assert not list(tmp_path.glob("*.tmp"))
+    from onebit.plot import curves
+
+    drawn = curves(runs, ["ReCU", "IR-Net"])
+    assert [c.label for c in drawn] == ["ReCU", "IR-Net"]
+    assert schedule_keys(drawn) == ["ede_k", "ede_t", "tau"]
+    epochs, mean, low, high = drawn[0].series("val_top1")
+    per_seed = [
+        [r["val_top1"] for r in _records(tree / "resnet20_recu" / s)] for s in ("seed0", "seed1")
+    ]
+    by_epoch = list(zip(*per_seed, strict=True))
+    assert epochs == [1, 2] and mean == pytest.approx([statistics.mean(v) for v in by_epoch])
+    assert low == [min(v) for v in by_epoch] and high == [max(v) for v in by_epoch]
+    assert main(["plot", *runs, "-o", str(out), "--label", "one"]) == 2
+    assert "--label was given 1 times for 2 run directories" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_how_to_install(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["plot", str(tree), "-o", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "onebit[plot]"' in err
+
+
+def test_group_runs_keys_on_everything_but_runtime(tree):
+    runs = find_runs([tree / "resnet20_recu"])
+    assert runs[0].config.runtime.seed == 0 and runs[1].config.runtime.seed == 1
+    assert len(group_runs(runs)) == 1
+    runs[1].config.optim.lr = 0.2
+    assert len(group_runs(runs)) == 2
