@@ -157,17 +157,19 @@ def train_all(todo: Sequence[Job], dry_run: bool) -> list[Job]:
     return failed
 
 
-def report_and_plot(out: Path, names: Sequence[str]) -> None:
+def report_and_plot(out: Path, names: Sequence[str]) -> int:
     """``onebit report OUT -o OUT/results.md``; one ``onebit plot`` per model family
-    (``OUT/curves_<model>.png``) and one of the headline entries (``OUT/curves_headline.png``)."""
-    onebit_main(["report", str(out), "-o", str(out / "results.md")])
+    (``OUT/curves_<model>.png``) and one of the headline entries (``OUT/curves_headline.png``).
+    Returns the worst exit status of those commands."""
+    codes = [onebit_main(["report", str(out), "-o", str(out / "results.md")])]
     started = [n for n in names if (out / n).is_dir()]
     families = {model: [n for n in started if n.startswith(f"{model}_")] for model in MODELS}
     families["headline"] = [n for n in HEADLINE if n in started]
     for family, members in families.items():
         runs = [str(out / n) for n in members]
         if runs and any(r.records for r in find_runs(runs)):
-            onebit_main(["plot", *runs, "-o", str(out / f"curves_{family}.png")])
+            codes.append(onebit_main(["plot", *runs, "-o", str(out / f"curves_{family}.png")]))
+    return max(codes)
 
 
 def estimate(smoke: Path, todo: Sequence[Job], subset: int | None, epochs: int | None) -> str:
@@ -255,11 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{len(todo)} runs into {args.out}", flush=True)
     failed = train_all(todo, args.dry_run)
+    reported = 0
     if not args.dry_run and not args.no_report:
-        report_and_plot(args.out, [e.name for e in matrix()])
+        reported = report_and_plot(args.out, [e.name for e in matrix()])
     for job in failed:
         print(f"FAILED: {shlex.join(['onebit', *job.args])}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed else reported
 
 
 if __name__ == "__main__":

@@ -170,6 +170,7 @@ def plot_runs(
         axes[2].set_title("lr")
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="runs")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
