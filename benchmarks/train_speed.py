@@ -19,6 +19,19 @@ median seconds per step of its rounds, so a change in machine load hits both ali
 
     python benchmarks/train_speed.py                       # GPU if there is one
     python benchmarks/train_speed.py --device cpu --steps 20 --warmup 2 --rounds 4
+
+``--imagenet``: images/s of training the ImageNet binary networks (resnet18 with IR-Net,
+birealnet18, reactnet_a; ``--models``) at 224x224, batch 256, against the same network with
+``method="fp"`` (32w32a), in alternating rounds in the same process; the goal is binary >= 0.8x
+the FP twin. Both go through ``Trainer.train_epoch`` on synthetic uint8 images on the device
+(no augmentation), SGD (momentum 0.9, wd 1e-4), bf16 autocast + torch.compile on CUDA (fp32
+eager on CPU unless ``--compile on``). ``--profile`` adds a torch.profiler table of the
+binary and the FP step per model (self time by operator); ``--explain`` counts the graph
+breaks torch._dynamo finds in each binary model's forward (0: one graph per model).
+
+    python benchmarks/train_speed.py --imagenet            # on a GPU: batch 256
+    python benchmarks/train_speed.py --imagenet --device cpu --batch-size 8 --steps 4 \\
+        --warmup 1 --rounds 2 --profile --explain
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from onebit.config import load_config
+from onebit.config import config_from_dict, load_config
 from onebit.data import DeviceLoader, Loaders, Normalize
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
@@ -219,13 +232,129 @@ def onebit_runner(images, labels, device, batch) -> Callable[[int], float]:
     return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
 
 
+# --------------------------------------------------------------------------- ImageNet shapes
+
+IMAGENET_MODELS = {"resnet18": "irnet", "birealnet18": "bireal", "reactnet_a": "reactnet"}
+
+
+def imagenet_runner(
+    name: str, method: str, images: torch.Tensor, labels: torch.Tensor, batch: int, compile_: str
+) -> tuple[Trainer, Callable[[int], float]]:
+    """The trainer of ``name`` with ``method`` (fp: 32w32a) and ``run(k)`` as in
+    :func:`onebit_runner`, over ``images`` already on the device."""
+    device = images.device
+    bits = "32w32a" if method == "fp" else "1w1a"
+    config = config_from_dict(
+        {
+            "model": {"name": name, "method": method, "bits": bits, "num_classes": 1000},
+            "data": {"batch_size": batch},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+            "runtime": {
+                "device": str(device),
+                "compile": {"auto": "auto", "on": True, "off": False}[compile_],
+            },
+        }
+    )
+    normalize = Normalize(MEAN, STD, device)
+    train = DeviceLoader(images, labels, batch, normalize, train=True, augment="none")
+    trainer = Trainer(config, loaders=Loaders(train, train, 1000, (3, 224, 224)))
+    apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
+    return trainer, lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+
+
+def profile_table(trainer: Trainer, steps: int, rows: int = 12) -> str:
+    """Operators of ``steps`` training steps by self time (torch.profiler; CUDA time on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        trainer.train_epoch(0, max_steps=steps)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def graph_breaks(model: nn.Module, device: torch.device) -> str:
+    """What torch._dynamo.explain finds in ``model``'s forward on a 2x3x224x224 batch."""
+    import torch._dynamo as dynamo
+
+    explained = dynamo.explain(model)(torch.randn(2, 3, 224, 224, device=device))
+    reasons = "; ".join(b.reason.splitlines()[0] for b in explained.break_reasons[:3])
+    return f"{explained.graph_count} graph(s), {explained.graph_break_count} break(s) {reasons}"
+
+
+def imagenet_main(args: argparse.Namespace, device: torch.device) -> None:
+    batch = args.batch_size or 256
+    chunk = -(-args.steps // args.rounds)
+    n = batch * max(chunk, args.warmup)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g).to(device)
+    labels = torch.randint(0, 1000, (n,), generator=g).to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    print(
+        f"ImageNet shapes: 3x224x224, batch {batch}, synthetic data on the device; {name}, "
+        f"{torch.get_num_threads()} threads; {'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
+        f", compile {'on' if compiled else 'off'}; median of {args.rounds} alternating rounds "
+        f"of {chunk} steps, after {args.warmup}"
+    )
+    results, details = [], []
+    for model in args.models.split(","):
+        method = IMAGENET_MODELS[model]
+        torch.manual_seed(0)
+        runners = {
+            m: imagenet_runner(model, m, images, labels, batch, args.compile)
+            for m in (method, "fp")
+        }
+        for _, run in runners.values():
+            run(args.warmup)
+        per_step: dict[str, list[float]] = {m: [] for m in runners}
+        for _ in range(args.rounds):
+            for m, (_, run) in runners.items():
+                per_step[m].append(run(chunk) / chunk)
+        binary, fp = (statistics.median(per_step[m]) for m in (method, "fp"))
+        results.append((model, method, batch / binary, batch / fp))
+        if args.explain:
+            found = graph_breaks(runners[method][0].model, device)
+            details.append(f"{model} ({method}) forward under torch._dynamo.explain: {found}")
+        if args.profile:
+            for m, (trainer, _) in runners.items():
+                details.append(f"{model} {m}, {chunk} steps:\n{profile_table(trainer, chunk)}")
+        del runners
+    print(f"| {'network':<12} | {'method':<8} | {'binary img/s':>12} | {'FP img/s':>9} | ratio |")
+    print(f"|{'-' * 14}|{'-' * 10}|{'-' * 14}|{'-' * 11}|{'-' * 7}|")
+    for model, method, binary, fp in results:
+        print(f"| {model:<12} | {method:<8} | {binary:12.1f} | {fp:9.1f} | {binary / fp:5.2f} |")
+    print("ratio = binary img/s / FP img/s (goal >= 0.8)")
+    for text in details:
+        print("\n" + text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch-size", type=int, default=128, help="the recipe's 128")
+    parser.add_argument(
+        "--batch-size", type=int, help="the recipe's 128 (--imagenet: 256, the papers')"
+    )
     parser.add_argument("--steps", type=int, default=100, help="timed steps per implementation")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
+    parser.add_argument(
+        "--imagenet", action="store_true", help="ImageNet networks at 224x224, binary vs FP"
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(IMAGENET_MODELS),
+        help=f"--imagenet: comma-separated networks (default {','.join(IMAGENET_MODELS)})",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="--imagenet: torch.compile (auto: on CUDA only)",
+    )
+    parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
+    parser.add_argument("--explain", action="store_true", help="--imagenet: graph breaks")
     parser.add_argument(
         "--workers",
         type=int,
@@ -236,6 +365,13 @@ def main() -> None:
     if min(args.steps, args.warmup, args.rounds) < 1:
         parser.error("--steps, --warmup and --rounds must be at least 1")
     device = resolve_device(args.device)
+    if args.imagenet:
+        unknown = [m for m in args.models.split(",") if m not in IMAGENET_MODELS]
+        if unknown:
+            parser.error(f"--models: {unknown[0]!r} is not one of {', '.join(IMAGENET_MODELS)}")
+        imagenet_main(args, device)
+        return
+    args.batch_size = args.batch_size or 128
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     n = 50_000
     g = torch.Generator().manual_seed(0)
