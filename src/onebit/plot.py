@@ -2,10 +2,10 @@
 runs overlaid by name, and the schedules on a third panel: the lr, and on a second axis every
 other value the trainer logs per epoch (ReCU ``tau``, IR-Net ``ede_t`` / ``ede_k``, ...).
 
-matplotlib is the optional ``plot`` extra (``pip install "onebit[plot]"``); the Agg backend
-is used, so no display is needed. Each argument becomes one curve per recipe it holds (see
-:func:`onebit.report.group_runs`): the runs of one recipe (seeds) are drawn as their mean
-with a band from their minimum to their maximum.
+matplotlib is the optional ``plot`` extra (``pip install "onebit[plot]"``); the figure is
+drawn without pyplot (no display, no global backend change). Each argument becomes one curve
+per recipe it holds (see :func:`onebit.report.group_runs`): the runs of one recipe (seeds)
+are drawn as their mean with a band from their minimum to their maximum.
 """
 
 from __future__ import annotations
@@ -55,17 +55,16 @@ def schedule_keys(curves: Sequence[Curve]) -> list[str]:
     )
 
 
-def _pyplot():
+def _matplotlib():
     try:
         import matplotlib
+        import matplotlib.figure
+        import matplotlib.ticker
     except ImportError:
         raise OneBitError(
             'onebit plot needs matplotlib: pip install "onebit[plot]" (or pip install matplotlib)'
         ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib
 
 
 @dataclass
@@ -122,21 +121,21 @@ def plot_runs(
     Panels: loss (train dashed, test solid), top-1 % (the same), lr (and, on a second axis,
     the schedule values the runs log, see :func:`schedule_keys`). Returns ``out``.
     """
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    mpl = _matplotlib()
 
     drawn = [c for c in curves(paths, labels) if any(r.records for r in c.runs)]
     if not drawn:
         raise CheckpointError(
             f"no run in {', '.join(map(str, paths))} has finished an epoch yet (metrics.jsonl)"
         )
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5), constrained_layout=True)
+    fig = mpl.figure.Figure(figsize=(17, 5), layout="constrained")  # no pyplot: no global state
+    axes = fig.subplots(1, 3)
     right = axes[2].twinx()
     keys = schedule_keys(drawn)
     styles = dict(zip(keys, itertools.cycle(SCHEDULE_STYLES), strict=False))
     series = [*SERIES, *((key, 3, styles[key]) for key in keys)]
     panels = [*axes, right]
-    colors = plt.get_cmap("tab10" if len(drawn) <= 10 else "tab20")
+    colors = mpl.colormaps["tab10" if len(drawn) <= 10 else "tab20"]
     handles = []
     for n, curve in enumerate(drawn):
         color = colors(n % colors.N)
@@ -152,7 +151,7 @@ def plot_runs(
     for ax, ylabel in zip(axes, ("loss (log)", "top-1 (%)", "learning rate"), strict=True):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].set_title("loss (dashed: train, solid: test)")
@@ -173,6 +172,5 @@ def plot_runs(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
     tmp.replace(out)
     return out
