@@ -262,7 +262,11 @@ def test_process_0_alone_writes_and_metrics_cover_every_process(two_process_runs
     records = _metrics(out)
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 4
     log = (out / "train.log").read_text()
-    assert log.count("training resnet20") == 1 and log.count("epoch 2/2") == 1
+    assert (
+        log.count("training resnet20") == 1
+        and "on 2 processes on cpu" in log
+        and log.count("epoch 2/2") == 1
+    )
     # the evaluation of every process's part, summed, is the whole test set's
     model, config = load_model(out / "last.safetensors")
     loaders = build_loaders(config.data, CPU, train=False)

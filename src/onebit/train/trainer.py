@@ -424,7 +424,9 @@ class Trainer:
                 )
             self._restore()
         else:
-            run.log(f"training {self.config.model['name']} into {run.path} on {self.device}")
+            world = distributed.rank_and_world()[1]
+            where = f"{world} processes on {self.device.type}" if world > 1 else self.device
+            run.log(f"training {self.config.model['name']} into {run.path} on {where}")
         run.write_config(self.config)
         record: dict[str, Any] = {}
         for phase in range(self.progress.phase, len(self.phases)):
