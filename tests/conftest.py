@@ -8,6 +8,17 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread. Tiny batches gain nothing from a second thread, and
+    on a busy machine OpenMP's waiting threads make small ops up to 30x slower (measured:
+    one ResNet-34 batch-2 step 12.9 s CPU on 2 threads, 0.95 s on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_cifar(root, name: str, per_file: int = 6, seed: int = 0):
     """Write a tiny CIFAR-10/100 folder in the official on-disk format (Python-2 style pickles:
     dicts with bytes keys, b'data' a uint8 (N, 3072) array, labels a list). Returns the folder."""
@@ -45,3 +56,27 @@ def cifar_roots(tmp_path_factory):
         roots[name] = base / name
         write_cifar(roots[name], name)
     return roots
+
+
+def write_image_folder(root, classes: int = 2, train_per_class: int = 2, val_per_class: int = 1):
+    """Write a tiny ImageNet-layout folder (root/{train,val}/<class>/*.png) of random images of
+    varied sizes. Returns root."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(36, 60)), int(rng.integers(36, 60)), 3)
+                array = rng.integers(0, 256, size, dtype=np.uint8)
+                Image.fromarray(array, "RGB").save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_root(tmp_path_factory):
+    """A tiny ImageNet-layout folder: 2 classes, 2 training and 1 validation image each."""
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"))

@@ -15,7 +15,12 @@ from onebit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
-FOLDERS = {"fmnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+FOLDERS = {
+    "fmnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "imagenet": "imagefolder",
+}
 
 
 def test_the_recipes_exist():
@@ -29,6 +34,20 @@ def test_the_recipes_exist():
         ):
             assert f"{dataset}/{recipe}.yaml" in names
     assert "fmnist/resnet20_fp.yaml" in names
+    for recipe in (
+        "birealnet18_bireal",
+        "birealnet34_bireal",
+        "birealnet50_bireal",
+        "resnet18_irnet",
+        "resnet34_irnet",
+        "resnet18_irnet_1w32a",
+        "resnet34_irnet_1w32a",
+        "resnet18_recu",
+        "firnet18_recu",
+        "resnet18_irnet_mmcls",
+        "birealnet18_bireal_mmcls",
+    ):
+        assert f"imagenet/{recipe}.yaml" in names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -36,7 +55,8 @@ def test_every_config_loads_and_is_named_after_its_content(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert FOLDERS[path.parent.name] == config.data.dataset
-    assert path.stem == f"{config.model['name']}_{config.model['method']}"
+    name = f"{config.model['name']}_{config.model['method']}"  # + "_<variant>" where there is one
+    assert path.stem == name or path.stem.startswith(f"{name}_")
     text = path.read_text()
     assert text.startswith("# Source: ")
     assert re.search(r"^# Published top-1: ", text, re.M)
@@ -52,6 +72,37 @@ def test_recipe_values_match_the_official_commands():
     assert (vgg.optim.lr, vgg.schedule.epochs, vgg.model["num_classes"]) == (0.007, 300, 100)
     fp = load_config(ROOT / "configs/fmnist/resnet20_fp.yaml")
     assert (fp.model["method"], fp.model["in_chans"], fp.schedule.epochs) == ("fp", 1, 40)
+
+
+def test_imagenet_recipes_match_the_official_code():
+    def load(name):
+        return load_config(ROOT / "configs/imagenet" / f"{name}.yaml")
+
+    bireal = load("birealnet18_bireal")  # Bi-Real train.py defaults
+    assert (bireal.optim.name, bireal.optim.lr, bireal.optim.weight_decay) == ("adam", 1e-3, 0.0)
+    assert (bireal.schedule.lr, bireal.schedule.epochs, bireal.data.batch_size) == (
+        "linear",
+        256,
+        512,
+    )
+    assert bireal.loss.label_smoothing == 0.1
+    bireal50 = load("birealnet50_bireal")  # BiReal_50/train.py: half the batch, half the lr
+    assert (bireal50.optim.lr, bireal50.data.batch_size) == (5e-4, 256)
+    irnet = load("resnet18_irnet")  # 0.2 -> 0.8 over 2500 it, x0.1 at 18750/37500/56250 of 62500
+    assert irnet.model["structure"] == "bireal" and irnet.optim.nesterov
+    steps = 1_281_167 // irnet.data.batch_size  # ImageNet-1k training images, full batches
+    assert steps * irnet.schedule.epochs == 62500
+    assert [m * steps for m in irnet.schedule.milestones] == [18750, 37500, 56250]
+    assert irnet.optim.lr * irnet.schedule.warmup_from == pytest.approx(0.2)
+    assert (irnet.schedule.warmup_steps, irnet.data.color_jitter) == (2500, [0.2, 0.2, 0.2, 0.1])
+    assert (irnet.quant.ede.t_min, irnet.quant.ede.t_max) == (0.1, 10.0)
+    mmcls = load("resnet18_irnet_mmcls")  # seed 002: 8 x 128, lr 0.4, EDE over 100 epochs
+    assert (mmcls.data.batch_size, mmcls.optim.lr, mmcls.runtime.seed) == (1024, 0.4, 166)
+    assert mmcls.schedule.milestones == [30, 60, 90] and mmcls.schedule.epochs == 100
+    assert load("birealnet18_bireal_mmcls").data.batch_size == 8 * 64  # its log: 64 per GPU
+    firnet = load("firnet18_recu")
+    assert (firnet.optim.lr, firnet.schedule.epochs, firnet.data.eval_batch_size) == (0.1, 200, 256)
+    assert firnet.quant.tau == [0.85, 0.99] and firnet.data.crop_scale == [0.08, 1.25]
 
 
 def test_overrides_and_round_trip():
@@ -87,6 +138,9 @@ def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
         (["data.batch_size=0"], r"config key data.batch_size: 0 is below the minimum 1"),
         (["schedule.lr=exp"], r"config key schedule.lr: 'exp' is not one of cos, step"),
         (["quant.tau=[0.9]"], r"config key quant.tau: expected 2 values"),
+        (["schedule.warmup_from=2"], r"config key schedule.warmup_from: 2.0 is above the maximum"),
+        (["data.color_jitter=[0.2]"], r"config key data.color_jitter: expected 4 values"),
+        (["runtime.sync_bn=often"], r"config key runtime.sync_bn: expected true or false"),
         (["runtime.compile=maybe"], r"config key runtime.compile: 'maybe' is not one of auto"),
         (["data.dataset=mnist"], r"config key data.dataset: unknown dataset 'mnist'"),
         (["model.depth=3"], r"config key model.depth: model 'resnet20' has no option 'depth'"),

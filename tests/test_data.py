@@ -23,7 +23,7 @@ from onebit.data import DeviceLoader, Normalize, build_loaders, load_cifar, load
 from onebit.data import cifar as cifar_module
 from onebit.data.fashion_mnist import read_idx
 from onebit.data.gpu_loader import random_crop
-from onebit.data.imagefolder import random_resized_box
+from onebit.data.imagefolder import adjust_hue, color_jitter, random_resized_box
 from onebit.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")
@@ -236,6 +236,45 @@ def test_imagefolder_errors(image_tree, tmp_path_factory):
     with pytest.raises(DataError) as err:
         list(build_loaders(cfg, CPU).train.batches(0))
     assert str(err.value).startswith("cannot read image") and "\n" not in str(err.value)
+
+
+def test_color_jitter_each_operation():
+    red = Image.new("RGB", (8, 8), (200, 0, 0))
+    assert color_jitter(red, (0, 0, 0, 0), random.Random(0)) is red  # all strengths 0: no-op
+    # hue: +1/3 turn takes pure red to green (trunc(255 / 3) = 85 of 256 steps)
+    green = adjust_hue(red, 1 / 3).getpixel((0, 0))
+    assert green[1] > 150 > green[0]
+    assert adjust_hue(red, 0.0).getpixel((0, 0)) == (200, 0, 0)
+    # brightness only: every pixel scaled by one factor in [0.5, 1.5], drawn from the rng
+    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    factors = set()
+    for seed in range(20):
+        out = np.asarray(color_jitter(grey, (0.5, 0, 0, 0), random.Random(seed)), dtype=float)
+        assert out.std() == 0 and 50 <= out.mean() <= 150
+        factors.add(out.mean())
+        again = np.asarray(color_jitter(grey, (0.5, 0, 0, 0), random.Random(seed)), dtype=float)
+        assert np.array_equal(out, again)
+    assert len(factors) > 10
+    # saturation 0..2 on a grey image and contrast on a uniform image change nothing
+    assert color_jitter(grey, (0, 0.9, 0.9, 0), random.Random(1)).getpixel((3, 3)) == (100,) * 3
+
+
+def test_imagefolder_color_jitter_and_crop_scale(image_tree):
+    def batches(**keys):
+        cfg = DataConfig(
+            dataset="imagefolder", root=str(image_tree), image_size=8, batch_size=2, workers=0
+        )
+        for key, value in keys.items():
+            setattr(cfg, key, value)
+        return torch.cat([x for x, _ in build_loaders(cfg, CPU, seed=3).train.batches(1)])
+
+    plain, jittered = batches(), batches(color_jitter=[0.4, 0.4, 0.4, 0.1])
+    assert not torch.equal(plain, jittered)
+    assert torch.equal(jittered, batches(color_jitter=[0.4, 0.4, 0.4, 0.1]))
+    with pytest.raises(ConfigError, match=r"data.color_jitter: .* hue <= 0.5"):
+        batches(color_jitter=[0.2, 0.2, 0.2, 0.7])
+    with pytest.raises(ConfigError, match=r"data.crop_scale: \[0.5, 0.2\] is not 0 < min <= max"):
+        batches(crop_scale=[0.5, 0.2])
 
 
 def test_random_resized_box_within_image_and_scale():

@@ -36,6 +36,18 @@ FAMILIES = [
     ("firnet20", {}),
     ("firnet18_cifar", {}),
 ]
+# ImageNet-scale families, fed 32x32 Fashion-MNIST (stem and pooling still apply); their deep
+# full-precision residual streams (learnable shifts, RPReLU) are not dyadic, so they are
+# checked to fp32 rounding rather than bit for bit
+IMAGENET_FAMILIES = [
+    ("resnet18", {}),
+    ("resnet18", {"structure": "bireal"}),
+    ("birealnet18", {}),
+    ("reactnet18", {}),
+    ("reactnet_a", {}),
+    ("real2binary18", {"input_hw": 32, "gate": True}),
+    ("firnet18", {}),
+]
 # every binarization method, on the smallest family
 METHOD_CASES = [("resnet20", {"method": m}) for m in METHODS if m != "fp"]
 
@@ -110,6 +122,22 @@ def test_engine_equals_model_bit_for_bit(name, options, tmp_path):
         isinstance(m, _BatchNorm) and n in header["folded"]
         for n, m in runtime.network.named_modules()
     )
+
+
+@pytest.mark.parametrize("name,options", IMAGENET_FAMILIES)
+def test_engine_runs_imagenet_families_to_float_rounding(name, options, tmp_path):
+    model = trained_like(name, options)
+    deploy.export(model, tmp_path / "m.onebit")
+    runtime = deploy.load(tmp_path / "m.onebit")
+    x = fashion_mnist(16)
+    with torch.no_grad():
+        expected = model(x)
+    out = runtime(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert torch.equal(out.argmax(1), expected.argmax(1))
+    binary = [m for m in model.modules() if isinstance(m, _BinaryMixin) and m.bits == "1w1a"]
+    packed = [m for m in runtime.modules() if isinstance(m, deploy.PackedConv2d)]
+    assert len(packed) == len(binary) > 0
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "firnet20"])

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from onebit.cli import main
 from onebit.config import load_config
-from onebit.errors import CheckpointError, TrainingError
+from onebit.errors import CheckpointError, ConfigError, TrainingError
 from onebit.train import RunDir, Trainer, apply_quant_schedule, load_model, lr_at, lr_factor
 from onebit.train.checkpoint import save_checkpoint
-from onebit.train.losses import LossTerm
+from onebit.train.losses import Batch, LossTerm, build_loss_terms
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
@@ -50,20 +50,64 @@ def test_lr_at_is_per_step():
     assert lr_at(schedule, 1, 2, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
+def test_warm_up_from_a_fraction_in_steps_matches_the_official_logs():
+    """IR-Net: lr 0.2 -> 0.8 over 2500 iterations, x0.1 at 18750; at 625 steps per epoch."""
+    irnet = load_config(ROOT / "configs/imagenet/resnet18_irnet.yaml").schedule
+    assert lr_at(irnet, 0, 0, 625) == pytest.approx(0.25 + 0.75 / 2500)
+    assert lr_at(irnet, 3, 624, 625) == pytest.approx(1.0)  # step 2499, the last of warm-up
+    assert lr_at(irnet, 4, 0, 625) == 1.0
+    assert lr_at(irnet, 29, 624, 625) == 1.0 and lr_at(irnet, 30, 0, 625) == pytest.approx(0.1)
+    assert lr_at(irnet, 99, 624, 625) == pytest.approx(1e-3)
+    # mmcls irnet_r18 (lr 0.4, warm-up ratio 0.25, 1252 iterations per epoch): its log prints
+    # lr 1.119e-01 at iteration 100 and 2.199e-01 at 1000; onebit is one warm-up step ahead
+    mmcls = load_config(ROOT / "configs/imagenet/resnet18_irnet_mmcls.yaml").schedule
+    one_step = 0.4 * 0.75 / 2500
+    assert abs(0.4 * lr_at(mmcls, 0, 99, 1251) - 0.1119) < one_step
+    assert abs(0.4 * lr_at(mmcls, 0, 999, 1251) - 0.2199) < one_step
+    assert lr_factor("cos", 0.5, 10, warmup_epochs=1, warmup_from=0.5) == pytest.approx(0.75)
+
+
+def test_label_smoothing_is_the_official_formula():
+    config = load_config(FP, ["loss.label_smoothing=0.1"])
+    (term,) = build_loss_terms(config)
+    logits, targets = torch.randn(4, 10), torch.tensor([0, 3, 9, 3])
+    log_p = logits.log_softmax(1)
+    # Bi-Real CrossEntropyLabelSmooth: targets (1 - eps) one_hot + eps / K, summed, batch mean
+    smooth = torch.full((4, 10), 0.1 / 10).scatter_add(1, targets[:, None], torch.full((4, 1), 0.9))
+    expected = (-smooth * log_p).sum(1).mean()
+    assert torch.allclose(term.fn(Batch(None, targets, logits)), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing: 1.5 is above the maximum 1.0"):
+        load_config(FP, ["loss.label_smoothing=1.5"])
+
+
 # ------------------------------------------------------------------ every recipe, one step
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_config_trains_one_step(path, cifar_roots):
-    overrides = ["data.subset=2", "data.batch_size=2", "data.eval_subset=2", "runtime.device=cpu"]
+def tiny_data_overrides(path: Path, cifar_roots: dict, imagenet_root: Path) -> list[str]:
+    """Overrides that make the recipe at ``path`` train on a few tiny images on the CPU."""
+    overrides = ["data.batch_size=2", "data.eval_batch_size=2", "runtime.device=cpu"]
     dataset = path.parent.name
+    if dataset == "imagenet":  # big models: 2 classes of 32x32 images, batch 2
+        return [
+            *overrides,
+            f"data.root={imagenet_root}",
+            "data.image_size=32",
+            "data.workers=0",
+            "model.num_classes=2",
+        ]
+    overrides += ["data.subset=2", "data.eval_subset=2"]
     if dataset in cifar_roots:
         overrides += [f"data.root={cifar_roots[dataset]}", "data.checksum=false"]
-    config = load_config(path, overrides)
+    return overrides
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_trains_one_step(path, cifar_roots, imagenet_root, one_thread):
+    config = load_config(path, tiny_data_overrides(path, cifar_roots, imagenet_root))
     trainer = Trainer(config)
     values = apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
-    method = config.model["method"]
-    assert set(values) == {"recu": {"tau"}, "irnet": {"ede_t", "ede_k"}, "fp": set()}[method]
+    uses = {"recu": {"tau"}, "irnet": {"ede_t", "ede_k"}, "fp": set(), "bireal": set()}
+    assert set(values) == uses[config.model["method"]]
     before = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_epoch(0, max_steps=1)
     assert math.isfinite(metrics["train_loss"]) and trainer.progress.step == 1

@@ -136,12 +136,16 @@ def default_run_dir(config_path: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from onebit.config import load_config
     from onebit.train import RunDir, Trainer
+    from onebit.train.distributed import process_group
 
     config = load_config(args.config, args.set)
     out = args.out or config.runtime.out
     config.runtime.out = default_run_dir(args.config) if out == "runs/auto" else out
     run = RunDir(config.runtime.out)
-    result = Trainer(config, run).fit(resume=args.resume)
+    with process_group(config.runtime.device) as rank:  # under torchrun: one per process
+        result = Trainer(config, run).fit(resume=args.resume)
+    if rank != 0:
+        return 0
     if "val_top1" in result:
         print(
             f"test top-1 {result['val_top1']:.2f}% (best {result['best_top1']:.2f}% at epoch "
@@ -153,7 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe from a YAML config (see docs/training.md)")
+    p = sub.add_parser(
+        "train",
+        help="train a recipe from a YAML config (see docs/training.md)",
+        description="Train a recipe from a YAML config. Multi-GPU: torchrun --nproc_per_node N "
+        "-m onebit train CONFIG (data.batch_size is the batch of all processes together).",
+    )
     p.add_argument("config", help="a YAML recipe, e.g. configs/fmnist/resnet20_recu.yaml")
     p.add_argument(
         "--set",

@@ -26,7 +26,8 @@ from onebit.errors import ConfigError, OneBitError
 
 
 def _spec(default: Any, **checks: Any) -> Any:
-    """A dataclass field with value checks: ``choices=``, ``min=`` (``length=`` for lists)."""
+    """A dataclass field with value checks: ``choices=``, ``min=``, ``max=`` (``length=`` for
+    lists)."""
     return field(default=default, metadata=checks)
 
 
@@ -44,6 +45,8 @@ class DataConfig:
     checksum: bool = True
     image_size: int = _spec(224, min=8)
     workers: int = _spec(8, min=0)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata={"length": 2})
+    color_jitter: list[float] | None = field(default=None, metadata={"length": 4})
 
 
 @dataclass
@@ -65,6 +68,8 @@ class ScheduleConfig:
     epochs: int = _spec(1, min=1)
     lr: str = _spec("cos", choices=("cos", "step", "linear", "const"))
     warmup_epochs: float = _spec(0.0, min=0.0)
+    warmup_steps: int = _spec(0, min=0)
+    warmup_from: float = _spec(0.0, min=0.0, max=1.0)
     milestones: list[float] = field(default_factory=list)
     gamma: float = _spec(0.1, min=0.0)
 
@@ -86,6 +91,13 @@ class QuantConfig:
 
 
 @dataclass
+class LossConfig:
+    """The task loss: cross-entropy, optionally with label smoothing."""
+
+    label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how the run executes; none of these change the recipe."""
 
@@ -95,17 +107,19 @@ class RuntimeConfig:
     seed: int = 0
     out: str = "runs/auto"
     log_interval: int = _spec(50, min=1)
+    sync_bn: bool = False
 
 
 @dataclass
 class Config:
-    """A whole recipe: model, data, optimizer, schedules and runtime."""
+    """A whole recipe: model, data, optimizer, schedules, loss and runtime."""
 
     model: dict[str, Any]
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     distill: dict[str, Any] | None = None
     phases: list[Any] | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -188,6 +202,8 @@ def _check(value: Any, checks: dict[str, Any], path: str) -> None:
         raise ConfigError(f"config key {path}: {value!r} is not one of {choices}")
     if "min" in checks and value < checks["min"]:
         raise ConfigError(f"config key {path}: {value!r} is below the minimum {checks['min']}")
+    if "max" in checks and value > checks["max"]:
+        raise ConfigError(f"config key {path}: {value!r} is above the maximum {checks['max']}")
     if "length" in checks and len(value) != checks["length"]:
         raise ConfigError(f"config key {path}: expected {checks['length']} values, got {value!r}")
 

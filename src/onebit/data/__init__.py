@@ -6,6 +6,8 @@ uint8 and augmented there (:mod:`onebit.data.gpu_loader`); image folders go thro
 DataLoader workers (:mod:`onebit.data.imagefolder`). Every loader has ``len()`` (batches per
 epoch), ``num_samples`` and ``batches(epoch)`` yielding (normalised images, labels) on the device.
 The evaluation split is the test set (Fashion-MNIST, CIFAR) or ``val/`` (image folders).
+``data.batch_size`` is the batch of all processes together: in a multi-process run
+(``shard=(rank, world)``) each process yields its ``batch_size / world`` part of every batch.
 """
 
 from __future__ import annotations
@@ -120,8 +122,16 @@ def _head(x: torch.Tensor, n: int | None) -> torch.Tensor:
     return x if n is None else x[:n]
 
 
+Shard = tuple[int, int]  # (rank, world): this process and the number of processes
+
+
 def _tensor_loaders(
-    spec: TensorDataset, cfg: DataConfig, device: torch.device, seed: int, with_train: bool
+    spec: TensorDataset,
+    cfg: DataConfig,
+    device: torch.device,
+    seed: int,
+    with_train: bool,
+    shard: Shard,
 ) -> Loaders:
     normalize = Normalize(spec.mean, spec.std, device)
     loaders = [None] if not with_train else []
@@ -143,42 +153,72 @@ def _tensor_loaders(
                 augment=cfg.augment,
                 pad=spec.crop_pad,
                 seed=seed,
+                rank=shard[0],
+                world=shard[1],
             )
         )
     return Loaders(loaders[0], loaders[1], spec.num_classes, tuple(images.shape[1:]))
 
 
-def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int, with_train: bool) -> Loaders:
+def _folder_loaders(
+    cfg: DataConfig, device: torch.device, seed: int, with_train: bool, shard: Shard
+) -> Loaders:
     from onebit.data.imagefolder import FolderLoader, ImageFolder
 
     if not cfg.root:
         raise ConfigError("config key data.root: an image folder needs its path (train/, val/)")
     if cfg.subset or cfg.eval_subset:
         raise ConfigError("config key data.subset / eval_subset: not available for imagefolder")
+    low, high = cfg.crop_scale
+    if not 0 < low <= high:
+        raise ConfigError(f"config key data.crop_scale: {cfg.crop_scale} is not 0 < min <= max")
+    jitter = cfg.color_jitter
+    if jitter is not None and (min(jitter) < 0 or jitter[3] > 0.5):
+        raise ConfigError(
+            f"config key data.color_jitter: {jitter} must be [brightness, contrast, saturation, "
+            "hue], each >= 0 and hue <= 0.5"
+        )
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
     root = Path(cfg.root)
-    train = ImageFolder(root, "train", cfg.image_size, True, seed)
+    train = ImageFolder(
+        root, "train", cfg.image_size, True, seed, crop_scale=(low, high), jitter=jitter
+    )
     val = ImageFolder(root, "val", cfg.image_size, False, seed, classes=train.classes)
+
+    def loader(dataset: ImageFolder, batch_size: int) -> FolderLoader:
+        return FolderLoader(
+            dataset, batch_size, normalize, device, cfg.workers, seed, rank=shard[0], world=shard[1]
+        )
+
     return Loaders(
-        FolderLoader(train, cfg.batch_size, normalize, device, cfg.workers, seed)
-        if with_train
-        else None,
-        FolderLoader(val, cfg.eval_batch_size, normalize, device, cfg.workers, seed),
+        loader(train, cfg.batch_size) if with_train else None,
+        loader(val, cfg.eval_batch_size),
         len(train.classes),
         dataset_input_size(cfg),
     )
 
 
 def build_loaders(
-    cfg: DataConfig, device: torch.device, seed: int = 0, train: bool = True
+    cfg: DataConfig,
+    device: torch.device,
+    seed: int = 0,
+    train: bool = True,
+    shard: Shard = (0, 1),
 ) -> Loaders:
     """Training and evaluation loaders of ``cfg.dataset`` on ``device`` (see module doc);
-    ``train=False`` reads the evaluation split only."""
+    ``train=False`` reads the evaluation split only; ``shard=(rank, world)``: this process's
+    part of every batch in a run of ``world`` processes."""
     check_dataset_name(cfg.dataset)
+    world = shard[1]
+    if train and cfg.batch_size % world:
+        raise ConfigError(
+            f"config key data.batch_size: {cfg.batch_size} is the batch of all {world} "
+            f"processes together and must divide evenly among them; use a multiple of {world}"
+        )
     if cfg.dataset == "imagefolder":
-        loaders = _folder_loaders(cfg, device, seed, train)
+        loaders = _folder_loaders(cfg, device, seed, train, shard)
     else:
-        loaders = _tensor_loaders(TENSOR_DATASETS[cfg.dataset], cfg, device, seed, train)
+        loaders = _tensor_loaders(TENSOR_DATASETS[cfg.dataset], cfg, device, seed, train, shard)
     if loaders.train is not None and len(loaders.train) == 0:
         raise ConfigError(
             f"config key data.batch_size: {cfg.batch_size} is larger than the "

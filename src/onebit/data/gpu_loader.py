@@ -6,6 +6,10 @@ gathered, randomly cropped (zero padding ``pad``, as torchvision's RandomCrop(pa
 flipped with a few tensor ops, then normalised. The order and every random crop/flip are
 drawn from a generator seeded by (seed, epoch), so an epoch is the same whenever it is rerun:
 that is what makes ``--resume`` exact. Fast because it does less (airbench's habit).
+
+In a multi-process (DistributedDataParallel) run every process draws the same epoch order and
+takes its contiguous part of each batch (:func:`batch_bounds`): the processes together see
+exactly the batches, crops and flips of a single-process run with the same batch size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,27 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream is a function of (seed, epoch) only."""
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def batch_bounds(
+    n: int, batch_size: int, steps: int, rank: int = 0, world: int = 1
+) -> list[tuple[int, int]]:
+    """(lo, hi) positions, in an epoch order of ``n`` samples, of process ``rank``'s part of
+    each of the first ``steps`` batches.
+
+    Batch i covers positions [i b, min((i + 1) b, n)); its m positions are split into ``world``
+    contiguous parts of floor(m / world) or one more (the first m mod world parts), as
+    ``numpy.array_split``. Empty parts (a short last evaluation batch) are left out.
+    """
+    bounds = []
+    for i in range(steps):
+        start = i * batch_size
+        size, extra = divmod(min(batch_size, n - start), world)
+        lo = start + rank * size + min(rank, extra)
+        hi = lo + size + (rank < extra)
+        if hi > lo:
+            bounds.append((lo, hi))
+    return bounds
 
 
 class Normalize:
@@ -55,7 +80,8 @@ class DeviceLoader:
 
     Training (``train=True``): a new permutation every epoch, full batches only (drop_last,
     so every step has the same shape), ``augment`` in {"crop_flip", "crop", "flip", "none"}.
-    Evaluation: every sample in order, no augmentation.
+    Evaluation: every sample in order, no augmentation. ``batch_size`` is the batch of all
+    processes together; process ``rank`` of ``world`` yields its part of each batch.
     """
 
     def __init__(
@@ -69,10 +95,13 @@ class DeviceLoader:
         augment: str = "none",
         pad: int = 4,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.normalize = batch_size, normalize
         self.train, self.pad, self.seed = train, pad, seed
+        self.rank, self.world = rank, world
         self.crop = train and "crop" in augment and pad > 0
         self.flip = train and "flip" in augment
 
@@ -85,22 +114,22 @@ class DeviceLoader:
         return n // b if self.train else -(-n // b)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch`` (a pure function of (seed, epoch))."""
-        device, n, b = self.images.device, self.num_samples, self.batch_size
+        """This process's part of the batches of ``epoch`` (a pure function of (seed, epoch))."""
+        device, n = self.images.device, self.num_samples
+        bounds = batch_bounds(n, self.batch_size, len(self), self.rank, self.world)
         if not self.train:
-            for i in range(len(self)):
-                batch = slice(i * b, (i + 1) * b)
-                yield self.normalize(self.images[batch]), self.labels[batch]
+            for lo, hi in bounds:
+                yield self.normalize(self.images[lo:hi]), self.labels[lo:hi]
             return
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g).to(device)
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
         flips = (torch.rand(n, generator=g) < 0.5).to(device)
-        for i in range(len(self)):
-            idx = order[i * b : (i + 1) * b]
+        for lo, hi in bounds:
+            idx = order[lo:hi]
             x = self.images[idx]
             if self.crop:
-                x = random_crop(x, self.pad, offsets[i * b : (i + 1) * b])
+                x = random_crop(x, self.pad, offsets[lo:hi])
             if self.flip:
-                x = torch.where(flips[i * b : (i + 1) * b, None, None, None], x.flip(3), x)
+                x = torch.where(flips[lo:hi, None, None, None], x.flip(3), x)
             yield self.normalize(x), self.labels[idx]

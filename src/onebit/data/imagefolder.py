@@ -1,11 +1,12 @@
 """ImageNet-layout image folders (root/{train,val}/<class>/<image>) read with Pillow.
 
-Training: RandomResizedCrop(image_size, scale [0.08, 1], ratio [3/4, 4/3]) + horizontal flip;
-evaluation: resize the shorter side to image_size / 0.875 (256 for 224), centre crop. The
-same algorithms as torchvision's transforms (torchvision is not needed). Images leave the
-DataLoader workers as uint8 and are normalised on the device. Each sample's crop and flip come
-from a generator seeded by (seed, epoch, index), so they do not depend on the worker count.
-Pillow is the optional ``vision`` extra: ``pip install "onebit[vision]"``.
+Training: RandomResizedCrop(image_size, scale [0.08, 1] (``crop_scale``), ratio [3/4, 4/3]),
+optional ColorJitter (``color_jitter``), horizontal flip; evaluation: resize the shorter side
+to image_size / 0.875 (256 for 224), centre crop. The same algorithms as torchvision's
+transforms on PIL images (torchvision is not needed). Images leave the DataLoader workers as
+uint8 and are normalised on the device. Each sample's crop, jitter and flip come from a
+generator seeded by (seed, epoch, index), so they depend neither on the worker count nor on
+the number of processes. Pillow is the optional ``vision`` extra: ``pip install "onebit[vision]"``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from onebit.data.gpu_loader import Normalize, epoch_generator
+from onebit.data.gpu_loader import Normalize, batch_bounds, epoch_generator
 from onebit.errors import DataError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -62,7 +63,11 @@ def scan_folder(root: Path, split: str, classes: list[str] | None = None):
 
 
 def random_resized_box(
-    width: int, height: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+    width: int,
+    height: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop box (left, top, right, bottom): area in ``scale`` of the
     image, aspect in ``ratio`` (log-uniform), 10 tries, else a centre crop of clamped aspect."""
@@ -87,8 +92,52 @@ def random_resized_box(
     return left, top, left + w, top + h
 
 
+def adjust_hue(img, shift: float):
+    """Rotate the hue of a PIL RGB image by ``shift`` turns: H += trunc(255 shift) in HSV with
+    uint8 wrap-around (torchvision's PIL ``adjust_hue``)."""
+    image_mod = _pil()
+    h, s, v = img.convert("HSV").split()
+    shifted = (np.asarray(h, dtype=np.int16) + int(shift * 255)) % 256
+    h = image_mod.fromarray(shifted.astype(np.uint8), "L")
+    return image_mod.merge("HSV", (h, s, v)).convert("RGB")
+
+
+def color_jitter(img, strengths: tuple[float, float, float, float], rng: random.Random):
+    """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` on a PIL RGB image.
+
+    Factors b, c, s ~ U[max(0, 1 - v), 1 + v] and hue shift h ~ U[-v_h, v_h] (a strength of 0
+    skips its operation), applied in a random order: brightness x * b, contrast and saturation
+    blend with the grey mean / the greyscale image (PIL ``ImageEnhance``, torchvision's PIL
+    path), hue by :func:`adjust_hue`. IR-Net's ImageNet recipe: strengths 0.2, 0.2, 0.2, 0.1.
+    """
+    from PIL import ImageEnhance
+
+    def enhance(kind):
+        return lambda image, factor: kind(image).enhance(factor)
+
+    adjust = (
+        enhance(ImageEnhance.Brightness),
+        enhance(ImageEnhance.Contrast),
+        enhance(ImageEnhance.Color),
+        adjust_hue,
+    )
+    ranges = [(max(0.0, 1 - v), 1 + v) for v in strengths[:3]] + [(-strengths[3], strengths[3])]
+    ops = [
+        (fn, rng.uniform(*bounds))
+        for fn, v, bounds in zip(adjust, strengths, ranges, strict=True)
+        if v > 0
+    ]
+    for fn, factor in rng.sample(ops, len(ops)):
+        img = fn(img, factor)
+    return img
+
+
 class ImageFolder(Dataset):
-    """One split of an image folder; items are (uint8 tensor (3, S, S), label)."""
+    """One split of an image folder; items are (uint8 tensor (3, S, S), label).
+
+    ``crop_scale``: the area range of the training RandomResizedCrop; ``jitter``: colour-jitter
+    strengths (brightness, contrast, saturation, hue) or None.
+    """
 
     def __init__(
         self,
@@ -98,10 +147,13 @@ class ImageFolder(Dataset):
         train: bool,
         seed: int = 0,
         classes: list[str] | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        jitter: tuple[float, float, float, float] | None = None,
     ):
         _pil()
         self.paths, self.labels, self.classes = scan_folder(root, split, classes)
         self.image_size, self.train, self.seed, self.epoch = image_size, train, seed, 0
+        self.crop_scale, self.jitter = crop_scale, jitter
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,8 +168,10 @@ class ImageFolder(Dataset):
             raise DataError(f"cannot read image {path}: {err}") from None
         if self.train:
             rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
-            box = random_resized_box(*img.size, rng)
+            box = random_resized_box(*img.size, rng, self.crop_scale)
             img = img.resize((size, size), image_mod.BILINEAR, box=box)
+            if self.jitter:
+                img = color_jitter(img, self.jitter, rng)
             if rng.random() < 0.5:
                 img = img.transpose(image_mod.FLIP_LEFT_RIGHT)
         else:
@@ -137,6 +191,8 @@ class FolderLoader:
     """Batches of an :class:`ImageFolder` through DataLoader workers, normalised on ``device``.
 
     The training order of an epoch is a permutation drawn from (seed, epoch); full batches only.
+    ``batch_size`` is the batch of all processes together; process ``rank`` of ``world`` loads
+    its part of each batch (:func:`~onebit.data.gpu_loader.batch_bounds`).
     """
 
     def __init__(
@@ -147,9 +203,12 @@ class FolderLoader:
         device: torch.device,
         workers: int,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.dataset, self.batch_size, self.normalize = dataset, batch_size, normalize
         self.device, self.workers, self.seed = device, workers, seed
+        self.rank, self.world = rank, world
         self.train = dataset.train
 
     @property
@@ -161,20 +220,21 @@ class FolderLoader:
         return n // b if self.train else -(-n // b)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch``; a corrupt image is a one-line DataError."""
+        """This process's part of the batches of ``epoch``; a corrupt image is a one-line
+        DataError."""
         self.dataset.epoch = epoch
+        n = self.num_samples
         order = (
-            torch.randperm(self.num_samples, generator=epoch_generator(self.seed, epoch)).tolist()
+            torch.randperm(n, generator=epoch_generator(self.seed, epoch)).tolist()
             if self.train
-            else range(self.num_samples)
+            else list(range(n))
         )
+        bounds = batch_bounds(n, self.batch_size, len(self), self.rank, self.world)
         loader = DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=order,
+            batch_sampler=[order[lo:hi] for lo, hi in bounds],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=self.train,
         )
         try:
             for x, y in loader:

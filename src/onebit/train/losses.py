@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,14 +34,18 @@ class LossTerm:
     fn: Callable[[Batch], torch.Tensor]
 
 
-def cross_entropy(batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy of the logits against integer targets."""
-    return F.cross_entropy(batch.logits, batch.targets)
+def cross_entropy(batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of the logits against integer targets; with label smoothing eps the
+    target is (1 - eps) one_hot(y) + eps / K over K classes (Bi-Real's official
+    ``CrossEntropyLabelSmooth``; Szegedy et al. 2016)."""
+    return F.cross_entropy(batch.logits, batch.targets, label_smoothing=label_smoothing)
 
 
 def build_loss_terms(config: Config) -> list[LossTerm]:
-    """The loss terms of a config (cross-entropy with weight 1)."""
-    return [LossTerm("ce", 1.0, cross_entropy)]
+    """The loss terms of a config (cross-entropy with weight 1, ``loss.label_smoothing``)."""
+    return [
+        LossTerm("ce", 1.0, partial(cross_entropy, label_smoothing=config.loss.label_smoothing))
+    ]
 
 
 def total_loss(terms: list[LossTerm], batch: Batch) -> torch.Tensor:

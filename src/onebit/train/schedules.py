@@ -22,18 +22,21 @@ def lr_factor(
     milestones: tuple[float, ...] | list[float] = (),
     gamma: float = 0.1,
     step_epochs: float = 0.0,
+    warmup_from: float = 0.0,
 ) -> float:
     """Multiplier of the base learning rate at (fractional) ``epoch`` e of E.
 
-    Warm-up (e < W): linear, (e + s) / W with s = ``step_epochs`` the length of one step, so
-    the first step is already non-zero and the last warm-up step reaches 1.
+    Warm-up (e < W): linear from r = ``warmup_from`` to 1, r + (1 - r) (e + s) / W with
+    s = ``step_epochs`` the length of one step, so the first step is already above r and the
+    last warm-up step reaches 1: mmcv's linear warm-up with ``warmup_ratio`` r, one step
+    ahead (IR-Net's 0.2 -> 0.8 is r = 0.25).
     After it, with p = (e - W) / (E - W):
     ``cos``: (1 + cos(pi p)) / 2 (CosineAnnealingLR to 0, IR-Net / ReCU, here per step);
     ``linear``: 1 - p (Bi-Real, ReActNet); ``step``: gamma^(number of milestones <= e)
     (MultiStepLR); ``const``: 1.
     """
     if epoch < warmup_epochs:
-        return min((epoch + step_epochs) / warmup_epochs, 1.0)
+        return min(warmup_from + (1 - warmup_from) * (epoch + step_epochs) / warmup_epochs, 1.0)
     p = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
     if kind == "cos":
         return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
@@ -46,15 +49,18 @@ def lr_factor(
 
 def lr_at(schedule: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier for ``step`` (0-based, within ``epoch``) of a config's
-    schedule, at the fractional epoch e = epoch + step / steps_per_epoch."""
+    schedule, at the fractional epoch e = epoch + step / steps_per_epoch. The warm-up lasts
+    ``warmup_epochs + warmup_steps / steps_per_epoch`` epochs (the official IR-Net and mmcls
+    recipes count it in iterations)."""
     return lr_factor(
         schedule.lr,
         epoch + step / steps_per_epoch,
         schedule.epochs,
-        schedule.warmup_epochs,
+        schedule.warmup_epochs + schedule.warmup_steps / steps_per_epoch,
         schedule.milestones,
         schedule.gamma,
         step_epochs=1 / steps_per_epoch,
+        warmup_from=schedule.warmup_from,
     )
 
 

@@ -9,6 +9,8 @@ No host-device sync inside a step: the loss and correct counts accumulate on the
 are read once per ``runtime.log_interval`` steps (where a NaN/inf loss is detected). A run is
 a sequence of phases (today one: the config itself), each with its own optimizers, loss terms
 and hooks, the weights carried over. Everything the run writes goes through :class:`RunDir`.
+Under ``torchrun`` the same loop runs in every process with DistributedDataParallel
+(:mod:`onebit.train.distributed`); process 0 alone writes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from onebit.config import Config, save_config
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, TrainingError
 from onebit.models import create_model, model_entry
+from onebit.train import distributed
 from onebit.train.checkpoint import (
     atomic_write_text,
     load_model_tensors,
@@ -57,6 +60,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"config key runtime.device: {name!r} is not a device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key runtime.device: {name!r} but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is None:
+        # the GPU torchrun's process was given (torch.cuda.set_device), GPU 0 otherwise
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -64,26 +70,27 @@ def resolve_device(name: str) -> torch.device:
 def evaluate(
     model: nn.Module, loader: Loader, amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Mean cross-entropy and top-1 / top-5 accuracy (percent) of ``model`` on ``loader``."""
+    """Mean cross-entropy and top-1 / top-5 accuracy (percent) of ``model`` on ``loader``
+    (summed over the processes of a multi-process run, each evaluating its part)."""
     was_training = model.training
     model.eval()
-    loss_sum = top1 = top5 = None
+    sums = torch.zeros(3, device=next(model.parameters()).device)  # loss, top-1, top-5 hits
     count = 0
     for x, y in loader.batches(0):
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
-        batch = torch.stack(
+        sums += torch.stack(
             [
                 F.cross_entropy(logits.float(), y, reduction="sum"),
                 hits[:, 0].sum().float(),
                 hits.any(dim=1).sum().float(),
             ]
         )
-        loss_sum = batch if loss_sum is None else loss_sum + batch
         count += y.numel()
     model.train(was_training)
-    loss, top1, top5 = loss_sum.tolist()
+    totals = distributed.reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
+    loss, top1, top5, count = totals.tolist()
     return {
         "val_loss": loss / count,
         "val_top1": 100 * top1 / count,
@@ -137,6 +144,29 @@ class RunDir:
         save_checkpoint(self.best, tensors, {"kind": "best", **state})
 
 
+class NullRunDir(RunDir):
+    """A run directory as every process but the first of a multi-process run sees it: the
+    same paths (to resume from), but it writes and prints nothing."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def write_config(self, config: Config) -> None:
+        pass
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def keep_metrics_until(self, phase: int, epoch: int) -> None:
+        pass
+
+    def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        pass
+
+    def save_best(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class Progress:
     """Where a run is: what a checkpoint restores besides tensors and RNG."""
@@ -179,14 +209,18 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(runtime.seed)
-        self.loaders = loaders or build_loaders(self.config.data, self.device, runtime.seed)
+        self.loaders = loaders or build_loaders(
+            self.config.data, self.device, runtime.seed, shard=distributed.rank_and_world()
+        )
         self.config.model = self._model_options(self.config.model, self.loaders)
         self.model = create_model(**self.config.model).to(self.device)
         self.config.model = {"name": self.config.model["name"], **self.model.onebit_spec["options"]}
         use_bf16 = self.device.type == "cuda" and runtime.precision == "bf16"
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
-        self.forward = torch.compile(self.model) if self._should_compile() else self.model
+        self.forward, self.eval_forward = self._forwards()
         self.run_dir = run_dir
+        if run_dir is not None and not distributed.is_main():
+            self.run_dir = NullRunDir(run_dir.path)
         self.progress = Progress()
         # A run is a sequence of phases, each a full config; the `phases:` key will list more.
         self.phases = [self.config]
@@ -203,6 +237,17 @@ class Trainer:
             return True
         steps = self.config.schedule.epochs * len(self.loaders.train or ())
         return self.device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS
+
+    def _forwards(self) -> tuple[nn.Module, nn.Module]:
+        """The model as the training step calls it (DistributedDataParallel in a multi-process
+        run; compiled if ``_should_compile``) and as evaluation calls it: never through DDP,
+        whose forward would wait for processes that hold fewer evaluation batches."""
+        compile_it = self._should_compile()
+        wrapped = distributed.wrap(self.model, self.device, self.config.runtime.sync_bn)
+        train = torch.compile(wrapped) if compile_it else wrapped
+        if wrapped is self.model:
+            return train, train
+        return train, torch.compile(self.model) if compile_it else self.model
 
     @staticmethod
     def _model_options(model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
@@ -274,7 +319,12 @@ class Trainer:
         seen, shown, lr = 0, 0, 0.0
         interval = self.config.runtime.log_interval
         epochs = self.phase_config.schedule.epochs
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=None, leave=False)
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=None if distributed.is_main() else True,
+            leave=False,
+        )
         start = time.perf_counter()
         for i, (x, y) in enumerate(loader.batches(epoch)):
             if i == steps:
@@ -287,25 +337,27 @@ class Trainer:
             seen += y.numel()
             self.progress.step += 1
             if (i + 1) % interval == 0 or i + 1 == steps:
-                loss_sum, correct = stats.tolist()  # the one host sync per log interval
+                # the one host sync per log interval; sums over the processes of a DDP run
+                totals = distributed.reduce_sum(torch.cat([stats, stats.new_tensor([seen])]))
+                loss_sum, correct, total = totals.tolist()
                 self._check_finite(loss_sum, epoch, i)
                 elapsed = time.perf_counter() - start
                 bar.update(i + 1 - shown)
                 shown = i + 1
                 bar.set_postfix(
-                    loss=f"{loss_sum / seen:.4f}",
-                    acc=f"{100 * correct / seen:.2f}",
+                    loss=f"{loss_sum / total:.4f}",
+                    acc=f"{100 * correct / total:.2f}",
                     lr=f"{lr:.3g}",
-                    img_s=f"{seen / elapsed:.0f}",
+                    img_s=f"{total / elapsed:.0f}",
                 )
         bar.close()
         seconds = time.perf_counter() - start
         return {
             "lr": lr,
-            "train_loss": loss_sum / seen,
-            "train_top1": 100 * correct / seen,
+            "train_loss": loss_sum / total,
+            "train_top1": 100 * correct / total,
             "seconds": seconds,
-            "images_per_s": seen / seconds,
+            "images_per_s": total / seconds,
         }
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -313,7 +365,8 @@ class Trainer:
         cfg = self.phase_config
         schedule = apply_quant_schedule(self.model, cfg.quant, epoch, cfg.schedule.epochs)
         train = self.train_epoch(epoch)
-        val = evaluate(self.forward, self.loaders.eval, self.amp_dtype)
+        distributed.sync_buffers(self.model)
+        val = evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype)
         return {"epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
 
     # ------------------------------------------------------------------ the run
@@ -371,7 +424,9 @@ class Trainer:
                 )
             self._restore()
         else:
-            run.log(f"training {self.config.model['name']} into {run.path} on {self.device}")
+            world = distributed.rank_and_world()[1]
+            where = f"{world} processes on {self.device.type}" if world > 1 else self.device
+            run.log(f"training {self.config.model['name']} into {run.path} on {where}")
         run.write_config(self.config)
         record: dict[str, Any] = {}
         for phase in range(self.progress.phase, len(self.phases)):
