@@ -91,7 +91,7 @@ def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
         (["data.dataset=mnist"], r"config key data.dataset: unknown dataset 'mnist'"),
         (["model.depth=3"], r"config key model.depth: model 'resnet20' has no option 'depth'"),
         (["model.name=resnet2"], r"config key model.name: unknown model 'resnet2'"),
-        (["distill.loss=kl"], r"config key distill: not supported yet; set distill: null"),
+        (["distill.loss=kl"], r"config key distill.teacher is missing"),
         (["optim"], r"--set 'optim' is not KEY.PATH=VALUE"),
         (["optim.lr.x=1"], r"--set 'optim.lr.x=1': config key optim.lr is not a section"),
         (["extra.key=1"], r"config key extra is unknown"),
