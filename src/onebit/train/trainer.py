@@ -185,6 +185,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(runtime.seed)
         self.loaders = loaders or build_loaders(self.config.data, self.device, runtime.seed)
+        # The config's data, unless `loaders` replaces it for every phase.
+        self._loaders_data = None if loaders else self.config.data
         self.config.model = self._model_options(self.config.model, self.loaders)
         # A run is a sequence of phases, each a full config (the base one without `phases:`).
         self.phases = self.config.phase_configs()
@@ -263,6 +265,9 @@ class Trainer:
         None when a checkpoint is restored next), frozen parameters, optimizers, loss terms
         (with its teacher) and hooks."""
         cfg = self.phase_config = self.phases[index]
+        if self._loaders_data is not None and cfg.data != self._loaders_data:
+            self.loaders = build_loaders(cfg.data, self.device, cfg.runtime.seed)
+            self._loaders_data = cfg.data
         self._build_model(cfg.model, carry)
         for p in self.model.parameters():
             p.requires_grad_(True)
