@@ -28,6 +28,7 @@ demo:
 	$(PYTHON) -m onebit train configs/fmnist/resnet20_fp.yaml $(DEMO_SET) --out $(DEMO_OUT)/resnet20_fp
 
 bench:
+	$(PYTHON) benchmarks/kernel_speed.py
 	$(PYTHON) benchmarks/train_speed.py
 
 format:

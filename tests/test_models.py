@@ -119,8 +119,8 @@ def test_method_implies_block_activation_and_downsample():
     assert nn.Hardtanh not in acts
     irnet = onebit.create_model("resnet20", method="irnet")
     recu = onebit.create_model("resnet20", method="recu")
-    assert irnet.stages[1][0].shortcut.mode == "subsample"
-    assert recu.stages[1][0].shortcut.mode == "avgpool"
+    assert irnet.stages[1][0].downsample.mode == "subsample"
+    assert recu.stages[1][0].downsample.mode == "avgpool"
     relu = onebit.create_model("resnet20", method="irnet", block_act="relu")
     assert any(isinstance(m, nn.ReLU) for m in relu.modules())
     react = onebit.create_model("resnet20", method="reactnet")

@@ -173,4 +173,6 @@ def test_summary_has_ops_columns_and_totals():
     assert f"BOPs {report.bops:,}" in text and f"FLOPs {report.flops:,}" in text
     row = next(line for line in text.splitlines() if line.startswith("layer1.0.conv "))
     # 16x16 output x 64 x 64 x 9 BOPs; 36,864 weights at one bit each = 4,608 bytes
-    assert row.split()[-3:] == [f"{16 * 16 * 64 * 64 * 9:,}", "36,864", "4,608"]
+    # bytes as in the .onebit file: 9 taps x one 64-bit word of 16 channels per output channel,
+    # plus the per-channel scale and bias vectors (2 x 4 bytes x 64)
+    assert row.split()[-3:] == [f"{16 * 16 * 64 * 64 * 9:,}", "36,864", "5,120"]

@@ -3,9 +3,10 @@
 import onebit
 m = onebit.create_model("resnet20", method="recu", bits="1w1a", num_classes=10, in_chans=1)
 print(onebit.summary(m, input_size=(1, 1, 32, 32)))
+onebit.deploy.export(m, "m.onebit"); rt = onebit.deploy.load("m.onebit")
 """
 
-from onebit import errors, nn, quant
+from onebit import deploy, errors, nn, quant
 from onebit.binarize import binarize
 from onebit.models import create_model, list_models, register_model
 from onebit.profile import OpsReport, count_ops, summary
@@ -17,6 +18,7 @@ __all__ = [
     "binarize",
     "count_ops",
     "create_model",
+    "deploy",
     "errors",
     "list_models",
     "nn",

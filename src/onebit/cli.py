@@ -33,8 +33,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, object]:
     return options
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a registered model name (see `onebit models`)")
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="binarization method (fp, ste, xnor, bireal, irnet, ...)")
     p.add_argument("--bits", help="1w1a, 1w32a, 32w1a or 32w32a")
     p.add_argument("--num-classes", type=int, help="classifier outputs")
@@ -42,17 +41,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--opt", action="append", default=[], metavar="KEY=VALUE", help="other model option"
     )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model name (see `onebit models`)")
+    _add_model_options(p)
     p.add_argument("--input", help="input size CxHxW (default: the model's own)")
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, object]:
+    options = parse_options(args.opt)
+    for key in ("method", "bits", "num_classes", "in_chans"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
 
 
 def _model_from_args(args: argparse.Namespace):
     """Build the model the shared model arguments describe; return it and its input size."""
     from onebit.models import create_model, default_input_size
 
-    options = parse_options(args.opt)
-    for key in ("method", "bits", "num_classes", "in_chans"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
+    options = _model_options(args)
     model = create_model(args.model, **options)
     chw = (
         parse_shape(args.input)
@@ -217,7 +226,124 @@ def add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-COMMANDS: list[Callable] = [add_models, add_summary, add_ops, add_train, add_eval]
+def _trained_model(source: str):
+    """The model a run directory or checkpoint of ``onebit train`` holds."""
+    from onebit.train.checkpoint import load_model
+
+    model, _config = load_model(source)
+    return model
+
+
+def _model_with_state(args: argparse.Namespace):
+    """``--model NAME [options]`` built, with the state dict of the .safetensors SOURCE."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from onebit.errors import CheckpointError
+    from onebit.models import create_model
+
+    model = create_model(args.model, **_model_options(args))
+    try:
+        state = load_file(args.source)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{args.source}: not a readable .safetensors state dict ({str(err)[:120]})"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        # torch's message: a title line, then one line per problem; keep the first problem
+        detail = (str(err).splitlines()[1:] or [""])[0].strip()[:160]
+        raise CheckpointError(
+            f"{args.source}: does not match model {args.model!r} with these options ({detail})"
+        ) from None
+    return model
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from onebit.deploy import export
+
+    model = _model_with_state(args) if args.model else _trained_model(args.source)
+    header = export(model, args.out, fp16=args.fp16)
+    packed = sum(layer["mode"] == "packed" for layer in header["layers"])
+    print(
+        f"wrote {args.out}: {packed} packed binary layers, "
+        f"{len(header['layers']) - packed} other binary-weight layers, "
+        f"{len(header['folded'])} BatchNorms folded, full precision as {header['fp_dtype']}"
+    )
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a trained model as a bit-packed .onebit file",
+        description="Write a trained model as a bit-packed .onebit file (run it with "
+        "onebit.deploy.load). SOURCE is a run directory or checkpoint of `onebit train`, or, "
+        "with --model, a .safetensors state dict of that registry model.",
+    )
+    p.add_argument("source", help="run directory / checkpoint, or a state dict with --model")
+    p.add_argument("out", help="output file, e.g. model.onebit")
+    p.add_argument("--fp16", action="store_true", help="store the full-precision parts in fp16")
+    p.add_argument("--model", help="registry model name the state dict SOURCE belongs to")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_export)
+
+
+def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+
+    return parse
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from onebit.deploy import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"threads: {torch.get_num_threads()}; best of repeated calls over {args.min_time} s, ms")
+    if not args.no_layers:
+        print("\nResNet-18 binary 3x3 convs: PyTorch fp32 vs packed layer (binarize + pack + conv)")
+        rows = bench.conv_rows(batches=args.batch, min_time=args.min_time, kernel=args.kernel)
+        print(bench.format_conv_rows(rows))
+    models = bench.DEFAULT_MODELS if args.models is None else args.models
+    if models:
+        print("\nWhole models (default input size): fp32 twin vs 1w1a in PyTorch vs deployed")
+        rows = bench.model_rows(models, args.batch, args.min_time, kernel=args.kernel)
+        print(bench.format_model_rows(rows))
+    return 0
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="speed and size of the deployed engine against PyTorch fp32")
+    p.add_argument(
+        "--models",
+        type=_csv(str),
+        help="comma-separated registry models (default: the CIFAR-scale families; '' for none)",
+    )
+    p.add_argument("--batch", type=_csv(int), default=[1, 8], help="batch sizes (default: 1,8)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer conv table")
+    p.add_argument("--threads", type=int, help="threads (default: torch.get_num_threads())")
+    p.add_argument("--kernel", help="avx512, avx2 or portable (default: the best available)")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per measurement")
+    p.set_defaults(func=cmd_bench)
+
+
+COMMANDS: list[Callable] = [
+    add_models,
+    add_summary,
+    add_ops,
+    add_train,
+    add_eval,
+    add_export,
+    add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,13 +187,32 @@ def layer_bits(module: nn.Module) -> str:
 
 
 def deployed_bytes(module: nn.Module) -> int:
-    """Bytes of ``module``'s own parameters as deployed: a binarized weight takes 1 bit per
-    element, every other parameter 4 bytes (fp32)."""
-    total = 0
-    for name, p in module.named_parameters(recurse=False):
-        binary_weight = name == "weight" and is_binary(module) and module.weight_spec is not None
-        total += (p.numel() + 7) // 8 if binary_weight else 4 * p.numel()
-    return total
+    """Bytes of ``module``'s own tensors in a file written by ``onebit.deploy.export``.
+
+    A binarized weight is packed 1 bit each per output channel along (kh, kw, cin), each tap's
+    channels rounded up to whole 64-bit words, plus the fp32 per-channel vectors stored with
+    it (see onebit.deploy.format); every other parameter and persistent buffer (BatchNorm
+    running statistics included) takes 4 bytes per float (the file stores fp32) or its
+    dtype's size. BatchNorm folding is not counted: a BatchNorm folded into the binary layer
+    before it is absent from the file.
+    """
+    own = {k: v for k, v in module.state_dict(keep_vars=True).items() if "." not in k}
+    if not (is_binary(module) and module.weight_spec is not None):
+        return sum(_file_bytes(t) for t in own.values())
+    from onebit.deploy.export import describe
+
+    desc = describe("layer", module)
+    layer = sum(
+        math.prod(shape) * (8 if name.endswith(".weight_bits") else 4)
+        for name, shape in desc.tensor_shapes().items()
+    )
+    # a packed layer's alpha, bias and act_bias live in its out_scale / out_bias / act_bias
+    rest = {} if desc.mode == "packed" else {k: v for k, v in own.items() if k != "weight"}
+    return layer + sum(_file_bytes(t) for t in rest.values())
+
+
+def _file_bytes(t: torch.Tensor) -> int:
+    return t.numel() * (4 if t.is_floating_point() else t.element_size())
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
@@ -29,6 +31,24 @@ def make_shortcut(cin: int, cout: int, stride: int, mode: str) -> nn.Module | No
         pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
     return ChannelPadShortcut(cin, cout, mode)
+
+
+def make_stages(
+    make_block: Callable[[int, int, int], nn.Module],
+    cin: int,
+    widths: tuple[int, ...],
+    depths: tuple[int, ...],
+) -> tuple[list[nn.Sequential], int]:
+    """ResNet-style stages: ``depths[i]`` blocks of width ``widths[i]``, stride 2 at the first
+    block of every stage but the first. Returns the stages and their output width."""
+    stages = []
+    for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+        blocks = []
+        for j in range(depth):
+            blocks.append(make_block(cin, width, 2 if i > 0 and j == 0 else 1))
+            cin = width
+        stages.append(nn.Sequential(*blocks))
+    return stages, cin
 
 
 class BNHead(nn.Module):

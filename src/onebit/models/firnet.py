@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from onebit.errors import ConfigError
-from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut
+from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut, make_stages
 from onebit.models.registry import register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import BinaryLayers, ChannelShuffle, LearnableBias
@@ -108,14 +108,12 @@ class FIRNetCifar(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = layers.act(widths[0], stem_act)
-        stages, cin = [], widths[0]
-        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
-            blocks = []
-            for j in range(depth):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(FIRBlock(layers, cin, width, stride, "avgpool"))
-                cin = width
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = make_stages(
+            lambda cin, cout, stride: FIRBlock(layers, cin, cout, stride, "avgpool"),
+            widths[0],
+            widths,
+            depths,
+        )
         self.stages = nn.Sequential(*stages)
         self.fusion = FIRFusion(layers, cin, fusion_half_block)
         self.head = BNHead(cin, num_classes)

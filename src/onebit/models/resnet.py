@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from onebit.errors import UnknownNameError
-from onebit.models._common import make_shortcut
+from onebit.models._common import make_shortcut, make_stages
 from onebit.models.registry import register_model
 from onebit.nn import BinaryLayers
 
@@ -54,13 +54,9 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.act1 = stem_act
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = stem_width
-        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
-            blocks = []
-            for j in range(depth):
-                blocks.append(make_block(cin, width, 2 if i > 0 and j == 0 else 1))
-                cin = width
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        stages, cin = make_stages(make_block, stem_width, widths, depths)
+        for i, stage in enumerate(stages):
+            setattr(self, f"layer{i + 1}", stage)
         self.num_stages = len(depths)
         self.num_features = cin
         self.avgpool = nn.AdaptiveAvgPool2d(1)

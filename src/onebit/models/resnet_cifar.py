@@ -2,64 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
-from onebit.models._common import BNHead, kaiming_init_convs
+from onebit.models._common import BNHead, kaiming_init_convs, make_stages
 from onebit.models.registry import register_model
-from onebit.nn import BinaryLayers, ChannelPadShortcut
-
-
-class DoubleShortcutBlock(nn.Module):
-    """Two 3x3 convs, each wrapped by its own shortcut (the Bi-Real structure):
-
-    y = act(BN(conv1(x)) + shortcut(x)); out = act(BN(conv2(y)) + y).
-    The downsampling shortcut is parameter-free (see ChannelPadShortcut).
-    Source: IR-Net / ReCU official CIFAR ``BasicBlock_1w1a``.
-    """
-
-    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
-        super().__init__()
-        self.conv1 = layers.conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = layers.act(cout)
-        self.conv2 = layers.conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.act2 = layers.act(cout)
-        needs_shortcut = stride != 1 or cin != cout
-        self.shortcut = ChannelPadShortcut(cin, cout, downsample) if needs_shortcut else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x if self.shortcut is None else self.shortcut(x)
-        y = self.act1(self.bn1(self.conv1(x)) + residual)
-        return self.act2(self.bn2(self.conv2(y)) + y)
-
-
-class BasicBlock(nn.Module):
-    """The standard ResNet basic block with a full-precision 1x1 conv + BN shortcut:
-
-    out = act(BN(conv2(act(BN(conv1(x))))) + shortcut(x)).
-    Source: IR-Net official CIFAR ResNet-18.
-    """
-
-    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = layers.conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = layers.act(cout)
-        self.conv2 = layers.conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.act2 = layers.act(cout)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x if self.shortcut is None else self.shortcut(x)
-        y = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(y)) + residual)
+from onebit.models.resnet import BasicBlock
+from onebit.nn import BinaryLayers
 
 
 class CifarResNet(nn.Module):
@@ -67,26 +18,19 @@ class CifarResNet(nn.Module):
 
     def __init__(
         self,
+        make_block: Callable[[int, int, int], nn.Module],
         layers: BinaryLayers,
-        make_block,
         widths: tuple[int, ...],
         depths: tuple[int, ...],
         num_classes: int,
         in_chans: int,
-        stem_act: str,
+        stem_act: str | None,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = layers.act(widths[0], stem_act)
-        stages, cin = [], widths[0]
-        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
-            blocks = []
-            for j in range(depth):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(make_block(cin, width, stride))
-                cin = width
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = make_stages(make_block, widths[0], widths, depths)
         self.stages = nn.Sequential(*stages)
         self.head = BNHead(cin, num_classes)
         kaiming_init_convs(self)
@@ -114,9 +58,10 @@ def resnet20(
     """
     layers = BinaryLayers.of(method, bits, block_act)
     downsample = downsample or ("subsample" if method == "irnet" else "avgpool")
+    # IR-Net / ReCU CIFAR BasicBlock_1w1a: a shortcut around every conv (the Bi-Real structure)
     return CifarResNet(
+        lambda cin, cout, stride: BasicBlock(layers, cin, cout, stride, "bireal", downsample),
         layers,
-        lambda cin, cout, stride: DoubleShortcutBlock(layers, cin, cout, stride, downsample),
         (16, 32, 64),
         (3, 3, 3),
         num_classes,
@@ -140,9 +85,10 @@ def resnet18_cifar(
     The stem has no activation in the official code (``stem_act="none"``). About 11.2 M params.
     """
     layers = BinaryLayers.of(method, bits, block_act)
+    # IR-Net CIFAR ResNet-18: the standard block with a full-precision 1x1 conv + BN shortcut
     return CifarResNet(
+        lambda cin, cout, stride: BasicBlock(layers, cin, cout, stride, "normal", "conv"),
         layers,
-        lambda cin, cout, stride: BasicBlock(layers, cin, cout, stride),
         (64, 128, 256, 512),
         (2, 2, 2, 2),
         num_classes,

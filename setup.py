@@ -1,0 +1,19 @@
+"""Builds the C kernels of onebit.deploy (no torch needed at build time).
+
+Everything else about the package is in pyproject.toml. The extension is optional: without a
+C compiler the install still succeeds and onebit.deploy falls back to its pure-PyTorch path.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "onebit.deploy._kernels",
+            sources=["src/onebit/deploy/kernels/bitconv.c"],
+            extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off"],
+            extra_link_args=["-fopenmp"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,28 @@
+"""Deployment: export a trained BNN to one bit-packed file, run it with xnor-popcount kernels.
+
+    onebit.deploy.export(model, "model.onebit")        # packed weights, folded BatchNorm
+    rt = onebit.deploy.load("model.onebit")            # CPU runtime (C kernels, OpenMP)
+    logits = rt(images)                                # equals model.eval()(images)
+
+See docs/deploy.md for the file format, the kernels and the measured speed.
+"""
+
+from onebit.deploy.engine import (
+    KERNEL_ENV,
+    DeployedModel,
+    PackedConv2d,
+    available_kernels,
+    load,
+    select_kernel,
+)
+from onebit.deploy.export import export
+
+__all__ = [
+    "KERNEL_ENV",
+    "DeployedModel",
+    "PackedConv2d",
+    "available_kernels",
+    "export",
+    "load",
+    "select_kernel",
+]

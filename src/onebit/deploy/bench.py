@@ -1,0 +1,223 @@
+"""Speed and size of the deployed engine against PyTorch fp32, measured in one process.
+
+``onebit bench`` and ``benchmarks/kernel_speed.py`` print these tables. Every time is the
+best of repeated calls over ``min_time`` seconds (after warm-up), with
+``torch.get_num_threads()`` threads for PyTorch and the kernels alike.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from onebit.deploy.engine import PackedConv2d, load, select_kernel
+from onebit.deploy.export import export
+from onebit.deploy.format import LayerDesc
+from onebit.deploy.packing import pack_weight
+from onebit.errors import ConfigError
+
+# (channels, height = width) of ResNet-18's binary 3x3 convs, stride 1, padding 1
+RESNET18_CONVS = ((64, 56), (128, 28), (256, 14), (512, 7))
+# the model families the whole-model table covers by default (CIFAR-scale until the ImageNet
+# families are in the registry)
+DEFAULT_MODELS = ("resnet20", "resnet18_cifar", "vgg_small", "firnet20", "firnet18_cifar")
+
+
+def best_time(fn: Callable[[], object], min_time: float) -> float:
+    """Seconds of the fastest of repeated ``fn()`` calls (two warm-up calls, then at least
+    three timed ones, until ``min_time`` seconds have passed)."""
+    fn()
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@dataclass
+class ConvRow:
+    """One binary 3x3 conv shape: PyTorch fp32 vs the packed layer (ms), per memory format."""
+
+    channels: int
+    size: int
+    batch: int
+    torch_nchw: float
+    torch_nhwc: float
+    onebit_nchw: float
+    onebit_nhwc: float
+    pack_nhwc: float  # binarize + pack of the input alone, included in onebit_nhwc
+
+    @property
+    def ratio(self) -> float:
+        """Best PyTorch time / best onebit time."""
+        return min(self.torch_nchw, self.torch_nhwc) / min(self.onebit_nchw, self.onebit_nhwc)
+
+
+def conv_rows(
+    shapes: Sequence[tuple[int, int]] = RESNET18_CONVS,
+    batches: Sequence[int] = (1, 8),
+    min_time: float = 0.5,
+    kernel: str | None = None,
+) -> list[ConvRow]:
+    """Time PyTorch's fp32 3x3 conv and the packed layer (input binarize + pack + xnor-popcount
+    conv + scale/bias epilogue, what a deployed layer does per call) on each shape."""
+    kernel = select_kernel(kernel)
+    if kernel == "reference":
+        raise ConfigError(
+            "the conv benchmark times the C kernels; pick one of avx512, avx2, portable"
+        )
+    rows = []
+    for channels, size in shapes:
+        weight = torch.randn(channels, channels, 3, 3)
+        desc = LayerDesc(
+            name="bench",
+            kind="conv2d",
+            mode="packed",
+            in_channels=channels,
+            out_channels=channels,
+            kernel_size=(3, 3),
+            stride=(1, 1),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+            act="ste",
+            weight="xnor",
+            act_bias=False,
+            bn=None,
+        )
+        ones, zeros = torch.ones(channels), torch.zeros(channels)
+        layer = PackedConv2d(desc, pack_weight(weight < 0), ones, zeros, None, kernel)
+        for batch in batches:
+            x = torch.randn(batch, channels, size, size)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            torch_conv = partial(F.conv2d, weight=weight, padding=1)
+            calls = [
+                partial(torch_conv, x),
+                partial(torch_conv, xl),
+                partial(layer, x),
+                partial(layer, xl),
+                partial(layer.pack_input, xl),
+            ]
+            with torch.no_grad():
+                times = [best_time(call, min_time) for call in calls]
+            rows.append(ConvRow(channels, size, batch, *(1e3 * t for t in times)))
+    return rows
+
+
+@dataclass
+class ModelRow:
+    """One model at one batch size: latency (ms) and file size (bytes)."""
+
+    model: str
+    batch: int
+    fp32_ms: float  # the full-precision twin (method="fp") in PyTorch
+    binary_float_ms: float  # the 1w1a model as trained, in PyTorch (eval)
+    deployed_ms: float  # onebit.deploy.load(...) of its export
+    checkpoint_bytes: int  # the 1w1a model's fp32 state dict as safetensors
+    onebit_bytes: int  # the exported .onebit file
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.deployed_ms
+
+    @property
+    def size_ratio(self) -> float:
+        return self.checkpoint_bytes / self.onebit_bytes
+
+
+def model_rows(
+    models: Sequence[str] = DEFAULT_MODELS,
+    batches: Sequence[int] = (1, 8),
+    min_time: float = 0.5,
+    kernel: str | None = None,
+) -> list[ModelRow]:
+    """Whole-model latency of each registry model: FP twin vs the 1w1a model in PyTorch vs
+    its deployed export, and the size of its fp32 checkpoint vs the ``.onebit`` file."""
+    from onebit.models import create_model, default_input_size
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            binary = create_model(name, bits="1w1a").eval()
+            twin = create_model(name, method="fp").eval()
+            ckpt, packed = Path(tmp, "model.safetensors"), Path(tmp, "model.onebit")
+            save_file({k: v.contiguous() for k, v in binary.state_dict().items()}, ckpt)
+            export(binary, packed)
+            deployed = load(packed, kernel=kernel)
+            for batch in batches:
+                x = torch.randn(batch, *default_input_size(name))
+                with torch.no_grad():
+                    times = [best_time(partial(m, x), min_time) for m in (twin, binary, deployed)]
+                sizes = (ckpt.stat().st_size, packed.stat().st_size)
+                rows.append(ModelRow(name, batch, *(1e3 * t for t in times), *sizes))
+    return rows
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows]
+    ]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def format_conv_rows(rows: Sequence[ConvRow]) -> str:
+    headers = [
+        "shape",
+        "batch",
+        "torch NCHW",
+        "torch NHWC",
+        "onebit NCHW",
+        "onebit NHWC",
+        "(pack)",
+        "speedup",
+    ]
+    body = [
+        [
+            f"{r.channels}x{r.size}x{r.size}",
+            str(r.batch),
+            *(f"{t:.3f}" for t in (r.torch_nchw, r.torch_nhwc, r.onebit_nchw, r.onebit_nhwc)),
+            f"{r.pack_nhwc:.3f}",
+            f"{r.ratio:.1f}x",
+        ]
+        for r in rows
+    ]
+    return _table(headers, body)
+
+
+def format_model_rows(rows: Sequence[ModelRow]) -> str:
+    headers = [
+        "model",
+        "batch",
+        "fp32 twin",
+        "1w1a torch",
+        "deployed",
+        "speedup",
+        "fp32 ckpt",
+        ".onebit",
+        "smaller",
+    ]
+    body = [
+        [
+            r.model,
+            str(r.batch),
+            *(f"{t:.2f}" for t in (r.fp32_ms, r.binary_float_ms, r.deployed_ms)),
+            f"{r.speedup:.1f}x",
+            f"{r.checkpoint_bytes / 2**20:.2f} MiB",
+            f"{r.onebit_bytes / 2**20:.2f} MiB",
+            f"{r.size_ratio:.1f}x",
+        ]
+        for r in rows
+    ]
+    return _table(headers, body)
