@@ -45,3 +45,39 @@ def cifar_roots(tmp_path_factory):
         roots[name] = base / name
         write_cifar(roots[name], name)
     return roots
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    """A tiny ImageFolder tree: train/ and val/, two classes of two solid-colour images."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imagefolder")
+    for split in ("train", "val"):
+        for name, colour in {"cat": (250, 10, 10), "dog": (10, 10, 250)}.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 36), colour).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    """``teacher_file(model_spec, num_classes, in_chans)``: a .safetensors state dict of an
+    untrained ``create_model(**model_spec)`` (what ``distill.teacher.checkpoint`` accepts),
+    written once per spec."""
+    from safetensors.torch import save_file
+
+    from onebit.models import create_model
+
+    base, made = tmp_path_factory.mktemp("teachers"), {}
+
+    def make(spec: dict, num_classes: int, in_chans: int):
+        key = (tuple(sorted(spec.items())), num_classes, in_chans)
+        if key not in made:
+            model = create_model(**spec, num_classes=num_classes, in_chans=in_chans)
+            made[key] = base / f"teacher{len(made)}.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, made[key])
+        return made[key]
+
+    return make

@@ -15,7 +15,12 @@ from onebit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
-FOLDERS = {"fmnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+FOLDERS = {
+    "fmnist": "fashion_mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "imagenet": "imagefolder",
+}
 
 
 def test_the_recipes_exist():
@@ -36,7 +41,9 @@ def test_every_config_loads_and_is_named_after_its_content(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert FOLDERS[path.parent.name] == config.data.dataset
-    assert path.stem == f"{config.model['name']}_{config.model['method']}"
+    # <model>_<method>, then an optional variant: birealnet20_bnew_bop_kd, wrn22_fp
+    recipe = f"{config.model['name']}_{config.model['method']}"
+    assert path.stem == recipe or path.stem.startswith(f"{recipe}_")
     text = path.read_text()
     assert text.startswith("# Source: ")
     assert re.search(r"^# Published top-1: ", text, re.M)
