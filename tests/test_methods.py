@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from onebit.cli import main
 from onebit.config import load_config
 from onebit.errors import ConfigError
-from onebit.nn import is_binary
 from onebit.train import RunDir, Trainer
 from onebit.train.losses import Batch, build_loss_terms, distributional, kd_kl, total_loss
 from onebit.train.optim import BMD, Bop, bmd_beta
@@ -130,24 +129,28 @@ def _softmax(row, t=1.0):
     return [x / sum(e) for x in e]
 
 
+def _kl(p, q):
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+
+
+def _cross_entropy(p, q):
+    return -sum(pi * math.log(qi) for pi, qi in zip(p, q, strict=True))
+
+
 def test_kd_losses_against_hand_computation():
-    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
-    t = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
-    temp = 2.0
-    kl = [
-        sum(pt * (math.log(pt) - math.log(ps)) for ps, pt in zip(_softmax(a, temp), _softmax(b, temp)))
-        for a, b in zip(s.tolist(), t.tolist())
-    ]
-    assert kd_kl(s, t, temp).item() == pytest.approx(temp**2 * sum(kl) / 2, rel=1e-5)
-    ce = [
-        -sum(pt * math.log(ps) for ps, pt in zip(_softmax(a), _softmax(b)))
-        for a, b in zip(s.tolist(), t.tolist())
-    ]
-    assert distributional(s, t).item() == pytest.approx(sum(ce) / 2, rel=1e-5)
-    # distributional = KL + the teacher's entropy at T = 1
-    entropy = [-sum(p * math.log(p) for p in _softmax(b)) for b in t.tolist()]
-    assert distributional(s, t).item() == pytest.approx(
-        kd_kl(s, t).item() + sum(entropy) / 2, rel=1e-5
+    s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    t = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    student, teacher, temp = torch.tensor(s), torch.tensor(t), 2.0
+    # T^2 KL(softmax(t / T) || softmax(s / T)), mean over the batch
+    kl = [_kl(_softmax(b, temp), _softmax(a, temp)) for a, b in zip(s, t, strict=True)]
+    assert kd_kl(student, teacher, temp).item() == pytest.approx(temp**2 * sum(kl) / 2, rel=1e-5)
+    # ReActNet: -sum softmax(t) log softmax(s), mean over the batch
+    ce = [_cross_entropy(_softmax(b), _softmax(a)) for a, b in zip(s, t, strict=True)]
+    assert distributional(student, teacher).item() == pytest.approx(sum(ce) / 2, rel=1e-5)
+    # = KL + the teacher's entropy at T = 1 (so the same gradient as kl with alpha 1, T 1)
+    entropy = [_cross_entropy(_softmax(b), _softmax(b)) for b in t]
+    assert distributional(student, teacher).item() == pytest.approx(
+        kd_kl(student, teacher).item() + sum(entropy) / 2, rel=1e-5
     )
 
 
@@ -242,7 +245,7 @@ def test_freeze_uses_the_layers_binarized_weight():
     assert torch.allclose(layer.weight, alpha * torch.where(w >= 0, 1.0, -1.0))
     assert not layer.weight.requires_grad
     fp = torch.nn.Sequential(BinaryConv2d(2, 3, 3, act="rsign", weight=None))
-    with pytest.raises(ConfigError, match="latent.freeze: layer 0 does not binarize its weight"):
+    with pytest.raises(ConfigError, match=r"latent\.freeze: layer 0 does not binarize its weight"):
         freeze_binary_(fp)
 
 

@@ -120,7 +120,9 @@ def test_imagenet_recipes_train_one_step(cifar_roots, image_root, teacher_file):
         config = load_config(path, tiny_overrides(path, cifar_roots, image_root, teacher_file))
         assert len(config.phase_configs()) == len(config.phases) >= 2
     path = ROOT / "configs/imagenet/reactnet18_reactnet.yaml"
-    one_step_per_phase(load_config(path, tiny_overrides(path, cifar_roots, image_root, teacher_file)))
+    one_step_per_phase(
+        load_config(path, tiny_overrides(path, cifar_roots, image_root, teacher_file))
+    )
 
 
 # ------------------------------------------------------------------ a run and its directory
