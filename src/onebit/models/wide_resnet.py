@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from onebit.models._common import make_stages
 from onebit.models.registry import register_model
 from onebit.nn import BinaryLayers
 
@@ -57,13 +58,12 @@ class WideResNet(nn.Module):
         blocks_per_stage = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
-        stages, cin = [], 16
-        for i, width in enumerate(widths):
-            blocks = []
-            for j in range(blocks_per_stage):
-                blocks.append(PreActBlock(layers, cin, width, 2 if i > 0 and j == 0 else 1))
-                cin = width
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = make_stages(
+            lambda cin, cout, stride: PreActBlock(layers, cin, cout, stride),
+            16,
+            widths,
+            (blocks_per_stage,) * 3,
+        )
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(cin)
         self.act = layers.act(cin)
