@@ -319,7 +319,7 @@ def test_multi_phase_run_killed_in_phase_2_resumes_to_identical_weights(tmp_path
     recipe.write_text(
         f"""# three phases
 model: {{name: birealnet8, method: bnew, bits: 32w1a}}
-data: {{dataset: fashion_mnist, batch_size: 32, subset: 256, eval_subset: 64}}
+data: {{dataset: fashion_mnist, batch_size: 32, subset: 160, eval_subset: 32}}
 optim: {{name: adam, lr: 0.01, weight_decay: 0.0}}
 schedule: {{epochs: 1, lr: linear}}
 latent: {{clamp: true}}
