@@ -80,3 +80,25 @@ def write_image_folder(root, classes: int = 2, train_per_class: int = 2, val_per
 def imagenet_root(tmp_path_factory):
     """A tiny ImageNet-layout folder: 2 classes, 2 training and 1 validation image each."""
     return write_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    """``teacher_file(model_spec, num_classes, in_chans)``: a .safetensors state dict of an
+    untrained ``create_model(**model_spec)`` (what ``distill.teacher.checkpoint`` accepts),
+    written once per spec."""
+    from safetensors.torch import save_file
+
+    from onebit.models import create_model
+
+    base, made = tmp_path_factory.mktemp("teachers"), {}
+
+    def make(spec: dict, num_classes: int, in_chans: int):
+        key = (tuple(sorted(spec.items())), num_classes, in_chans)
+        if key not in made:
+            model = create_model(**spec, num_classes=num_classes, in_chans=in_chans)
+            made[key] = base / f"teacher{len(made)}.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, made[key])
+        return made[key]
+
+    return make

@@ -55,8 +55,9 @@ def test_every_config_loads_and_is_named_after_its_content(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert FOLDERS[path.parent.name] == config.data.dataset
-    name = f"{config.model['name']}_{config.model['method']}"  # + "_<variant>" where there is one
-    assert path.stem == name or path.stem.startswith(f"{name}_")
+    # <model>_<method>, then an optional variant: birealnet20_bnew_bop_kd, wrn22_fp
+    recipe = f"{config.model['name']}_{config.model['method']}"
+    assert path.stem == recipe or path.stem.startswith(f"{recipe}_")
     text = path.read_text()
     assert text.startswith("# Source: ")
     assert re.search(r"^# Published top-1: ", text, re.M)
@@ -145,7 +146,7 @@ def test_yaml_floats_without_a_dot_are_numbers(tmp_path):
         (["data.dataset=mnist"], r"config key data.dataset: unknown dataset 'mnist'"),
         (["model.depth=3"], r"config key model.depth: model 'resnet20' has no option 'depth'"),
         (["model.name=resnet2"], r"config key model.name: unknown model 'resnet2'"),
-        (["distill.loss=kl"], r"config key distill: not supported yet; set distill: null"),
+        (["distill.loss=kl"], r"config key distill.teacher is missing"),
         (["optim"], r"--set 'optim' is not KEY.PATH=VALUE"),
         (["optim.lr.x=1"], r"--set 'optim.lr.x=1': config key optim.lr is not a section"),
         (["extra.key=1"], r"config key extra is unknown"),

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from onebit.cli import main
-from onebit.config import load_config
+from onebit.config import load_config, read_yaml
 from onebit.errors import CheckpointError, ConfigError, TrainingError
 from onebit.train import RunDir, Trainer, apply_quant_schedule, load_model, lr_at, lr_factor
 from onebit.train.checkpoint import save_checkpoint
@@ -83,31 +83,50 @@ def test_label_smoothing_is_the_official_formula():
 # ------------------------------------------------------------------ every recipe, one step
 
 
-def tiny_data_overrides(path: Path, cifar_roots: dict, imagenet_root: Path) -> list[str]:
-    """Overrides that make the recipe at ``path`` train on a few tiny images on the CPU."""
-    overrides = ["data.batch_size=2", "data.eval_batch_size=2", "runtime.device=cpu"]
+CLASSES = {"fmnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3), "imagenet": (2, 3)}
+
+
+def tiny_overrides(path: Path, cifar_roots, imagenet_root, teacher_file) -> list[str]:
+    """--set values that make the recipe at ``path`` take a 2-image step on the CPU: a KD
+    recipe gets an untrained teacher of its teacher model, a recipe that starts from another
+    run (``init:``) starts from scratch, ImageNet recipes read a tiny image folder at 32x32,
+    a phase that changes the batch size gets 2 as well."""
+    overrides = [
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "runtime.device=cpu",
+        "runtime.compile=false",
+    ]
     dataset = path.parent.name
-    if dataset == "imagenet":  # big models: 2 classes of 32x32 images, batch 2
-        return [
-            *overrides,
+    if dataset == "imagenet":  # big models: 2 classes of 32x32 images
+        overrides += [
             f"data.root={imagenet_root}",
             "data.image_size=32",
             "data.workers=0",
             "model.num_classes=2",
         ]
-    overrides += ["data.subset=2", "data.eval_subset=2"]
+    else:
+        overrides += ["data.subset=2", "data.eval_subset=2"]
     if dataset in cifar_roots:
         overrides += [f"data.root={cifar_roots[dataset]}", "data.checksum=false"]
+    raw = read_yaml(path)
+    if raw.get("init"):
+        overrides.append("init=null")
+    if raw.get("distill"):
+        teacher = teacher_file(raw["distill"]["teacher"]["model"], *CLASSES[dataset])
+        overrides.append(f"distill.teacher.checkpoint={teacher}")
+    for i, phase in enumerate(raw.get("phases") or ()):
+        if "batch_size" in (phase.get("overrides") or {}).get("data", {}):
+            overrides.append(f"phases.{i}.overrides.data.batch_size=2")
     return overrides
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_config_trains_one_step(path, cifar_roots, imagenet_root, one_thread):
-    config = load_config(path, tiny_data_overrides(path, cifar_roots, imagenet_root))
+def one_step_per_phase(config) -> None:
+    """Build the recipe, take one step in each of its phases (weights carried over)."""
     trainer = Trainer(config)
     values = apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
-    uses = {"recu": {"tau"}, "irnet": {"ede_t", "ede_k"}, "fp": set(), "bireal": set()}
-    assert set(values) == uses[config.model["method"]]
+    method = config.model["method"]
+    assert set(values) == {"recu": {"tau"}, "irnet": {"ede_t", "ede_k"}}.get(method, set())
     before = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_epoch(0, max_steps=1)
     assert math.isfinite(metrics["train_loss"]) and trainer.progress.step == 1
@@ -115,6 +134,17 @@ def test_every_config_trains_one_step(path, cifar_roots, imagenet_root, one_thre
         not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
     )
     assert changed > len(before) // 2
+    for phase in range(1, len(trainer.phases)):
+        trainer._setup_phase(phase, carry="phase")
+        metrics = trainer.train_epoch(0, max_steps=1)
+        assert math.isfinite(metrics["train_loss"]), config.phases[phase].name
+    assert trainer.progress.step == len(trainer.phases)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_trains_one_step(path, cifar_roots, imagenet_root, teacher_file, one_thread):
+    overrides = tiny_overrides(path, cifar_roots, imagenet_root, teacher_file)
+    one_step_per_phase(load_config(path, overrides))
 
 
 # ------------------------------------------------------------------ a run and its directory

@@ -18,7 +18,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _binary_copy(layer: nn.Module, kwargs: dict[str, str | None]) -> nn.Module:
+def _binary_copy(layer: nn.Module, kwargs: dict[str, str | bool | None]) -> nn.Module:
     """A BinaryConv2d / BinaryLinear with the same shape, device, dtype and weights."""
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     has_bias = layer.bias is not None

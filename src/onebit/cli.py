@@ -134,17 +134,27 @@ def default_run_dir(config_path: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from onebit.config import load_config
     from onebit.train import RunDir, Trainer
     from onebit.train.distributed import process_group
+    from onebit.train.repeat import parse_seeds, summary_line, train_seeds
 
     config = load_config(args.config, args.set)
     out = args.out or config.runtime.out
     config.runtime.out = default_run_dir(args.config) if out == "runs/auto" else out
+    seeds = parse_seeds(args.runs, args.seeds)
     run = RunDir(config.runtime.out)
     with process_group(config.runtime.device) as rank:  # under torchrun: one per process
-        result = Trainer(config, run).fit(resume=args.resume)
+        if seeds is not None:
+            summary = train_seeds(config, config.runtime.out, seeds, resume=args.resume)
+        else:
+            result = Trainer(config, run).fit(resume=args.resume)
     if rank != 0:
+        return 0
+    if seeds is not None:
+        print(summary_line(summary, Path(config.runtime.out) / "summary.json"))
         return 0
     if "val_top1" in result:
         print(
@@ -174,6 +184,17 @@ def add_train(sub) -> None:
     p.add_argument("--out", help="run directory (default: runtime.out, or runs/<folder>/<name>)")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in the directory where it stopped"
+    )
+    repeat = p.add_mutually_exclusive_group()
+    repeat.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="train N times with seeds 0..N-1 into OUT/seed<k>/; OUT/summary.json gets the "
+        "mean ± std of the final and best top-1",
+    )
+    repeat.add_argument(
+        "--seeds", metavar="LIST", help="as --runs, with these seeds, e.g. --seeds 0,1,2"
     )
     p.set_defaults(func=cmd_train)
 

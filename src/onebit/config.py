@@ -12,6 +12,7 @@ The schema with every key is in docs/training.md.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -50,8 +51,22 @@ class DataConfig:
 
 
 @dataclass
+class BinaryOptimConfig:
+    """A second optimizer for the binary layers' latent weights (Bop, BMD); every other
+    parameter keeps ``optim.name``. Formulas in :mod:`onebit.train.optim`."""
+
+    name: str = _spec("bop", choices=("bop", "bmd"))
+    gamma: float = _spec(1e-4, min=0.0)  # Bop adaptivity rate; follows the lr schedule
+    threshold: float = _spec(1e-8, min=0.0)  # Bop flip threshold
+    lr: float | None = _spec(None, min=0.0)  # BMD Adam step size; null: optim.lr
+    beta_growth: float = _spec(1.01, min=1.0)  # BMD: beta = beta_growth ** epoch
+    beta_max: float = _spec(1e35, min=1.0)
+    form: str = _spec("dual", choices=("dual", "primal"))  # BMD: MD-tanh-S or MD-tanh
+
+
+@dataclass
 class OptimConfig:
-    """The optimizer of every trainable parameter."""
+    """The optimizer(s) of the trainable parameters."""
 
     name: str = _spec("sgd", choices=("sgd", "adam", "adamw"))
     lr: float = _spec(0.1, min=0.0)
@@ -59,6 +74,9 @@ class OptimConfig:
     weight_decay: float = _spec(1e-4, min=0.0)
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
+    decay: str = _spec("all", choices=("all", "conv", "no_norm"))  # which get weight decay
+    train: str = _spec("all", choices=("all", "batchnorm"))  # which parameters train
+    binary: BinaryOptimConfig | None = None
 
 
 @dataclass
@@ -72,6 +90,15 @@ class ScheduleConfig:
     warmup_from: float = _spec(0.0, min=0.0, max=1.0)
     milestones: list[float] = field(default_factory=list)
     gamma: float = _spec(0.1, min=0.0)
+    # A phase that trains part of a longer schedule: it starts at epoch `offset` of a
+    # schedule of `total_epochs` (null: offset + epochs) epochs.
+    offset: int = _spec(0, min=0)
+    total_epochs: int | None = _spec(None, min=1)
+
+    @property
+    def length(self) -> int:
+        """E, the length of the schedule this phase trains a part of."""
+        return self.total_epochs or self.offset + self.epochs
 
 
 @dataclass
@@ -98,6 +125,60 @@ class LossConfig:
 
 
 @dataclass
+class BnewConfig:
+    """BNEW's concave regulariser as a proximal step (reg0, and the ramp length E)."""
+
+    reg: float = _spec(1e-4, min=0.0)
+    epochs: int | None = _spec(None, min=1)  # E of reg = min(reg0 (e + 1) / E, 1); null: lr's
+
+
+@dataclass
+class LatentConfig:
+    """What happens to the binary layers' latent weights besides the optimizer step."""
+
+    clamp: bool = False  # clamp to [-1, 1] after every step
+    bnew: BnewConfig | None = None  # the BNEW proximal step after every step
+    freeze: bool = False  # at the phase start: replace by the binarized weights, stop training
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher: a registry model (name + options) and its trained weights."""
+
+    model: dict[str, Any]
+    checkpoint: str | None = None
+
+
+@dataclass
+class AttentionConfig:
+    """Real-to-Binary's attention transfer between block outputs picked by module name."""
+
+    weight: float = _spec(0.0, min=0.0)
+    layers: list[str] = field(default_factory=list)  # student module names (shell patterns)
+    teacher_layers: list[str] | None = None  # null: the same names in the teacher
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher (formulas in onebit.train.losses)."""
+
+    teacher: TeacherConfig
+    loss: str = _spec("kl", choices=("kl", "distributional"))
+    temperature: float = _spec(1.0, min=1e-6)
+    alpha: float = _spec(1.0, min=0.0)  # weight of the distillation term
+    ce_weight: float | None = _spec(None, min=0.0)  # null: 1 - alpha (kl), 0 (distributional)
+    attention: AttentionConfig | None = None
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a multi-phase recipe: the base config with ``overrides`` merged in."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how the run executes; none of these change the recipe."""
 
@@ -112,7 +193,8 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
-    """A whole recipe: model, data, optimizer, schedules, loss and runtime."""
+    """A whole recipe: model, data, optimizer, schedules, loss, distillation, phases and
+    runtime."""
 
     model: dict[str, Any]
     data: DataConfig = field(default_factory=DataConfig)
@@ -120,13 +202,47 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    distill: dict[str, Any] | None = None
-    phases: list[Any] | None = None
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    distill: DistillConfig | None = None
+    init: str | None = None  # start from these weights (a run directory or .safetensors)
+    phases: list[PhaseConfig] | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML-safe) with every key, defaults included."""
         return dataclasses.asdict(self)
+
+    def phase_configs(self) -> list[Config]:
+        """The config of every phase, in order: the base config with each phase's overrides
+        merged in (mappings merge key by key, anything else is replaced). Without
+        ``phases`` the recipe is one phase, the config itself."""
+        if not self.phases:
+            return [self]
+        base = self.to_dict()
+        base["phases"] = None
+        configs = []
+        for i, phase in enumerate(self.phases):
+            try:
+                configs.append(config_from_dict(merge(base, phase.overrides)))
+            except ConfigError as err:
+                raise ConfigError(f"phase {i + 1} ({phase.name}): {err}") from None
+        return configs
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in: nested mappings key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def with_seed(path: str, seed: int) -> str:
+    """``path`` with ``{seed}`` replaced by ``seed`` (pairs seed k of two repeated runs)."""
+    return path.replace("{seed}", str(seed))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -154,6 +270,9 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        for arg in args:
+            if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                return _build(arg, value, path)  # its own key errors are the useful ones
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, arg, path)
@@ -233,29 +352,47 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     return cls(**values)
 
 
-def _check_model(model: dict[str, Any]) -> None:
+def _check_model(model: dict[str, Any], path: str = "model") -> None:
     """``model.name`` must be registered and every other key one of its builder's options."""
     from onebit.models import model_entry
 
     name = model.get("name")
     if not isinstance(name, str):
-        raise ConfigError("config key model.name is missing: name a model (see `onebit models`)")
+        raise ConfigError(f"config key {path}.name is missing: name a model (see `onebit models`)")
     try:
         entry = model_entry(name)
     except OneBitError as err:
-        raise ConfigError(f"config key model.name: {err}") from None
+        raise ConfigError(f"config key {path}.name: {err}") from None
     for key in model:
         if key != "name" and key not in entry.defaults:
             raise ConfigError(
-                f"config key model.{key}: model {name!r} has no option {key!r}; "
+                f"config key {path}.{key}: model {name!r} has no option {key!r}; "
                 f"its options are: {', '.join(sorted(entry.defaults))}"
             )
 
 
-def _check_later_sections(config: Config) -> None:
-    for key in ("distill", "phases"):
-        if getattr(config, key) is not None:
-            raise ConfigError(f"config key {key}: not supported yet; set {key}: null")
+def _check_sections(config: Config) -> None:
+    """Checks that span keys: the teacher, the attention layers, the phases."""
+    if config.distill is not None:
+        _check_model(config.distill.teacher.model, "distill.teacher.model")
+        if not config.distill.teacher.checkpoint:
+            raise ConfigError(
+                "config key distill.teacher.checkpoint is missing: give the teacher's run "
+                "directory or .safetensors file"
+            )
+        attention = config.distill.attention
+        if attention is not None and attention.weight > 0 and not attention.layers:
+            raise ConfigError(
+                "config key distill.attention.layers is empty: name the student modules "
+                "whose outputs are compared (shell patterns, e.g. layer*.*)"
+            )
+    for i, phase in enumerate(config.phases or ()):
+        for key in ("phases", "runtime"):
+            if key in phase.overrides:
+                raise ConfigError(
+                    f"config key phases[{i}].overrides.{key}: a phase cannot change {key}"
+                )
+    config.phase_configs()
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -264,7 +401,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     config = _build(Config, data, "")
     _check_model(config.model)
-    _check_later_sections(config)
+    _check_sections(config)
     from onebit.data import check_dataset_name
 
     check_dataset_name(config.data.dataset)
@@ -272,24 +409,40 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
-    """Apply ``["optim.lr=0.05", "data.subset=null"]`` in place; values are read as YAML."""
+    """Apply ``["optim.lr=0.05", "data.subset=null"]`` in place; values are read as YAML.
+
+    A number indexes a list: ``phases.1.overrides.schedule.epochs=3``."""
     for text in overrides:
         key, sep, raw = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ConfigError(f"--set {text!r} is not KEY.PATH=VALUE, e.g. optim.lr=0.05")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                prefix = ".".join(parts[: i + 1])
-                raise ConfigError(f"--set {text!r}: config key {prefix} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+        node: Any = data
+        for i, part in enumerate(parts):
+            prefix = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"--set {text!r}: config key {prefix}: {part!r} is not an index of "
+                        f"the {len(node)} entries"
+                    )
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+                if not last and node.get(part) is None:
+                    node[part] = {}
+            else:
+                section = ".".join(parts[:i])
+                raise ConfigError(f"--set {text!r}: config key {section} is not a section")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -12,6 +12,7 @@ from onebit.models import (  # noqa: F401  (registers models)
     resnet,
     resnet_cifar,
     vgg_small,
+    wide_resnet,
 )
 from onebit.models.registry import (
     create_model,

@@ -27,13 +27,24 @@ class BiRealBlock(nn.Module):
     """out = act(bn(conv3x3(x)) + downsample(x)): one binary 3x3 conv with its own shortcut.
 
     The block activation is the method's (identity for Bi-Real, RPReLU for ReActNet-18/34).
-    The conv starts at U[0, 0.001) (:func:`bireal_init`); the other layers at PyTorch's init.
+    The conv starts at U[0, 0.001) (:func:`bireal_init`; ``uniform_init=False``: PyTorch's
+    init, as BNEW's CIFAR net); the other layers at PyTorch's init.
     Source: Bi-Real ``BasicBlock``; ReActNet ``resnet/2_step2/birealnet.py``.
     """
 
-    def __init__(self, layers: BinaryLayers, cin: int, cout: int, stride: int, downsample: str):
+    def __init__(
+        self,
+        layers: BinaryLayers,
+        cin: int,
+        cout: int,
+        stride: int,
+        downsample: str,
+        uniform_init: bool = True,
+    ):
         super().__init__()
-        self.conv = bireal_init(layers.conv3x3(cin, cout, stride))
+        self.conv = layers.conv3x3(cin, cout, stride)
+        if uniform_init:
+            bireal_init(self.conv)
         self.bn = nn.BatchNorm2d(cout)
         self.act = layers.act(cout)
         self.downsample = make_shortcut(cin, cout, stride, downsample)
@@ -203,4 +214,83 @@ def birealnet50(
         in_chans=in_chans,
         stem_act=layers.act(64, stem_act),
         head_bn=False,
+    )
+
+
+def bnew_cifar_net(
+    depths: tuple[int, ...],
+    *,
+    method: str,
+    bits: str,
+    num_classes: int,
+    in_chans: int,
+    block_act: str | None,
+    stem_act: str | None,
+) -> ResNet:
+    """BNEW's CIFAR Bi-Real ResNet: 3x3 stem + BN + max-pool, stages of ``depths`` one-conv
+    blocks (:class:`BiRealBlock`, PyTorch's default conv init) of 16-32-64 channels,
+    AvgPool2d(2) + FP 1x1 conv + BN downsampling, average pool + FC.
+    Source: Alasdair-P/bnew ``models/ste_wide_resnet.py`` (``BiRealNet``)."""
+    layers = BinaryLayers.of(method, bits, block_act)
+    return ResNet(
+        lambda cin, cout, stride: BiRealBlock(
+            layers, cin, cout, stride, "avgpool_conv", uniform_init=False
+        ),
+        depths,
+        (16, 32, 64),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_act=layers.act(16, stem_act),
+        head_bn=False,
+        stem_width=16,
+        stem_kernel=3,
+        stem_stride=1,
+    )
+
+
+@register_model(input_size=(3, 32, 32))
+def birealnet20(
+    *,
+    method: str = "bnew",
+    bits: str = "1w1a",
+    num_classes: int = 10,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+) -> nn.Module:
+    """Bi-Real ResNet-20 for CIFAR (BNEW's ``brn``): 3 x 6 one-conv blocks of 16-32-64.
+
+    With the default method ``bnew`` each block is RSign -> binary 3x3 conv -> learnable
+    scale -> BN -> + shortcut -> RPReLU (see :func:`bnew_cifar_net`); 0.28 M parameters.
+    """
+    return bnew_cifar_net(
+        (6, 6, 6),
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        block_act=block_act,
+        stem_act=stem_act,
+    )
+
+
+@register_model(input_size=(3, 32, 32))
+def birealnet8(
+    *,
+    method: str = "bnew",
+    bits: str = "1w1a",
+    num_classes: int = 10,
+    in_chans: int = 3,
+    block_act: str | None = None,
+    stem_act: str | None = "none",
+) -> nn.Module:
+    """Bi-Real ResNet-8 for CIFAR (BNEW's small ``blrn``): 3 x 2 one-conv blocks of 16-32-64."""
+    return bnew_cifar_net(
+        (2, 2, 2),
+        method=method,
+        bits=bits,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        block_act=block_act,
+        stem_act=stem_act,
     )

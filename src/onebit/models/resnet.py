@@ -27,9 +27,10 @@ class ResNet(nn.Module):
     """The ImageNet ResNet trunk every ResNet-like model here is built on:
 
     conv1 (7x7/2, full precision) -> bn1 -> act1 (stem activation) -> maxpool (3x3/2) ->
-    layer1..layer4 (``make_block(cin, cout, stride)``, stride 2 at the first block of
-    layers 2-4) -> global average pool -> [bn2: BatchNorm1d, IR-Net / FIRNet head] -> fc.
-    Attribute names follow torchvision's ``ResNet``.
+    layer1..layerN (``make_block(cin, cout, stride)``, stride 2 at the first block of
+    every layer but the first) -> global average pool -> [bn2: BatchNorm1d, IR-Net / FIRNet
+    head] -> fc. Attribute names follow torchvision's ``ResNet``. ``stem_kernel`` /
+    ``stem_stride`` change the first conv (3, 1: the CIFAR stem of BNEW's Bi-Real ResNet-20).
     """
 
     def __init__(
@@ -43,15 +44,20 @@ class ResNet(nn.Module):
         stem_act: nn.Module,
         head_bn: bool,
         stem_width: int = 64,
+        stem_kernel: int = 7,
+        stem_stride: int = 2,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_chans, stem_width, stem_kernel, stem_stride, stem_kernel // 2, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.act1 = stem_act
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = make_stages(make_block, stem_width, widths, depths)
         for i, stage in enumerate(stages):
             setattr(self, f"layer{i + 1}", stage)
+        self.num_stages = len(depths)
         self.num_features = cin
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.bn2 = nn.BatchNorm1d(cin) if head_bn else None
@@ -61,7 +67,9 @@ class ResNet(nn.Module):
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)

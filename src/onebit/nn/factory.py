@@ -30,7 +30,7 @@ class BinaryLayers:
         return cls(get_method(method), bits, block_act)
 
     @property
-    def binary_kwargs(self) -> dict[str, str | None]:
+    def binary_kwargs(self) -> dict[str, str | bool | None]:
         return self.method.layer_kwargs(self.bits)
 
     @property

@@ -31,13 +31,18 @@ class Method:
     weight: str | None
     block_act: str
     paper: str
+    scale: bool | None = None  # a learnable per-channel output scale; None: the binarizer's
 
-    def layer_kwargs(self, bits: str = "1w1a") -> dict[str, str | None]:
-        """``act=`` / ``weight=`` arguments of a binary layer for these ``bits``."""
+    def layer_kwargs(self, bits: str = "1w1a") -> dict[str, str | bool | None]:
+        """``act=`` / ``weight=`` / ``scale=`` arguments of a binary layer for these ``bits``.
+
+        A method with ``scale=True`` keeps its learnable scale whatever the bits, so that a
+        32w1a phase and the 1w1a phase after it have the same parameters."""
         w_bits, a_bits = parse_bits(bits)
         return {
             "act": self.act if a_bits == 1 else None,
             "weight": self.weight if w_bits == 1 else None,
+            "scale": self.scale,
         }
 
 
@@ -52,6 +57,7 @@ METHODS: dict[str, Method] = {
         Method("recu", "recu", "recu", "hardtanh", "ReCU, Xu et al. 2021"),
         Method("reactnet", "rsign", "xnor", "rprelu", "ReActNet, Liu et al. 2020"),
         Method("real2binary", "ste", "sign", "prelu", "Real-to-Binary, Martinez et al. 2020"),
+        Method("bnew", "rsign", "sign", "rprelu", "BNEW, Paren & Poudel 2022", scale=True),
     )
 }
 

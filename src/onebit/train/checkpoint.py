@@ -169,6 +169,26 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path:
     model.load_state_dict(weights)
 
 
+def load_matching(
+    model: nn.Module, weights: dict[str, torch.Tensor], source: str
+) -> tuple[list[str], list[str]]:
+    """Copy every tensor of ``weights`` whose name is in ``model.state_dict()`` (of a onebit
+    checkpoint: its ``model.*`` tensors); the model's other tensors keep their initial
+    values. Returns (names the model has and ``weights`` lacks, names of ``weights`` the
+    model lacks). A tensor with another shape is a CheckpointError naming it and ``source``."""
+    if any(k.startswith("model.") for k in weights):  # a onebit checkpoint
+        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    own = model.state_dict()
+    for key in own.keys() & weights.keys():
+        if weights[key].shape != own[key].shape:
+            raise CheckpointError(
+                f"cannot carry {key} over from {source}: shape {tuple(weights[key].shape)}, "
+                f"the model has {tuple(own[key].shape)}"
+            )
+    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    return sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+
+
 # --------------------------------------------------------------------------- public loading
 
 
@@ -187,7 +207,9 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
-    """The config stored in a checkpoint, else the config.yaml beside it."""
+    """The config of the weights in a checkpoint: the one stored in it, else the config.yaml
+    beside it. For a multi-phase recipe, the config of the phase the checkpoint was written
+    in (the last phase when that is not recorded)."""
     from onebit.config import config_from_dict, read_yaml
 
     data = state.get("config")
@@ -197,9 +219,10 @@ def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
             raise CheckpointError(f"{path} stores no config and there is no {side}")
         data = read_yaml(side)
     try:
-        return config_from_dict(data)
+        phases = config_from_dict(data).phase_configs()
     except OneBitError as err:
         raise CheckpointError(f"the config of {path} is not valid: {err}") from None
+    return phases[state.get("progress", {}).get("phase", len(phases) - 1)]
 
 
 def load_model(

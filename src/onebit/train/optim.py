@@ -1,36 +1,228 @@
-"""Optimizers built from a config: ``build_optimizers(model, config.optim)``.
+"""Optimizers: Bop and BMD for binary weights, and ``build_optimizers(model, config.optim)``.
 
-It returns a list: a method may train different parameters with different optimizers (e.g.
-Bop for binary latent weights beside Adam for the rest); the trainer steps them all.
+``build_optimizers`` returns a list: with ``optim.binary`` the binary layers' latent weights
+get their own optimizer (Bop, BMD) beside the usual one for every other parameter; the
+trainer steps them all and sets every group's ``lr = base_lr * schedule`` each step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
+from onebit.errors import ConfigError
+from onebit.quant import sign
+
 if TYPE_CHECKING:
     from onebit.config import OptimConfig
 
+Params = Iterable[torch.Tensor] | Iterable[dict]
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
-    """One optimizer over every trainable parameter (weight decay on all of them, as the
-    official IR-Net / ReCU code). Each group keeps its ``base_lr``; the trainer sets
-    ``lr = base_lr * schedule`` every step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        opt = torch.optim.SGD(
-            params,
-            cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            nesterov=cfg.nesterov,
-        )
+
+class Bop(torch.optim.Optimizer):
+    """Bop, the latent-free optimizer for binary weights: flip a weight when the moving
+    average of its gradient agrees with it in sign and exceeds a threshold.
+
+        m <- m + gamma (g - m)
+        w <- -w  where |m| > threshold and sign(m) == sign(w)     (w in {-1, +1})
+
+    The weights are set to sign(w) of the values given (sign(0) = +1). ``gamma`` is kept as
+    the param group's ``lr``, so a learning-rate schedule scales it (as Larq's schedulable
+    gamma, and BNEW's linear decay of it). Defaults are Larq's (the original code used
+    gamma 1e-2, threshold 1e-7).
+    Source: Helwegen et al. 2019 (NeurIPS), "Latent Weights Do Not Exist"; larq
+    ``optimizers.Bop``.
+    """
+
+    def __init__(self, params: Params, gamma: float = 1e-4, threshold: float = 1e-8):
+        super().__init__(params, {"lr": gamma, "threshold": threshold})
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.copy_(sign(p))
+                    self.state[p]["momentum"] = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p]["momentum"]
+                m.lerp_(p.grad, group["lr"])  # m + gamma (g - m)
+                # for w in {-1, +1}: m w > threshold  <=>  |m| > threshold, sign(m) == sign(w)
+                p.copy_(torch.where(m * p > group["threshold"], -p, p))
+        return loss
+
+
+class BMD(torch.optim.Optimizer):
+    """Binary mirror descent: Adam in the mirror (dual) space of the map w = tanh(beta u).
+
+    The forward pass uses w (the parameter); g = dL/dw. With the Adam step
+    s = lr / (1 - b1^t) * m_t / (sqrt(v_t / (1 - b2^t)) + eps) of g:
+
+    - ``form="dual"`` (MD-tanh-S, BNEW's BMD baseline): keep u; u <- u - s; w <- tanh(beta u);
+    - ``form="primal"`` (MD-tanh, the update written in w):
+      w <- (E - 1) / (E + 1), E = (1 + w) / (1 - w) * exp(-2 beta s)   (1e-20 guards the
+      divisions, as md-bnn), which equals the dual step while beta is constant.
+
+    Both start from w = tanh(beta u0), u0 the values given. :meth:`set_beta` changes beta
+    (the dual form re-projects w = tanh(beta u)). As beta grows, w -> sign(u).
+    Source: Ajanthan et al. 2021 (AISTATS), "Mirror Descent View for Neural Network
+    Quantization", kartikgupta-at-anu/md-bnn (``tanh_projn.py`` with --full-ste,
+    ``optimizers/MDAadam.py``); Alasdair-P/bnew ``prox.py`` ``mirror_binary``.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        beta: float = 1.0,
+        form: str = "dual",
+    ):
+        if form not in ("dual", "primal"):
+            raise ValueError(f"BMD form must be 'dual' or 'primal', got {form!r}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "beta": beta})
+        self.form = form
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    state = self.state[p]
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if form == "dual":
+                        state["u"] = p.detach().clone()
+                    p.copy_(torch.tanh(group["beta"] * p))
+
+    @torch.no_grad()
+    def set_beta(self, beta: float) -> None:
+        """Set beta in every group (the dual form re-projects w = tanh(beta u))."""
+        for group in self.param_groups:
+            group["beta"] = beta
+            if self.form == "dual":
+                for p in group["params"]:
+                    p.copy_(torch.tanh(beta * self.state[p]["u"]))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                s = m / denom * (group["lr"] / (1 - beta1**t))
+                if self.form == "dual":
+                    u = state["u"]
+                    u.sub_(s)
+                    p.copy_(torch.tanh(group["beta"] * u))
+                else:
+                    e = (1 + p) / (1 - p + 1e-20) * torch.exp(-2 * group["beta"] * s)
+                    p.copy_((e - 1) / (e + 1 + 1e-20))
+        return loss
+
+
+def bmd_beta(epoch: int, growth: float, beta_max: float) -> float:
+    """BMD's annealing: beta = min(growth^epoch, beta_max) (BNEW: growth 1.01 per epoch)."""
+    return min(growth**epoch, beta_max)
+
+
+def bmd_beta_hook(opt: BMD, growth: float, beta_max: float) -> Callable[[int], dict[str, float]]:
+    """An epoch hook that sets ``opt``'s beta to :func:`bmd_beta` and returns it (logged)."""
+
+    def hook(epoch: int) -> dict[str, float]:
+        beta = bmd_beta(epoch, growth, beta_max)
+        opt.set_beta(beta)
+        return {"bmd_beta": beta}
+
+    return hook
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def set_trainable(model: nn.Module, train: str) -> None:
+    """``optim.train``: ``all`` leaves every parameter trainable; ``batchnorm`` stops the
+    gradient of every parameter that is not a BatchNorm's (Bi-Real's BN retraining)."""
+    if train == "all":
+        return
+    for module in model.modules():
+        if not _is_norm(module):
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
+
+
+def _decay_groups(
+    model: nn.Module, params: list[nn.Parameter], decay: str, weight_decay: float
+) -> list[dict]:
+    """``optim.decay``: which parameters get weight decay. ``all`` (IR-Net, ReCU); ``conv``:
+    4-D (conv) weights only (ReActNet's two groups); ``no_norm``: all but BatchNorm's
+    (mmcls ``norm_decay_mult=0``)."""
+    if decay == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    if decay == "conv":
+        decayed = {id(p) for p in params if p.ndim == 4}
     else:
-        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        opt = cls(params, cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    for group in opt.param_groups:
-        group["base_lr"] = cfg.lr
-    return [opt]
+        norm = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(False)}
+        decayed = {id(p) for p in params if id(p) not in norm}
+    groups = [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizers(
+    model: nn.Module, cfg: OptimConfig, binary: Iterable[nn.Parameter] = ()
+) -> list[torch.optim.Optimizer]:
+    """The optimizers of the trainable parameters of ``model``: ``cfg.name`` for all of them,
+    or, with ``cfg.binary``, for all but the ``binary`` latent weights, which get Bop or BMD.
+    Weight decay as ``cfg.decay``. Each group keeps its ``base_lr``; the trainer sets
+    ``lr = base_lr * schedule`` every step."""
+    binary = list(binary)
+    separate = {id(p) for p in binary if p.requires_grad} if cfg.binary else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in separate]
+    optimizers: list[torch.optim.Optimizer] = []
+    if rest:
+        groups = _decay_groups(model, rest, cfg.decay, cfg.weight_decay)
+        if cfg.name == "sgd":
+            opt = torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        else:
+            cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+            opt = cls(groups, cfg.lr, betas=tuple(cfg.betas))
+        optimizers.append(opt)
+    if separate:
+        latent = [p for p in binary if id(p) in separate]
+        b = cfg.binary
+        if b.name == "bop":
+            optimizers.append(Bop(latent, gamma=b.gamma, threshold=b.threshold))
+        else:
+            lr = cfg.lr if b.lr is None else b.lr
+            optimizers.append(BMD(latent, lr=lr, betas=tuple(cfg.betas), form=b.form))
+    if not optimizers:
+        raise ConfigError("no parameter is trainable in this phase: check optim.train and latent")
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers

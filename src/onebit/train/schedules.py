@@ -49,13 +49,14 @@ def lr_factor(
 
 def lr_at(schedule: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier for ``step`` (0-based, within ``epoch``) of a config's
-    schedule, at the fractional epoch e = epoch + step / steps_per_epoch. The warm-up lasts
+    schedule, at the fractional epoch e = offset + epoch + step / steps_per_epoch of a
+    schedule of E = ``schedule.length`` epochs. The warm-up lasts
     ``warmup_epochs + warmup_steps / steps_per_epoch`` epochs (the official IR-Net and mmcls
     recipes count it in iterations)."""
     return lr_factor(
         schedule.lr,
-        epoch + step / steps_per_epoch,
-        schedule.epochs,
+        schedule.offset + epoch + step / steps_per_epoch,
+        schedule.length,
         schedule.warmup_epochs + schedule.warmup_steps / steps_per_epoch,
         schedule.milestones,
         schedule.gamma,

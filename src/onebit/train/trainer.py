@@ -7,8 +7,9 @@ evaluate (top-1 / top-5), append metrics.jsonl, write best/last checkpoints.
 
 No host-device sync inside a step: the loss and correct counts accumulate on the device and
 are read once per ``runtime.log_interval`` steps (where a NaN/inf loss is detected). A run is
-a sequence of phases (today one: the config itself), each with its own optimizers, loss terms
-and hooks, the weights carried over. Everything the run writes goes through :class:`RunDir`.
+a sequence of phases (``phases:``; without it, one: the config itself), each with its own
+model spec, optimizers, loss terms and hooks, the weights carried over by name. Everything
+the run writes goes through :class:`RunDir`.
 Under ``torchrun`` the same loop runs in every process with DistributedDataParallel
 (:mod:`onebit.train.distributed`); process 0 alone writes.
 """
@@ -29,13 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from onebit.config import Config, save_config
+from onebit.config import Config, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, TrainingError
 from onebit.models import create_model, model_entry
 from onebit.train import distributed
 from onebit.train.checkpoint import (
     atomic_write_text,
+    checkpoint_path,
+    load_matching,
     load_model_tensors,
     model_tensors,
     optimizer_state,
@@ -45,8 +48,10 @@ from onebit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from onebit.train.distill import Distiller
 from onebit.train.losses import Batch, build_loss_terms, total_loss
-from onebit.train.optim import build_optimizers
+from onebit.train.optim import BMD, bmd_beta_hook, build_optimizers, set_trainable
+from onebit.train.regularizers import BnewProx, binary_weights, clamp_hook, freeze_binary_
 from onebit.train.schedules import apply_quant_schedule, lr_at
 
 
@@ -212,19 +217,23 @@ class Trainer:
         self.loaders = loaders or build_loaders(
             self.config.data, self.device, runtime.seed, shard=distributed.rank_and_world()
         )
+        # The config's data, unless `loaders` replaces it for every phase.
+        self._loaders_data = None if loaders else self.config.data
         self.config.model = self._model_options(self.config.model, self.loaders)
-        self.model = create_model(**self.config.model).to(self.device)
-        self.config.model = {"name": self.config.model["name"], **self.model.onebit_spec["options"]}
+        # A run is a sequence of phases, each a full config (the base one without `phases:`).
+        self.phases = self.config.phase_configs()
+        for phase in self.phases:
+            phase.model = self._model_options(phase.model, self.loaders)
         use_bf16 = self.device.type == "cuda" and runtime.precision == "bf16"
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
-        self.forward, self.eval_forward = self._forwards()
         self.run_dir = run_dir
         if run_dir is not None and not distributed.is_main():
             self.run_dir = NullRunDir(run_dir.path)
         self.progress = Progress()
-        # A run is a sequence of phases, each a full config; the `phases:` key will list more.
-        self.phases = [self.config]
-        self._setup_phase(0)
+        self.model: nn.Module | None = None
+        self.distiller: Distiller | None = None
+        resuming = run_dir is not None and run_dir.last.exists()
+        self._setup_phase(0, carry=None if resuming else "init")
 
     def _should_compile(self) -> bool:
         """``runtime.compile``; ``auto`` compiles on CUDA, and on CPU when the run is long
@@ -235,7 +244,8 @@ class Trainer:
             return setting
         if self.device.type == "cuda":
             return True
-        steps = self.config.schedule.epochs * len(self.loaders.train or ())
+        epochs = sum(phase.schedule.epochs for phase in self.phases)
+        steps = epochs * len(self.loaders.train or ())
         return self.device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS
 
     def _forwards(self) -> tuple[nn.Module, nn.Module]:
@@ -243,34 +253,101 @@ class Trainer:
         run; compiled if ``_should_compile``) and as evaluation calls it: never through DDP,
         whose forward would wait for processes that hold fewer evaluation batches."""
         compile_it = self._should_compile()
-        wrapped = distributed.wrap(self.model, self.device, self.config.runtime.sync_bn)
+        wrapped = distributed.wrap(self.model, self.device, self.phase_config.runtime.sync_bn)
         train = torch.compile(wrapped) if compile_it else wrapped
         if wrapped is self.model:
             return train, train
         return train, torch.compile(self.model) if compile_it else self.model
 
-    @staticmethod
-    def _model_options(model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
-        """The model section with num_classes / in_chans taken from the data when not given."""
+    def _model_options(self, model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
+        """The model section with num_classes / in_chans / input_hw taken from the data when not
+        given, and every other option at its default: the name and the builder's full options."""
         model = dict(model)
         options = model_entry(model["name"]).defaults
         for key, value in (
             ("num_classes", loaders.num_classes),
             ("in_chans", loaders.input_size[0]),
+            ("input_hw", loaders.input_size[1]),  # models with input-size-bound layers
         ):
             if key in options and model.setdefault(key, value) != value:
                 raise ConfigError(
                     f"config key model.{key}: {model[key]}, but the dataset has {value}; "
                     f"set model.{key}: {value}"
                 )
-        return model
+        return {"name": model["name"], **options, **model}
 
-    def _setup_phase(self, index: int) -> None:
-        self.phase_config = self.phases[index]
-        self.optimizers = build_optimizers(self.model, self.phase_config.optim)
-        self.loss_terms = build_loss_terms(self.phase_config)
+    def _data_defaults(self) -> dict[str, Any]:
+        return {"num_classes": self.loaders.num_classes, "in_chans": self.loaders.input_size[0]}
+
+    def _build_model(self, spec: dict[str, Any], carry: str | None) -> None:
+        """Build the phase's model if its spec differs from the current one. ``carry``:
+        "phase" copies the previous model's tensors by name, "init" loads ``init:``, None
+        leaves the new model as built (a checkpoint is restored next). Tensors the new model
+        has and the source lacks keep their initial values (e.g. a learnable scale only the
+        new bits have: 1); the source's other tensors are dropped."""
+        previous = self.model
+        if previous is None or previous.onebit_spec != {
+            "name": spec["name"],
+            "options": {k: v for k, v in spec.items() if k != "name"},
+        }:
+            self.model = create_model(**spec).to(self.device)
+        sources = []
+        if carry == "phase" and previous is not None and self.model is not previous:
+            sources.append(("the previous phase", previous.state_dict()))
+        if carry == "init" and self.config.init:
+            path = checkpoint_path(with_seed(self.config.init, self.config.runtime.seed))
+            sources.append((str(path), read_checkpoint(path, self.device)[0]))
+        for source, tensors in sources:
+            new, dropped = load_matching(self.model, tensors, source)
+            if self.run_dir is not None:
+                self.run_dir.log(
+                    f"weights from {source}; initialised: {', '.join(new) or 'none'}; "
+                    f"dropped: {', '.join(dropped) or 'none'}"
+                )
+
+    def _setup_phase(self, index: int, carry: str | None = None) -> None:
+        """Make phase ``index`` current: its model (``carry``: see :meth:`_build_model`;
+        None when a checkpoint is restored next), frozen parameters, optimizers, loss terms
+        (with its teacher) and hooks."""
+        cfg = self.phase_config = self.phases[index]
+        if self._loaders_data is not None and cfg.data != self._loaders_data:
+            shard = distributed.rank_and_world()
+            self.loaders = build_loaders(cfg.data, self.device, cfg.runtime.seed, shard=shard)
+            self._loaders_data = cfg.data
+        self._build_model(cfg.model, carry)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        if cfg.latent.freeze:
+            freeze_binary_(self.model)
+        set_trainable(self.model, cfg.optim.train)
+        # wrapped after freezing: DistributedDataParallel reduces the gradients of the
+        # parameters that require one when it is built
+        self.forward, self.eval_forward = self._forwards()
+        latent = [w for _, w in binary_weights(self.model) if w.requires_grad]
+        self.optimizers = build_optimizers(self.model, cfg.optim, latent)
+        if self.distiller is not None:
+            self.distiller.close()
+        self.distiller = None
+        if cfg.distill is not None:
+            self.distiller = Distiller(
+                cfg.distill, self.model, self._data_defaults(), cfg.runtime.seed, self.device
+            )
+        self.loss_terms = build_loss_terms(cfg, self.distiller)
         # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping).
         self.post_step_hooks: list[Callable[[Trainer], None]] = []
+        # Called as hook(epoch) before every epoch; the values it returns are logged.
+        self.epoch_hooks: list[Callable[[int], dict[str, float]]] = []
+        if cfg.latent.clamp and latent:
+            self.post_step_hooks.append(clamp_hook(latent))
+        if cfg.latent.bnew is not None and latent:
+            bnew, schedule = cfg.latent.bnew, cfg.schedule
+            prox = BnewProx(latent, bnew.reg, bnew.epochs or schedule.length, schedule.offset)
+            self.post_step_hooks.append(prox)
+            self.epoch_hooks.append(prox.set_epoch)
+        for opt in self.optimizers:
+            if isinstance(opt, BMD):
+                binary = cfg.optim.binary
+                self.epoch_hooks.append(bmd_beta_hook(opt, binary.beta_growth, binary.beta_max))
 
     # ------------------------------------------------------------------ the step and the epoch
 
@@ -364,10 +441,15 @@ class Trainer:
         """Schedule, train and evaluate one epoch; returns its metrics record."""
         cfg = self.phase_config
         schedule = apply_quant_schedule(self.model, cfg.quant, epoch, cfg.schedule.epochs)
+        for hook in self.epoch_hooks:
+            schedule.update(hook(epoch))
         train = self.train_epoch(epoch)
         distributed.sync_buffers(self.model)
         val = evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype)
-        return {"epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
+        phase = {"phase": self.progress.phase}
+        if self.config.phases:
+            phase["phase_name"] = self.config.phases[self.progress.phase].name
+        return {**phase, "epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
 
     # ------------------------------------------------------------------ the run
 
@@ -400,11 +482,16 @@ class Trainer:
             )
         self.progress = Progress(**state["progress"])
         self._setup_phase(self.progress.phase)
-        load_model_tensors(self.model, tensors, run.last)
+        with torch.no_grad():
+            load_model_tensors(self.model, tensors, run.last)
         restore_optimizers(self.optimizers, tensors, state["optimizers"])
         set_rng_state(state["rng"])
         run.keep_metrics_until(self.progress.phase, self.progress.epoch)
-        run.log(f"resumed {run.path} after epoch {self.progress.epoch} (step {self.progress.step})")
+        where = f"phase {self.progress.phase + 1}, " if len(self.phases) > 1 else ""
+        run.log(
+            f"resumed {run.path} after {where}epoch {self.progress.epoch} "
+            f"(step {self.progress.step})"
+        )
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Run every phase to its last epoch; returns the last epoch's metrics and the best.
@@ -431,8 +518,13 @@ class Trainer:
         record: dict[str, Any] = {}
         for phase in range(self.progress.phase, len(self.phases)):
             if phase != self.progress.phase:
-                self.progress.phase, self.progress.epoch = phase, 0
-                self._setup_phase(phase)
+                # best.safetensors holds the best epoch of the current phase: the final
+                # phase's at the end (an earlier phase's model is not the recipe's result)
+                self.progress = Progress(phase=phase, step=self.progress.step)
+                self._setup_phase(phase, carry="phase")
+            if len(self.phases) > 1:
+                name = self.config.phases[phase].name
+                run.log(f"phase {phase + 1}/{len(self.phases)}: {name}")
             epochs = self.phases[phase].schedule.epochs
             for epoch in range(self.progress.epoch, epochs):
                 record = self.run_epoch(epoch)
@@ -454,7 +546,8 @@ class Trainer:
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    extras = "".join(f"  {k} {r[k]:.4g}" for k in ("tau", "ede_t", "ede_k") if k in r)
+    keys = ("tau", "ede_t", "ede_k", "bnew_reg", "bmd_beta")
+    extras = "".join(f"  {k} {r[k]:.4g}" for k in keys if k in r)
     return (
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
         f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"

@@ -1,0 +1,100 @@
+"""What a phase does to the binary layers' latent weights besides the optimizer step.
+
+- **clamp**: w <- clamp(w, -1, 1) after every step (BNEW phase 1; the STE baseline);
+- **BNEW**: the concave regulariser R(w) = -||w||^2 as a proximal step after every step,
+  w <- clamp(w - reg * dR/dw, -1, 1) = clamp(w + 2 reg w, -1, 1), with
+  reg = min(reg0 (e + 1) / E, 1) in epoch e of E; it drives every weight to -1 or +1;
+- **freeze**: at the start of a phase, w <- the layer's binarized weight (sign(w), or
+  alpha_c sign(w) for ``xnor``), and w stops training.
+
+Source: Paren & Poudel 2022 (BNEW, "Training Binarized Neural Networks the Easy Way"),
+Alasdair-P/bnew ``prox.py`` (``convex_hull``, ``u_reg``, ``binary_freeze``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from onebit.errors import ConfigError
+from onebit.nn import is_binary
+
+
+def binary_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every binary layer: a BinaryConv2d / BinaryLinear that binarizes
+    its input or its weight. These are the weights a 1w1a twin stores in one bit; the first
+    conv, the last linear and full-precision shortcut convs are not among them (as BNEW's
+    ``select_binary_params``)."""
+    return [
+        (f"{name}.weight" if name else "weight", m.weight)
+        for name, m in model.named_modules()
+        if is_binary(m)
+    ]
+
+
+def bnew_regularizer(w: torch.Tensor) -> torch.Tensor:
+    """BNEW's concave regulariser R(w) = -||w||^2 = -sum w^2 (its gradient is -2w)."""
+    return -(w * w).sum()
+
+
+def bnew_reg(epoch: int, epochs: int, reg0: float) -> float:
+    """The regularisation weight of epoch ``epoch`` (0-based) of E: min(reg0 (e + 1) / E, 1)."""
+    return min(reg0 * (epoch + 1) / epochs, 1.0)
+
+
+@torch.no_grad()
+def bnew_prox_(weights: list[torch.Tensor], reg: float) -> None:
+    """The proximal step of R with step ``reg``, in place: w <- clamp(w + 2 reg w, -1, 1)."""
+    torch._foreach_mul_(weights, 1.0 + 2.0 * reg)
+    clamp_(weights)
+
+
+@torch.no_grad()
+def clamp_(weights: list[torch.Tensor]) -> None:
+    """w <- clamp(w, -1, 1) in place (the projection onto the convex hull of {-1, +1})."""
+    torch._foreach_clamp_min_(weights, -1.0)
+    torch._foreach_clamp_max_(weights, 1.0)
+
+
+@torch.no_grad()
+def freeze_binary_(model: nn.Module) -> int:
+    """Replace every binary layer's latent weight by its binarized value (the layer's weight
+    binarizer: sign(w), or alpha_c sign(w) for ``xnor``) and stop its gradient. Returns the
+    number of layers frozen; a binary layer without a weight binarizer is a ConfigError (the
+    phase must binarize weights: bits 1w1a or 1w32a)."""
+    count = 0
+    for name, m in model.named_modules():
+        if not is_binary(m):
+            continue
+        if m.weight_spec is None:
+            raise ConfigError(
+                f"latent.freeze: layer {name} does not binarize its weight in this phase; "
+                "set model.bits to 1w1a (or 1w32a) in the phase that freezes"
+            )
+        m.weight.copy_(m.binary_weight())
+        m.weight.requires_grad_(False)
+        count += 1
+    return count
+
+
+class BnewProx:
+    """BNEW's proximal step as a post-step hook; :meth:`set_epoch` sets reg for epoch
+    ``offset + epoch`` of the ramp's E = ``epochs``."""
+
+    def __init__(self, weights: list[torch.Tensor], reg0: float, epochs: int, offset: int = 0):
+        self.weights, self.reg0, self.epochs, self.offset = weights, reg0, epochs, offset
+        self.reg = bnew_reg(offset, epochs, reg0)
+
+    def set_epoch(self, epoch: int) -> dict[str, float]:
+        self.reg = bnew_reg(self.offset + epoch, self.epochs, self.reg0)
+        return {"bnew_reg": self.reg}
+
+    def __call__(self, _trainer: object = None) -> None:
+        bnew_prox_(self.weights, self.reg)
+
+
+def clamp_hook(weights: list[torch.Tensor]) -> Callable[[object], None]:
+    """A post-step hook clamping ``weights`` to [-1, 1]."""
+    return lambda _trainer=None: clamp_(weights)

@@ -1,0 +1,86 @@
+"""Repeated runs: one recipe trained once per seed, and the mean ± std of the results.
+
+``train_seeds(config, "runs/x", [0, 1, 2])`` trains into runs/x/seed0, runs/x/seed1, ... and
+writes runs/x/summary.json with the final and the best top-1 of every run (BNEW reports
+each number as the mean ± std of 5 such runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from onebit.config import Config
+from onebit.errors import ConfigError
+from onebit.train import distributed
+from onebit.train.checkpoint import atomic_write_text
+from onebit.train.trainer import RunDir, Trainer
+
+
+def parse_seeds(runs: int | None, seeds: str | None) -> list[int] | None:
+    """``--runs N`` -> seeds 0..N-1; ``--seeds 0,1,2`` -> [0, 1, 2]; neither -> None."""
+    if runs is not None:
+        if runs < 1:
+            raise ConfigError(f"--runs {runs}: give a number of runs of at least 1")
+        return list(range(runs))
+    if seeds is None:
+        return None
+    try:
+        values = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--seeds {seeds!r} repeats a seed")
+    return values
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed{seed}"
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1; 0 for one run) of ``values``."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
+def summarize(out: str | Path, seeds: list[int]) -> dict[str, Any]:
+    """Final top-1 (the last epoch's ``val_top1``) and best top-1 (``best.safetensors``'s, of
+    the last phase) of each finished run ``out/seed<k>``, with mean and std over the runs."""
+    final, best = [], []
+    for seed in seeds:
+        run = RunDir(seed_dir(out, seed))
+        if not run.metrics.exists() or not run.last_json.exists():
+            raise ConfigError(f"{run.path} holds no finished run to summarize")
+        final.append(json.loads(run.metrics.read_text().splitlines()[-1])["val_top1"])
+        best.append(json.loads(run.last_json.read_text())["progress"]["best_top1"])
+    return {"seeds": seeds, "final_top1": _stats(final), "best_top1": _stats(best)}
+
+
+def summary_line(summary: dict[str, Any], path: Path) -> str:
+    f, b = summary["final_top1"], summary["best_top1"]
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    return (
+        f"{len(summary['seeds'])} runs (seeds {seeds}): final top-1 {f['mean']:.2f} ± "
+        f"{f['std']:.2f}%, best {b['mean']:.2f} ± {b['std']:.2f}%; {path}"
+    )
+
+
+def train_seeds(
+    config: Config, out: str | Path, seeds: list[int], resume: bool = False
+) -> dict[str, Any]:
+    """Train ``config`` once per seed into ``out/seed<k>`` (``runtime.seed = k``), then write
+    ``out/summary.json`` (:func:`summarize`) and return it. ``resume`` continues unfinished
+    runs and skips finished ones."""
+    for seed in seeds:
+        run_config = copy.deepcopy(config)
+        run_config.runtime.seed = seed
+        run_config.runtime.out = str(seed_dir(out, seed))
+        Trainer(run_config, RunDir(run_config.runtime.out)).fit(resume=resume)
+    summary = summarize(out, seeds)
+    if distributed.is_main():  # under torchrun, process 0 alone writes
+        atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
