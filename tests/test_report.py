@@ -167,6 +167,31 @@ def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):
     assert row.cells["epochs"] == "1/2"
 
 
+def test_report_a_phased_recipe_describes_its_last_phase(tree, tmp_path):
+    """A two-phase recipe (binary activations with FP weights, then 1w1a) is reported with the
+    model it ends with and the epochs of all its phases."""
+    import yaml
+
+    run = tmp_path / "phased"
+    run.mkdir()
+    source = tree / "resnet20_irnet" / "seed0"
+    config = yaml.safe_load((source / "config.yaml").read_text())
+    config["model"]["bits"] = "32w1a"
+    config["phases"] = [
+        {"name": "activations"},
+        {"name": "both", "overrides": {"model": {"bits": "1w1a"}, "schedule": {"epochs": 1}}},
+    ]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    records = [json.loads(line) for line in (source / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [*records, {**records[-1], "epoch": 1}])
+    )
+    (row,) = report_rows(find_runs([run]))
+    assert row.cells["bits"] == "1w1a" and row.cells["epochs"] == "3"
+    # OPs of the 1w1a network (the FP-weight first phase would count its convs as FLOPs)
+    assert row.cells["OPs"] == report_rows(find_runs([source]))[0].cells["OPs"]
+
+
 def test_bad_run_dirs_are_one_line_errors(tree, tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert main(["report", str(missing)]) == 2

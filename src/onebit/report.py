@@ -56,8 +56,8 @@ class Run:
 
     @property
     def epochs(self) -> int:
-        """Epochs the config asks for (of its one phase)."""
-        return self.config.schedule.epochs
+        """Epochs the config asks for, summed over its phases."""
+        return sum(phase.schedule.epochs for phase in self.config.phase_configs())
 
     def values(self, key: str) -> list[float]:
         """``key`` of every epoch record that has it, in order."""
@@ -269,7 +269,7 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
     """One :class:`Row` per recipe (see :func:`group_runs`), cells formatted for Markdown."""
     rows = []
     for group in group_runs(runs):
-        config = group[0].config
+        config = group[0].config.phase_configs()[-1]  # the model the recipe ends with
         figures = model_figures(config)
         speeds = [s for s in (r.images_per_s for r in group) if s is not None]
         label = group_label(group)
