@@ -368,3 +368,19 @@ phases:
     assert [[r.get(k) for k in key] for r in got] == [[r.get(k) for k in key] for r in ref]
     assert [r["phase"] for r in ref] == [0, 1, 1, 1, 2]
     assert [r.get("bmd_beta") for r in ref] == [None, 1.0, 2.0, 4.0, None]
+
+
+def test_teacher_takes_the_data_options_its_builder_accepts(teacher_file, one_thread):
+    """Like the student, a teacher gets num_classes / in_chans / input_hw from the data where
+    its builder has the option: Real-to-Binary's gate is built for 32x32 inputs, a ResNet-20
+    (no input_hw option) is built without it."""
+    from onebit.config import TeacherConfig
+    from onebit.train.distill import load_teacher
+
+    data = {"num_classes": 10, "in_chans": 1, "input_hw": 32}
+    x = torch.randn(2, 1, 32, 32)
+    for spec in ({"name": "real2binary18", "gate": True}, {"name": "resnet20", "method": "fp"}):
+        path = teacher_file({**spec, **({"input_hw": 32} if "gate" in spec else {})}, 10, 1)
+        teacher = load_teacher(TeacherConfig(spec, str(path)), data, 0, torch.device("cpu"))
+        assert teacher(x).shape == (2, 10)
+        assert teacher.onebit_spec["options"].get("input_hw", 32) == 32

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from onebit.config import DistillConfig, TeacherConfig, with_seed
 from onebit.errors import ConfigError, TrainingError
-from onebit.models import create_model
+from onebit.models import create_model, model_entry
 from onebit.train.checkpoint import checkpoint_path, load_model, load_model_tensors, read_checkpoint
 from onebit.train.losses import Batch, attention_transfer
 
@@ -39,7 +39,8 @@ def load_teacher(
     checkpoint (the model is rebuilt from the config stored with it, which must agree with
     ``teacher.model``), or a ``.safetensors`` file holding a plain state dict (e.g. converted
     torchvision weights) for ``create_model(**teacher.model)``. ``defaults`` fill options
-    ``teacher.model`` leaves out (num_classes, in_chans of the data).
+    ``teacher.model`` leaves out and its builder takes (num_classes, in_chans, input_hw of the
+    data), as for the student.
     """
     path = Path(with_seed(teacher.checkpoint, seed))
     file = checkpoint_path(path)
@@ -54,7 +55,8 @@ def load_teacher(
                     f"checkpoint {file} was trained with {saved!r}"
                 )
     else:
-        options = {**defaults, **teacher.model}
+        accepted = model_entry(teacher.model["name"]).defaults
+        options = {**{k: v for k, v in defaults.items() if k in accepted}, **teacher.model}
         model = create_model(**options)
         load_model_tensors(model, {f"model.{k}": v for k, v in tensors.items()}, file)
     model = model.to(device).eval()

@@ -259,25 +259,27 @@ class Trainer:
             return train, train
         return train, torch.compile(self.model) if compile_it else self.model
 
+    @staticmethod
+    def _data_options(loaders: Loaders) -> dict[str, Any]:
+        """The model options the data decides: classes, channels, input side length."""
+        return {
+            "num_classes": loaders.num_classes,
+            "in_chans": loaders.input_size[0],
+            "input_hw": loaders.input_size[1],  # models with input-size-bound layers
+        }
+
     def _model_options(self, model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
         """The model section with num_classes / in_chans / input_hw taken from the data when not
         given, and every other option at its default: the name and the builder's full options."""
         model = dict(model)
         options = model_entry(model["name"]).defaults
-        for key, value in (
-            ("num_classes", loaders.num_classes),
-            ("in_chans", loaders.input_size[0]),
-            ("input_hw", loaders.input_size[1]),  # models with input-size-bound layers
-        ):
+        for key, value in self._data_options(loaders).items():
             if key in options and model.setdefault(key, value) != value:
                 raise ConfigError(
                     f"config key model.{key}: {model[key]}, but the dataset has {value}; "
                     f"set model.{key}: {value}"
                 )
         return {"name": model["name"], **options, **model}
-
-    def _data_defaults(self) -> dict[str, Any]:
-        return {"num_classes": self.loaders.num_classes, "in_chans": self.loaders.input_size[0]}
 
     def _build_model(self, spec: dict[str, Any], carry: str | None) -> None:
         """Build the phase's model if its spec differs from the current one. ``carry``:
@@ -330,7 +332,11 @@ class Trainer:
         self.distiller = None
         if cfg.distill is not None:
             self.distiller = Distiller(
-                cfg.distill, self.model, self._data_defaults(), cfg.runtime.seed, self.device
+                cfg.distill,
+                self.model,
+                self._data_options(self.loaders),
+                cfg.runtime.seed,
+                self.device,
             )
         self.loss_terms = build_loss_terms(cfg, self.distiller)
         # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping).
