@@ -125,6 +125,16 @@ class LossConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How the model is evaluated (and checkpointed): BatchNorm running statistics
+    re-estimated first from ``bn_recalibrate`` training batches (0: the stored EMA), with or
+    without the training augmentation (docs/training.md, "BatchNorm statistics")."""
+
+    bn_recalibrate: int = _spec(0, min=0)
+    bn_augment: bool = False
+
+
+@dataclass
 class BnewConfig:
     """BNEW's concave regulariser as a proximal step (reg0, and the ramp length E)."""
 
@@ -202,6 +212,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     distill: DistillConfig | None = None
     init: str | None = None  # start from these weights (a run directory or .safetensors)

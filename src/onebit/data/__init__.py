@@ -38,7 +38,9 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def batches(
+        self, epoch: int, augment: bool = True
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 @dataclass

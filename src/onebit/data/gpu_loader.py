@@ -113,8 +113,11 @@ class DeviceLoader:
         n, b = self.num_samples, self.batch_size
         return n // b if self.train else -(-n // b)
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This process's part of the batches of ``epoch`` (a pure function of (seed, epoch))."""
+    def batches(
+        self, epoch: int, augment: bool = True
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's part of the batches of ``epoch`` (a pure function of (seed, epoch));
+        ``augment=False``: the same training order without the crops and flips."""
         device, n = self.images.device, self.num_samples
         bounds = batch_bounds(n, self.batch_size, len(self), self.rank, self.world)
         if not self.train:
@@ -128,8 +131,8 @@ class DeviceLoader:
         for lo, hi in bounds:
             idx = order[lo:hi]
             x = self.images[idx]
-            if self.crop:
+            if self.crop and augment:
                 x = random_crop(x, self.pad, offsets[lo:hi])
-            if self.flip:
+            if self.flip and augment:
                 x = torch.where(flips[lo:hi, None, None, None], x.flip(3), x)
             yield self.normalize(x), self.labels[idx]

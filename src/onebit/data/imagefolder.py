@@ -11,6 +11,7 @@ the number of processes. Pillow is the optional ``vision`` extra: ``pip install 
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Iterator
@@ -219,10 +220,17 @@ class FolderLoader:
         n, b = self.num_samples, self.batch_size
         return n // b if self.train else -(-n // b)
 
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, epoch: int, augment: bool = True
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's part of the batches of ``epoch``; a corrupt image is a one-line
-        DataError."""
+        DataError. ``augment=False``: the training order with the evaluation transform
+        (resize + centre crop)."""
         self.dataset.epoch = epoch
+        dataset = self.dataset
+        if not augment and dataset.train:
+            dataset = copy.copy(dataset)
+            dataset.train = False
         n = self.num_samples
         order = (
             torch.randperm(n, generator=epoch_generator(self.seed, epoch)).tolist()
@@ -231,7 +239,7 @@ class FolderLoader:
         )
         bounds = batch_bounds(n, self.batch_size, len(self), self.rank, self.world)
         loader = DataLoader(
-            self.dataset,
+            dataset,
             batch_sampler=[order[lo:hi] for lo, hi in bounds],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",

@@ -30,11 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from onebit.config import Config, save_config, with_seed
+from onebit.config import Config, config_from_dict, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, TrainingError
 from onebit.models import create_model, model_entry
 from onebit.train import distributed
+from onebit.train.bn import recalibrate_bn
 from onebit.train.checkpoint import (
     atomic_write_text,
     checkpoint_path,
@@ -452,10 +453,24 @@ class Trainer:
         train = self.train_epoch(epoch)
         distributed.sync_buffers(self.model)
         val = evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype)
+        if cfg.eval.bn_recalibrate:
+            # the stored statistics' figures stay in the record: they show what recalibrating
+            # changed (docs/training.md, "BatchNorm statistics")
+            stored = {f"{k}_stored": v for k, v in val.items()}
+            self.recalibrate_bn(epoch)
+            val = {**evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype), **stored}
         phase = {"phase": self.progress.phase}
         if self.config.phases:
             phase["phase_name"] = self.config.phases[self.progress.phase].name
         return {**phase, "epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
+
+    def recalibrate_bn(self, epoch: int) -> None:
+        """Re-estimate the BatchNorm running statistics from ``eval.bn_recalibrate`` batches of
+        epoch ``epoch``'s training order (process 0's, in a multi-process run)."""
+        cfg = self.phase_config.eval
+        batches = self.loaders.train.batches(epoch, augment=cfg.bn_augment)
+        recalibrate_bn(self.model, batches, cfg.bn_recalibrate, self.amp_dtype)
+        distributed.sync_buffers(self.model)
 
     # ------------------------------------------------------------------ the run
 
@@ -477,7 +492,12 @@ class Trainer:
         tensors, state = read_checkpoint(run.last, self.device)
         if "progress" not in state or "optimizers" not in state:
             raise CheckpointError(f"{run.last} is not a last checkpoint of a onebit run")
-        saved, now = dict(state["config"]), self.config.to_dict()
+        try:
+            # read through today's schema: a key added since the run started has its default
+            saved = config_from_dict(state["config"]).to_dict()
+        except ConfigError as err:
+            raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
+        now = self.config.to_dict()
         saved.pop("runtime", None)
         now.pop("runtime")
         diff = _first_difference(saved, now)
@@ -557,5 +577,6 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
         f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"
-        f"  lr {r['lr']:.4g}{extras}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s"
+        + (f" (stored BN {r['val_top1_stored']:.2f}%)" if "val_top1_stored" in r else "")
+        + f"  lr {r['lr']:.4g}{extras}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s"
     )
