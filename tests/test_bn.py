@@ -2,13 +2,18 @@
 restores evaluation accuracy when the stored ones have gone stale."""
 
 import json
+import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from onebit.cli import main
 from onebit.config import load_config
 from onebit.data import build_loaders
+from onebit.deploy import load
 from onebit.train import RunDir, Trainer, load_model
 from onebit.train.bn import batchnorms, recalibrate_bn
 from onebit.train.trainer import evaluate
@@ -110,3 +115,37 @@ def test_trainer_records_both_statistics_and_checkpoints_the_recalibrated(tmp_pa
     assert evaluate(model, loaders.eval)["val_top1"] == record["val_top1"]
     recalibrate_bn(model, loaders.train.batches(0, augment=False), steps=2)
     assert evaluate(model, loaders.eval)["val_top1"] == record["val_top1"]
+
+
+def test_export_recalibrates_and_the_packed_engine_gives_that_accuracy(
+    tmp_path, capsys, one_thread
+):
+    """A mid-training checkpoint whose stored statistics are stale (running statistics of
+    another network): export re-estimates them, and the packed engine reproduces the
+    recalibrated accuracy; --no-recalibrate keeps the stored ones."""
+    overrides = [
+        "data.subset=512",
+        "data.batch_size=64",
+        "data.eval_subset=256",
+        "schedule.epochs=1",
+        "runtime.device=cpu",
+        "runtime.compile=false",
+    ]
+    run = RunDir(tmp_path / "run")
+    trainer = Trainer(load_config(RECU, overrides), run)
+    trainer.fit()
+    tensors = load_file(run.last)
+    for key in tensors:
+        if key.endswith("running_mean"):
+            tensors[key] = torch.randn_like(tensors[key])  # stale: not this network's
+    save_file(tensors, run.last, metadata=safe_open(run.last, "pt").metadata())
+    (tmp_path / "run/best.safetensors").unlink()
+    assert main(["export", str(run.path), str(tmp_path / "m.onebit"), "--bn-recalibrate", "4"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    stored, recalibrated, packed = (float(v) for v in re.findall(r"([\d.]+)% ", line))
+    assert "re-estimated from 4 training batches" in line
+    assert recalibrated == packed and recalibrated > stored + 5, line
+    assert main(["export", str(run.path), str(tmp_path / "s.onebit"), "--no-recalibrate"]) == 0
+    assert "re-estimated" not in capsys.readouterr().out
+    loaders = build_loaders(trainer.config.data, torch.device("cpu"), train=False)
+    assert round(evaluate(load(tmp_path / "s.onebit"), loaders.eval)["val_top1"], 2) == stored

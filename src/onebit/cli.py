@@ -199,26 +199,58 @@ def add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _run_config(config, overrides: Sequence[str]):
+    """A run's config with ``--set`` overrides applied and checked again."""
+    from onebit.config import apply_overrides, config_from_dict
+
+    data = config.to_dict()
+    apply_overrides(data, overrides)
+    return config_from_dict(data)
+
+
+def _recalibrated(model, config, steps: int, device, amp=None):
+    """Evaluate ``model`` with its stored BatchNorm statistics, re-estimate them from ``steps``
+    training batches of ``config``'s data (:func:`onebit.train.bn.recalibrate_bn`), evaluate
+    again. Returns (loaders, metrics before, metrics after)."""
+    from onebit.data import build_loaders
+    from onebit.train import evaluate
+    from onebit.train.bn import recalibrate_bn
+
+    loaders = build_loaders(config.data, device, config.runtime.seed)
+    before = evaluate(model, loaders.eval, amp)
+    batches = loaders.train.batches(0, augment=config.eval.bn_augment)
+    used = recalibrate_bn(model, batches, steps, amp)
+    after = evaluate(model.eval(), loaders.eval, amp)
+    after["batches"] = used
+    return loaders, before, after
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from onebit.config import apply_overrides, config_from_dict
     from onebit.data import build_loaders
     from onebit.train import evaluate, load_model, resolve_device
     from onebit.train.checkpoint import checkpoint_path
 
     model, config = load_model(args.run)
-    data = config.to_dict()
-    apply_overrides(data, args.set)
-    config = config_from_dict(data)
+    config = _run_config(config, args.set)
     device = resolve_device(config.runtime.device)
-    loaders = build_loaders(config.data, device, config.runtime.seed, train=False)
+    model = model.to(device)
     amp = torch.bfloat16 if device.type == "cuda" and config.runtime.precision == "bf16" else None
-    result = evaluate(model.to(device), loaders.eval, amp)
+    stored = ""
+    if args.bn_recalibrate:
+        loaders, before, result = _recalibrated(model, config, args.bn_recalibrate, device, amp)
+        stored = (
+            f"  (BatchNorm statistics re-estimated from {result['batches']} training batches; "
+            f"stored: val_top1 {before['val_top1']:.2f}%)"
+        )
+    else:
+        loaders = build_loaders(config.data, device, config.runtime.seed, train=False)
+        result = evaluate(model, loaders.eval, amp)
     print(
         f"val_loss {result['val_loss']:.4f}  val_top1 {result['val_top1']:.2f}%  "
         f"val_top5 {result['val_top5']:.2f}%  ({loaders.eval.num_samples} images, "
-        f"{checkpoint_path(args.run)})"
+        f"{checkpoint_path(args.run)}){stored}"
     )
     return 0
 
@@ -232,6 +264,14 @@ def add_eval(sub) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
+    )
+    p.add_argument(
+        "--bn-recalibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first re-estimate the BatchNorm statistics from N training batches "
+        "(reports both figures)",
     )
     p.set_defaults(func=cmd_eval)
 
@@ -271,16 +311,49 @@ def _model_with_state(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from onebit.deploy import export
+    import torch
 
-    model = _model_with_state(args) if args.model else _trained_model(args.source)
+    from onebit.deploy import export, load
+    from onebit.train import evaluate
+    from onebit.train.bn import RECALIBRATE_BATCHES
+    from onebit.train.checkpoint import load_model
+
+    config, checked = None, ""
+    if args.model:
+        model = _model_with_state(args)
+    else:
+        model, config = load_model(args.source)
+        config = _run_config(config, args.set)
+    steps = args.bn_recalibrate
+    if steps is None:
+        steps = (config.eval.bn_recalibrate if config else 0) or RECALIBRATE_BATCHES
+    if config is not None and not args.no_recalibrate and steps:
+        try:
+            loaders, before, after = _recalibrated(model, config, steps, torch.device("cpu"))
+        except OneBitError as err:
+            loaders = None
+            checked = (
+                f"\nBatchNorm statistics kept as stored: the run's data cannot be read ({err}). "
+                "Give it with --set data.root=DIR, or pass --no-recalibrate"
+            )
+    else:
+        loaders = None
     header = export(model, args.out, fp16=args.fp16)
     packed = sum(layer["mode"] == "packed" for layer in header["layers"])
     print(
         f"wrote {args.out}: {packed} packed binary layers, "
         f"{len(header['layers']) - packed} other binary-weight layers, "
         f"{len(header['folded'])} BatchNorms folded, full precision as {header['fp_dtype']}"
+        + checked
     )
+    if loaders is not None:
+        deployed = evaluate(load(args.out), loaders.eval)
+        print(
+            f"BatchNorm statistics re-estimated from {after['batches']} training batches: "
+            f"test top-1 {before['val_top1']:.2f}% stored -> {after['val_top1']:.2f}% "
+            f"recalibrated, {deployed['val_top1']:.2f}% through the packed engine "
+            f"({loaders.eval.num_samples} images; --no-recalibrate keeps the stored ones)"
+        )
     return 0
 
 
@@ -290,12 +363,33 @@ def add_export(sub) -> None:
         help="write a trained model as a bit-packed .onebit file",
         description="Write a trained model as a bit-packed .onebit file (run it with "
         "onebit.deploy.load). SOURCE is a run directory or checkpoint of `onebit train`, or, "
-        "with --model, a .safetensors state dict of that registry model.",
+        "with --model, a .safetensors state dict of that registry model. The BatchNorm "
+        "statistics of a run are first re-estimated from its training data (the test top-1 "
+        "before, after and through the packed engine is printed).",
     )
     p.add_argument("source", help="run directory / checkpoint, or a state dict with --model")
     p.add_argument("out", help="output file, e.g. model.onebit")
     p.add_argument("--fp16", action="store_true", help="store the full-precision parts in fp16")
     p.add_argument("--model", help="registry model name the state dict SOURCE belongs to")
+    p.add_argument(
+        "--no-recalibrate",
+        action="store_true",
+        help="keep the stored BatchNorm statistics (do not read the training data)",
+    )
+    p.add_argument(
+        "--bn-recalibrate",
+        type=int,
+        metavar="N",
+        help="training batches to re-estimate them from (default: the run's "
+        "eval.bn_recalibrate, else 50)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
+    )
     _add_model_options(p)
     p.set_defaults(func=cmd_export)
 

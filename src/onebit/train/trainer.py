@@ -80,13 +80,13 @@ def evaluate(
     (summed over the processes of a multi-process run, each evaluating its part)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=next(model.parameters()).device)  # loss, top-1, top-5 hits
-    count = 0
+    sums, count = None, 0  # loss, top-1, top-5 hits; on the data's device
     for x, y in loader.batches(0):
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
-        sums += torch.stack(
+        sums = 0 if sums is None else sums
+        sums = sums + torch.stack(
             [
                 F.cross_entropy(logits.float(), y, reduction="sum"),
                 hits[:, 0].sum().float(),
