@@ -120,7 +120,7 @@ def test_report_rows_numbers(tree):
     assert recu.cells["final top-1 (%)"] == (
         f"{statistics.mean(final):.2f} ± {statistics.stdev(final):.2f}"
     )
-    assert recu.cells["best top-1 (%)"] == (
+    assert recu.cells["best epoch top-1 (%, picked on test)"] == (
         f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}"
     )
     assert (

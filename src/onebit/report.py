@@ -258,11 +258,19 @@ COLUMNS = (
     "params",
     "OPs",
     "packed (bytes)",
-    "best top-1 (%)",
+    "train images",
+    "BN stats",
     "final top-1 (%)",
+    "best epoch top-1 (%, picked on test)",
     "train time",
     "img/s",
 )
+
+
+def _bn_stats(config: Config) -> str:
+    """How the row's BatchNorm statistics were evaluated: the stored EMA, or re-estimated."""
+    batches = config.eval.bn_recalibrate
+    return f"recalibrated ({batches} batches)" if batches else "stored"
 
 
 def report_rows(runs: Sequence[Run]) -> list[Row]:
@@ -283,8 +291,12 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "params": _si(figures.params),
             "OPs": _si(figures.ops),
             "packed (bytes)": f"{figures.packed_bytes:,}",
-            "best top-1 (%)": mean_std([r.best_top1 for r in group if r.best_top1 is not None]),
+            "train images": "all" if config.data.subset is None else f"{config.data.subset:,}",
+            "BN stats": _bn_stats(config),
             "final top-1 (%)": mean_std([r.final_top1 for r in group if r.final_top1 is not None]),
+            "best epoch top-1 (%, picked on test)": mean_std(
+                [r.best_top1 for r in group if r.best_top1 is not None]
+            ),
             "train time": _duration(statistics.mean(r.train_seconds for r in group)),
             "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
         }
@@ -294,8 +306,11 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
 
 NOTES = """\
 top-1: test accuracy (`val_top1`), mean ± sample standard deviation over the row's runs (runs
-whose configs differ only in `runtime`: seed, device, ...); best = the best epoch, final = the
-last. epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
+whose configs differ only in `runtime`: seed, device, ...). final = the last epoch: the figure
+to quote. best epoch = the epoch with the highest test top-1, i.e. selected on the test set
+(optimistic; shown for comparison with papers that report it). BN stats: evaluated with the
+stored BatchNorm running statistics, or with statistics re-estimated from N training batches
+before each evaluation (`eval.bn_recalibrate`). train images: `data.subset`, or all. epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
 + FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
 epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
