@@ -1,7 +1,7 @@
-"""Builds the C kernels of onebit.deploy (no torch needed at build time).
+"""Builds the C kernels of onebit.deploy and onebit.quant (no torch needed at build time).
 
 Everything else about the package is in pyproject.toml. The extension is optional: without a
-C compiler the install still succeeds and onebit.deploy falls back to its pure-PyTorch path.
+C compiler the install still succeeds and onebit falls back to its pure-PyTorch paths.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +14,13 @@ setup(
             extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off"],
             extra_link_args=["-fopenmp"],
             optional=True,
-        )
+        ),
+        Extension(
+            "onebit.quant._fused",
+            sources=["src/onebit/quant/kernels/binarize.c"],
+            extra_compile_args=["-O3", "-std=c11", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+            optional=True,
+        ),
     ]
 )

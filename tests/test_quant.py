@@ -269,3 +269,63 @@ def test_binary_conv_forward_has_no_host_sync(act, weight):
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     x = torch.randn(2, 4, 5, 5, dtype=torch.float32)
     assert torch.allclose(compiled(x), layer(x))
+
+
+def test_sign_of_zero_and_negative_zero_is_plus_one():
+    x = torch.tensor([-0.0, 0.0, -1e-4, 1e-4, -3.0, float("inf"), -float("inf")])
+    assert quant.sign(x).tolist() == [1, 1, -1, 1, -1, 1, -1]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert quant.sign(x.to(dtype)).dtype == dtype
+        assert quant.sign(x.to(dtype)).tolist() == quant.sign(x).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_recu_activation_fused_backward_in_lower_precision(dtype):
+    """The fused pass in float32 / bfloat16 (autocast), channels-last input, random upstream
+    gradient: equal to the float64 autograd graph of x / std -> approx-sign within rounding."""
+    x = (torch.randn(4, 6, 5, 5) * 0.7 + 0.2).to(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+
+    def reference(x):
+        std = torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return approx_sign_twin(x / std)
+
+    x64 = x.clone().requires_grad_(True)
+    (reference(x64) * g).sum().backward()
+    low = x.to(dtype).requires_grad_(True)
+    out = quant.act("recu")(low)
+    (out * g.to(dtype)).sum().backward()
+    assert out.dtype == dtype and torch.equal(out.double(), quant.sign(x))
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(low.grad.double(), x64.grad, atol=tol, rtol=tol)
+
+
+def _forward_backward(fn, x, g, **state):
+    x = x.clone().requires_grad_(True)
+    out = fn(x, **state)
+    (out * g).sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.skipif(onebit.quant.fused._fused is None, reason="C extension not built")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "kind,name",
+    [("act", n) for n in quant.ACTIVATIONS] + [("weight", n) for n in quant.WEIGHTS],
+)
+def test_fused_kernels_equal_the_pytorch_formulas(kind, name, layout, monkeypatch):
+    """Every binarizer, float32 on the CPU: forward identical and backward equal (to float32
+    rounding) with the fused C passes and with the PyTorch operators."""
+    x = torch.randn(5, 8, 6, 6, dtype=torch.float32) * 1.3
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1.0])  # sign(+-0) = +1, |x| = 1 on the clip edge
+    if layout == "nhwc":
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(x.shape, dtype=torch.float32)
+    fn = quant.act(name) if kind == "act" else quant.weight(name)
+    state = {"bias": torch.zeros(8, dtype=torch.float32)} if name == "rsign" else {}
+    assert onebit.quant.fused.usable(x)
+    fused_out, fused_grad = _forward_backward(fn, x, g, **state)
+    monkeypatch.setattr(onebit.quant.fused, "enabled", False)
+    torch_out, torch_grad = _forward_backward(fn, x, g, **state)
+    assert torch.equal(fused_out, torch_out)
+    torch.testing.assert_close(fused_grad, torch_grad, rtol=1e-5, atol=1e-6)

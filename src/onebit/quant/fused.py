@@ -1,0 +1,96 @@
+"""Fused CPU passes of the training binarizers (C kernels in ``kernels/binarize.c``).
+
+The binarizers in :mod:`onebit.quant.binarizers` call these when the tensors are float32 on
+the CPU, dense (NCHW- or NHWC-contiguous) and not being traced by ``torch.compile`` (which
+fuses the PyTorch formulas itself); everywhere else, and where the extension was not built
+(no C compiler at install), they compute the same formulas with PyTorch operators. Both
+paths are tested against each other and against the formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # torch first: the kernels then share PyTorch's OpenMP runtime
+    from onebit.quant import _fused
+except ImportError:  # no compiler at install time
+    _fused = None
+
+# Set to False to force the PyTorch path (tests compare the two).
+enabled = True
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """The elements of dense ``t`` as a 1-D array in memory order (a view, no copy)."""
+    if t.ndim == 4 and not t.is_contiguous():
+        t = t.permute(0, 2, 3, 1)  # channels-last: NHWC is contiguous
+    return t.detach().reshape(-1).numpy()
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True if the fused kernels can take ``x``: float32, CPU, NCHW/NHWC-dense, eager."""
+    return (
+        enabled
+        and _fused is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and (
+            x.is_contiguous()
+            or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+
+
+def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` laid out in memory like ``x`` (a gradient may arrive in another layout)."""
+    if t.stride() == x.stride():
+        return t
+    fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+    return t.contiguous(memory_format=fmt)
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """x >= 0 ? +1 : -1 in one pass (``usable(x)`` must hold)."""
+    out = torch.empty_like(x)
+    _fused.sign(_flat(x), _flat(out), torch.get_num_threads())
+    return out
+
+
+def surrogate_backward(name: str, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """g * 1{|x| <= 1} (``"clip"``) or g * max(0, 2 - 2|x|) (``"approx"``) in one pass."""
+    dx = torch.empty_like(x)
+    kernel = _fused.clip_backward if name == "clip" else _fused.approx_backward
+    kernel(_flat(x), _flat(_like(x, grad)), _flat(dx), torch.get_num_threads())
+    return dx
+
+
+def recu_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sign(x), per-sample mean, per-sample sqrt(unbiased var + 1e-5)) in one pass."""
+    out = torch.empty_like(x)
+    mean = x.new_empty(x.shape[0])
+    std = x.new_empty(x.shape[0])
+    n = x[0].numel() if x.shape[0] else 0
+    _fused.recu_forward(
+        _flat(x), _flat(out), mean.numpy(), std.numpy(), (x.shape[0], n), torch.get_num_threads()
+    )
+    return out, mean, std
+
+
+def recu_backward(
+    x: torch.Tensor, grad: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """ReCU's activation gradient through its standardisation, in two passes per sample."""
+    dx = torch.empty_like(x)
+    n = x[0].numel() if x.shape[0] else 0
+    _fused.recu_backward(
+        _flat(x),
+        _flat(_like(x, grad)),
+        mean.numpy(),
+        std.numpy(),
+        _flat(dx),
+        (x.shape[0], n),
+        torch.get_num_threads(),
+    )
+    return dx
