@@ -310,7 +310,8 @@ whose configs differ only in `runtime`: seed, device, ...). final = the last epo
 to quote. best epoch = the epoch with the highest test top-1, i.e. selected on the test set
 (optimistic; shown for comparison with papers that report it). BN stats: evaluated with the
 stored BatchNorm running statistics, or with statistics re-estimated from N training batches
-before each evaluation (`eval.bn_recalibrate`). train images: `data.subset`, or all. epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
+before each evaluation (`eval.bn_recalibrate`). train images: `data.subset`, or all.
+epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
 + FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
 epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
