@@ -1,24 +1,31 @@
-"""Seconds per epoch of the CIFAR ResNet-20 1W/1A ReCU recipe: onebit's trainer against an
-eager re-implementation of the official ReCU training step, in one process.
+"""Training speed of ResNet-20 on the CPU or a GPU: onebit's 1-bit recipe, its FP twin, a bare
+PyTorch loop and an eager re-implementation of the official ReCU step, in one process.
 
-Both train ResNet-20 (ReCU quantizers, batch 128, SGD 0.1 momentum 0.9, wd 1e-4, tau 0.85) on
-synthetic CIFAR-shaped data (50,000 random uint8 images, 10 classes) with random crop (pad 4)
-and flip. Each measures ``--steps`` steps after ``--warmup`` steps and extrapolates to one
-epoch (50,000 // batch steps).
+All four train ResNet-20 (batch 128, SGD 0.1 momentum 0.9, wd 1e-4) on synthetic
+Fashion-MNIST-shaped data (60,000 random uint8 images 1x32x32, 10 classes; ``--in-chans 3``:
+CIFAR-shaped), each measuring ``--steps`` steps after ``--warmup`` steps, extrapolated to
+one epoch:
 
-* onebit: ``onebit.train.Trainer.train_epoch`` over a :class:`onebit.data.DeviceLoader` (data
-  on the device, batched augmentation, metrics read once per log interval); bf16 autocast and
-  torch.compile on CUDA (runtime.compile auto), fp32 eager on CPU.
-* official-style: z-hXu/ReCU ``cifar/main.py`` + ``modules/binarized_modules.py`` written out
-  here: ``BinarizeConv2d`` takes Q with ``.item()`` (a host sync per layer per step), a
-  DataLoader over CPU tensors with per-sample crop/flip/normalise (torchvision-free, same
-  operations), ``loss.item()``, top-1 and top-5 ``.item()`` every step, fp32.
+* onebit METHOD: ``Trainer.train_epoch`` of ``configs/fmnist/resnet20_recu.yaml`` with
+  ``model.method=METHOD`` (``--method``, default recu; ``ste`` is Larq's binary model:
+  ste_sign activations, clipped-STE weights) over a :class:`onebit.data.DeviceLoader` (data
+  on the device, batched crop + flip, metrics read once per log interval).
+* onebit fp: the same through ``configs/fmnist/resnet20_fp.yaml`` (the FP twin).
+* bare PyTorch fp: the same FP ResNet-20 written here in plain ``torch.nn`` and a three-line
+  loop over pre-normalised batches (no augmentation, no metrics): the floor a framework
+  cannot beat.
+* official-style recu: z-hXu/ReCU ``cifar/main.py`` + ``modules/binarized_modules.py``
+  written out here: ``BinarizeConv2d`` takes Q with ``.item()`` (a host sync per layer per
+  step), a DataLoader over CPU tensors with per-sample crop/flip/normalise (torchvision-free,
+  same operations), ``loss.item()``, top-1 and top-5 ``.item()`` every step, fp32.
 
-The two run in alternating rounds (official, onebit, official, ...) and each reports the
-median seconds per step of its rounds, so a change in machine load hits both alike.
+``--compile on|off|auto`` applies to the onebit rows (auto: the trainer's own choice for a
+one-epoch run). The four run in alternating rounds and each reports the median seconds per
+step of its rounds, so a change in machine load hits all alike. Time with one thread when
+anything else runs (``OMP_NUM_THREADS=1``): a two-thread PyTorch job beside another stalls.
 
     python benchmarks/train_speed.py                       # GPU if there is one
-    python benchmarks/train_speed.py --device cpu --steps 20 --warmup 2 --rounds 4
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --device cpu --steps 20 --warmup 3
 
 ``--imagenet``: images/s of training the ImageNet binary networks (resnet18 with IR-Net,
 birealnet18, reactnet_a; ``--models``) at 224x224, batch 256, against the same network with
@@ -49,11 +56,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from onebit.config import config_from_dict, load_config
-from onebit.data import DeviceLoader, Loaders, Normalize
+from onebit.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, Loaders, Normalize
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cifar10" / "resnet20_recu.yaml"
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
+MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST's; the same for every channel
 TAU = 0.85  # tau of epoch 0 in the recipe
 
 
@@ -121,9 +128,9 @@ class OfficialBlock(nn.Module):
 
 
 class OfficialResNet20(nn.Module):
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks, cin = [], 16
         for i, width in enumerate((16, 32, 64)):
@@ -148,7 +155,7 @@ class CpuCifar(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         self.images, self.labels = images, labels
-        self.mean, self.std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+        self.mean, self.std = torch.tensor(MEAN[0]), torch.tensor(STD[0])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -170,7 +177,7 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[to
 
 def official_runner(images, labels, device, batch, workers) -> Callable[[int], float]:
     """``run(k)``: train k steps of the official-style loop, return the seconds they took."""
-    model = OfficialResNet20().to(device)
+    model = OfficialResNet20(in_chans=images.shape[1]).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
     loader = DataLoader(
@@ -219,17 +226,86 @@ def _sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- onebit
 
 
-def onebit_runner(images, labels, device, batch) -> Callable[[int], float]:
+def onebit_runner(images, labels, device, batch, method, compile_) -> Callable[[int], float]:
     """``run(k)``: train k steps with onebit's trainer, return the seconds they took."""
-    config = load_config(CONFIG, [f"data.batch_size={batch}", f"runtime.device={device}"])
-    normalize = Normalize(MEAN, STD, device)
+    overrides = [f"data.batch_size={batch}", f"runtime.device={device}", "schedule.epochs=1"]
+    if compile_ != "auto":
+        overrides.append(f"runtime.compile={compile_ == 'on'}")
+    if method == "fp":
+        config = load_config(CONFIGS / "resnet20_fp.yaml", overrides)
+    else:
+        overrides += [f"model.method={method}", f"model.in_chans={images.shape[1]}"]
+        config = load_config(CONFIGS / "resnet20_recu.yaml", overrides)
+    config.model["in_chans"] = images.shape[1]
+    normalize = Normalize(MEAN * images.shape[1], STD * images.shape[1], device)
     train = DeviceLoader(
         images.to(device), labels.to(device), batch, normalize, train=True, augment="crop_flip"
     )
-    trainer = Trainer(config, loaders=Loaders(train, train, 10, (3, 32, 32)))
+    trainer = Trainer(config, loaders=Loaders(train, train, 10, tuple(images.shape[1:])))
     apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
     # train_epoch ends with a host read of its metrics, so its clock includes the device work
     return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+
+
+class BareBlock(nn.Module):
+    """onebit's FP ResNet-20 block, in plain torch.nn: conv-BN-ReLU-conv-BN + shortcut, ReLU;
+    the downsampling shortcut is AvgPool2d(2) + zero channel padding."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2 if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.pad is not None:
+            shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, self.pad, self.pad))
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + shortcut)
+
+
+def bare_runner(images, labels, device, batch) -> Callable[[int], float]:
+    """``run(k)``: k steps of a hand-written FP ResNet-20 over pre-normalised batches."""
+    blocks, cin = [], 16
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(3):
+            blocks.append(BareBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+            cin = width
+    model = nn.Sequential(
+        nn.Conv2d(images.shape[1], 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.BatchNorm1d(64),
+        nn.Linear(64, 10),
+    ).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    x_all = ((images.float() / 255 - MEAN[0]) / STD[0]).to(device)
+    y_all = labels.to(device)
+    position = 0
+
+    def run(k: int) -> float:
+        nonlocal position
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(k):
+            if position + batch > len(y_all):
+                position = 0
+            x, y = x_all[position : position + batch], y_all[position : position + batch]
+            position += batch
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    return run
 
 
 # --------------------------------------------------------------------------- ImageNet shapes
@@ -255,7 +331,7 @@ def imagenet_runner(
             },
         }
     )
-    normalize = Normalize(MEAN, STD, device)
+    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
     train = DeviceLoader(images, labels, batch, normalize, train=True, augment="none")
     trainer = Trainer(config, loaders=Loaders(train, train, 1000, (3, 224, 224)))
     apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
@@ -351,7 +427,11 @@ def main() -> None:
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="--imagenet: torch.compile (auto: on CUDA only)",
+        help="torch.compile of the onebit rows (auto: the trainer's choice; --imagenet: CUDA)",
+    )
+    parser.add_argument("--method", default="recu", help="the binary row's model.method")
+    parser.add_argument(
+        "--in-chans", type=int, default=1, choices=(1, 3), help="1: Fashion-MNIST; 3: CIFAR"
     )
     parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
     parser.add_argument("--explain", action="store_true", help="--imagenet: graph breaks")
@@ -373,44 +453,60 @@ def main() -> None:
         return
     args.batch_size = args.batch_size or 128
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
-    n = 50_000
+    n = 60_000
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     steps_per_epoch = n // args.batch_size
 
     torch.manual_seed(0)
+    batch, method = args.batch_size, args.method
     runners = {
-        "official": official_runner(images, labels, device, args.batch_size, workers),
-        "onebit": onebit_runner(images, labels, device, args.batch_size),
+        f"onebit {method}": onebit_runner(images, labels, device, batch, method, args.compile),
+        "onebit fp": onebit_runner(images, labels, device, batch, "fp", args.compile),
+        "bare PyTorch fp": bare_runner(images, labels, device, batch),
+        f"official-style recu (workers={workers})": official_runner(
+            images, labels, device, batch, workers
+        ),
     }
     for run in runners.values():
         run(args.warmup)
-    # Alternate rounds so that both see the same machine load; report each one's median.
+    # Alternate rounds so that all see the same machine load; report each one's median.
     per_step: dict[str, list[float]] = {name: [] for name in runners}
     chunk = -(-args.steps // args.rounds)
     for _ in range(args.rounds):
         for name, run in runners.items():
             per_step[name].append(run(chunk) / chunk)
-    official, onebit_step = (statistics.median(per_step[n]) for n in ("official", "onebit"))
+    median = {name: statistics.median(times) for name, times in per_step.items()}
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
-        f"ResNet-20 1W/1A ReCU, CIFAR-shaped synthetic data, batch {args.batch_size}, "
-        f"{steps_per_epoch} steps/epoch; {name}, {torch.get_num_threads()} threads; "
-        f"median of {args.rounds} alternating rounds of {chunk} steps, after {args.warmup}"
+        f"ResNet-20, synthetic {args.in_chans}x32x32 data, batch {batch}, {steps_per_epoch} "
+        f"steps/epoch; {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"compile {args.compile}; median of {args.rounds} alternating rounds of {chunk} steps, "
+        f"after {args.warmup}"
     )
     print(f"| {'implementation':<40} | {'s/step':>8} | {'s/epoch':>8} | {'img/s':>7} |")
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
-    for label, per_step in (
-        (f"official-style eager (workers={workers})", official),
-        ("onebit Trainer", onebit_step),
-    ):
+    for label, step in median.items():
         print(
-            f"| {label:<40} | {per_step:8.4f} | {per_step * steps_per_epoch:8.1f} | "
-            f"{args.batch_size / per_step:7.0f} |"
+            f"| {label:<40} | {step:8.4f} | {step * steps_per_epoch:8.1f} | {batch / step:7.0f} |"
         )
-    print(f"speed-up (official-style s/epoch / onebit s/epoch): {official / onebit_step:.2f}x")
+    binary, fp, bare, official = median.values()
+    print(f"onebit {method} / onebit fp (img/s): {fp / binary:.2f}x")
+    print(f"onebit fp / bare PyTorch fp (img/s): {bare / fp:.2f}x")
+    print(f"onebit {method} / official-style recu (img/s): {official / binary:.2f}x")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s), or "CPU"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
 
 
 if __name__ == "__main__":
