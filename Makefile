@@ -9,11 +9,17 @@ else
 DEMO_SET = --set schedule.epochs=$(EPOCHS)
 endif
 
-.PHONY: install test lint format demo bench
+.PHONY: install data test lint format demo bench
 
+# torch==2.13.0 when no torch is installed (an open range would pull a multi-GB CUDA build),
+# the package with its test tools, and the Fashion-MNIST files of the demo and the tests.
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev]"
+	@bash scripts/install-data.sh
+
+data:
+	@bash scripts/install-data.sh
 
 test:
 	$(PYTHON) -m pytest
