@@ -194,10 +194,6 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else f"{path} (saved {a!r}, now {b!r})"
 
 
-# Fewer training steps than this do not repay torch.compile's start-up on a CPU.
-CPU_COMPILE_MIN_STEPS = 2000
-
-
 class Trainer:
     """Trains ``config``'s model on its data; files go to ``run_dir`` (see :class:`RunDir`).
 
@@ -237,17 +233,14 @@ class Trainer:
         self._setup_phase(0, carry=None if resuming else "init")
 
     def _should_compile(self) -> bool:
-        """``runtime.compile``; ``auto`` compiles on CUDA, and on CPU when the run is long
-        enough to repay the compile time (measured on 2 cores: ResNet-20 ReCU steps 1.4x,
-        FP 1.2x faster after ~1 min of compiling)."""
+        """``runtime.compile``; ``auto`` compiles on CUDA only. On the CPU the eager step with
+        the fused binarizer kernels (onebit.quant.fused) is faster than the compiled one for
+        binary networks (ResNet-20 ReCU 241 vs 203 img/s, 1 thread; FP 350 vs 398), and it
+        starts at once instead of after a minute or more of compiling (docs/results.md)."""
         setting = self.config.runtime.compile
         if setting != "auto":
             return setting
-        if self.device.type == "cuda":
-            return True
-        epochs = sum(phase.schedule.epochs for phase in self.phases)
-        steps = epochs * len(self.loaders.train or ())
-        return self.device.type == "cpu" and steps >= CPU_COMPILE_MIN_STEPS
+        return self.device.type == "cuda"
 
     def _forwards(self) -> tuple[nn.Module, nn.Module]:
         """The model as the training step calls it (DistributedDataParallel in a multi-process
@@ -326,6 +319,8 @@ class Trainer:
         # wrapped after freezing: DistributedDataParallel reduces the gradients of the
         # parameters that require one when it is built
         self.forward, self.eval_forward = self._forwards()
+        # the first step of a compiled forward compiles it: said, timed apart (train_epoch)
+        self._compile_pending = self.forward is not self.model and self._should_compile()
         latent = [w for _, w in binary_weights(self.model) if w.requires_grad]
         self.optimizers = build_optimizers(self.model, cfg.optim, latent)
         if self.distiller is not None:
@@ -410,11 +405,21 @@ class Trainer:
             leave=False,
         )
         start = time.perf_counter()
+        compile_seconds, untimed = 0.0, 0  # the compiling step: its time and images
         for i, (x, y) in enumerate(loader.batches(epoch)):
             if i == steps:
                 break
             lr = self._set_lr(epoch, i, len(loader))
+            if self._compile_pending:
+                self._say("compiling the model with torch.compile (the first steps are slow)…")
             loss, logits = self._step(x, y)
+            if self._compile_pending:
+                self._compile_pending = False
+                loss.item()  # waits for the device
+                compile_seconds = time.perf_counter() - start
+                start += compile_seconds
+                untimed = y.numel() * distributed.rank_and_world()[1]
+                self._say(f"compiled in {compile_seconds:.0f} s")
             stats += torch.stack(
                 [loss.detach().float() * y.numel(), (logits.argmax(1) == y).sum().float()]
             )
@@ -432,17 +437,27 @@ class Trainer:
                     loss=f"{loss_sum / total:.4f}",
                     acc=f"{100 * correct / total:.2f}",
                     lr=f"{lr:.3g}",
-                    img_s=f"{total / elapsed:.0f}",
+                    img_s=f"{(total - untimed) / max(elapsed, 1e-9):.0f}",
                 )
         bar.close()
         seconds = time.perf_counter() - start
-        return {
+        record = {
             "lr": lr,
             "train_loss": loss_sum / total,
             "train_top1": 100 * correct / total,
-            "seconds": seconds,
-            "images_per_s": total / seconds,
+            "seconds": seconds,  # training time, compiling excluded
+            "images_per_s": (total - untimed) / max(seconds, 1e-9),
         }
+        if compile_seconds:
+            record["compile_seconds"] = compile_seconds
+        return record
+
+    def _say(self, message: str) -> None:
+        """A progress line: to the run's log, or printed when there is no run directory."""
+        if self.run_dir is not None:
+            self.run_dir.log(message)
+        elif distributed.is_main():
+            print(message, flush=True)
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Schedule, train and evaluate one epoch; returns its metrics record."""
