@@ -340,3 +340,25 @@ def test_short_fashion_mnist_run_learns(tmp_path):
     )
     result = Trainer(config, RunDir(tmp_path)).fit()
     assert result["val_top1"] > 50.0, result
+
+
+@pytest.mark.slow
+def test_compiled_cpu_run_says_so_and_times_compiling_apart(tmp_path, capsys, one_thread):
+    """runtime.compile: true on the CPU (a smoke run): the run says it compiles, records the
+    compiling step's time as compile_seconds, and its img/s counts the other steps only."""
+    config = load_config(
+        FP, [*TINY, "schedule.epochs=1", "runtime.compile=true", "runtime.log_interval=1"]
+    )
+    trainer = Trainer(config, RunDir(tmp_path / "run"))
+    assert trainer.forward is not trainer.model  # compiled
+    result = trainer.fit()
+    out = capsys.readouterr().out
+    assert "compiling the model with torch.compile" in out and "compiled in" in out
+    record = json.loads((tmp_path / "run/metrics.jsonl").read_text())
+    assert record["compile_seconds"] > 0 and math.isfinite(result["val_top1"])
+    assert record["images_per_s"] == pytest.approx(32 / record["seconds"])  # 1 of 2 steps
+
+
+def test_compile_auto_is_cuda_only():
+    trainer = Trainer(load_config(FP, [*TINY, "schedule.epochs=1000"]))
+    assert trainer._should_compile() is False and trainer.forward is trainer.model
