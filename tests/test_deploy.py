@@ -477,3 +477,105 @@ def test_cli_bench_prints_both_tables(capsys):
         assert main(["bench", "--models", "resnet20", "--batch", "1", "--min-time", "0"]) == 0
     out = capsys.readouterr().out
     assert "512x7x7" in out and "resnet20" in out and "speedup" in out
+
+
+# ------------------------------------------------------------------ input spec, predict, eval
+
+
+@pytest.fixture(scope="module")
+def fmnist_export(tmp_path_factory):
+    """A 1-bit ResNet-20 trained briefly on Fashion-MNIST, exported from its run directory."""
+    from onebit.config import load_config
+    from onebit.train import RunDir, Trainer
+
+    tmp = tmp_path_factory.mktemp("fmnist_export")
+    recipe = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
+    overrides = [
+        "data.subset=768",
+        "data.batch_size=64",
+        "data.eval_subset=500",
+        "schedule.epochs=2",
+        "runtime.device=cpu",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(load_config(recipe, overrides), RunDir(tmp / "run")).fit()
+        assert main(["export", str(tmp / "run"), str(tmp / "m.onebit")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "run", tmp / "m.onebit"
+
+
+def test_predict_takes_raw_fashion_mnist_images(fmnist_export):
+    """uint8 28x28 test images straight from the dataset files: predict pads and normalises
+    them as training did (zero pad to 32, mean 0.2860, std 0.3530); the header names the
+    classes."""
+    from onebit.data import load_fashion_mnist
+
+    _, file = fmnist_export
+    runtime = deploy.load(file)
+    assert runtime.input_spec.dataset == "fashion_mnist" and runtime.input_spec.raw_size == 28
+    assert runtime.class_names[9] == "Ankle boot"
+    images, labels = load_fashion_mnist(None, "test")
+    images, labels = images[:200], labels[:200]  # (200, 1, 28, 28) uint8
+    predicted = runtime.predict(images)
+    padded = torch.nn.functional.pad(images.float() / 255, (2, 2, 2, 2))
+    assert torch.equal(predicted, runtime((padded - 0.2860) / 0.3530).argmax(1))
+    assert (predicted == labels).float().mean() > 0.3  # trained: far above chance (10%)
+    # one image in any of the layouts: (H, W) uint8, (H, W) float in [0, 1], numpy
+    one = images[0, 0]
+    assert runtime.predict(one).tolist() == predicted[:1].tolist()
+    assert runtime.predict(one.float() / 255).tolist() == predicted[:1].tolist()
+    assert runtime.predict(one.numpy()).tolist() == predicted[:1].tolist()
+
+
+def test_wrong_inputs_are_clear_value_errors(fmnist_export):
+    runtime = deploy.load(fmnist_export[1])
+    expected = r"takes a float batch \(N, 1, 32, 32\) normalised as"
+    with pytest.raises(ValueError, match=expected + r".*got 3 channels"):
+        runtime(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=expected + r".*got \(1, 32, 32\)"):
+        runtime(torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match=expected):
+        runtime(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="cannot run a batch of shape \\(1, 1, 2, 2\\)"):
+        runtime(torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="do not have the model's 1 channel"):
+        runtime.predict(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="larger than the model's 32x32"):
+        runtime.predict(torch.zeros(40, 40, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8 or float"):
+        runtime.predict(torch.zeros(28, 28, dtype=torch.int32))
+
+
+def test_eval_of_a_deployed_file_equals_the_trained_model(fmnist_export, capsys):
+    """`onebit eval FILE.onebit` runs the packed engine on the dataset its header names and
+    shows the trained model's figure stored at export: equal (fp32 export)."""
+    _, file = fmnist_export
+    assert main(["eval", str(file), "--set", "data.eval_subset=500"]) == 0
+    out = capsys.readouterr().out
+    deployed = float(out.split("val_top1 ")[1].split("%")[0])
+    trained = float(out.split("at export: ")[1].split("%")[0])
+    assert deployed == trained and "500 images" in out and "packed engine" in out
+    assert main(["eval", str(file), "--set", "optim.lr=0.1"]) == 2
+    assert "only data.* keys" in capsys.readouterr().err
+
+
+def test_input_spec_in_the_header_is_validated(tmp_path):
+    model = onebit.create_model("resnet20", method="recu", in_chans=1)
+    header = deploy.export(model, tmp_path / "ok.onebit")
+    assert header["input"]["dataset"] == "fashion_mnist"  # the registry default for 1 channel
+    for bad in (
+        {**header["input"], "channels": "1"},
+        {**header["input"], "mean": [0.1, 0.2]},
+        {**header["input"], "std": [0.0]},
+        {**header["input"], "transform": "warp"},
+        {**header["input"], "class_names": [1, 2]},
+        {**header["input"], "extra": 1},
+        [1, 2],
+    ):
+        h, _, tensors = fmt.read(tmp_path / "ok.onebit")
+        fmt.write(tmp_path / "bad.onebit", {**h, "input": bad}, tensors)
+        with pytest.raises(ExportError, match="input spec is malformed"):
+            deploy.load(tmp_path / "bad.onebit")

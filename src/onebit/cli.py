@@ -225,13 +225,57 @@ def _recalibrated(model, config, steps: int, device, amp=None):
     return loaders, before, after
 
 
+def _eval_deployed(args: argparse.Namespace) -> int:
+    """``onebit eval FILE.onebit``: the packed engine's top-1 / top-5 on the dataset its
+    header names, beside the trained model's figures stored at export."""
+    import torch
+
+    from onebit.config import apply_overrides, data_config
+    from onebit.data import build_loaders
+    from onebit.deploy import load
+    from onebit.train import evaluate
+
+    runtime = load(args.run)
+    spec = runtime.input_spec
+    if spec is None or spec.dataset is None:
+        raise ConfigError(
+            f"{args.run} does not name the dataset it was trained on (exported by an older "
+            "onebit, or from a bare state dict); evaluate its run directory instead"
+        )
+    values = {"data": {"dataset": spec.dataset}}
+    if spec.dataset == "imagefolder":
+        values["data"]["image_size"] = spec.size
+    for item in args.set:
+        if not item.startswith("data."):
+            raise ConfigError(f"--set {item!r}: a .onebit file takes only data.* keys")
+    apply_overrides(values, args.set)
+    loaders = build_loaders(data_config(values["data"]), torch.device("cpu"), train=False)
+    result = evaluate(runtime, loaders.eval)
+    accuracy = runtime.header.get("accuracy", {})
+    stored = ""
+    if "val_top1" in accuracy:
+        stored = f"; the trained model at export: {accuracy['val_top1']:.2f}%"
+        stored += f" on {accuracy['images']:.0f} images" if "images" in accuracy else ""
+    print(
+        f"val_loss {result['val_loss']:.4f}  val_top1 {result['val_top1']:.2f}%  "
+        f"val_top5 {result['val_top5']:.2f}%  ({loaders.eval.num_samples} images, {args.run}, "
+        f"packed engine, kernel {runtime.kernel}{stored})"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from onebit.data import build_loaders
+    from onebit.deploy.format import is_deploy_file
     from onebit.train import evaluate, load_model, resolve_device
     from onebit.train.checkpoint import checkpoint_path
 
+    if Path(args.run).is_file() and is_deploy_file(args.run):
+        if args.bn_recalibrate:
+            raise ConfigError("--bn-recalibrate: a .onebit file has its statistics folded in")
+        return _eval_deployed(args)
     model, config = load_model(args.run)
     config = _run_config(config, args.set)
     device = resolve_device(config.runtime.device)
@@ -256,8 +300,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained run (top-1 / top-5 on the test split)")
-    p.add_argument("run", help="a run directory (its best.safetensors) or a .safetensors file")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run or a deployed .onebit file (top-1 / top-5 on the test split)",
+    )
+    p.add_argument(
+        "run",
+        help="a run directory (its best.safetensors), a .safetensors checkpoint, or a .onebit "
+        "file (run by the packed engine on the dataset its header names)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -313,17 +364,20 @@ def _model_with_state(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from onebit.data import dataset_input_spec
     from onebit.deploy import export, load
     from onebit.train import evaluate
     from onebit.train.bn import RECALIBRATE_BATCHES
     from onebit.train.checkpoint import load_model
 
-    config, checked = None, ""
+    config, checked, spec, accuracy = None, "", None, None
     if args.model:
         model = _model_with_state(args)
     else:
         model, config = load_model(args.source)
         config = _run_config(config, args.set)
+        if config.data.dataset != "imagefolder":  # an image folder's class names need its files
+            spec = dataset_input_spec(config.data)
     steps = args.bn_recalibrate
     if steps is None:
         steps = (config.eval.bn_recalibrate if config else 0) or RECALIBRATE_BATCHES
@@ -338,7 +392,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
     else:
         loaders = None
-    header = export(model, args.out, fp16=args.fp16)
+    if loaders is not None:
+        spec = dataset_input_spec(config.data, loaders.class_names)
+        accuracy = {
+            "val_top1": after["val_top1"],
+            "val_top5": after["val_top5"],
+            "images": loaders.eval.num_samples,
+        }
+    header = export(model, args.out, fp16=args.fp16, input_spec=spec, accuracy=accuracy)
     packed = sum(layer["mode"] == "packed" for layer in header["layers"])
     print(
         f"wrote {args.out}: {packed} packed binary layers, "

@@ -419,6 +419,17 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
+def data_config(values: dict[str, Any]) -> DataConfig:
+    """A checked :class:`DataConfig` from the keys of a ``data:`` section."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key data: expected a mapping, got {type(values).__name__}")
+    data = _build(DataConfig, values, "data")
+    from onebit.data import check_dataset_name
+
+    check_dataset_name(data.dataset)
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     """Apply ``["optim.lr=0.05", "data.subset=null"]`` in place; values are read as YAML.
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from onebit.data.cifar import load_cifar
 from onebit.data.fashion_mnist import load_fashion_mnist
 from onebit.data.gpu_loader import DeviceLoader, Normalize, epoch_generator
+from onebit.data.spec import CROP_FRACTION, InputSpec
 from onebit.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Loaders:
     eval: Loader
     num_classes: int
     input_size: tuple[int, int, int]
+    class_names: list[str] | None = None  # an image folder's (its sub-folder names)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class TensorDataset:
     size: int
     pad_to: int | None = None
     crop_pad: int = 4
+    class_names: tuple[str, ...] | None = None
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -87,6 +90,18 @@ TENSOR_DATASETS: dict[str, TensorDataset] = {
         (0.3530,),
         size=28,
         pad_to=32,
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
     "cifar10": TensorDataset(
         lambda cfg, split: load_cifar(cfg.root, "cifar10", split, cfg.checksum),
@@ -94,6 +109,18 @@ TENSOR_DATASETS: dict[str, TensorDataset] = {
         IMAGENET_MEAN,
         IMAGENET_STD,
         size=32,
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
     ),
     "cifar100": TensorDataset(
         lambda cfg, split: load_cifar(cfg.root, "cifar100", split, cfg.checksum),
@@ -118,6 +145,24 @@ def dataset_input_size(cfg: DataConfig) -> tuple[int, int, int]:
     if cfg.dataset == "imagefolder":
         return (3, cfg.image_size, cfg.image_size)
     return TENSOR_DATASETS[cfg.dataset].input_size
+
+
+def dataset_input_spec(cfg: DataConfig, class_names: list[str] | None = None) -> InputSpec:
+    """The :class:`InputSpec` of models trained on ``cfg``'s dataset (``class_names``: an
+    image folder's, which only its files know)."""
+    check_dataset_name(cfg.dataset)
+    if cfg.dataset == "imagefolder":
+        names = tuple(class_names) if class_names else None
+        size = cfg.image_size
+        return InputSpec(
+            3, size, IMAGENET_MEAN, IMAGENET_STD, "resize_crop", None, cfg.dataset, names
+        )
+    spec = TENSOR_DATASETS[cfg.dataset]
+    channels, side, _ = spec.input_size
+    transform = "pad" if spec.pad_to else "none"
+    return InputSpec(
+        channels, side, spec.mean, spec.std, transform, spec.size, cfg.dataset, spec.class_names
+    )
 
 
 def _head(x: torch.Tensor, n: int | None) -> torch.Tensor:
@@ -197,6 +242,7 @@ def _folder_loaders(
         loader(val, cfg.eval_batch_size),
         len(train.classes),
         dataset_input_size(cfg),
+        list(train.classes),
     )
 
 
@@ -230,14 +276,17 @@ def build_loaders(
 
 
 __all__ = [
+    "CROP_FRACTION",
     "DATASETS",
     "DeviceLoader",
+    "InputSpec",
     "Loaders",
     "Normalize",
     "TensorDataset",
     "build_loaders",
     "check_dataset_name",
     "dataset_input_size",
+    "dataset_input_spec",
     "epoch_generator",
     "load_cifar",
     "load_fashion_mnist",

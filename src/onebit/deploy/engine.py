@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from onebit.data.spec import InputSpec
 from onebit.deploy import format as fmt
 from onebit.deploy.export import binary_weight_layers, describe
 from onebit.deploy.format import LayerDesc
@@ -230,9 +231,14 @@ class PackedConv2d(nn.Module):
 class DeployedModel(nn.Module):
     """What :func:`load` returns: the rebuilt network with packed layers, in eval mode.
 
-    Call it on a float batch (N, C, H, W); it runs without autograd. The packed layers keep
-    the memory format of their input (NCHW, or channels-last if the batch is channels-last).
-    ``header`` is the file's JSON header, ``layers`` its LayerDescs, ``kernel`` the kernel used.
+    Call it on a normalised float batch (N, C, H, W) (``input_spec.describe()`` says which);
+    it runs without autograd. ``predict(images)`` takes raw images instead (uint8 or [0, 1]
+    floats at the dataset's own size) and returns class indices; ``preprocess(images)`` is its
+    first half. The packed layers keep the memory format of their input (NCHW, or
+    channels-last if the batch is channels-last). ``header`` is the file's JSON header,
+    ``layers`` its LayerDescs, ``kernel`` the kernel used, ``input_spec`` the stored
+    :class:`~onebit.data.InputSpec` (None in files exported without one), ``class_names``
+    its class names (None where unknown).
     """
 
     def __init__(
@@ -243,10 +249,51 @@ class DeployedModel(nn.Module):
         self.header = header
         self.layers = layers
         self.kernel = kernel
+        spec = header.get("input")
+        self.input_spec = None if spec is None else InputSpec.from_json(spec, "header")
+        self.class_names = self.input_spec.class_names if self.input_spec else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_batch(x)
         with torch.no_grad():
-            return self.network(x)
+            try:
+                return self.network(x)
+            except RuntimeError as err:  # a size the network cannot take
+                raise ValueError(
+                    f"the deployed model cannot run a batch of shape {tuple(x.shape)}: it "
+                    f"expects {self._expected()} ({str(err).splitlines()[0][:160]})"
+                ) from None
+
+    def _expected(self) -> str:
+        if self.input_spec is None:
+            return "the input size it was trained on"
+        return self.input_spec.describe() + "; predict(images) takes raw images"
+
+    def _check_batch(self, x: object) -> None:
+        if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+            shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(f"the deployed model takes {self._expected()}; got {shape}")
+        spec = self.input_spec
+        if spec is not None and x.shape[1] != spec.channels:
+            raise ValueError(
+                f"the deployed model takes {self._expected()}; got {x.shape[1]} channels "
+                f"(shape {tuple(x.shape)})"
+            )
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Raw images (see :meth:`onebit.data.InputSpec.preprocess`) -> the network's batch."""
+        if self.input_spec is None:
+            raise ValueError(
+                "this .onebit file has no input spec (exported by an older onebit); export "
+                "it again to preprocess raw images, or call the model on normalised batches"
+            )
+        return self.input_spec.preprocess(images)
+
+    def predict(self, images: Any, batch_size: int = 256) -> torch.Tensor:
+        """Class indices (int64, one per image) of raw ``images``; names: ``class_names``."""
+        x = self.preprocess(images)
+        out = [self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
 def load(

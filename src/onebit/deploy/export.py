@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from onebit.data.spec import InputSpec
 from onebit.deploy import format as fmt
 from onebit.deploy.format import LayerDesc
 from onebit.deploy.packing import pack_weight
@@ -237,12 +238,33 @@ def _signature(model: nn.Module) -> tuple:
     return shapes, bits
 
 
+def default_spec(model: nn.Module) -> InputSpec | None:
+    """The registry's input spec of a model ``create_model`` built (None for others)."""
+    from onebit.models import default_input_spec
+
+    spec = getattr(model, "onebit_spec", None)
+    if not spec:
+        return None
+    return default_input_spec(spec["name"], spec["options"].get("in_chans"))
+
+
 @torch.no_grad()
-def export(model: nn.Module, path: str | Path, *, fp16: bool = False) -> dict[str, Any]:
+def export(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    fp16: bool = False,
+    input_spec: InputSpec | None = None,
+    accuracy: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Write ``model`` (evaluated in eval mode) to ``path`` as a packed ``.onebit`` file.
 
     ``fp16=True`` stores the full-precision parts (state dict floats) in fp16; the packed
-    layers' per-channel scale, bias and threshold stay fp32. Returns the file's header.
+    layers' per-channel scale, bias and threshold stay fp32. ``input_spec``: the input the
+    model was trained on (default: its registry entry's, see
+    :func:`onebit.models.default_input_spec`), stored so that the deployed model can
+    ``predict`` raw images. ``accuracy``: the trained model's test figures (``val_top1``,
+    ...), stored for ``onebit eval`` to compare with. Returns the file's header.
     ``onebit.deploy.load(path)`` runs it; for a model not built by ``onebit.create_model``,
     ``load(path, model=an_instance_of_the_same_architecture)``.
     """
@@ -252,6 +274,10 @@ def export(model: nn.Module, path: str | Path, *, fp16: bool = False) -> dict[st
         header, tensors = _build(model, fp16)
     finally:
         model.train(was_training)
+    spec = input_spec or default_spec(model)
+    header["input"] = None if spec is None else spec.to_json()
+    if accuracy:
+        header["accuracy"] = {k: float(v) for k, v in accuracy.items()}
     fmt.write(path, header, tensors)
     return header
 

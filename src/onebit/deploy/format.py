@@ -9,7 +9,10 @@ Header::
      "model": {"name": "resnet20", "options": {...}}      # or {"name": null, "class": "pkg.Net"}
      "fp_dtype": "float32" | "float16",                     # full-precision parts as stored
      "layers": [LayerDesc, ...],                            # every binary-weight layer
-     "folded": ["stages.0.0.bn1", ...]}                     # BatchNorms folded into a layer
+     "folded": ["stages.0.0.bn1", ...],                     # BatchNorms folded into a layer
+     "input": {"channels": 1, "size": 32, "mean": [...], "std": [...], "transform": "pad",
+               "raw_size": 28, "dataset": "fashion_mnist", "class_names": [...]} | null,
+     "accuracy": {"val_top1": 91.9, ...}}                   # optional: the trained model's
 
 Tensors: a layer with ``mode="packed"`` (1w1a, run by the xnor-popcount kernel) stores
 ``<name>.weight_bits`` (int64 [cout, kh, kw, ceil(cin/64)]), ``<name>.out_scale`` and
@@ -34,6 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from onebit.data.spec import InputSpec
 from onebit.deploy.packing import tail_mask, words_for
 from onebit.errors import ExportError
 
@@ -141,6 +145,15 @@ def write(path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Ten
         raise
 
 
+def is_deploy_file(path: str | Path) -> bool:
+    """True if ``path`` is a safetensors file with a onebit deployment header (unchecked)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "onebit" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+
+
 def read(path: str | Path) -> tuple[dict[str, Any], list[LayerDesc], dict[str, torch.Tensor]]:
     """Read and check a ``.onebit`` file: (header, layer descriptions, tensors).
 
@@ -193,6 +206,14 @@ def _check_header(header: object, where: str) -> list[LayerDesc]:
     layers, folded = header.get("layers"), header.get("folded")
     if not isinstance(layers, list) or not isinstance(folded, list):
         raise ExportError(f"{where}: the header has no layer list")
+    if header.get("input") is not None:
+        InputSpec.from_json(header["input"], where)
+    accuracy = header.get("accuracy", {})
+    if not isinstance(accuracy, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in accuracy.items()
+    ):
+        raise ExportError(f"{where}: the header's accuracy entry is malformed")
     descs = [LayerDesc.from_json(entry, where) for entry in layers]
     names = [d.name for d in descs]
     bns = [d.bn for d in descs if d.bn is not None]

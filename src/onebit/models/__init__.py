@@ -17,9 +17,17 @@ from onebit.models import (  # noqa: F401  (registers models)
 from onebit.models.registry import (
     create_model,
     default_input_size,
+    default_input_spec,
     list_models,
     model_entry,
     register_model,
 )
 
-__all__ = ["create_model", "default_input_size", "list_models", "model_entry", "register_model"]
+__all__ = [
+    "create_model",
+    "default_input_size",
+    "default_input_spec",
+    "list_models",
+    "model_entry",
+    "register_model",
+]

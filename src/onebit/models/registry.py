@@ -6,8 +6,12 @@ import fnmatch
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from onebit.data import InputSpec
 
 from onebit.errors import ConfigError, UnknownNameError
 
@@ -71,6 +75,21 @@ def create_model(name: str, **options: object) -> nn.Module:
     model = entry.builder(**options)
     model.onebit_spec = {"name": name, "options": {**entry.defaults, **options}}
     return model
+
+
+def default_input_spec(name: str, in_chans: int | None = None) -> InputSpec | None:
+    """The :class:`~onebit.data.InputSpec` a model ``name`` is built for, when no training data
+    says otherwise: ImageNet's for 224x224 models, CIFAR-10's for 32x32 ones, Fashion-MNIST's
+    for a 32x32 model with one input channel."""
+    from onebit.config import DataConfig
+    from onebit.data import dataset_input_spec
+
+    c, h, _ = default_input_size(name, in_chans)
+    if c == 3 and h >= 64:
+        return dataset_input_spec(DataConfig(dataset="imagefolder", image_size=h))
+    if (c, h) in ((1, 32), (3, 32)):
+        return dataset_input_spec(DataConfig(dataset="fashion_mnist" if c == 1 else "cifar10"))
+    return None  # no dataset onebit knows has this input
 
 
 def default_input_size(name: str, in_chans: int | None = None) -> tuple[int, int, int]:
