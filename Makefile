@@ -9,7 +9,9 @@ else
 DEMO_SET = --set schedule.epochs=$(EPOCHS)
 endif
 
-.PHONY: install data test lint format demo bench
+LARQ_VENV ?= .venv-larq
+
+.PHONY: install data test lint format demo bench larq-venv
 
 # torch==2.13.0 when no torch is installed (an open range would pull a multi-GB CUDA build),
 # the package with its test tools, and the Fashion-MNIST files of the demo and the tests.
@@ -36,6 +38,11 @@ demo:
 bench:
 	$(PYTHON) benchmarks/kernel_speed.py
 	$(PYTHON) benchmarks/train_speed.py
+
+# Larq in its own virtual environment, for benchmarks/larq_speed.py (never a test dependency).
+larq-venv:
+	$(PYTHON) -m venv $(LARQ_VENV)
+	$(LARQ_VENV)/bin/pip install "larq==0.13.3" "tensorflow==2.16.1" "tf-keras==2.16.0"
 
 format:
 	$(PYTHON) -m ruff check --fix src tests benchmarks

@@ -431,6 +431,12 @@ def main() -> None:
     )
     parser.add_argument("--method", default="recu", help="the binary row's model.method")
     parser.add_argument(
+        "--larq",
+        metavar="PYTHON",
+        help="also run benchmarks/larq_speed.py with this interpreter (make larq-venv: "
+        ".venv-larq/bin/python) and add its rows",
+    )
+    parser.add_argument(
         "--in-chans", type=int, default=1, choices=(1, 3), help="1: Fashion-MNIST; 3: CIFAR"
     )
     parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
@@ -492,10 +498,37 @@ def main() -> None:
         print(
             f"| {label:<40} | {step:8.4f} | {step * steps_per_epoch:8.1f} | {batch / step:7.0f} |"
         )
+    larq = larq_rows(args.larq, args) if args.larq else {}
+    for label, images_per_s in larq.items():
+        print(
+            f"| {label:<40} | {batch / images_per_s:8.4f} | "
+            f"{batch / images_per_s * steps_per_epoch:8.1f} | {images_per_s:7.0f} |"
+        )
     binary, fp, bare, official = median.values()
     print(f"onebit {method} / onebit fp (img/s): {fp / binary:.2f}x")
     print(f"onebit fp / bare PyTorch fp (img/s): {bare / fp:.2f}x")
     print(f"onebit {method} / official-style recu (img/s): {official / binary:.2f}x")
+    if larq:
+        larq_binary, larq_fp = larq.values()
+        print(f"onebit {method} / larq ste binary (img/s): {batch / binary / larq_binary:.2f}x")
+        print(f"onebit fp / larq fp (img/s): {batch / fp / larq_fp:.2f}x")
+
+
+def larq_rows(python: str, args: argparse.Namespace) -> dict[str, float]:
+    """{row label: img/s} of benchmarks/larq_speed.py run by ``python`` (its own venv) with
+    this run's thread count, right after the PyTorch rounds."""
+    import re
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "larq_speed.py"
+    command = [python, str(script), "--threads", str(torch.get_num_threads())]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--rounds", str(args.rounds), "--batch-size", str(args.batch_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"larq_speed.py failed:\n{done.stderr[-2000:]}")
+    rows = re.findall(r"^\| (larq [^|]+?)\s+\|[^|]+\|[^|]+\|\s+(\d+) \|$", done.stdout, re.M)
+    return {f"{label} ({done.stdout.split(',')[0]})": float(speed) for label, speed in rows}
 
 
 def cpu_name() -> str:
