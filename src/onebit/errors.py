@@ -45,3 +45,7 @@ class ExportError(OneBitError):
 
 class TrainingError(OneBitError):
     """Training that cannot go on (for example a NaN or infinite loss)."""
+
+
+class OutputError(OneBitError):
+    """A file or folder onebit cannot write (a path through a file, no permission, no space)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onebit.errors import CheckpointError, ConfigError, OneBitError
+from onebit.io import atomic_write
 from onebit.report import Run, find_runs, group_label, group_runs
 
 # (metrics key, panel, line style) of the curves drawn per recipe on the first three panels
@@ -143,7 +144,11 @@ def plot_runs(
             epochs, mean, low, high = curve.series(key)
             if not epochs:
                 continue
-            (line,) = panels[panel].plot(epochs, mean, ls=style, color=color, label=curve.label)
+            # a marker on every point of a short curve: one epoch is a point, not a line
+            marker = "o" if len(epochs) <= 3 else None
+            (line,) = panels[panel].plot(
+                epochs, mean, ls=style, color=color, label=curve.label, marker=marker, ms=4
+            )
             if key == "val_top1":
                 handles.append(line)
             if len(curve.runs) > 1:
@@ -169,8 +174,11 @@ def plot_runs(
         axes[2].set_title("lr")
     fig.legend(handles=handles, loc="outside right center", fontsize="small", title="runs")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    tmp.replace(out)
-    return out
+    kind = out.suffix.lower().lstrip(".")
+    formats = fig.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise ConfigError(
+            f"-o {out}: cannot tell the image format from {out.suffix or 'no suffix'!r}; "
+            f"name the file .png, .pdf, .svg or another of: {', '.join(sorted(formats))}"
+        )
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=kind, dpi=110))

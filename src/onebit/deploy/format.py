@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from safetensors.torch import save_file
 from onebit.data.spec import InputSpec
 from onebit.deploy.packing import tail_mask, words_for
 from onebit.errors import ExportError
+from onebit.io import atomic_write
 
 FORMAT = "onebit-deploy"
 VERSION = 1
@@ -130,19 +129,12 @@ def _digest(header_text: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def write(path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Write header + tensors to ``path`` atomically (temporary file, then ``os.replace``)."""
+    """Write header + tensors to ``path`` atomically (:func:`onebit.io.atomic_write`)."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     text = json.dumps(header, sort_keys=True)
     metadata = {"onebit": text, "onebit_sha256": _digest(text, tensors)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def is_deploy_file(path: str | Path) -> bool:

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from onebit.config import Config, config_from_dict, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
-from onebit.errors import CheckpointError, ConfigError, TrainingError
+from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingError
+from onebit.io import remove_stale_temporaries
 from onebit.models import create_model, model_entry
 from onebit.train import distributed
 from onebit.train.bn import recalibrate_bn
@@ -120,9 +121,15 @@ class RunDir:
     def log(self, message: str) -> None:
         """Print ``message`` and append it, time-stamped, to train.log."""
         print(message, flush=True)
-        self.path.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        except OSError as err:
+            raise OutputError(
+                f"cannot write the run directory {self.path}: {err.strerror or err}; "
+                "choose another --out"
+            ) from None
 
     def write_config(self, config: Config) -> None:
         save_config(config, self.config)
@@ -132,14 +139,22 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def keep_metrics_until(self, phase: int, epoch: int) -> None:
-        """Drop metric lines written after the checkpoint being resumed (phase, epoch)."""
+        """Drop metric lines written after the checkpoint being resumed (phase, epoch), and
+        lines that are not a whole record (what a kill in the middle of an append leaves)."""
         if not self.metrics.exists():
             return
-        kept = ""
-        for line in self.metrics.read_text().splitlines():
-            record = json.loads(line)
-            if (record.get("phase", 0), record["epoch"]) <= (phase, epoch):
+        kept, dropped = "", 0
+        for line in self.metrics.read_bytes().decode("utf-8", "replace").splitlines():
+            try:
+                record = json.loads(line)
+                where = (int(record.get("phase", 0)), int(record["epoch"]))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                dropped += 1
+                continue
+            if where <= (phase, epoch):
                 kept += line + "\n"
+        if dropped:
+            self.log(f"{self.metrics}: dropped {dropped} line(s) that were not a whole record")
         atomic_write_text(self.metrics, kept)
 
     def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -544,6 +559,8 @@ class Trainer:
         if run is None:
             raise ValueError("Trainer.fit needs a run directory")
         self.config.runtime.out = str(run.path)
+        for stale in remove_stale_temporaries(run.path):  # a kill in the middle of a write
+            run.log(f"removed {stale.name}, a file a stopped run left half-written")
         if run.last.exists():
             if not resume:
                 raise CheckpointError(
@@ -552,6 +569,7 @@ class Trainer:
                 )
             self._restore()
         else:
+            run.keep_metrics_until(0, 0)  # a run stopped before its first checkpoint
             world = distributed.rank_and_world()[1]
             where = f"{world} processes on {self.device.type}" if world > 1 else self.device
             run.log(f"training {self.config.model['name']} into {run.path} on {where}")

@@ -1,0 +1,69 @@
+"""The one way onebit writes a file: whole or not at all, with the mode the umask allows.
+
+Every file onebit writes (checkpoints, config.yaml, metrics.jsonl rewrites, summary.json,
+reports, plots, ``.onebit`` exports) goes through :func:`atomic_write`: the folder is
+created, the content goes to a temporary file beside the target, is flushed to disk
+(fsync), given the permissions a plain ``open()`` would give (0666 minus the umask; the
+temporary file itself is created 0600), and renamed over the target. A crash leaves the old
+file or the new one, never half of one; the temporary files a kill leaves behind are named
+``.<name>.<random>.tmp`` and :func:`remove_stale_temporaries` clears them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from onebit.errors import OutputError
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would create a file with: 0o666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | Path, content: bytes | Callable[[Path], None]) -> Path:
+    """Write ``content`` (bytes, or a function that writes the file at the path it is given)
+    to ``path`` atomically; OutputError naming the path if it cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, bytes):
+                f.write(content)
+        if not isinstance(content, bytes):
+            content(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` leaves when killed mid-write
+    (``.<name>.<random>.tmp``) in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
