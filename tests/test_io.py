@@ -23,6 +23,7 @@ TINY = [
     "runtime.device=cpu",
     "schedule.epochs=1",
 ]
+SETS = [arg for item in TINY for arg in ("--set", item)]
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_atomic_write_errors_are_one_line_and_leave_nothing(tmp_path):
 
 def test_every_file_of_a_run_and_an_export_has_the_umask_mode(tmp_path, umask_022, one_thread):
     run = tmp_path / "run"
-    assert main(["train", str(FP), *sum((["--set", s] for s in TINY), []), "--out", str(run)]) == 0
+    assert main(["train", str(FP), *SETS, "--out", str(run)]) == 0
     out = tmp_path / "new" / "folder" / "m.onebit"  # a missing folder is created
     assert main(["export", str(run), str(out), "--no-recalibrate"]) == 0
     assert main(["report", str(run), "-o", str(tmp_path / "r" / "report.md")]) == 0
@@ -74,7 +75,7 @@ def test_every_file_of_a_run_and_an_export_has_the_umask_mode(tmp_path, umask_02
 
 def test_out_through_a_file_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    args = ["train", str(FP), *sum((["--set", s] for s in TINY), [])]
+    args = ["train", str(FP), *SETS]
     assert main([*args, "--out", str(tmp_path / "file" / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("onebit: error: cannot write") and err.count("\n") == 1
