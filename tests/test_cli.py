@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,29 @@ def test_console_script_runs_as_module():
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_bare_onebit_prints_help_and_version(capsys):
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("onebit 0.")
+
+
+def test_models_descriptions_are_whole_sentences(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 10 and all(line.rstrip().endswith((".", ")")) for line in lines)
+
+
+def test_config_values_get_their_key_and_a_suggestion(tmp_path, capsys):
+    recipe = str(Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml")
+    for override, expected in (
+        ("model.method=recuu", "config key model.method: unknown method 'recuu'. Did you mean"),
+        ("optim.name=sgdd", "config key optim.name: 'sgdd' is not one of sgd, adam, adamw; did"),
+        ("model.bits=2w2a", "config key model.bits: bits '2w2a' is not one of"),
+    ):
+        assert main(["train", recipe, "--set", override, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err

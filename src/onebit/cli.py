@@ -350,6 +350,9 @@ def _model_with_state(args: argparse.Namespace):
         raise CheckpointError(
             f"{args.source}: not a readable .safetensors state dict ({str(err)[:120]})"
         ) from None
+    if state and all(k.startswith(("model.", "optim.")) for k in state):
+        # a checkpoint of `onebit train` (best/last.safetensors): its model.* tensors
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -570,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="onebit",
         description="Binary neural networks: train, measure and deploy.",
     )
+    from onebit import __version__
+
+    parser.add_argument("--version", action="version", version=f"onebit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -577,15 +583,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `onebit`: what it can do, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except OneBitError as err:
-        print(f"onebit: error: {err}", file=sys.stderr)
+        print(f"onebit: error: {str(err)[:2000]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onebit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onebit models | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

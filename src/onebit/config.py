@@ -328,8 +328,10 @@ def _check(value: Any, checks: dict[str, Any], path: str) -> None:
     if value is None:
         return
     if "choices" in checks and value not in checks["choices"]:
-        choices = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in checks["choices"])
-        raise ConfigError(f"config key {path}: {value!r} is not one of {choices}")
+        names = [str(c).lower() if isinstance(c, bool) else c for c in checks["choices"]]
+        close = difflib.get_close_matches(str(value), [str(n) for n in names], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"config key {path}: {value!r} is not one of {', '.join(names)}{hint}")
     if "min" in checks and value < checks["min"]:
         raise ConfigError(f"config key {path}: {value!r} is below the minimum {checks['min']}")
     if "max" in checks and value > checks["max"]:
@@ -380,6 +382,14 @@ def _check_model(model: dict[str, Any], path: str = "model") -> None:
                 f"config key {path}.{key}: model {name!r} has no option {key!r}; "
                 f"its options are: {', '.join(sorted(entry.defaults))}"
             )
+    from onebit.quant import get_method, parse_bits
+
+    for key, check in (("method", get_method), ("bits", parse_bits)):
+        if key in model:
+            try:
+                check(model[key])
+            except (OneBitError, TypeError, AttributeError) as err:
+                raise ConfigError(f"config key {path}.{key}: {err}") from None
 
 
 def _check_sections(config: Config) -> None:

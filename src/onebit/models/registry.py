@@ -27,7 +27,10 @@ class ModelEntry:
 
     @property
     def doc(self) -> str:
-        return (self.builder.__doc__ or "").strip().splitlines()[0]
+        """The first sentence of the builder's docstring (its first paragraph, unwrapped)."""
+        paragraph = " ".join((self.builder.__doc__ or "").strip().split("\n\n")[0].split())
+        end = paragraph.find(". ")
+        return paragraph if end < 0 else paragraph[: end + 1]
 
 
 _MODELS: dict[str, ModelEntry] = {}
