@@ -1,12 +1,16 @@
 """binarize() on a small model written here (no torchvision)."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import onebit
 from onebit.errors import ConfigError
 from onebit.nn import BinaryConv2d, BinaryLinear, is_binary
+from onebit.nn.binary import _BinaryMixin
 
 
 class TinyNet(nn.Module):
@@ -85,3 +89,75 @@ def test_binarize_bad_input():
         onebit.binarize(TinyNet(), skip=["nope"])
     with pytest.raises(onebit.errors.UnknownNameError, match="method"):
         onebit.binarize(TinyNet(), method="xnr")
+
+
+class TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock: conv-BN-ReLU-conv-BN, + identity, ReLU (one shared module)."""
+
+    def __init__(self, c: int, functional: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.functional = functional
+
+    def forward(self, x):
+        act = F.relu if self.functional else self.relu
+        out = act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return act(out + x)
+
+
+def torchvision_style_resnet(functional: bool = False) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        TorchvisionBlock(8, functional),
+        TorchvisionBlock(8, functional),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+def _binary_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    seen = []
+    for m in model.modules():
+        if isinstance(m, _BinaryMixin):
+            m.register_forward_hook(lambda mod, i, o: seen.append(mod.binary_input(i[0])))
+    model.eval()(x)
+    return seen
+
+
+def test_binarize_warns_when_a_relu_feeds_binary_layers_and_fixes_it():
+    """A torchvision-style ResNet: every binary conv is fed by a ReLU (after bn1, or after
+    the shortcut of the previous block or the stem), so each sees sign(x) = +1 everywhere:
+    binarize says so; act_fix="hardtanh" replaces the ReLUs and the signs are mixed again."""
+    x = torch.randn(4, 3, 16, 16)
+    model = torchvision_style_resnet()
+    with pytest.warns(UserWarning, match=r"inputs of 4 binary layers .* come from .*relu"):
+        onebit.binarize(model, method="bireal")
+    assert all(bool((b == 1).all()) for b in _binary_inputs(model, x))
+
+    fixed = torchvision_style_resnet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning left
+        onebit.binarize(fixed, method="bireal", act_fix="hardtanh")
+    assert isinstance(fixed[4].relu, nn.Hardtanh) and isinstance(fixed[2], nn.Hardtanh)
+    assert all(bool((b == -1).any() and (b == 1).any()) for b in _binary_inputs(fixed, x))
+
+
+def test_binarize_names_a_functional_relu_it_cannot_replace():
+    model = torchvision_style_resnet(functional=True)
+    with pytest.warns(UserWarning, match=r"functional F.relu in the forward cannot be replaced"):
+        onebit.binarize(model, method="bireal", act_fix="hardtanh")
+    with pytest.raises(ConfigError, match="act_fix='tanh'"):
+        onebit.binarize(torchvision_style_resnet(), act_fix="tanh")
+    # weights-only binarization (1w32a) leaves activations alone: nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onebit.binarize(torchvision_style_resnet(), method="bireal", bits="1w32a")

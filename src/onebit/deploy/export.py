@@ -30,6 +30,7 @@ from onebit.deploy.format import LayerDesc
 from onebit.deploy.packing import pack_weight
 from onebit.errors import ExportError, OneBitError
 from onebit.nn.binary import BinaryConv2d, BinaryLinear, _BinaryMixin
+from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
 
 
@@ -137,17 +138,6 @@ def _act_bias(layer: _BinaryMixin) -> torch.Tensor:
     return bias.detach()
 
 
-class _LeafTracer(fx.Tracer):
-    """Traces model code but not into binary layers, BatchNorms or onebit.nn blocks."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (
-            isinstance(m, (_BinaryMixin, _BatchNorm))
-            or type(m).__module__.startswith("onebit.nn")
-            or super().is_leaf_module(m, qualname)
-        )
-
-
 def conv_bn_pairs(model: nn.Module, layers: set[str]) -> dict[str, str]:
     """{layer name: BatchNorm name} for each BatchNorm whose only input is one of ``layers``,
     whose layer output feeds nothing else, both called once (a torch.fx trace of ``model``).
@@ -155,7 +145,7 @@ def conv_bn_pairs(model: nn.Module, layers: set[str]) -> dict[str, str]:
     A model fx cannot trace (data-dependent control flow) gets a warning and no folding.
     """
     try:
-        graph = _LeafTracer().trace(model)
+        graph = trace_graph(model)
     except Exception as err:  # fx raises many kinds of errors on untraceable user code
         warnings.warn(
             f"onebit.deploy: torch.fx cannot trace {type(model).__name__} "
