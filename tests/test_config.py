@@ -14,6 +14,7 @@ from onebit.config import Config, config_from_dict, load_config
 from onebit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+FP = ROOT / "configs/fmnist/resnet20_fp.yaml"
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 FOLDERS = {
     "fmnist": "fashion_mnist",
@@ -191,3 +192,65 @@ def test_cli_subprocess_no_traceback(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("onebit: error: cannot read config")
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+BILLION_LAUGHS = """\
+model:
+  name: resnet20
+  method: &a ["x","x","x","x","x","x","x","x","x"]
+  bits: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+  block_act: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  stem_act: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  downsample: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+  num_classes: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+optim: {lr: *f}
+"""
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (BILLION_LAUGHS.encode(), "holds more than 100,000 values"),
+        (b"model: {name: resnet20}\n\xff\xfe", "is not UTF-8 text"),
+        (b"model: " + b"[" * 20000, "nested too deeply"),
+        (b"model: " + b"[" * 100 + b"1" + b"]" * 100, "nested too deeply"),
+        (b"model: {name: resnet20, num_classes: abc}", "config key model.num_classes"),
+        (b"model: {name: resnet20}\nruntime: {seed: -1}", "runtime.seed: -1 is below"),
+        (b"model: {name: resnet20}\nruntime: {seed: 1180591620717411303424}", "is above"),
+        (b"model: {name: resnet20}\nruntime: {device: meta}", "runtime.device: 'meta' is not"),
+        (b"model: {name: resnet20}\nruntime: {device: mps}", "runtime.device: 'mps' is not"),
+        (b"model: {name: resnet20}\noptim: {lr: 1e308}", "optim.lr: 1e+308 is above"),
+    ],
+)
+def test_hostile_configs_are_short_one_line_errors(content, expected, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    args = ["train", str(path), "--set", "data.dataset=fashion_mnist", "--out", str(tmp_path)]
+    assert main([*args, "--set", "runtime.device=cpu"] if b"device" not in content else args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and len(err) < 2100, err[:300]
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["summary", "resnet20", "--opt", "num_classes=-1"], "cannot be built with the options"),
+        (["summary", "resnet20", "--opt", "num_classes=abc"], "cannot be built with the options"),
+        (["summary", "resnet20", "--opt", "x=" + "[" * 20000], "nested too deeply"),
+        (["train", str(FP), "--set", "model.num_classes=" + "[" * 20000], "nested too deeply"),
+    ],
+)
+def test_hostile_options_are_one_line_errors(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err[:300]
+
+
+@pytest.mark.parametrize("argv", [["bench", "--threads", "-1"], ["bench", "--batch", "-2"]])
+def test_bench_rejects_non_positive_numbers(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and "positive" in capsys.readouterr().err

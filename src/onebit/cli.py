@@ -7,8 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
+from onebit.config import parse_yaml
 from onebit.errors import ConfigError, OneBitError
 
 
@@ -30,7 +29,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, object]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--opt {pair!r} is not KEY=VALUE")
-        options[key] = yaml.safe_load(value)
+        options[key] = parse_yaml(value, f"--opt {pair[:80]!r}: the value")
     return options
 
 
@@ -458,12 +457,29 @@ def add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+    """An argparse type: ``kind(text)``, which must be > 0."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value > 1e6:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number up to 1e6")
+        return value
+
+    return parse
+
+
 def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
             return [kind(v) for v in text.split(",") if v]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of positive numbers"
+            ) from None
 
     return parse
 
@@ -495,11 +511,17 @@ def add_bench(sub) -> None:
         type=_csv(str),
         help="comma-separated registry models (default: the CIFAR-scale families; '' for none)",
     )
-    p.add_argument("--batch", type=_csv(int), default=[1, 8], help="batch sizes (default: 1,8)")
+    p.add_argument(
+        "--batch", type=_csv(_positive(int)), default=[1, 8], help="batch sizes (default: 1,8)"
+    )
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer conv table")
-    p.add_argument("--threads", type=int, help="threads (default: torch.get_num_threads())")
+    p.add_argument(
+        "--threads", type=_positive(int), help="threads (default: torch.get_num_threads())"
+    )
     p.add_argument("--kernel", help="avx512, avx2 or portable (default: the best available)")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per measurement")
+    p.add_argument(
+        "--min-time", type=_positive(float), default=0.5, help="seconds of repeats per measurement"
+    )
     p.set_defaults(func=cmd_bench)
 
 

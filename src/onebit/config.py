@@ -69,7 +69,7 @@ class OptimConfig:
     """The optimizer(s) of the trainable parameters."""
 
     name: str = _spec("sgd", choices=("sgd", "adam", "adamw"))
-    lr: float = _spec(0.1, min=0.0)
+    lr: float = _spec(0.1, min=0.0, max=1e4)
     momentum: float = _spec(0.9, min=0.0)
     weight_decay: float = _spec(1e-4, min=0.0)
     nesterov: bool = False
@@ -195,7 +195,7 @@ class RuntimeConfig:
     device: str = "auto"
     precision: str = _spec("bf16", choices=("bf16", "fp32"))
     compile: str | bool = _spec("auto", choices=("auto", True, False))
-    seed: int = 0
+    seed: int = _spec(0, min=0, max=2**63 - 1)
     out: str = "runs/auto"
     log_interval: int = _spec(50, min=1)
     sync_bn: bool = False
@@ -449,10 +449,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ConfigError(f"--set {text!r} is not KEY.PATH=VALUE, e.g. optim.lr=0.05")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {text!r}: the value is not valid YAML") from None
+        value = parse_yaml(raw, f"--set {text[:80]!r}: the value")
         node: Any = data
         for i, part in enumerate(parts):
             prefix = ".".join(parts[: i + 1])
@@ -477,19 +474,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 node = node[index]
 
 
-def read_yaml(path: str | Path) -> Any:
-    """The parsed contents of a YAML file; ConfigError if it is missing or malformed."""
-    path = Path(path)
+# Bounds on what a config may hold: a recipe is a few hundred values, nested a few levels.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML (safe loader), bounded: ConfigError naming ``where`` if it is
+    malformed, nested deeper than MAX_DEPTH or expands (YAML aliases) to more than
+    MAX_VALUES values, e.g. a "billion laughs" document."""
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path}{where} is not valid YAML") from None
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}{line} is not valid YAML") from None
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(
+                f"{where} holds more than {MAX_VALUES:,} values (YAML aliases expanding?); "
+                "a recipe needs far fewer"
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where} is nested too deeply (over {MAX_DEPTH} levels)")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for kv in node.items() for v in kv]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+    return data
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML file; ConfigError if it is missing, malformed, not
+    UTF-8, or larger than any recipe (see :func:`parse_yaml`)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    return parse_yaml(text, f"config {path}")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -75,7 +75,13 @@ def create_model(name: str, **options: object) -> nn.Module:
             f"model {name!r} has no option {unknown[0]!r}; "
             f"its options are: {', '.join(sorted(entry.defaults))}"
         )
-    model = entry.builder(**options)
+    try:
+        model = entry.builder(**options)
+    except (TypeError, ValueError, RuntimeError) as err:  # an option of the wrong type / range
+        detail = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(
+            f"model {name!r} cannot be built with the options {options} ({detail})"
+        ) from None
     model.onebit_spec = {"name": name, "options": {**entry.defaults, **options}}
     return model
 

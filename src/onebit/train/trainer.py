@@ -64,7 +64,12 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config key runtime.device: {name!r} is not a device") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(
+            f"config key runtime.device: {name!r} is not a device onebit trains on; use auto, "
+            "cpu, cuda or cuda:N"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key runtime.device: {name!r} but no CUDA GPU is available")
     if device.type == "cuda" and device.index is None:
