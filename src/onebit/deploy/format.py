@@ -171,7 +171,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], list[LayerDesc], dict[str, t
         raise ExportError(f"{path}: checksum mismatch, the file is corrupt; export it again")
     try:
         header = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed, too deep, a number past int limits
         raise ExportError(f"{path}: the onebit header is not valid JSON") from None
     layers = _check_header(header, str(path))
     _check_tensors(layers, tensors, header["fp_dtype"], str(path))
@@ -189,15 +189,20 @@ def _check_header(header: object, where: str) -> list[LayerDesc]:
     model = header.get("model")
     if not (
         isinstance(model, dict)
-        and (model.get("name") is None or isinstance(model.get("name"), str))
-        and isinstance(model.get("options", {}), dict)
+        and "name" in model
+        and (model["name"] is None or isinstance(model["name"], str))
+        and isinstance(model.get("options"), dict)
+        and isinstance(model.get("class", ""), str)
     ):
         raise ExportError(f"{where}: the header's model entry is malformed")
-    if header.get("fp_dtype") not in FP_DTYPES:
-        raise ExportError(f"{where}: unknown fp_dtype {header.get('fp_dtype')!r}")
+    fp_dtype = header.get("fp_dtype")
+    if not isinstance(fp_dtype, str) or fp_dtype not in FP_DTYPES:
+        raise ExportError(f"{where}: unknown fp_dtype {str(fp_dtype)[:40]!r}")
     layers, folded = header.get("layers"), header.get("folded")
     if not isinstance(layers, list) or not isinstance(folded, list):
         raise ExportError(f"{where}: the header has no layer list")
+    if not all(isinstance(name, str) for name in folded):
+        raise ExportError(f"{where}: the header's folded BatchNorms are not names")
     if header.get("input") is not None:
         InputSpec.from_json(header["input"], where)
     accuracy = header.get("accuracy", {})
