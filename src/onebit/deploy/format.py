@@ -141,7 +141,7 @@ def is_deploy_file(path: str | Path) -> bool:
     """True if ``path`` is a safetensors file with a onebit deployment header (unchecked)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return "onebit" in (f.metadata() or {})
+            return "onebit_sha256" in (f.metadata() or {})  # training checkpoints have none
     except (SafetensorError, OSError, ValueError, RuntimeError):
         return False
 

@@ -11,6 +11,7 @@ leaves either the old or the new checkpoint, never a mix. Nothing is ever unpick
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,12 +54,18 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    """Restore :func:`rng_state`'s states; CheckpointError if they are damaged."""
 
-    torch.set_rng_state(tensor(state["cpu"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+
+    try:
+        torch.set_rng_state(tensor(state["cpu"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+    except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as err:
+        detail = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CheckpointError(f"the checkpoint's RNG state is damaged ({detail})") from None
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,18 +100,27 @@ def restore_optimizers(
             f"the checkpoint has {len(rest)} optimizer(s), the config builds {len(optimizers)}"
         )
     for i, (opt, saved) in enumerate(zip(optimizers, rest, strict=True)):
-        state: dict[int, dict[str, Any]] = {
-            int(pid): dict(values) for pid, values in saved["state"].items()
-        }
-        prefix = f"optim.{i}."
-        for name, value in tensors.items():
-            if name.startswith(prefix):
-                pid, key = name[len(prefix) :].split(".", 1)
-                state.setdefault(int(pid), {})[key] = value
         try:
+            state: dict[int, dict[str, Any]] = {
+                int(pid): dict(values) for pid, values in saved["state"].items()
+            }
+            prefix = f"optim.{i}."
+            for name, value in tensors.items():
+                if name.startswith(prefix):
+                    pid, key = name[len(prefix) :].split(".", 1)
+                    state.setdefault(int(pid), {})[key] = value
             opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"optimizer state does not match the model: {err}") from None
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
+            detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise CheckpointError(f"optimizer state does not match the model: {detail}") from None
+        for group in opt.param_groups:  # a buffer of another shape fails only at the next step
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.ndim and value.shape != p.shape:
+                        raise CheckpointError(
+                            f"optimizer state does not match the model: {key} of shape "
+                            f"{tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                        )
 
 
 def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -129,16 +145,48 @@ def read_checkpoint(
     try:
         tensors = load_safetensors(raw)  # validates the header and every tensor's extent
         header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    except (SafetensorError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a safetensors checkpoint (corrupt: {err})") from None
-    meta = (header.get("__metadata__") or {}).get("onebit")
+    except (SafetensorError, ValueError, RecursionError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a safetensors checkpoint (corrupt: {reason})"
+        ) from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    meta = meta.get("onebit") if isinstance(meta, dict) else None
     try:
-        state = json.loads(meta) if meta else {}
-    except ValueError:
+        state = json.loads(meta) if isinstance(meta, str) else {}
+    except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: its onebit metadata is not valid JSON") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its onebit metadata is not a JSON object")
     if state.get("format", FORMAT) != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {state['format']}, expected {FORMAT}")
+        raise CheckpointError(
+            f"{path} has checkpoint format {str(state['format'])[:40]}, expected {FORMAT}"
+        )
     return {k: v.to(device) for k, v in tensors.items()}, state
+
+
+def layer_bits(model: nn.Module) -> dict[str, str]:
+    """{binary layer name: "1w1a"-style bits}: what a checkpoint records of the architecture
+    beyond tensor names and shapes (a 1w1a and a 1w32a layer hold the same tensors)."""
+    from onebit.nn.binary import _BinaryMixin
+
+    return {n: m.bits for n, m in model.named_modules() if isinstance(m, _BinaryMixin)}
+
+
+def check_layer_bits(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """CheckpointError if the model rebuilt from a checkpoint's config binarizes other layers
+    (or other sides) than the model whose weights it stores (checkpoints that record it)."""
+    saved = state.get("layer_bits")
+    if saved is None:
+        return
+    built = layer_bits(model)
+    if saved != built:
+        name = next(k for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k))
+        raise CheckpointError(
+            f"{path}: layer {name} was trained as {saved.get(name, 'full precision')}, but the "
+            f"stored config builds it as {built.get(name, 'full precision')}; the config in "
+            "the file was changed"
+        )
 
 
 def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -211,7 +259,14 @@ def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
         phases = config_from_dict(data).phase_configs()
     except OneBitError as err:
         raise CheckpointError(f"the config of {path} is not valid: {err}") from None
-    return phases[state.get("progress", {}).get("phase", len(phases) - 1)]
+    progress = state.get("progress", {})
+    phase = progress.get("phase", len(phases) - 1) if isinstance(progress, dict) else None
+    if not isinstance(phase, int) or isinstance(phase, bool) or not 0 <= phase < len(phases):
+        raise CheckpointError(
+            f"{path}: its progress names phase {str(phase)[:20]}, the config has "
+            f"{len(phases)} phase(s)"
+        )
+    return phases[phase]
 
 
 def load_model(
@@ -228,6 +283,10 @@ def load_model(
     file = checkpoint_path(path)
     tensors, state = read_checkpoint(file, map_location)
     config = checkpoint_config(file, state)
-    model = create_model(**config.model).to(map_location)
+    try:
+        model = create_model(**config.model).to(map_location)
+    except OneBitError as err:
+        raise CheckpointError(f"{file}: its config does not build a model ({err})") from None
+    check_layer_bits(model, state, file)
     load_model_tensors(model, tensors, file)
     return model.eval(), config

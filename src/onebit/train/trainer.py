@@ -39,7 +39,9 @@ from onebit.train import distributed
 from onebit.train.bn import recalibrate_bn
 from onebit.train.checkpoint import (
     atomic_write_text,
+    check_layer_bits,
     checkpoint_path,
+    layer_bits,
     load_matching,
     load_model_tensors,
     model_tensors,
@@ -514,6 +516,7 @@ class Trainer:
 
     def _checkpoint(self, record: dict[str, Any], is_best: bool) -> None:
         run, state = self.run_dir, self._state()
+        state["layer_bits"] = layer_bits(self.model)
         if is_best:
             run.save_best(model_tensors(self.model), {**state, "val_top1": record["val_top1"]})
         tensors, optim_rest = optimizer_state(self.optimizers)
@@ -525,8 +528,13 @@ class Trainer:
     def _restore(self) -> None:
         run = self.run_dir
         tensors, state = read_checkpoint(run.last, self.device)
-        if "progress" not in state or "optimizers" not in state:
-            raise CheckpointError(f"{run.last} is not a last checkpoint of a onebit run")
+        needed = {"progress": dict, "optimizers": list, "config": dict, "rng": dict}
+        missing = [k for k, kind in needed.items() if not isinstance(state.get(k), kind)]
+        if missing:
+            raise CheckpointError(
+                f"{run.last} is not a last checkpoint of a onebit run (no valid {missing[0]}); "
+                "train into another --out"
+            )
         try:
             # read through today's schema: a key added since the run started has its default
             saved = config_from_dict(state["config"]).to_dict()
@@ -541,8 +549,21 @@ class Trainer:
                 f"cannot resume {run.path}: the config differs at {diff}; resume with the run's "
                 f"config ({run.config}) or train into another --out"
             )
-        self.progress = Progress(**state["progress"])
+        try:
+            self.progress = Progress(**state["progress"])
+            fields = asdict(self.progress)
+            valid = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in fields.values()
+            )
+        except TypeError:
+            valid = False
+        if not valid or not 0 <= self.progress.phase < len(self.phases):
+            raise CheckpointError(
+                f"{run.last}: its progress record is damaged ({str(state['progress'])[:120]}); "
+                "train into another --out"
+            )
         self._setup_phase(self.progress.phase)
+        check_layer_bits(self.model, state, run.last)
         with torch.no_grad():
             load_model_tensors(self.model, tensors, run.last)
         restore_optimizers(self.optimizers, tensors, state["optimizers"])

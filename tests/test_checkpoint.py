@@ -1,0 +1,123 @@
+"""Damaged checkpoints: every kind of bad state in a run's files is a one-line error from
+`onebit eval`, `onebit export` and `--resume`, never a traceback or a silent wrong model."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from onebit.cli import main
+from onebit.train.checkpoint import read_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+RECU = ROOT / "configs/fmnist/resnet20_recu.yaml"
+TINY = [
+    "data.subset=64",
+    "data.batch_size=32",
+    "data.eval_subset=32",
+    "runtime.device=cpu",
+    "schedule.epochs=1",
+]
+SETS = [arg for item in TINY for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", str(RECU), *SETS, "--out", str(run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def _damaged(trained, tmp_path, edit) -> Path:
+    """A copy of the run whose last (and only) checkpoint has its state edited by ``edit``."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in trained.iterdir():
+        if f.is_file() and f.name != "best.safetensors":
+            (run / f.name).write_bytes(f.read_bytes())
+    tensors, state = read_checkpoint(run / "last.safetensors")
+    state = copy.deepcopy(state)
+    tensors = edit(state, tensors) or tensors
+    save_checkpoint(run / "last.safetensors", tensors, state)
+    return run
+
+
+def _set(path: str, value):
+    def edit(state, tensors):
+        node, *keys = state, *path.split(".")
+        for key in keys[:-1]:
+            node = node[key]
+        if value is KeyError:
+            node.pop(keys[-1])
+        else:
+            node[keys[-1]] = value
+
+    return edit
+
+
+def _momentum_of_the_wrong_shape(state, tensors):
+    key = next(k for k in tensors if k.startswith("optim.0.") and k.endswith("momentum_buffer"))
+    tensors[key] = torch.zeros(3)
+    return tensors
+
+
+def _bits_edited(state, tensors):
+    state["config"]["model"]["bits"] = "1w32a"
+
+
+@pytest.mark.parametrize(
+    "edit,expected,commands",
+    [
+        (_set("progress.phase", "x"), "phase", ("eval", "resume")),
+        (_set("progress.phase", 5), "phase", ("eval", "resume")),
+        (_set("config.model.num_classes", "x"), "config", ("eval", "resume")),
+        (_set("config.model.in_chans", -3), "does not build a model", ("eval",)),
+        (_set("rng", KeyError), "no valid rng", ("resume",)),
+        (_set("rng.cpu", "!!!not base64"), "RNG state is damaged", ("resume",)),
+        (_set("rng.cpu", "AAAA"), "RNG state is damaged", ("resume",)),
+        (
+            _set("optimizers", [{"state": {"abc": {}}, "param_groups": []}]),
+            "optimizer",
+            ("resume",),
+        ),
+        (_set("optimizers", "x"), "no valid optimizers", ("resume",)),
+        (_momentum_of_the_wrong_shape, "momentum_buffer of shape (3,)", ("resume",)),
+        (_bits_edited, "was trained as 1w1a, but the stored config builds it as 1w32a", ("eval",)),
+    ],
+)
+def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expected, commands):
+    run = _damaged(trained, tmp_path, edit)
+    for command in commands:
+        if command == "eval":
+            argv = ["eval", str(run / "last.safetensors")]
+        else:
+            argv = ["train", str(RECU), *SETS, "--out", str(run), "--resume"]
+        assert main(argv) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("onebit: error:") and err.count("\n") == 1, err
+        assert expected in err, err
+
+
+@pytest.mark.parametrize(
+    "metadata,expected",
+    [
+        ({"onebit": "[1, 2]"}, "not a JSON object"),
+        ({"onebit": "[" * 20000 + "]" * 20000}, "not valid JSON"),
+        ({"onebit": "{"}, "not valid JSON"),
+        ({"onebit": json.dumps({"format": [1]})}, "checkpoint format"),
+    ],
+)
+def test_damaged_metadata_is_a_one_line_error(trained, tmp_path, capsys, metadata, expected):
+    file = tmp_path / "x.safetensors"
+    save_file(load_file(trained / "last.safetensors"), str(file), metadata=metadata)
+    assert main(["eval", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
