@@ -374,3 +374,76 @@ def test_cli_missing_data_is_one_line_exit_2(config, message, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"onebit: error: {message}") and proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------ hostile dataset files
+
+
+def test_idx_hostile_files_are_data_errors(tmp_path):
+    """A flipped byte inside the gzip stream, sizes whose product overflows, and a small
+    gzip that declares and holds far more data than any IDX file onebit reads (a "gzip
+    bomb"): each a DataError, read in bounded memory."""
+    path = tmp_path / "x.gz"
+    _write_idx(path, np.arange(4000, dtype=np.uint8).reshape(10, 20, 20), gz=True)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="not a readable IDX file|truncated or corrupt"):
+        read_idx(path)
+    overflow = tmp_path / "o"
+    overflow.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**31))
+    with pytest.raises(DataError, match="declares .* bytes of data"):
+        read_idx(overflow)
+    bomb = tmp_path / "bomb.gz"
+    header = bytes([0, 0, 8, 1]) + struct.pack(">I", 2**31)
+    with gzip.open(bomb, "wb") as f:
+        f.write(header)
+        for _ in range(64):
+            f.write(bytes(2**20))  # 64 MiB of zeros, ~65 KB on disk
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(DataError, match="declares 2147483648 bytes"):
+        read_idx(bomb)
+    extra = tmp_path / "extra.gz"
+    with gzip.open(extra, "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 4) + bytes(100))
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(extra)
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (["3", "1"], "labels must be integers"),
+        ([float("nan"), 1], "labels must be integers"),
+        ([2**70, 1], "labels must be integers"),
+        ([True, 1], "labels must be integers"),
+        ([10, 1], "labels must be integers 0-9"),
+        ([], "N > 0|not a CIFAR pickle batch"),  # numpy pickles no data as bytes()
+    ],
+)
+def test_cifar_hostile_labels_and_empty_batches(tmp_path, labels, message):
+    directory = write_cifar(tmp_path, "cifar10", per_file=2)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+        with open(directory / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch[b"labels"] = labels
+        batch[b"data"] = batch[b"data"][: len(labels)]
+        with open(directory / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with pytest.raises(DataError, match=message):
+        load_cifar(tmp_path, "cifar10", "train", checksum=False)
+
+
+def test_imagefolder_skips_fifos_and_refuses_decompression_bombs(image_tree):
+    os.mkfifo(image_tree / "train" / "cat" / "x.png")  # reading it would never return
+    cfg = DataConfig(
+        dataset="imagefolder", root=str(image_tree), image_size=16, workers=0, batch_size=2
+    )
+    loaders = build_loaders(cfg, CPU)
+    assert loaders.train.num_samples == 6  # the FIFO is not an image
+    Image.MAX_IMAGE_PIXELS, limit = 100, Image.MAX_IMAGE_PIXELS  # every test image is a bomb
+    try:
+        with pytest.raises(DataError, match="cannot read image .*decompression bomb"):
+            next(iter(loaders.eval.batches(0)))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

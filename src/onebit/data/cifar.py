@@ -118,13 +118,19 @@ def load_cifar(
             and data.dtype == np.uint8
             and data.ndim == 2
             and data.shape[1] == 3 * 32 * 32
+            and len(data) > 0
             and isinstance(batch_labels, list)
             and len(batch_labels) == len(data)
         )
         if not ok:
             raise DataError(
-                f"{path}: expected b'data' uint8 (N, 3072) and a list {label_key!r} of N labels"
+                f"{path}: expected b'data' uint8 (N, 3072), N > 0, and a list {label_key!r} "
+                "of N labels"
             )
+        if not all(
+            type(label) is int and 0 <= label < num_classes for label in batch_labels
+        ):  # strings, floats (NaN), bools, 2**70: not a class index
+            raise DataError(f"{path}: labels must be integers 0-{num_classes - 1}")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch_labels, dtype=np.int64))
     images_np, labels_np = np.concatenate(images), np.concatenate(labels)

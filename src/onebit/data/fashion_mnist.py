@@ -7,7 +7,9 @@ MNIST IDX format, big-endian header: magic, dimension sizes, then uint8 data).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +29,39 @@ _HOW_TO_GET = (
 )
 
 
+# The largest IDX file onebit reads: Fashion-MNIST's training images are 47 MB.
+MAX_IDX_BYTES = 64 * 2**20
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """The array in an IDX file (``.gz`` or raw): magic 0x0000 08 <ndim>, sizes, uint8 data."""
+    """The array in an IDX file (``.gz`` or raw): magic 0x0000 08 <ndim>, sizes, uint8 data.
+
+    The declared size is checked before the data is read, and a gzipped file is decompressed
+    as a stream up to that size: a corrupt or hostile file (a flipped byte, sizes whose
+    product overflows, a "gzip bomb") is a DataError, never a crash or a memory blow-up.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
+                raise DataError(f"{path} is not a uint8 IDX file (bad magic number); {_HOW_TO_GET}")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            shape = struct.unpack(f">{ndim}I", dims) if len(dims) == 4 * ndim else None
+            size = math.prod(shape) if shape is not None else -1
+            if not 0 <= size <= MAX_IDX_BYTES:
+                raise DataError(
+                    f"{path} declares {'no valid sizes' if size < 0 else f'{size} bytes'} of "
+                    f"data (at most {MAX_IDX_BYTES} expected); {_HOW_TO_GET}"
+                )
+            data = f.read(size)
+            extra = f.read(1)
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is not a readable IDX file ({err}); {_HOW_TO_GET}") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise DataError(f"{path} is not a uint8 IDX file (bad magic number); {_HOW_TO_GET}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", raw[4:header]) if len(raw) >= header else ()
-    if len(shape) != ndim or len(raw) - header != int(np.prod(shape)):
+    if len(data) != size or extra:
         raise DataError(f"{path} is truncated or corrupt (size does not match its header)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find(root: Path, stem: str) -> Path | None:

@@ -55,7 +55,8 @@ def scan_folder(root: Path, split: str, classes: list[str] | None = None):
         folder = directory / name
         files = sorted(folder.iterdir()) if folder.is_dir() else []
         for path in files:
-            if path.suffix.lower() in EXTENSIONS:
+            # regular files only: reading a FIFO or a device named x.png would never end
+            if path.suffix.lower() in EXTENSIONS and path.is_file():
                 paths.append(path)
                 labels.append(label)
     if not paths:
@@ -165,8 +166,8 @@ class ImageFolder(Dataset):
         try:
             with image_mod.open(path) as f:
                 img = f.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        except (OSError, ValueError, image_mod.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {path}: {str(err)[:200]}") from None
         if self.train:
             rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
             box = random_resized_box(*img.size, rng, self.crop_scale)
