@@ -388,11 +388,11 @@ def test_idx_hostile_files_are_data_errors(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="not a readable IDX file|truncated or corrupt"):
+    with pytest.raises(DataError, match=r"not a readable IDX file|truncated or corrupt"):
         read_idx(path)
     overflow = tmp_path / "o"
     overflow.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**31))
-    with pytest.raises(DataError, match="declares .* bytes of data"):
+    with pytest.raises(DataError, match=r"declares .* bytes of data"):
         read_idx(overflow)
     bomb = tmp_path / "bomb.gz"
     header = bytes([0, 0, 8, 1]) + struct.pack(">I", 2**31)
@@ -418,7 +418,7 @@ def test_idx_hostile_files_are_data_errors(tmp_path):
         ([2**70, 1], "labels must be integers"),
         ([True, 1], "labels must be integers"),
         ([10, 1], "labels must be integers 0-9"),
-        ([], "N > 0|not a CIFAR pickle batch"),  # numpy pickles no data as bytes()
+        ([], r"N > 0|not a CIFAR pickle batch"),  # numpy pickles no data as bytes()
     ],
 )
 def test_cifar_hostile_labels_and_empty_batches(tmp_path, labels, message):
@@ -443,7 +443,7 @@ def test_imagefolder_skips_fifos_and_refuses_decompression_bombs(image_tree):
     assert loaders.train.num_samples == 6  # the FIFO is not an image
     Image.MAX_IMAGE_PIXELS, limit = 100, Image.MAX_IMAGE_PIXELS  # every test image is a bomb
     try:
-        with pytest.raises(DataError, match="cannot read image .*decompression bomb"):
+        with pytest.raises(DataError, match=r"cannot read image .*decompression bomb"):
             next(iter(loaders.eval.batches(0)))
     finally:
         Image.MAX_IMAGE_PIXELS = limit
