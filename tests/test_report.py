@@ -205,10 +205,17 @@ def test_bad_run_dirs_are_one_line_errors(tree, tmp_path, capsys):
     broken.mkdir()
     source = tree / "resnet20_recu" / "seed0"
     (broken / "config.yaml").write_text((source / "config.yaml").read_text())
+    # a partial last line (a run stopped in the middle of an append), bytes that are not UTF-8
+    first = (source / "metrics.jsonl").read_text().splitlines()[0]
+    (broken / "metrics.jsonl").write_bytes(f"{first}\n\xff\n".encode() + b'{"epoch": 2, "va')
+    assert main(["report", str(broken)]) == 0
+    captured = capsys.readouterr()
+    assert "onebit: warning:" in captured.err and "skipped line(s) 2, 3" in captured.err
+    assert "| broken |" in captured.out
     (broken / "metrics.jsonl").write_text('{"epoch": 1, "val_top1"\n')
     assert main(["plot", str(broken), "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "metrics.jsonl line 1 is not JSON" in err
+    assert "has finished an epoch yet" in err and err.count("onebit: error") == 1
     (broken / "config.yaml").write_text("model: [1, 2\n")
     assert main(["report", str(broken)]) == 2
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -612,7 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings(record=True) as caught:  # the filters stay as they are
+            try:
+                return args.func(args)
+            finally:  # onebit's warnings as one line each, not Python's file:line format
+                for w in caught:
+                    print(f"onebit: warning: {str(w.message)[:500]}", file=sys.stderr)
     except OneBitError as err:
         print(f"onebit: error: {str(err)[:2000]}", file=sys.stderr)
         return 2

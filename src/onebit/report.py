@@ -15,6 +15,7 @@ import json
 import re
 import statistics
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -102,15 +103,24 @@ def read_run(path: str | Path) -> Run:
     except OneBitError as err:
         raise CheckpointError(f"{path}: its config.yaml is not a valid config ({err})") from None
     metrics = path / "metrics.jsonl"
-    records = []
+    records, dropped = [], []
     if metrics.exists():
-        for number, line in enumerate(metrics.read_text().splitlines(), 1):
+        text = metrics.read_bytes().decode("utf-8", "replace")
+        for number, line in enumerate(text.splitlines(), 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise CheckpointError(
-                    f"{metrics} line {number} is not JSON; the file is written by onebit train"
-                ) from None
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
+            else:
+                dropped.append(number)
+    if dropped:  # e.g. the partial last line of a run stopped in the middle of an append
+        warnings.warn(
+            f"{metrics}: skipped line(s) {', '.join(map(str, dropped[:5]))}, not a whole epoch "
+            "record",
+            stacklevel=2,
+        )
     return Run(path, config, records)
 
 
