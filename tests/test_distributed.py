@@ -224,7 +224,11 @@ def two_process_runs(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = (2, port, str(out), str(out / "cifar10"))
-    context = mp.spawn(_ddp_worker, args=args, nprocs=2, join=False)
+    # one OpenMP thread per process from its start (not only after torch.set_num_threads):
+    # two 2-thread processes beside other jobs on 2 cores oversubscribe them
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        context = mp.spawn(_ddp_worker, args=args, nprocs=2, join=False)
     deadline = time.time() + 180
     while not context.join(timeout=1):
         if time.time() > deadline:

@@ -164,6 +164,10 @@ class RunDir:
             self.log(f"{self.metrics}: dropped {dropped} line(s) that were not a whole record")
         atomic_write_text(self.metrics, kept)
 
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the half-written files a killed run left (see onebit.io); returns them."""
+        return remove_stale_temporaries(self.path)
+
     def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         save_checkpoint(self.last, tensors, {"kind": "last", **state})
         atomic_write_text(self.last_json, json.dumps({"kind": "last", **state}, indent=1))
@@ -187,6 +191,9 @@ class NullRunDir(RunDir):
 
     def keep_metrics_until(self, phase: int, epoch: int) -> None:
         pass
+
+    def remove_temporaries(self) -> list[Path]:
+        return []  # process 0's to clean: its own writes may be under way
 
     def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         pass
@@ -585,7 +592,7 @@ class Trainer:
         if run is None:
             raise ValueError("Trainer.fit needs a run directory")
         self.config.runtime.out = str(run.path)
-        for stale in remove_stale_temporaries(run.path):  # a kill in the middle of a write
+        for stale in run.remove_temporaries():  # a kill in the middle of a write
             run.log(f"removed {stale.name}, a file a stopped run left half-written")
         if run.last.exists():
             if not resume:
