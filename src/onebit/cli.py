@@ -565,7 +565,8 @@ def add_plot(sub) -> None:
         help="training curves of runs as a PNG: loss, top-1, lr and schedules against epoch",
         description="Plot loss and top-1 (train and test) and the schedules (lr, ReCU tau, "
         "IR-Net EDE t) of the runs in RUN_DIR... against epoch, overlaid by name; the seeds of "
-        'one recipe as mean and min-max band. Needs matplotlib: pip install "onebit[plot]".',
+        "one recipe as mean and min-max band. Needs matplotlib: "
+        'pip install -e ".[plot]" in a clone.',
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory or folder of runs")
     p.add_argument("-o", "--out", required=True, help="the PNG file to write")

@@ -2,7 +2,7 @@
 runs overlaid by name, and the schedules on a third panel: the lr, and on a second axis every
 other value the trainer logs per epoch (ReCU ``tau``, IR-Net ``ede_t`` / ``ede_k``, ...).
 
-matplotlib is the optional ``plot`` extra (``pip install "onebit[plot]"``); the figure is
+matplotlib is the optional ``plot`` extra (``pip install -e ".[plot]"`` in a clone); the figure is
 drawn without pyplot (no display, no global backend change). Each argument becomes one curve
 per recipe it holds (see :func:`onebit.report.group_runs`): the runs of one recipe (seeds)
 are drawn as their mean with a band from their minimum to their maximum.
@@ -63,7 +63,8 @@ def _matplotlib():
         import matplotlib.ticker
     except ImportError:
         raise OneBitError(
-            'onebit plot needs matplotlib: pip install "onebit[plot]" (or pip install matplotlib)'
+            'onebit plot needs matplotlib: pip install -e ".[plot]" in a clone '
+            "(or pip install matplotlib)"
         ) from None
     return matplotlib
 

@@ -6,7 +6,8 @@ to image_size / 0.875 (256 for 224), centre crop. The same algorithms as torchvi
 transforms on PIL images (torchvision is not needed). Images leave the DataLoader workers as
 uint8 and are normalised on the device. Each sample's crop, jitter and flip come from a
 generator seeded by (seed, epoch, index), so they depend neither on the worker count nor on
-the number of processes. Pillow is the optional ``vision`` extra: ``pip install "onebit[vision]"``.
+the number of processes. Pillow is the optional ``vision`` extra: ``pip install -e
+".[vision]"`` in a clone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _pil():
         from PIL import Image
     except ImportError:
         raise DataError(
-            'image folders need Pillow: pip install "onebit[vision]" (or pip install pillow)'
+            'image folders need Pillow: pip install -e ".[vision]" in a clone '
+            "(or pip install pillow)"
         ) from None
     return Image
 
