@@ -458,16 +458,19 @@ def add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
-    """An argparse type: ``kind(text)``, which must be > 0."""
+def _positive(
+    kind: Callable[[str], int | float], zero: bool = False
+) -> Callable[[str], int | float]:
+    """An argparse type: ``kind(text)``, which must be > 0 (>= 0 with ``zero``), at most 1e6."""
 
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not value > 0 or value > 1e6:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number up to 1e6")
+        if value is None or not (value >= 0 if zero else value > 0) or value > 1e6:
+            what = "non-negative" if zero else "positive"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} number up to 1e6")
         return value
 
     return parse
@@ -521,7 +524,10 @@ def add_bench(sub) -> None:
     )
     p.add_argument("--kernel", help="avx512, avx2 or portable (default: the best available)")
     p.add_argument(
-        "--min-time", type=_positive(float), default=0.5, help="seconds of repeats per measurement"
+        "--min-time",
+        type=_positive(float, zero=True),
+        default=0.5,
+        help="seconds of repeats per measurement",
     )
     p.set_defaults(func=cmd_bench)
 
