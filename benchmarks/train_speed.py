@@ -110,21 +110,40 @@ class _SignApprox(torch.autograd.Function):
         return (2 - torch.abs(2 * x)).clamp(min=0) * g.clone()
 
 
-class OfficialBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+class Block(nn.Module):
+    """A ResNet-20 block written out: ``binary``: ReCU's official ``BasicBlock`` (binary
+    convs, a shortcut after every conv, hardtanh); else onebit's FP twin's (conv-BN-ReLU-
+    conv-BN + shortcut, ReLU). The downsampling shortcut is AvgPool2d(2) + zero channels."""
+
+    def __init__(self, cin: int, cout: int, stride: int, binary: bool):
         super().__init__()
-        self.conv1 = OfficialBinarizeConv2d(cin, cout, 3, stride, 1, bias=False)
+        conv = OfficialBinarizeConv2d if binary else nn.Conv2d
+        self.conv1 = conv(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = OfficialBinarizeConv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = conv(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.pad = (cout - cin) // 2 if stride != 1 or cin != cout else None
+        self.binary = binary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.pad is not None:
             shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, self.pad, self.pad))
-        out = F.hardtanh(self.bn1(self.conv1(x)) + shortcut)
-        return F.hardtanh(self.bn2(self.conv2(out)) + out)
+        if self.binary:
+            out = F.hardtanh(self.bn1(self.conv1(x)) + shortcut)
+            return F.hardtanh(self.bn2(self.conv2(out)) + out)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + shortcut)
+
+
+def blocks(binary: bool) -> list[nn.Module]:
+    """ResNet-20's nine blocks, 16-32-64 channels."""
+    layers, cin = [], 16
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(3):
+            layers.append(Block(cin, width, 2 if i > 0 and j == 0 else 1, binary))
+            cin = width
+    return layers
 
 
 class OfficialResNet20(nn.Module):
@@ -132,12 +151,7 @@ class OfficialResNet20(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for i, width in enumerate((16, 32, 64)):
-            for j in range(3):
-                blocks.append(OfficialBlock(cin, width, 2 if i > 0 and j == 0 else 1))
-                cin = width
-        self.layers = nn.Sequential(*blocks)
+        self.layers = nn.Sequential(*blocks(binary=True))
         self.bn2 = nn.BatchNorm1d(64)
         self.linear = nn.Linear(64, num_classes)
         for m in self.modules():
@@ -247,38 +261,13 @@ def onebit_runner(images, labels, device, batch, method, compile_) -> Callable[[
     return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
 
 
-class BareBlock(nn.Module):
-    """onebit's FP ResNet-20 block, in plain torch.nn: conv-BN-ReLU-conv-BN + shortcut, ReLU;
-    the downsampling shortcut is AvgPool2d(2) + zero channel padding."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = (cout - cin) // 2 if stride != 1 or cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        if self.pad is not None:
-            shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, self.pad, self.pad))
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + shortcut)
-
-
 def bare_runner(images, labels, device, batch) -> Callable[[int], float]:
     """``run(k)``: k steps of a hand-written FP ResNet-20 over pre-normalised batches."""
-    blocks, cin = [], 16
-    for i, width in enumerate((16, 32, 64)):
-        for j in range(3):
-            blocks.append(BareBlock(cin, width, 2 if i > 0 and j == 0 else 1))
-            cin = width
     model = nn.Sequential(
         nn.Conv2d(images.shape[1], 16, 3, 1, 1, bias=False),
         nn.BatchNorm2d(16),
         nn.ReLU(),
-        *blocks,
+        *blocks(binary=False),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.BatchNorm1d(64),

@@ -21,6 +21,19 @@ from onebit.train.trainer import evaluate
 RECU = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
 
 
+def _tiny(subset: int, eval_subset: int, epochs: int, *extra: str) -> list[str]:
+    """--set values for a short eager CPU run of the Fashion-MNIST ReCU recipe."""
+    return [
+        f"data.subset={subset}",
+        "data.batch_size=64",
+        f"data.eval_subset={eval_subset}",
+        f"schedule.epochs={epochs}",
+        "runtime.device=cpu",
+        "runtime.compile=false",
+        *extra,
+    ]
+
+
 def test_recalibration_is_the_average_of_the_batch_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.BatchNorm2d(3))
@@ -47,15 +60,7 @@ def test_recalibration_restores_stale_statistics(tmp_path, one_thread):
     (mean 0, var 1). With stale statistics evaluation falls below the train-mode (batch
     statistics) accuracy; recalibrated it is back at that level. Measured: stale 40.0%,
     never updated 10.4%, recalibrated 41.0%, batch statistics 41.4%."""
-    overrides = [
-        "data.subset=1536",
-        "data.batch_size=64",
-        "data.eval_subset=512",
-        "data.eval_batch_size=128",
-        "schedule.epochs=2",
-        "runtime.device=cpu",
-        "runtime.compile=false",
-    ]
+    overrides = _tiny(1536, 512, 2, "data.eval_batch_size=128")
     config = load_config(RECU, overrides)
     trainer = Trainer(config, RunDir(tmp_path / "run"))
     trainer.fit()
@@ -98,15 +103,7 @@ def _batch_statistics_top1(model: nn.Module, loader) -> float:
 
 
 def test_trainer_records_both_statistics_and_checkpoints_the_recalibrated(tmp_path, one_thread):
-    overrides = [
-        "data.subset=256",
-        "data.batch_size=64",
-        "data.eval_subset=128",
-        "schedule.epochs=1",
-        "runtime.device=cpu",
-        "runtime.compile=false",
-        "eval.bn_recalibrate=2",
-    ]
+    overrides = _tiny(256, 128, 1, "eval.bn_recalibrate=2")
     run = RunDir(tmp_path / "run")
     trainer = Trainer(load_config(RECU, overrides), run)
     trainer.fit()
@@ -127,14 +124,7 @@ def test_export_recalibrates_and_the_packed_engine_gives_that_accuracy(
     """A mid-training checkpoint whose stored statistics are stale (running statistics of
     another network): export re-estimates them, and the packed engine reproduces the
     recalibrated accuracy; --no-recalibrate keeps the stored ones."""
-    overrides = [
-        "data.subset=1536",
-        "data.batch_size=64",
-        "data.eval_subset=256",
-        "schedule.epochs=2",
-        "runtime.device=cpu",
-        "runtime.compile=false",
-    ]
+    overrides = _tiny(1536, 256, 2)
     run = RunDir(tmp_path / "run")
     trainer = Trainer(load_config(RECU, overrides), run)
     trainer.fit()

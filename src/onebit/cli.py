@@ -299,6 +299,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
+    )
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -309,13 +319,7 @@ def add_eval(sub) -> None:
         help="a run directory (its best.safetensors), a .safetensors checkpoint, or a .onebit "
         "file (run by the packed engine on the dataset its header names)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
-    )
+    _add_run_overrides(p)
     p.add_argument(
         "--bn-recalibrate",
         type=int,
@@ -447,13 +451,7 @@ def add_export(sub) -> None:
         help="training batches to re-estimate them from (default: the run's "
         "eval.bn_recalibrate, else 50)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the run's config, e.g. --set data.root=/data/cifar10",
-    )
+    _add_run_overrides(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_export)
 
