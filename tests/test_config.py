@@ -254,3 +254,10 @@ def test_bench_rejects_non_positive_numbers(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2 and "positive" in capsys.readouterr().err
+
+
+def test_messages_name_a_value_without_repeating_all_of_it(capsys):
+    huge = "[" + ",".join(["1"] * 50_000) + "]"
+    assert main(["train", str(FP), "--set", f"optim.lr={huge}"]) == 2
+    err = capsys.readouterr().err
+    assert "config key optim.lr: expected a number" in err and len(err) < 300, err[:400]

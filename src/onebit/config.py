@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -319,9 +320,17 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     elif hint is str:
         ok = isinstance(value, str)
     if not ok:
-        got = f"{value!r} ({type(value).__name__})"
+        got = f"{_short(value)} ({type(value).__name__})"
         raise ConfigError(f"config key {path}: expected {_type_name(hint)}, got {got}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message names a value, not all of it."""
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 3, 6, 6, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(value: Any, checks: dict[str, Any], path: str) -> None:
@@ -331,13 +340,17 @@ def _check(value: Any, checks: dict[str, Any], path: str) -> None:
         names = [str(c).lower() if isinstance(c, bool) else c for c in checks["choices"]]
         close = difflib.get_close_matches(str(value), [str(n) for n in names], n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"config key {path}: {value!r} is not one of {', '.join(names)}{hint}")
+        raise ConfigError(
+            f"config key {path}: {_short(value)} is not one of {', '.join(names)}{hint}"
+        )
     if "min" in checks and value < checks["min"]:
         raise ConfigError(f"config key {path}: {value!r} is below the minimum {checks['min']}")
     if "max" in checks and value > checks["max"]:
         raise ConfigError(f"config key {path}: {value!r} is above the maximum {checks['max']}")
     if "length" in checks and len(value) != checks["length"]:
-        raise ConfigError(f"config key {path}: expected {checks['length']} values, got {value!r}")
+        raise ConfigError(
+            f"config key {path}: expected {checks['length']} values, got {_short(value)}"
+        )
 
 
 def _build(cls: type, data: dict[str, Any], path: str) -> Any:
@@ -448,7 +461,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         key, sep, raw = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ConfigError(f"--set {text!r} is not KEY.PATH=VALUE, e.g. optim.lr=0.05")
+            raise ConfigError(f"--set {text[:80]!r} is not KEY.PATH=VALUE, e.g. optim.lr=0.05")
         value = parse_yaml(raw, f"--set {text[:80]!r}: the value")
         node: Any = data
         for i, part in enumerate(parts):
