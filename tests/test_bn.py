@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 from safetensors import safe_open
@@ -14,6 +15,7 @@ from onebit.cli import main
 from onebit.config import load_config
 from onebit.data import build_loaders
 from onebit.deploy import load
+from onebit.errors import CheckpointError
 from onebit.train import RunDir, Trainer, load_model
 from onebit.train.bn import batchnorms, recalibrate_bn
 from onebit.train.trainer import evaluate
@@ -145,3 +147,14 @@ def test_export_recalibrates_and_the_packed_engine_gives_that_accuracy(
     assert "re-estimated" not in capsys.readouterr().out
     loaders = build_loaders(trainer.config.data, torch.device("cpu"), train=False)
     assert round(evaluate(load(tmp_path / "s.onebit"), loaders.eval)["val_top1"], 2) == stored
+
+
+def test_a_run_may_resume_with_another_eval_setting(tmp_path, one_thread):
+    """eval.* changes how a run is evaluated, not what it trains: like runtime.*, it may
+    differ when the run is resumed."""
+    run = RunDir(tmp_path / "run")
+    Trainer(load_config(RECU, _tiny(128, 64, 1)), run).fit()
+    Trainer(load_config(RECU, _tiny(128, 64, 1, "eval.bn_recalibrate=1")), run).fit(resume=True)
+    changed = load_config(RECU, _tiny(128, 64, 1, "optim.lr=0.3"))
+    with pytest.raises(CheckpointError, match=r"config differs at optim\.lr"):
+        Trainer(changed, run).fit(resume=True)

@@ -548,8 +548,9 @@ class Trainer:
         except ConfigError as err:
             raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
         now = self.config.to_dict()
-        saved.pop("runtime", None)
-        now.pop("runtime")
+        for key in ("runtime", "eval"):  # how the run executes and evaluates, not what it trains
+            saved.pop(key, None)
+            now.pop(key)
         diff = _first_difference(saved, now)
         if diff:
             raise CheckpointError(
