@@ -256,7 +256,7 @@ def test_plot_without_matplotlib_says_how_to_install(tree, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["plot", str(tree), "-o", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'pip install "onebit[plot]"' in err
+    assert err.count("\n") == 1 and 'pip install -e ".[plot]"' in err
 
 
 def test_group_runs_keys_on_everything_but_runtime(tree):

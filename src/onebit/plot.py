@@ -26,6 +26,7 @@ SERIES = (
     ("val_loss", 0, "-"),
     ("train_top1", 1, "--"),
     ("val_top1", 1, "-"),
+    ("val_top1_stored", 1, ":"),  # runs with eval.bn_recalibrate: the stored statistics' figure
     ("lr", 2, "-"),
 )
 # Keys of a metrics record that are not a schedule value; every other number a record holds
@@ -36,8 +37,11 @@ NOT_SCHEDULE = {
     "epoch",
     "step",
     "val_top5",
+    "val_loss_stored",
+    "val_top5_stored",
     "seconds",
     "images_per_s",
+    "compile_seconds",
 }
 SCHEDULE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
@@ -161,7 +165,7 @@ def plot_runs(
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].set_title("loss (dashed: train, solid: test)")
-    axes[1].set_title("top-1 (dashed: train, solid: test)")
+    axes[1].set_title("top-1 (dashed: train, solid: test, dotted: test, stored BN statistics)")
     if keys:
         values = [v for c in drawn for k in keys for v in c.series(k)[1]]
         if min(values) > 0 and max(values) / min(values) > 100:  # e.g. EDE t: 1e-3 .. 10
