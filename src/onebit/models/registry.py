@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from onebit.data import InputSpec
 
 from onebit.errors import ConfigError, UnknownNameError
+from onebit.models.init import apply_init, check_init
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,18 @@ _MODELS: dict[str, ModelEntry] = {}
 def register_model(
     input_size: tuple[int, int, int] = (3, 224, 224),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder under its function name; ``input_size`` is its default (C, H, W)."""
+    """Register a builder under its function name; ``input_size`` is its default (C, H, W).
+
+    Every model also takes ``init`` (default None), which :func:`create_model` handles, not
+    the builder: see :mod:`onebit.models.init`.
+    """
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         params = inspect.signature(builder).parameters.values()
         defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        if "init" in defaults:
+            raise TypeError(f"{builder.__name__}: 'init' is create_model's option, not a builder's")
+        defaults["init"] = None
         _MODELS[builder.__name__] = ModelEntry(builder.__name__, builder, input_size, defaults)
         return builder
 
@@ -65,6 +73,10 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, **options: object) -> nn.Module:
     """Build the registered model ``name`` with keyword ``options`` (method, bits, ...).
 
+    ``init`` (None: the builder's, i.e. the paper's, initialisation) re-initialises the built
+    model as :func:`onebit.models.init.apply_init` says, e.g. ``init="torch"`` or
+    ``init={"conv": "kaiming_fan_in", "bn_weight": 1e-8}``.
+
     The model remembers how it was built in ``model.onebit_spec`` (name and every option,
     defaults included), which checkpoints and exported files store to rebuild it.
     """
@@ -75,6 +87,8 @@ def create_model(name: str, **options: object) -> nn.Module:
             f"model {name!r} has no option {unknown[0]!r}; "
             f"its options are: {', '.join(sorted(entry.defaults))}"
         )
+    init = options.pop("init", None)
+    check_init(init)
     try:
         model = entry.builder(**options)
     except (TypeError, ValueError, RuntimeError) as err:  # an option of the wrong type / range
@@ -82,7 +96,8 @@ def create_model(name: str, **options: object) -> nn.Module:
         raise ConfigError(
             f"model {name!r} cannot be built with the options {options} ({detail})"
         ) from None
-    model.onebit_spec = {"name": name, "options": {**entry.defaults, **options}}
+    apply_init(model, init)
+    model.onebit_spec = {"name": name, "options": {**entry.defaults, **options, "init": init}}
     return model
 
 
