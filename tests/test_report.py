@@ -120,9 +120,10 @@ def test_report_rows_numbers(tree):
     assert recu.cells["final top-1 (%)"] == (
         f"{statistics.mean(final):.2f} ± {statistics.stdev(final):.2f}"
     )
-    assert recu.cells["best epoch top-1 (%, picked on test)"] == (
+    assert recu.cells["best epoch top-1 (%)"] == (
         f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}"
     )
+    assert recu.cells["picked on (held-out top-1 %)"] == "test"
     assert (
         irnet.cells["final top-1 (%)"]
         == f"{_records(tree / 'resnet20_irnet/seed0')[-1]['val_top1']:.2f}"

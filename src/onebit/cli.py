@@ -158,8 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if "val_top1" in result:
         print(
-            f"test top-1 {result['val_top1']:.2f}% (best {result['best_top1']:.2f}% at epoch "
-            f"{result['best_epoch']}); run directory: {run.path}"
+            f"test top-1 {result['val_top1']:.2f}% (best {result['best_split']} top-1 "
+            f"{result['best_top1']:.2f}% at epoch {result['best_epoch']}); run directory: "
+            f"{run.path}"
         )
     else:
         print(f"{run.path} had already finished; `onebit eval {run.path}` evaluates it")

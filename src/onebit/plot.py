@@ -39,6 +39,9 @@ NOT_SCHEDULE = {
     "val_top5",
     "val_loss_stored",
     "val_top5_stored",
+    "heldout_loss",  # the validation split held out of the training images (data.val_split)
+    "heldout_top1",
+    "heldout_top5",
     "seconds",
     "images_per_s",
     "compile_seconds",

@@ -70,14 +70,31 @@ class Run:
         top1 = self.values("val_top1")
         return top1[-1] if top1 else None
 
+    def _latest_phase(self) -> list[dict[str, Any]]:
+        """The records of the latest phase (an earlier phase's model is not the recipe's
+        result)."""
+        phase = self.records[-1].get("phase", 0) if self.records else 0
+        return [r for r in self.records if r.get("phase", 0) == phase]
+
+    @property
+    def picked_on(self) -> str:
+        """Where the best epoch is picked: "val", the split held out of the training images
+        (``data.val_split``), where the records have ``heldout_top1``; else "test"."""
+        records = self._latest_phase()
+        return "val" if records and all("heldout_top1" in r for r in records) else "test"
+
+    @property
+    def best_record(self) -> dict[str, Any] | None:
+        """The latest phase's epoch with the highest top-1 on :attr:`picked_on`'s split."""
+        records = self._latest_phase()
+        key = "heldout_top1" if self.picked_on == "val" else "val_top1"
+        return max(records, key=lambda r: r[key]) if records else None
+
     @property
     def best_top1(self) -> float | None:
-        """The best test top-1 of the latest phase's epochs (the weights best.safetensors
-        holds: an earlier phase's model is not the recipe's result)."""
-        if not self.records:
-            return None
-        phase = self.records[-1].get("phase", 0)
-        return max(r["val_top1"] for r in self.records if r.get("phase", 0) == phase)
+        """The test top-1 of :attr:`best_record`."""
+        best = self.best_record
+        return None if best is None else best["val_top1"]
 
     @property
     def train_seconds(self) -> float:
@@ -271,7 +288,8 @@ COLUMNS = (
     "train images",
     "BN stats",
     "final top-1 (%)",
-    "best epoch top-1 (%, picked on test)",
+    "best epoch top-1 (%)",
+    "picked on (held-out top-1 %)",
     "train time",
     "img/s",
 )
@@ -281,6 +299,12 @@ def _bn_stats(config: Config) -> str:
     """How the row's BatchNorm statistics were evaluated: the stored EMA, or re-estimated."""
     batches = config.eval.bn_recalibrate
     return f"recalibrated ({batches} batches)" if batches else "stored"
+
+
+def _picked_on(group: Sequence[Run]) -> str:
+    """``test``, or ``val (m ± s)``: the held-out top-1 of the runs' best epochs."""
+    heldout = [r.best_record["heldout_top1"] for r in group if r.picked_on == "val"]
+    return f"val ({mean_std(heldout)})" if heldout else "test"
 
 
 def report_rows(runs: Sequence[Run]) -> list[Row]:
@@ -304,9 +328,10 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "train images": "all" if config.data.subset is None else f"{config.data.subset:,}",
             "BN stats": _bn_stats(config),
             "final top-1 (%)": mean_std([r.final_top1 for r in group if r.final_top1 is not None]),
-            "best epoch top-1 (%, picked on test)": mean_std(
+            "best epoch top-1 (%)": mean_std(
                 [r.best_top1 for r in group if r.best_top1 is not None]
             ),
+            "picked on (held-out top-1 %)": _picked_on(group),
             "train time": _duration(statistics.mean(r.train_seconds for r in group)),
             "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
         }
@@ -317,10 +342,12 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
 NOTES = """\
 top-1: test accuracy (`val_top1`), mean ± sample standard deviation over the row's runs (runs
 whose configs differ only in `runtime`: seed, device, ...). final = the last epoch: the figure
-to quote. best epoch = the epoch with the highest test top-1, i.e. selected on the test set
-(optimistic; shown for comparison with papers that report it). BN stats: evaluated with the
-stored BatchNorm running statistics, or with statistics re-estimated from N training batches
-before each evaluation (`eval.bn_recalibrate`). train images: `data.subset`, or all.
+to quote. best epoch = the test top-1 of the epoch picked on: `val`, the highest top-1 on the
+split held out of the training images (`data.val_split`; its figure in brackets), where the
+runs have one; else `test`, the highest test top-1 (optimistic; shown for comparison with
+papers that report it). BN stats: evaluated with the stored BatchNorm running statistics, or
+with statistics re-estimated from N training batches before each evaluation
+(`eval.bn_recalibrate`). train images: `data.subset`, or all.
 epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
 + FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the

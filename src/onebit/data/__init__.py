@@ -6,12 +6,15 @@ uint8 and augmented there (:mod:`onebit.data.gpu_loader`); image folders go thro
 DataLoader workers (:mod:`onebit.data.imagefolder`). Every loader has ``len()`` (batches per
 epoch), ``num_samples`` and ``batches(epoch)`` yielding (normalised images, labels) on the device.
 The evaluation split is the test set (Fashion-MNIST, CIFAR) or ``val/`` (image folders).
+``data.val_split`` holds a validation split out of the training images (Fashion-MNIST, CIFAR):
+``Loaders.val``, the same images for every seed (:func:`split_indices`).
 ``data.batch_size`` is the batch of all processes together: in a multi-process run
 (``shard=(rank, world)``) each process yields its ``batch_size / world`` part of every batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,7 @@ class Loaders:
     num_classes: int
     input_size: tuple[int, int, int]
     class_names: list[str] | None = None  # an image folder's (its sub-folder names)
+    val: Loader | None = None  # the split held out of the training images (data.val_split)
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,63 @@ def check_dataset_name(name: str) -> None:
         raise ConfigError(f"config key data.dataset: {UnknownNameError('dataset', name, DATASETS)}")
 
 
+def check_data_config(cfg: DataConfig) -> None:
+    """ConfigError naming the key unless the dataset is known and ``val_split``, ``mean`` and
+    ``std`` fit it (what can be checked without reading the files)."""
+    check_dataset_name(cfg.dataset)
+    split = cfg.val_split
+    if split is not None and cfg.dataset == "imagefolder":
+        raise ConfigError(
+            "config key data.val_split: not available for imagefolder (an image folder's "
+            "val/ is its own held-out split); remove it"
+        )
+    if split is not None and not (split >= 1 if isinstance(split, int) else 0 < split < 1):
+        raise ConfigError(
+            f"config key data.val_split: {split!r} is neither a number of images (an integer "
+            ">= 1) nor a fraction of them (0 < f < 1)"
+        )
+    channels = dataset_input_size(cfg)[0]
+    for key, values in (("mean", cfg.mean), ("std", cfg.std)):
+        if values is not None and len(values) != channels:
+            raise ConfigError(
+                f"config key data.{key}: {len(values)} values, but {cfg.dataset} has "
+                f"{channels} channel(s); give one per channel"
+            )
+        if values is not None and not all(
+            math.isfinite(v) and (key == "mean" or v > 0) for v in values
+        ):
+            what = "positive numbers" if key == "std" else "finite numbers"
+            raise ConfigError(f"config key data.{key}: {values} must be {what}")
+
+
+def _normalisation(
+    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std): ``data.mean`` / ``data.std`` where given, else the dataset's ``mean`` /
+    ``std``."""
+    return tuple(cfg.mean or mean), tuple(cfg.std or std)
+
+
+def split_indices(n: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out): indices of ``n`` training images, both in file order, holding out
+    ``data.val_split`` images (a count, or round(f n), at least 1, for a fraction f).
+
+    The held-out ones are the first of a permutation drawn from a generator seeded with
+    ``data.val_split_seed`` alone: every ``runtime.seed`` trains on the same images.
+    """
+    split = cfg.val_split
+    count = split if isinstance(split, int) else max(1, round(split * n))
+    if count >= n:
+        raise ConfigError(
+            f"config key data.val_split: {split!r} holds out {count} of the {n} training "
+            "images, leaving none to train on; lower it"
+        )
+    held = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.val_split_seed))
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[held[:count]] = False
+    return kept.nonzero().squeeze(1), held[:count].sort().values
+
+
 def dataset_input_size(cfg: DataConfig) -> tuple[int, int, int]:
     """(C, H, W) of the images ``cfg``'s dataset feeds the model, without reading it."""
     check_dataset_name(cfg.dataset)
@@ -150,19 +211,16 @@ def dataset_input_size(cfg: DataConfig) -> tuple[int, int, int]:
 def dataset_input_spec(cfg: DataConfig, class_names: list[str] | None = None) -> InputSpec:
     """The :class:`InputSpec` of models trained on ``cfg``'s dataset (``class_names``: an
     image folder's, which only its files know)."""
-    check_dataset_name(cfg.dataset)
+    check_data_config(cfg)
     if cfg.dataset == "imagefolder":
         names = tuple(class_names) if class_names else None
-        size = cfg.image_size
-        return InputSpec(
-            3, size, IMAGENET_MEAN, IMAGENET_STD, "resize_crop", None, cfg.dataset, names
-        )
+        mean, std = _normalisation(cfg, IMAGENET_MEAN, IMAGENET_STD)
+        return InputSpec(3, cfg.image_size, mean, std, "resize_crop", None, cfg.dataset, names)
     spec = TENSOR_DATASETS[cfg.dataset]
     channels, side, _ = spec.input_size
     transform = "pad" if spec.pad_to else "none"
-    return InputSpec(
-        channels, side, spec.mean, spec.std, transform, spec.size, cfg.dataset, spec.class_names
-    )
+    mean, std = _normalisation(cfg, spec.mean, spec.std)
+    return InputSpec(channels, side, mean, std, transform, spec.size, cfg.dataset, spec.class_names)
 
 
 def _head(x: torch.Tensor, n: int | None) -> torch.Tensor:
@@ -180,31 +238,37 @@ def _tensor_loaders(
     with_train: bool,
     shard: Shard,
 ) -> Loaders:
-    normalize = Normalize(spec.mean, spec.std, device)
-    loaders = [None] if not with_train else []
-    splits = (("train", cfg.subset, True), ("test", cfg.eval_subset, False))
-    for split, limit, train in splits[0 if with_train else 1 :]:
-        images, labels = spec.read(cfg, split)
-        images, labels = _head(images, limit), _head(labels, limit)
+    normalize = Normalize(*_normalisation(cfg, spec.mean, spec.std), device)
+
+    def loader(images: torch.Tensor, labels: torch.Tensor, train: bool) -> DeviceLoader:
         if spec.pad_to:
             h, w = images.shape[-2:]
             top, left = (spec.pad_to - h) // 2, (spec.pad_to - w) // 2
             images = F.pad(images, (left, spec.pad_to - w - left, top, spec.pad_to - h - top))
-        loaders.append(
-            DeviceLoader(
-                images.to(device),
-                labels.to(device),
-                cfg.batch_size if train else cfg.eval_batch_size,
-                normalize,
-                train=train,
-                augment=cfg.augment,
-                pad=spec.crop_pad,
-                seed=seed,
-                rank=shard[0],
-                world=shard[1],
-            )
+        return DeviceLoader(
+            images.to(device),
+            labels.to(device),
+            cfg.batch_size if train else cfg.eval_batch_size,
+            normalize,
+            train=train,
+            augment=cfg.augment,
+            pad=spec.crop_pad,
+            seed=seed,
+            rank=shard[0],
+            world=shard[1],
         )
-    return Loaders(loaders[0], loaders[1], spec.num_classes, tuple(images.shape[1:]))
+
+    train = val = None
+    if with_train:
+        images, labels = spec.read(cfg, "train")
+        if cfg.val_split is not None:  # held out first: data.subset limits what is left
+            kept, held = split_indices(len(labels), cfg)
+            val = loader(images[held], labels[held], train=False)
+            images, labels = images[kept], labels[kept]
+        train = loader(_head(images, cfg.subset), _head(labels, cfg.subset), train=True)
+    images, labels = spec.read(cfg, "test")
+    test = loader(_head(images, cfg.eval_subset), _head(labels, cfg.eval_subset), train=False)
+    return Loaders(train, test, spec.num_classes, tuple(test.images.shape[1:]), val=val)
 
 
 def _folder_loaders(
@@ -225,7 +289,7 @@ def _folder_loaders(
             f"config key data.color_jitter: {jitter} must be [brightness, contrast, saturation, "
             "hue], each >= 0 and hue <= 0.5"
         )
-    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
+    normalize = Normalize(*_normalisation(cfg, IMAGENET_MEAN, IMAGENET_STD), device)
     root = Path(cfg.root)
     train = ImageFolder(
         root, "train", cfg.image_size, True, seed, crop_scale=(low, high), jitter=jitter
@@ -256,7 +320,7 @@ def build_loaders(
     """Training and evaluation loaders of ``cfg.dataset`` on ``device`` (see module doc);
     ``train=False`` reads the evaluation split only; ``shard=(rank, world)``: this process's
     part of every batch in a run of ``world`` processes."""
-    check_dataset_name(cfg.dataset)
+    check_data_config(cfg)
     world = shard[1]
     if train and cfg.batch_size % world:
         raise ConfigError(
@@ -284,10 +348,12 @@ __all__ = [
     "Normalize",
     "TensorDataset",
     "build_loaders",
+    "check_data_config",
     "check_dataset_name",
     "dataset_input_size",
     "dataset_input_spec",
     "epoch_generator",
     "load_cifar",
     "load_fashion_mnist",
+    "split_indices",
 ]

@@ -48,16 +48,26 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def summarize(out: str | Path, seeds: list[int]) -> dict[str, Any]:
-    """Final top-1 (the last epoch's ``val_top1``) and best top-1 (``best.safetensors``'s, of
-    the last phase) of each finished run ``out/seed<k>``, with mean and std over the runs."""
+    """Final top-1 (the last epoch's ``val_top1``) and best top-1 (the test top-1 of the epoch
+    ``best.safetensors`` holds, of the last phase, picked on ``best_split``: ``eval.select_on``)
+    of each finished run ``out/seed<k>``, with mean and std over the runs."""
     final, best = [], []
     for seed in seeds:
         run = RunDir(seed_dir(out, seed))
         if not run.metrics.exists() or not run.last_json.exists():
             raise ConfigError(f"{run.path} holds no finished run to summarize")
-        final.append(json.loads(run.metrics.read_text().splitlines()[-1])["val_top1"])
-        best.append(json.loads(run.last_json.read_text())["progress"]["best_top1"])
-    return {"seeds": seeds, "final_top1": _stats(final), "best_top1": _stats(best)}
+        records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+        state = json.loads(run.last_json.read_text())
+        progress, split = state["progress"], state.get("best_split", "test")
+        test_top1 = {(r.get("phase", 0), r["epoch"]): r["val_top1"] for r in records}
+        final.append(records[-1]["val_top1"])
+        best.append(test_top1[progress["phase"], progress["best_epoch"]])
+    return {
+        "seeds": seeds,
+        "final_top1": _stats(final),
+        "best_top1": _stats(best),
+        "best_split": split,
+    }
 
 
 def summary_line(summary: dict[str, Any], path: Path) -> str:
@@ -65,7 +75,8 @@ def summary_line(summary: dict[str, Any], path: Path) -> str:
     seeds = ", ".join(str(s) for s in summary["seeds"])
     return (
         f"{len(summary['seeds'])} runs (seeds {seeds}): final top-1 {f['mean']:.2f} ± "
-        f"{f['std']:.2f}%, best {b['mean']:.2f} ± {b['std']:.2f}%; {path}"
+        f"{f['std']:.2f}%, best epoch (picked on {summary['best_split']}) {b['mean']:.2f} ± "
+        f"{b['std']:.2f}%; {path}"
     )
 
 
