@@ -16,6 +16,8 @@ import torch.nn.functional as F
 import onebit
 from onebit import quant
 from onebit.errors import UnknownNameError
+from onebit.nn import BinaryConv2d
+from onebit.quant import set_schedule_state
 
 POINTS = torch.tensor(
     [-2.0, -1.0, -0.75, -0.5, -0.1, 0.0, 0.1, 0.5, 0.75, 1.0, 1.5], dtype=torch.float64
@@ -120,6 +122,30 @@ def test_xnor_scale_is_mean_abs_per_filter_and_grad_is_unscaled_clip():
     assert torch.equal(grad_of(quant.weight("xnor"), w), (w.abs() <= 1).double())
 
 
+@pytest.mark.parametrize("kind, name", [("act", "ste"), ("weight", "sign"), ("weight", "xnor")])
+def test_clipped_ste_range_is_quant_ste_clip(kind, name):
+    # mmcls' STE clips the gradient at 1.25 (binary_functions.py); onebit's default is 1
+    fn = getattr(quant, kind)(name)
+    x = torch.linspace(-2, 2, 81).reshape(1, 81) * torch.ones(3, 1)
+    assert torch.equal(grad_of(fn, x, clip=1.25), (x.abs() <= 1.25).double())
+    assert torch.equal(grad_of(fn, x), (x.abs() <= 1).double())
+    assert torch.equal(fn(x, clip=1.25), fn(x))
+    # set on every layer by the schedule from quant.ste_clip, read without a buffer
+    layer = BinaryConv2d(3, 4, 3, act="ste", weight="sign")
+    set_schedule_state(layer, 0, 1, clip=1.25)
+    assert layer.quant_constants == {"clip": 1.25}
+    assert "clip" not in dict(layer.named_buffers())
+
+
+def test_magnitude_aware_grad_is_the_clip_scaled_by_the_filter_magnitude():
+    # Bi-Real Eq. 7 / larq MagnitudeAwareSign: forward as xnor, backward g * alpha_c * 1{|W|<=1}
+    w = torch.randn(4, 3, 3, 3) * 1.3
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(quant.weight("magnitude_aware")(w), alpha * quant.sign(w))
+    expected = (w.abs() <= 1).double() * alpha.double()
+    assert torch.allclose(grad_of(quant.weight("magnitude_aware"), w), expected)
+
+
 def test_irnet_libra_pb_forward_and_backward():
     w = torch.randn(5, 2, 3, 3) * 0.2 + 0.05
     t, k = 0.3, 1 / 0.3
@@ -215,7 +241,9 @@ def test_tau_schedule_official_values(epoch, tau):
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(UnknownNameError, match="approx_sign"):
         quant.act("aprox_sign")
-    with pytest.raises(UnknownNameError, match="Valid weight binarizers: irnet, recu, sign, xnor"):
+    with pytest.raises(
+        UnknownNameError, match="weight binarizers: irnet, magnitude_aware, recu, sign, xnor"
+    ):
         quant.weight("nope")
     with pytest.raises(UnknownNameError, match="bireal"):
         quant.get_method("birael")

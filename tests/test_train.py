@@ -110,6 +110,8 @@ def tiny_overrides(path: Path, cifar_roots, imagenet_root, teacher_file) -> list
     if dataset in cifar_roots:
         overrides += [f"data.root={cifar_roots[dataset]}", "data.checksum=false"]
     raw = read_yaml(path)
+    if (raw.get("data") or {}).get("val_split"):
+        overrides.append("data.val_split=2")  # of the few training images the tests write
     if raw.get("init"):
         overrides.append("init=null")
     if raw.get("distill"):

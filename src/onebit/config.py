@@ -35,7 +35,8 @@ def _spec(default: Any, **checks: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    """Which dataset, where it is, batch sizes and training augmentation."""
+    """Which dataset, where it is, batch sizes, training augmentation, the validation split
+    held out of the training images and the normalisation."""
 
     dataset: str = "cifar10"
     root: str | None = None
@@ -49,6 +50,13 @@ class DataConfig:
     workers: int = _spec(8, min=0)
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata={"length": 2})
     color_jitter: list[float] | None = field(default=None, metadata={"length": 4})
+    # Held out of the training images as the validation split: a count, or a fraction of them;
+    # which ones depends on val_split_seed alone (the split is part of the recipe, not the seed).
+    val_split: int | float | None = None
+    val_split_seed: int = _spec(0, min=0)
+    # Normalisation per channel; null: the dataset's own statistics.
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -76,6 +84,8 @@ class OptimConfig:
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
     decay: str = _spec("all", choices=("all", "conv", "no_norm"))  # which get weight decay
+    # or: shell patterns over parameter names; only the matching ones get weight decay
+    decay_filter: list[str] | None = None
     train: str = _spec("all", choices=("all", "batchnorm"))  # which parameters train
     binary: BinaryOptimConfig | None = None
 
@@ -116,6 +126,8 @@ class QuantConfig:
 
     tau: list[float] = field(default_factory=lambda: [0.85, 0.99], metadata={"length": 2})
     ede: EdeConfig = field(default_factory=EdeConfig)
+    # the clipped straight-through estimators' range: g * 1{|x| <= ste_clip} (mmcls: 1.25)
+    ste_clip: float = _spec(1.0, min=0.0)
 
 
 @dataclass
@@ -133,6 +145,8 @@ class EvalConfig:
 
     bn_recalibrate: int = _spec(0, min=0)
     bn_augment: bool = False
+    # best.safetensors: the epoch with the best test top-1, or held-out top-1 (data.val_split)
+    select_on: str = _spec("test", choices=("test", "val"))
 
 
 @dataclass
@@ -150,14 +164,21 @@ class LatentConfig:
     clamp: bool = False  # clamp to [-1, 1] after every step
     bnew: BnewConfig | None = None  # the BNEW proximal step after every step
     freeze: bool = False  # at the phase start: replace by the binarized weights, stop training
+    # clamp / prox after the optimizer step, or between the backward pass and the step
+    # (BNEW's CIFAR binary_main.py / dist_main.py; its ImageNet code steps first)
+    order: str = _spec("after_step", choices=("after_step", "before_step"))
 
 
 @dataclass
 class TeacherConfig:
-    """The frozen teacher: a registry model (name + options) and its trained weights."""
+    """The frozen teacher: a registry model (name + options) and its trained weights.
+    ``bn_mode``: ``eval`` normalises with the teacher's stored BatchNorm statistics; ``train``
+    with each batch's own (what BNEW's ``dist_main.py`` and the mmcls distiller do: they
+    never call ``.eval()`` on the teacher). Its weights and statistics never change."""
 
     model: dict[str, Any]
     checkpoint: str | None = None
+    bn_mode: str = _spec("eval", choices=("eval", "train"))
 
 
 @dataclass
@@ -403,10 +424,23 @@ def _check_model(model: dict[str, Any], path: str = "model") -> None:
                 check(model[key])
             except (OneBitError, TypeError, AttributeError) as err:
                 raise ConfigError(f"config key {path}.{key}: {err}") from None
+    if "init" in model:
+        from onebit.models.init import check_init
+
+        try:
+            check_init(model["init"], f"{path}.init")
+        except ConfigError as err:
+            raise ConfigError(f"config key {err}") from None
 
 
 def _check_sections(config: Config) -> None:
-    """Checks that span keys: the teacher, the attention layers, the phases."""
+    """Checks that span keys: the teacher, the attention layers, the validation split, the
+    phases."""
+    if config.optim.decay_filter is not None and config.optim.decay != "all":
+        raise ConfigError(
+            f"config keys optim.decay ({config.optim.decay}) and optim.decay_filter both say "
+            "which parameters get weight decay; keep one"
+        )
     if config.distill is not None:
         _check_model(config.distill.teacher.model, "distill.teacher.model")
         if not config.distill.teacher.checkpoint:
@@ -420,6 +454,11 @@ def _check_sections(config: Config) -> None:
                 "config key distill.attention.layers is empty: name the student modules "
                 "whose outputs are compared (shell patterns, e.g. layer*.*)"
             )
+    if config.eval.select_on == "val" and config.data.val_split is None:
+        raise ConfigError(
+            "config key eval.select_on: val picks the best epoch on a validation split held "
+            "out of the training images; set data.val_split (e.g. 5000) or select_on: test"
+        )
     for i, phase in enumerate(config.phases or ()):
         for key in ("phases", "runtime"):
             if key in phase.overrides:
@@ -436,9 +475,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     config = _build(Config, data, "")
     _check_model(config.model)
     _check_sections(config)
-    from onebit.data import check_dataset_name
+    from onebit.data import check_data_config
 
-    check_dataset_name(config.data.dataset)
+    check_data_config(config.data)
     return config
 
 
@@ -447,9 +486,9 @@ def data_config(values: dict[str, Any]) -> DataConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"config key data: expected a mapping, got {type(values).__name__}")
     data = _build(DataConfig, values, "data")
-    from onebit.data import check_dataset_name
+    from onebit.data import check_data_config
 
-    check_dataset_name(data.dataset)
+    check_data_config(data)
     return data
 
 

@@ -52,15 +52,18 @@ def make_stages(
 
 
 class BNHead(nn.Module):
-    """Global average pool, BatchNorm1d, full-precision Linear (IR-Net / ReCU CIFAR head)."""
+    """Global average pool, BatchNorm1d, optionally an activation (``act``: IR-Net's 1w32a
+    ReLU), full-precision Linear (IR-Net / ReCU CIFAR head)."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, act: nn.Module | None = None):
         super().__init__()
         self.bn = nn.BatchNorm1d(channels)
+        self.act = act if act is not None else nn.Identity()
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.bn(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+        x = self.bn(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc(self.act(x))
 
 
 def kaiming_init_convs(model: nn.Module) -> None:

@@ -13,7 +13,7 @@ import torch.nn as nn
 from onebit.models._common import make_shortcut
 from onebit.models.registry import register_model
 from onebit.models.resnet import ResNet
-from onebit.nn import BinaryLayers, LeakyClip
+from onebit.nn import BinaryLayers, LeakyClip, make_activation
 
 
 def bireal_init(conv: nn.Conv2d) -> nn.Conv2d:
@@ -40,8 +40,12 @@ class BiRealBlock(nn.Module):
         stride: int,
         downsample: str,
         uniform_init: bool = True,
+        input_act: str | None = None,
     ):
         super().__init__()
+        # the real-valued pre-training of Bi-Real's Caffe recipe puts its nonlinearity (ReLU,
+        # leaky-clip, clip) where the binary network has its sign: on the conv input only
+        self.input_act = make_activation(input_act or "identity", cin)
         self.conv = layers.conv3x3(cin, cout, stride)
         if uniform_init:
             bireal_init(self.conv)
@@ -51,7 +55,7 @@ class BiRealBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act(self.bn(self.conv(x)) + shortcut)
+        return self.act(self.bn(self.conv(self.input_act(x))) + shortcut)
 
 
 class BiRealBottleneck(nn.Module):
@@ -124,11 +128,15 @@ def birealnet(
     block_act: str | None,
     stem_act: str | None,
     downsample: str,
+    input_act: str | None = None,
 ) -> ResNet:
-    """A Bi-Real-structured ResNet (``depths`` one-conv blocks per stage); also ReActNet-18/34."""
+    """A Bi-Real-structured ResNet (``depths`` one-conv blocks per stage); also ReActNet-18/34.
+    ``input_act``: an activation on every binary conv's input (see :class:`BiRealBlock`)."""
     layers = BinaryLayers.of(method, bits, block_act)
     return ResNet(
-        lambda cin, cout, stride: BiRealBlock(layers, cin, cout, stride, downsample),
+        lambda cin, cout, stride: BiRealBlock(
+            layers, cin, cout, stride, downsample, input_act=input_act
+        ),
         depths,
         (64, 128, 256, 512),
         num_classes=num_classes,
@@ -148,10 +156,13 @@ def birealnet18(
     block_act: str | None = None,
     stem_act: str | None = "none",
     downsample: str = "avgpool_conv",
+    input_act: str | None = None,
 ) -> nn.Module:
     """Bi-Real Net-18: 16 binary 3x3 convs, each with its own shortcut; 7x7 stem + BN, no act.
 
     ``downsample``: "avgpool_conv" (the paper's AvgPool2d + FP 1x1 conv + BN) or "conv".
+    ``input_act``: an activation on every binary conv's input, for the real-valued
+    pre-training of the Caffe recipe (relu, leakyclip, hardtanh; ``bits: 32w32a``).
     """
     return birealnet(
         (4, 4, 4, 4),
@@ -162,6 +173,7 @@ def birealnet18(
         block_act=block_act,
         stem_act=stem_act,
         downsample=downsample,
+        input_act=input_act,
     )
 
 
@@ -175,6 +187,7 @@ def birealnet34(
     block_act: str | None = None,
     stem_act: str | None = "none",
     downsample: str = "avgpool_conv",
+    input_act: str | None = None,
 ) -> nn.Module:
     """Bi-Real Net-34: 32 binary 3x3 convs (stages 6, 8, 12, 6), each with its own shortcut."""
     return birealnet(
@@ -186,6 +199,7 @@ def birealnet34(
         block_act=block_act,
         stem_act=stem_act,
         downsample=downsample,
+        input_act=input_act,
     )
 
 

@@ -36,6 +36,7 @@ class HalfBlock(nn.Module):
         stride: int,
         out_hw: int,
         gate: bool,
+        downsample: str = "avgpool_conv",
     ):
         super().__init__()
         self.bn = nn.BatchNorm2d(cin)
@@ -43,7 +44,7 @@ class HalfBlock(nn.Module):
         self.gate = ChannelGate(cin, cout) if gate else None
         self.rescale = None if gate else LearnedRescale(cout, out_hw, out_hw)
         self.act = layers.act(cout)
-        self.downsample = make_shortcut(cin, cout, stride, "avgpool_conv")
+        self.downsample = make_shortcut(cin, cout, stride, downsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         real = self.bn(x)
@@ -57,11 +58,18 @@ class Real2BinaryBlock(nn.Sequential):
     """Two half blocks (the block whose output attention transfer matches to the teacher's)."""
 
     def __init__(
-        self, layers: BinaryLayers, cin: int, cout: int, stride: int, out_hw: int, gate: bool
+        self,
+        layers: BinaryLayers,
+        cin: int,
+        cout: int,
+        stride: int,
+        out_hw: int,
+        gate: bool,
+        downsample: str = "avgpool_conv",
     ):
         super().__init__(
-            HalfBlock(layers, cin, cout, stride, out_hw, gate),
-            HalfBlock(layers, cout, cout, 1, out_hw, gate),
+            HalfBlock(layers, cin, cout, stride, out_hw, gate, downsample),
+            HalfBlock(layers, cout, cout, 1, out_hw, gate, downsample),
         )
 
 
@@ -87,18 +95,23 @@ def real2binary18(
     stem_act: str | None = "prelu",
     gate: bool = False,
     input_hw: int = 224,
+    downsample: str = "avgpool_conv",
 ) -> nn.Module:
     """Real-to-Binary ResNet-18: the strong baseline; ``gate=True`` for the full Real-to-Binary.
 
     8 blocks of two half blocks (BN -> binary 3x3 -> scale -> PReLU, + shortcut), widths
     64-128-256-512; 7x7 stem + BN + PReLU + max-pool. ``input_hw`` is the input side length
     the learned rescale is sized for. With ``gate=True`` there are 11,995,624 values
-    (BN running statistics included), as larq/zoo's ``RealToBinaryNet``.
+    (BN running statistics included), as larq/zoo's ``RealToBinaryNet``. ``downsample``:
+    "avgpool_conv" (larq/zoo: AvgPool2d + 1x1 conv + BN) or "conv" (the mmcls zoo: a stride-2
+    1x1 conv + BN).
     """
     layers = BinaryLayers.of(method, bits, block_act)
     sizes = _stage_hw(input_hw)
     model = ResNet(
-        lambda cin, cout, stride: Real2BinaryBlock(layers, cin, cout, stride, sizes[cout], gate),
+        lambda cin, cout, stride: Real2BinaryBlock(
+            layers, cin, cout, stride, sizes[cout], gate, downsample
+        ),
         (2, 2, 2, 2),
         (64, 128, 256, 512),
         num_classes=num_classes,

@@ -11,6 +11,8 @@ from onebit.quant.binarizers import Binarizer, act_spec, weight_spec
 # Initial values of the schedule buffers, before ``set_schedule_state`` is first called:
 # t = k = 1 is the plain tanh surrogate; tau = 1 gives Q = inf (no clamp), as in ReCU's code.
 _STATE_INIT = {"t": 1.0, "k": 1.0, "tau": 1.0}
+# State kept as Python numbers (no buffer, no host sync to read): the clipped STE's range.
+_CONSTANT_INIT = {"clip": 1.0}
 
 
 class _BinaryMixin:
@@ -23,8 +25,10 @@ class _BinaryMixin:
         self.act_spec = act_spec(act) if act else None
         self.weight_spec = weight_spec(weight) if weight else None
         specs = [s for s in (self.act_spec, self.weight_spec) if s is not None]
-        for name in sorted({n for s in specs for n in s.state} & set(_STATE_INIT)):
+        names = {n for s in specs for n in s.state}
+        for name in sorted(names & set(_STATE_INIT)):
             self.register_buffer(name, torch.tensor(_STATE_INIT[name]), persistent=False)
+        self.quant_constants = {n: _CONSTANT_INIT[n] for n in sorted(names & set(_CONSTANT_INIT))}
         groups = getattr(self, "groups", 1)  # nn.Linear has no groups
         in_features, out_features = self.weight.shape[1] * groups, self.weight.shape[0]
         if self.act_spec is not None and "bias" in self.act_spec.state:
@@ -59,18 +63,23 @@ class _BinaryMixin:
                 values[name] = self.training
             elif name == "bias":
                 values[name] = self.act_bias
+            elif name in self.quant_constants:
+                values[name] = self.quant_constants[name]
             else:
                 values[name] = getattr(self, name)
         return values
 
     def set_quant_state(self, **values: float) -> list[str]:
-        """Fill the schedule buffers this layer has (``t``, ``k``, ``tau``); return their names."""
+        """Fill the schedule buffers this layer has (``t``, ``k``, ``tau``) and its constants
+        (``clip``); return the names of the buffers set."""
         set_names = []
         for name, value in values.items():
             buffer = self._buffers.get(name)
             if buffer is not None:
                 buffer.fill_(value)
                 set_names.append(name)
+            elif name in self.quant_constants:
+                self.quant_constants[name] = float(value)
         return set_names
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,12 @@ def _identity_grad(x: torch.Tensor, t: None, k: None) -> torch.Tensor:
     return torch.ones_like(x)
 
 
+def _clip_value_grad(x: torch.Tensor, t: torch.Tensor, k: None) -> torch.Tensor:
+    return (x.abs() <= t).to(x.dtype)  # t carries the clip value
+
+
 _SignClip = _sign_function("Clip", _clip_grad, "clip")
+_SignClipValue = _sign_function("ClipValue", _clip_value_grad)
 _SignApprox = _sign_function("Approx", _approx_sign_grad, "approx")
 _SignEDE = _sign_function("EDE", _ede_grad)
 _SignIdentity = _sign_function("Identity", _identity_grad)
@@ -96,8 +101,9 @@ _SignIdentity = _sign_function("Identity", _identity_grad)
 class Binarizer:
     """A named binarizer: its function and the keyword state it reads.
 
-    ``state`` names come from ``t``, ``k`` (EDE schedule), ``tau`` (ReCU schedule), ``bias``
-    (a learnable per-channel shift owned by the layer) and ``training`` (the module's mode).
+    ``state`` names come from ``t``, ``k`` (EDE schedule), ``tau`` (ReCU schedule), ``clip``
+    (the clipped STE's range, ``quant.ste_clip``), ``bias`` (a learnable per-channel shift
+    owned by the layer) and ``training`` (the module's mode).
     """
 
     name: str
@@ -125,14 +131,23 @@ def _register(table: dict[str, Binarizer], name: str, state=(), learned_scale=Fa
 # --------------------------------------------------------------------------- activations
 
 
-@_register(ACTIVATIONS, "ste")
-def ste(x: torch.Tensor) -> torch.Tensor:
+def _clipped_sign(x: torch.Tensor, scale: torch.Tensor | None, clip: float) -> torch.Tensor:
+    """sign(x) (times ``scale``) with the gradient g * 1{|x| <= clip}, unscaled; ``clip`` is a
+    Python number (no host sync), 1 on the fused CPU path."""
+    if clip == 1.0:
+        return _SignClip.apply(x, scale, None, None)
+    return _SignClipValue.apply(x, scale, _as_tensor(clip, x), None)
+
+
+@_register(ACTIVATIONS, "ste", state=("clip",))
+def ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Straight-through sign with hardtanh clip (BinaryConnect, XNOR-Net).
 
-    forward: sign(x); backward: g * 1{|x| <= 1}.
+    forward: sign(x); backward: g * 1{|x| <= clip}, clip 1 (``quant.ste_clip``; the mmcls
+    BNN code uses 1.25).
     Source: Courbariaux et al. 2016 (BNN), Rastegari et al. 2016 (XNOR-Net).
     """
-    return _SignClip.apply(x, None, None, None)
+    return _clipped_sign(x, None, clip)
 
 
 @_register(ACTIVATIONS, "approx_sign")
@@ -232,26 +247,43 @@ def _filter_dims(w: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, w.ndim))
 
 
-@_register(WEIGHTS, "sign")
-def sign_weight(w: torch.Tensor) -> torch.Tensor:
+@_register(WEIGHTS, "sign", state=("clip",))
+def sign_weight(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Plain sign of the latent weight, no scale, clipped STE (BNN, Real-to-Binary).
 
-    forward: sign(W); backward: g * 1{|W| <= 1}.
+    forward: sign(W); backward: g * 1{|W| <= clip}, clip 1 (``quant.ste_clip``).
     Source: Courbariaux et al. 2016; Martinez et al. 2020 (``ste_sign`` weights).
     """
-    return _SignClip.apply(w, None, None, None)
+    return _clipped_sign(w, None, clip)
 
 
-@_register(WEIGHTS, "xnor")
-def xnor(w: torch.Tensor) -> torch.Tensor:
+@_register(WEIGHTS, "xnor", state=("clip",))
+def xnor(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Sign scaled by each filter's mean magnitude (XNOR-Net, Bi-Real, ReActNet).
 
     forward: alpha_c * sign(W_c), alpha_c = mean|W_c| (detached);
-    backward: g * 1{|W| <= 1} (the clipped STE of Bi-Real's ``HardBinaryConv``, unscaled).
+    backward: g * 1{|W| <= clip} (the clipped STE of Bi-Real's ``HardBinaryConv``, unscaled;
+    clip 1, ``quant.ste_clip``).
     Source: Rastegari et al. 2016; Liu et al. 2018, official ``HardBinaryConv``.
     """
     alpha = w.detach().abs().mean(dim=_filter_dims(w), keepdim=True)
-    return _SignClip.apply(w, alpha, None, None)
+    return _clipped_sign(w, alpha, clip)
+
+
+@_register(WEIGHTS, "magnitude_aware", state=("clip",))
+def magnitude_aware(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
+    """Sign scaled by each filter's mean magnitude, with the scale in the gradient too.
+
+    forward: alpha_c * sign(W_c), alpha_c = mean|W_c| (detached), as ``xnor``;
+    backward: g * alpha_c * 1{|W| <= clip} (clip 1): the magnitude-aware gradient of Bi-Real
+    Net (paper Eq. 7, dW_b/dW_r ~ alpha_c d sign(W_r)/dW_r; the Caffe recipe), where ``xnor``
+    passes g unscaled as the official PyTorch ``HardBinaryConv`` does. (The released Caffe
+    training layer passes dL/dW_b unscaled and unclipped; its magnitude-aware kernel sits in
+    the BN-retraining build.)
+    Source: Liu et al. 2018 (Bi-Real Net), Sec. 3.3; larq ``MagnitudeAwareSign``.
+    """
+    alpha = w.detach().abs().mean(dim=_filter_dims(w), keepdim=True)
+    return _clipped_sign(w, None, clip) * alpha
 
 
 @_register(WEIGHTS, "irnet", state=("t", "k"))

@@ -53,6 +53,13 @@ METHODS: dict[str, Method] = {
         Method("ste", "ste", "sign", "hardtanh", "BNN, Courbariaux et al. 2016"),
         Method("xnor", "ste", "xnor", "hardtanh", "XNOR-Net, Rastegari et al. 2016"),
         Method("bireal", "approx_sign", "xnor", "identity", "Bi-Real Net, Liu et al. 2018"),
+        Method(
+            "bireal_caffe",
+            "approx_sign",
+            "magnitude_aware",
+            "identity",
+            "Bi-Real Net, Caffe recipe (magnitude-aware weight gradient), Liu et al. 2018",
+        ),
         Method("irnet", "ede", "irnet", "hardtanh", "IR-Net, Qin et al. 2020"),
         Method("recu", "recu", "recu", "hardtanh", "ReCU, Xu et al. 2021"),
         Method("reactnet", "rsign", "xnor", "rprelu", "ReActNet, Liu et al. 2020"),

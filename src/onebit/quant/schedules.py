@@ -35,15 +35,17 @@ def set_schedule_state(
     *,
     ede: tuple[float, float] = (1e-3, 10.0),
     tau: tuple[float, float] = (0.85, 0.99),
+    clip: float = 1.0,
 ) -> dict[str, float]:
-    """Set every binary layer's schedule buffers (EDE t, k; ReCU tau) for ``epoch``.
+    """Set every binary layer's schedule buffers (EDE t, k; ReCU tau) for ``epoch``, and the
+    clipped STE's range ``clip`` (a constant, not logged).
 
     Returns the values that some layer of ``model`` reads, e.g. ``{"ede_t": .., "ede_k": ..}``
     or ``{"tau": ..}``, for logging. The buffers are filled in place on their device: no host
     sync, and ``torch.compile`` sees the same tensors every epoch (no recompilation).
     """
     t, k = ede_schedule(epoch, epochs, *ede)
-    values = {"t": t, "k": k, "tau": tau_schedule(epoch, epochs, *tau)}
+    values = {"t": t, "k": k, "tau": tau_schedule(epoch, epochs, *tau), "clip": clip}
     used: dict[str, float] = {}
     for module in model.modules():
         set_state = getattr(module, "set_quant_state", None)

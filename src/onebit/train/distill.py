@@ -1,11 +1,12 @@
 """Knowledge distillation: a frozen teacher run beside the student, and what the loss terms
 read from it (its logits; block outputs for attention transfer).
 
-The teacher is any registry model with trained weights (``distill.teacher``): in eval mode,
-without gradients, on the student's device and under the same autocast. It is not a
-submodule of the student, so it is in no checkpoint and no optimizer. Block outputs for
-attention transfer are recorded by forward hooks on the modules named by
-``distill.attention.layers`` (shell patterns over ``named_modules()`` names).
+The teacher is any registry model with trained weights (``distill.teacher``): in eval mode
+(``bn_mode: train``: its BatchNorm layers normalise with batch statistics), without gradients,
+on the student's device and under the same autocast. It is not a submodule of the student,
+so it is in no checkpoint and no optimizer. Block outputs for attention transfer are recorded
+by forward hooks on the modules named by ``distill.attention.layers`` (shell patterns over
+``named_modules()`` names).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn as nn
 from onebit.config import DistillConfig, TeacherConfig, with_seed
 from onebit.errors import ConfigError, TrainingError
 from onebit.models import create_model, model_entry
+from onebit.train.bn import batchnorms
 from onebit.train.checkpoint import checkpoint_path, load_model, load_model_tensors, read_checkpoint
 from onebit.train.losses import Batch, attention_transfer
 
@@ -33,7 +35,9 @@ class TeacherOutput:
 def load_teacher(
     teacher: TeacherConfig, defaults: dict[str, object], seed: int, device: torch.device
 ) -> nn.Module:
-    """The teacher model with its weights, frozen, in eval mode, on ``device``.
+    """The teacher model with its weights, frozen, on ``device``: in eval mode, but for its
+    BatchNorm layers with ``teacher.bn_mode == "train"`` (batch statistics, momentum 0 so
+    that the stored statistics stay as trained).
 
     ``teacher.checkpoint`` (``{seed}`` replaced by ``seed``) is a onebit run directory or
     checkpoint (the model is rebuilt from the config stored with it, which must agree with
@@ -62,6 +66,10 @@ def load_teacher(
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if teacher.bn_mode == "train":
+        for bn in batchnorms(model):
+            bn.train()
+            bn.momentum = 0.0  # normalise with the batch's statistics, store nothing
     return model
 
 

@@ -7,6 +7,7 @@ trainer steps them all and sets every group's ``lr = base_lr * schedule`` each s
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -174,14 +175,35 @@ def set_trainable(model: nn.Module, train: str) -> None:
 
 
 def _decay_groups(
-    model: nn.Module, params: list[nn.Parameter], decay: str, weight_decay: float
+    model: nn.Module,
+    params: list[nn.Parameter],
+    decay: str,
+    weight_decay: float,
+    decay_filter: list[str] | None = None,
 ) -> list[dict]:
-    """``optim.decay``: which parameters get weight decay. ``all`` (IR-Net, ReCU); ``conv``:
-    4-D (conv) weights only (ReActNet's two groups); ``no_norm``: all but BatchNorm's
-    (mmcls ``norm_decay_mult=0``)."""
-    if decay == "all":
+    """``optim.decay``: which parameters get weight decay. ``all`` (IR-Net, ReCU CIFAR);
+    ``conv``: 4-D (conv) weights only (ReActNet's two groups); ``no_norm``: all but
+    BatchNorm's (mmcls ``norm_decay_mult=0``). ``optim.decay_filter`` (shell patterns over
+    ``named_parameters()`` names) replaces it: only the parameters whose name matches one of
+    them are decayed, e.g. ``["*conv*", "*fc*"]`` for the ReCU / FIRNet ImageNet code, which
+    decays the parameters whose name contains "conv" or "fc" (not BatchNorm, not the
+    ``move`` biases, not the ``downsample`` / ``shortcut`` conv)."""
+    if decay_filter is not None:
+        names = {id(p): name for name, p in model.named_parameters()}
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names.values() for pat in decay_filter):
+            sample = ", ".join(list(names.values())[:3])
+            raise ConfigError(
+                f"config key optim.decay_filter: {decay_filter} matches no parameter name of "
+                f"the model (names look like {sample}); see `onebit summary MODEL`"
+            )
+        decayed = {
+            id(p)
+            for p in params
+            if any(fnmatch.fnmatchcase(names.get(id(p), ""), pat) for pat in decay_filter)
+        }
+    elif decay == "all":
         return [{"params": params, "weight_decay": weight_decay}]
-    if decay == "conv":
+    elif decay == "conv":
         decayed = {id(p) for p in params if p.ndim == 4}
     else:
         norm = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(False)}
@@ -198,14 +220,14 @@ def build_optimizers(
 ) -> list[torch.optim.Optimizer]:
     """The optimizers of the trainable parameters of ``model``: ``cfg.name`` for all of them,
     or, with ``cfg.binary``, for all but the ``binary`` latent weights, which get Bop or BMD.
-    Weight decay as ``cfg.decay``. Each group keeps its ``base_lr``; the trainer sets
-    ``lr = base_lr * schedule`` every step."""
+    Weight decay as ``cfg.decay`` / ``cfg.decay_filter``. Each group keeps its ``base_lr``;
+    the trainer sets ``lr = base_lr * schedule`` every step."""
     binary = list(binary)
     separate = {id(p) for p in binary if p.requires_grad} if cfg.binary else set()
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in separate]
     optimizers: list[torch.optim.Optimizer] = []
     if rest:
-        groups = _decay_groups(model, rest, cfg.decay, cfg.weight_decay)
+        groups = _decay_groups(model, rest, cfg.decay, cfg.weight_decay, cfg.decay_filter)
         if cfg.name == "sgd":
             opt = torch.optim.SGD(groups, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         else:

@@ -7,6 +7,11 @@
 - **freeze**: at the start of a phase, w <- the layer's binarized weight (sign(w), or
   alpha_c sign(w) for ``xnor``), and w stops training.
 
+``latent.order: before_step`` runs clamp and prox between the backward pass and the optimizer
+step instead (BNEW's CIFAR ``binary_main.py``: backward, ``reg.post_update()``, step), so the
+gradient taken at the weights before the prox is applied to the weights after it, and the
+next forward pass sees unclamped weights.
+
 Source: Paren & Poudel 2022 (BNEW, "Training Binarized Neural Networks the Easy Way"),
 Alasdair-P/bnew ``prox.py`` (``convex_hull``, ``u_reg``, ``binary_freeze``).
 """

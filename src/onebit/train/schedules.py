@@ -71,5 +71,10 @@ def apply_quant_schedule(
     """Set the EDE (t, k) and ReCU tau of every binary layer for ``epoch`` (once per epoch, as
     the official IR-Net / ReCU code); returns the values used, for the metrics."""
     return set_schedule_state(
-        model, epoch, epochs, ede=(quant.ede.t_min, quant.ede.t_max), tau=tuple(quant.tau)
+        model,
+        epoch,
+        epochs,
+        ede=(quant.ede.t_min, quant.ede.t_max),
+        tau=tuple(quant.tau),
+        clip=quant.ste_clip,
     )

@@ -3,7 +3,9 @@
 Per step: set the learning rate (a pure function of (epoch, step)), forward under autocast
 (bf16 on CUDA, fp32 on CPU), loss = weighted sum of the loss terms, backward, step every
 optimizer, run the post-step hooks. Per epoch: set the binarizers' schedule state, train,
-evaluate (top-1 / top-5), append metrics.jsonl, write best/last checkpoints.
+evaluate (top-1 / top-5; the test set as ``val_*``, a split held out of the training images
+as ``heldout_*``), append metrics.jsonl, write best/last checkpoints (best: on
+``eval.select_on``).
 
 No host-device sync inside a step: the loss and correct counts accumulate on the device and
 are read once per ``runtime.log_interval`` steps (where a NaN/inf loss is detected). A run is
@@ -339,6 +341,11 @@ class Trainer:
             shard = distributed.rank_and_world()
             self.loaders = build_loaders(cfg.data, self.device, cfg.runtime.seed, shard=shard)
             self._loaders_data = cfg.data
+        if cfg.eval.select_on == "val" and self.loaders.val is None:
+            raise ConfigError(
+                "config key eval.select_on: val, but the loaders hold no validation split; "
+                "set data.val_split"
+            )
         self._build_model(cfg.model, carry)
         for p in self.model.parameters():
             p.requires_grad_(True)
@@ -364,16 +371,22 @@ class Trainer:
                 self.device,
             )
         self.loss_terms = build_loss_terms(cfg, self.distiller)
-        # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping).
+        # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping);
+        # the latent ones (clamp, BNEW prox) with latent.order "before_step" run between the
+        # backward pass and the optimizer step instead, as BNEW's CIFAR code does.
+        self.pre_step_hooks: list[Callable[[Trainer], None]] = []
         self.post_step_hooks: list[Callable[[Trainer], None]] = []
+        latent_hooks = (
+            self.pre_step_hooks if cfg.latent.order == "before_step" else self.post_step_hooks
+        )
         # Called as hook(epoch) before every epoch; the values it returns are logged.
         self.epoch_hooks: list[Callable[[int], dict[str, float]]] = []
         if cfg.latent.clamp and latent:
-            self.post_step_hooks.append(clamp_hook(latent))
+            latent_hooks.append(clamp_hook(latent))
         if cfg.latent.bnew is not None and latent:
             bnew, schedule = cfg.latent.bnew, cfg.schedule
             prox = BnewProx(latent, bnew.reg, bnew.epochs or schedule.length, schedule.offset)
-            self.post_step_hooks.append(prox)
+            latent_hooks.append(prox)
             self.epoch_hooks.append(prox.set_epoch)
         for opt in self.optimizers:
             if isinstance(opt, BMD):
@@ -391,6 +404,8 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        for hook in self.pre_step_hooks:
+            hook(self)
         for opt in self.optimizers:
             opt.step()
         for hook in self.post_step_hooks:
@@ -503,6 +518,9 @@ class Trainer:
             stored = {f"{k}_stored": v for k, v in val.items()}
             self.recalibrate_bn(epoch)
             val = {**evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype), **stored}
+        if self.loaders.val is not None:  # the held-out training images: `heldout_*`
+            heldout = evaluate(self.eval_forward, self.loaders.val, self.amp_dtype)
+            val.update({k.replace("val_", "heldout_", 1): v for k, v in heldout.items()})
         phase = {"phase": self.progress.phase}
         if self.config.phases:
             phase["phase_name"] = self.config.phases[self.progress.phase].name
@@ -518,14 +536,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
+    @property
+    def best_split(self) -> str:
+        """Where the best epoch is picked: "val" (the held-out split) or "test"."""
+        return self.phase_config.eval.select_on
+
     def _state(self) -> dict[str, Any]:
-        return {"progress": asdict(self.progress), "config": self.config.to_dict()}
+        return {
+            "progress": asdict(self.progress),
+            "best_split": self.best_split,
+            "config": self.config.to_dict(),
+        }
 
     def _checkpoint(self, record: dict[str, Any], is_best: bool) -> None:
         run, state = self.run_dir, self._state()
         state["layer_bits"] = layer_bits(self.model)
         if is_best:
-            run.save_best(model_tensors(self.model), {**state, "val_top1": record["val_top1"]})
+            top1 = {k: record[k] for k in ("val_top1", "heldout_top1") if k in record}
+            run.save_best(model_tensors(self.model), {**state, **top1})
         tensors, optim_rest = optimizer_state(self.optimizers)
         run.save_last(
             {**model_tensors(self.model), **tensors},
@@ -548,6 +576,13 @@ class Trainer:
         except ConfigError as err:
             raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
         now = self.config.to_dict()
+        picked = saved["eval"]["select_on"], now["eval"]["select_on"]
+        if picked[0] != picked[1]:
+            raise CheckpointError(
+                f"cannot resume {run.path}: its best epoch is picked on {picked[0]}, the config "
+                f"says eval.select_on: {picked[1]}; resume with select_on: {picked[0]} or train "
+                "into another --out"
+            )
         for key in ("runtime", "eval"):  # how the run executes and evaluates, not what it trains
             saved.pop(key, None)
             now.pop(key)
@@ -622,19 +657,23 @@ class Trainer:
             for epoch in range(self.progress.epoch, epochs):
                 record = self.run_epoch(epoch)
                 self.progress.epoch = epoch + 1
-                is_best = record["val_top1"] > self.progress.best_top1
+                top1 = record["heldout_top1" if self.best_split == "val" else "val_top1"]
+                is_best = top1 > self.progress.best_top1
                 if is_best:
-                    self.progress.best_top1, self.progress.best_epoch = (
-                        record["val_top1"],
-                        epoch + 1,
-                    )
+                    self.progress.best_top1, self.progress.best_epoch = top1, epoch + 1
                 run.append_metrics(record)
                 run.log(_epoch_line(record, epochs))
                 self._checkpoint(record, is_best)
+        if record:
+            run.log(
+                f"best epoch {self.progress.best_epoch}, picked on {self.best_split}: top1 "
+                f"{self.progress.best_top1:.2f}%"
+            )
         return {
             **record,
             "best_top1": self.progress.best_top1,
             "best_epoch": self.progress.best_epoch,
+            "best_split": self.best_split,
         }
 
 
@@ -645,5 +684,6 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
         f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"
         + (f" (stored BN {r['val_top1_stored']:.2f}%)" if "val_top1_stored" in r else "")
+        + (f"  heldout top1 {r['heldout_top1']:.2f}%" if "heldout_top1" in r else "")
         + f"  lr {r['lr']:.4g}{extras}  {r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s"
     )
