@@ -143,14 +143,11 @@ def test_same_seed_same_weights_and_the_spec_is_recorded():
 
 
 def test_shorthands_and_yaml_text_numbers():
-    assert check_init("torch") == {
-        "conv": "torch",
-        "linear": "torch",
-        "bn_weight": 1.0,
-        "bn_eps": 1e-5,
-        "bn_momentum": 0.1,
-        "prelu": 0.25,
-    }
+    # "torch": every number as a freshly built PyTorch layer has it
+    bn, prelu = nn.BatchNorm2d(4), nn.PReLU()
+    numbers = {"bn_eps": bn.eps, "bn_momentum": bn.momentum, "prelu": prelu.weight.item()}
+    numbers["bn_weight"] = bn.weight[0].item()
+    assert check_init("torch") == {"conv": "torch", "linear": "torch", **numbers}
     assert check_init("xavier_normal")["conv"] == "xavier_normal"
     assert check_init("xavier_normal")["bn_weight"] is None
     assert check_init({"bn_weight": "1e-8"})["bn_weight"] == 1e-8  # YAML 1.1 reads text

@@ -15,6 +15,8 @@ from onebit.models import (  # noqa: F401  (registers models)
     wide_resnet,
 )
 from onebit.models.registry import (
+    ModelOptions,
+    StemOptions,
     create_model,
     default_input_size,
     default_input_spec,
@@ -24,6 +26,8 @@ from onebit.models.registry import (
 )
 
 __all__ = [
+    "ModelOptions",
+    "StemOptions",
     "create_model",
     "default_input_size",
     "default_input_spec",

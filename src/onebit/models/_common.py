@@ -66,8 +66,10 @@ class BNHead(nn.Module):
         return self.fc(self.act(x))
 
 
-def kaiming_init_convs(model: nn.Module) -> None:
-    """He-normal init of every conv weight, binary ones included (IR-Net / ReCU CIFAR code)."""
+def kaiming_init_convs(model: nn.Module, mode: str = "fan_in") -> None:
+    """He-normal init, N(0, 2 / fan), of every conv weight, binary ones included: fan_in as
+    the IR-Net / ReCU CIFAR codes, fan_out (k * k * out_channels) as torchvision's ResNet and
+    IR-Net's ImageNet normal(0, sqrt(2 / (k * k * out_channels)))."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")

@@ -7,11 +7,14 @@ Source: Liu et al. 2018 (ECCV) / 2020 (IJCV); liuzechun/Bi-Real-net
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn as nn
 
 from onebit.models._common import make_shortcut
-from onebit.models.registry import register_model
+from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import BinaryLayers, LeakyClip, make_activation
 
@@ -118,193 +121,95 @@ class BiRealNet50(ResNet):
         return super().forward_stages((x, x))[1]
 
 
-def birealnet(
-    depths: tuple[int, ...],
-    *,
-    method: str,
-    bits: str,
-    num_classes: int,
-    in_chans: int,
-    block_act: str | None,
-    stem_act: str | None,
-    downsample: str,
-    input_act: str | None = None,
-) -> ResNet:
-    """A Bi-Real-structured ResNet (``depths`` one-conv blocks per stage); also ReActNet-18/34.
-    ``input_act``: an activation on every binary conv's input (see :class:`BiRealBlock`)."""
-    layers = BinaryLayers.of(method, bits, block_act)
-    return ResNet(
-        lambda cin, cout, stride: BiRealBlock(
-            layers, cin, cout, stride, downsample, input_act=input_act
-        ),
-        depths,
-        (64, 128, 256, 512),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem_act=layers.act(64, stem_act),
-        head_bn=False,
-    )
+@dataclass(frozen=True)
+class BiRealOptions(StemOptions):
+    """Options of the Bi-Real-structured ImageNet ResNets (Bi-Real Net-18/34, ReActNet-18/34):
+    ``downsample``, "avgpool_conv" (the paper's AvgPool2d + FP 1x1 conv + BN) or "conv"."""
+
+    method: str = "bireal"
+    stem_act: str | None = "none"
+    downsample: str = "avgpool_conv"
 
 
-@register_model(input_size=(3, 224, 224))
-def birealnet18(
-    *,
-    method: str = "bireal",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-    downsample: str = "avgpool_conv",
-    input_act: str | None = None,
-) -> nn.Module:
+@dataclass(frozen=True)
+class BiRealNetOptions(BiRealOptions):
+    """:class:`BiRealOptions` of Bi-Real Net-18/34, plus ``input_act`` (see
+    :class:`BiRealBlock`)."""
+
+    input_act: str | None = None
+
+
+def _create_birealnet(variant: str, depths: tuple[int, ...], **kwargs: object) -> ResNet:
+    """A Bi-Real-structured ResNet (``depths`` one-conv blocks per stage); also ReActNet-18/34
+    (which take no ``input_act``)."""
+    o = BiRealOptions.of(variant, kwargs)
+    layers = o.layers()
+    input_act = o.input_act if isinstance(o, BiRealNetOptions) else None
+    make_block = partial(BiRealBlock, layers, downsample=o.downsample, input_act=input_act)
+    return ResNet(make_block, depths, (64, 128, 256, 512), o)
+
+
+@register_model(input_size=(3, 224, 224), options=BiRealNetOptions())
+def birealnet18(**kwargs: object) -> nn.Module:
     """Bi-Real Net-18: 16 binary 3x3 convs, each with its own shortcut; 7x7 stem + BN, no act.
 
     ``downsample``: "avgpool_conv" (the paper's AvgPool2d + FP 1x1 conv + BN) or "conv".
     ``input_act``: an activation on every binary conv's input, for the real-valued
     pre-training of the Caffe recipe (relu, leakyclip, hardtanh; ``bits: 32w32a``).
     """
-    return birealnet(
-        (4, 4, 4, 4),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-        downsample=downsample,
-        input_act=input_act,
-    )
+    return _create_birealnet("birealnet18", (4, 4, 4, 4), **kwargs)
 
 
-@register_model(input_size=(3, 224, 224))
-def birealnet34(
-    *,
-    method: str = "bireal",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-    downsample: str = "avgpool_conv",
-    input_act: str | None = None,
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=BiRealNetOptions())
+def birealnet34(**kwargs: object) -> nn.Module:
     """Bi-Real Net-34: 32 binary 3x3 convs (stages 6, 8, 12, 6), each with its own shortcut."""
-    return birealnet(
-        (6, 8, 12, 6),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-        downsample=downsample,
-        input_act=input_act,
-    )
+    return _create_birealnet("birealnet34", (6, 8, 12, 6), **kwargs)
 
 
-@register_model(input_size=(3, 224, 224))
-def birealnet50(
-    *,
-    method: str = "bireal",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=StemOptions(method="bireal", stem_act="none"))
+def birealnet50(**kwargs: object) -> nn.Module:
     """Bi-Real Net-50: ResNet-50 bottlenecks with a shortcut around each of the three convs."""
-    layers = BinaryLayers.of(method, bits, block_act)
-    depths = (3, 4, 6, 3)
+    o = StemOptions.of("birealnet50", kwargs)
+    layers = o.layers()
 
     def make_block(cin: int, cout: int, stride: int) -> nn.Module:
         return BiRealBottleneck(layers, cin, cout, stride, first=cin == 64)
 
-    return BiRealNet50(
-        make_block,
-        depths,
-        (256, 512, 1024, 2048),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem_act=layers.act(64, stem_act),
-        head_bn=False,
-    )
+    return BiRealNet50(make_block, (3, 4, 6, 3), (256, 512, 1024, 2048), o)
 
 
-def bnew_cifar_net(
-    depths: tuple[int, ...],
-    *,
-    method: str,
-    bits: str,
-    num_classes: int,
-    in_chans: int,
-    block_act: str | None,
-    stem_act: str | None,
-) -> ResNet:
+def _create_bnew_cifar(variant: str, depths: tuple[int, ...], **kwargs: object) -> ResNet:
     """BNEW's CIFAR Bi-Real ResNet: 3x3 stem + BN + max-pool, stages of ``depths`` one-conv
     blocks (:class:`BiRealBlock`, PyTorch's default conv init) of 16-32-64 channels,
     AvgPool2d(2) + FP 1x1 conv + BN downsampling, average pool + FC.
     Source: Alasdair-P/bnew ``models/ste_wide_resnet.py`` (``BiRealNet``)."""
-    layers = BinaryLayers.of(method, bits, block_act)
+    o = StemOptions.of(variant, kwargs)
+    layers = o.layers()
     return ResNet(
-        lambda cin, cout, stride: BiRealBlock(
-            layers, cin, cout, stride, "avgpool_conv", uniform_init=False
-        ),
+        partial(BiRealBlock, layers, downsample="avgpool_conv", uniform_init=False),
         depths,
         (16, 32, 64),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem_act=layers.act(16, stem_act),
-        head_bn=False,
+        o,
         stem_width=16,
         stem_kernel=3,
         stem_stride=1,
     )
 
 
-@register_model(input_size=(3, 32, 32))
-def birealnet20(
-    *,
-    method: str = "bnew",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-) -> nn.Module:
+BNEW_CIFAR_OPTIONS = StemOptions(method="bnew", num_classes=10, stem_act="none")
+
+
+@register_model(input_size=(3, 32, 32), options=BNEW_CIFAR_OPTIONS)
+def birealnet20(**kwargs: object) -> nn.Module:
     """Bi-Real ResNet-20 for CIFAR (BNEW's ``brn``): 3 x 6 one-conv blocks of 16-32-64.
 
     With the default method ``bnew`` each block is RSign -> binary 3x3 conv -> learnable
-    scale -> BN -> + shortcut -> RPReLU (see :func:`bnew_cifar_net`); 0.28 M parameters.
+    scale -> BN -> + shortcut -> RPReLU (see :func:`_create_bnew_cifar`); 0.28 M parameters.
     """
-    return bnew_cifar_net(
-        (6, 6, 6),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-    )
+    return _create_bnew_cifar("birealnet20", (6, 6, 6), **kwargs)
 
 
-@register_model(input_size=(3, 32, 32))
-def birealnet8(
-    *,
-    method: str = "bnew",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-) -> nn.Module:
+@register_model(input_size=(3, 32, 32), options=BNEW_CIFAR_OPTIONS)
+def birealnet8(**kwargs: object) -> nn.Module:
     """Bi-Real ResNet-8 for CIFAR (BNEW's small ``blrn``): 3 x 2 one-conv blocks of 16-32-64."""
-    return bnew_cifar_net(
-        (2, 2, 2),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-    )
+    return _create_bnew_cifar("birealnet8", (2, 2, 2), **kwargs)

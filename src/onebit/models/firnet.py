@@ -8,12 +8,14 @@ Source: Alexrich961210/FIRNet, ``cifar/models_cifar/resnet20.py``, ``resnet18.py
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 
 from onebit.errors import ConfigError
 from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut, make_stages
-from onebit.models.registry import register_model
+from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import BinaryLayers, ChannelShuffle, LearnableBias
 
@@ -96,27 +98,21 @@ class FIRNetCifar(nn.Module):
 
     def __init__(
         self,
-        layers: BinaryLayers,
         widths: tuple[int, ...],
         depths: tuple[int, ...],
-        num_classes: int,
-        in_chans: int,
-        stem_act: str | None,
+        options: StemOptions,
         fusion_half_block: bool,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        layers = options.layers()
+        self.conv1 = nn.Conv2d(options.in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.act1 = layers.act(widths[0], stem_act)
-        stages, cin = make_stages(
-            lambda cin, cout, stride: FIRBlock(layers, cin, cout, stride, "avgpool"),
-            widths[0],
-            widths,
-            depths,
-        )
+        self.act1 = layers.act(widths[0], options.stem_act)
+        make_block = partial(FIRBlock, layers, downsample="avgpool")
+        stages, cin = make_stages(make_block, widths[0], widths, depths)
         self.stages = nn.Sequential(*stages)
         self.fusion = FIRFusion(layers, cin, fusion_half_block)
-        self.head = BNHead(cin, num_classes)
+        self.head = BNHead(cin, options.num_classes)
         kaiming_init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,82 +121,52 @@ class FIRNetCifar(nn.Module):
         return self.head(self.fusion(x))
 
 
-@register_model(input_size=(3, 32, 32))
-def firnet20(
-    *,
-    method: str = "recu",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = None,
-) -> nn.Module:
+def _create_firnet_cifar(
+    variant: str,
+    widths: tuple[int, ...],
+    depths: tuple[int, ...],
+    fusion_half_block: bool,
+    **kwargs: object,
+) -> FIRNetCifar:
+    return FIRNetCifar(widths, depths, StemOptions.of(variant, kwargs), fusion_half_block)
+
+
+@register_model(input_size=(3, 32, 32), options=StemOptions(method="recu", num_classes=10))
+def firnet20(**kwargs: object) -> nn.Module:
     """FIRNet ResNet-20 for CIFAR: ResNet-20 widths with split/idle paths and an FIR fusion."""
-    layers = BinaryLayers.of(method, bits, block_act)
-    return FIRNetCifar(layers, (16, 32, 64), (3, 3, 3), num_classes, in_chans, stem_act, False)
+    return _create_firnet_cifar("firnet20", (16, 32, 64), (3, 3, 3), False, **kwargs)
 
 
-@register_model(input_size=(3, 32, 32))
-def firnet18_cifar(
-    *,
-    method: str = "recu",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-) -> nn.Module:
+@register_model(
+    input_size=(3, 32, 32), options=StemOptions(method="recu", num_classes=10, stem_act="none")
+)
+def firnet18_cifar(**kwargs: object) -> nn.Module:
     """FIRNet ResNet-18 for CIFAR: 64-128-256-512 x 2 FIR blocks, half-block + FIR fusion."""
-    layers = BinaryLayers.of(method, bits, block_act)
-    return FIRNetCifar(
-        layers, (64, 128, 256, 512), (2, 2, 2, 2), num_classes, in_chans, stem_act, True
-    )
+    return _create_firnet_cifar("firnet18_cifar", (64, 128, 256, 512), (2, 2, 2, 2), True, **kwargs)
 
 
 class FIRNet(ResNet):
     """FIRNet on the ImageNet ResNet trunk: the stem output is duplicated to 2C channels, the
     stages are FIR blocks, and the FIR fusion (2C -> C) runs before the BN1d + FC head."""
 
-    def __init__(
-        self,
-        layers: BinaryLayers,
-        depths: tuple[int, ...],
-        num_classes: int,
-        in_chans: int,
-        stem_act: nn.Module,
-    ):
-        super().__init__(
-            lambda cin, cout, stride: FIRBlock(layers, cin, cout, stride, "conv"),
-            depths,
-            (64, 128, 256, 512),
-            num_classes=num_classes,
-            in_chans=in_chans,
-            stem_act=stem_act,
-            head_bn=True,
-        )
+    def __init__(self, depths: tuple[int, ...], options: StemOptions):
+        layers = options.layers()
+        make_block = partial(FIRBlock, layers, downsample="conv")
+        super().__init__(make_block, depths, (64, 128, 256, 512), options, head_bn=True)
         self.fusion = FIRFusion(layers, self.num_features, half_block=False)
 
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         return self.fusion(super().forward_stages(torch.cat([x, x], dim=1)))
 
 
-@register_model(input_size=(3, 224, 224))
-def firnet18(
-    *,
-    method: str = "recu",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = None,
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=StemOptions(method="recu"))
+def firnet18(**kwargs: object) -> nn.Module:
     """FIRNet ResNet-18 for ImageNet: 7x7 stem duplicated to 128 channels, FIR blocks with FP
     1x1 conv shortcuts, FIR fusion 1024 -> 512, BN1d head.
 
     Initialised as the official code: He-normal (fan_in) convs, every BatchNorm2d weight 1e-8.
     """
-    layers = BinaryLayers.of(method, bits, block_act)
-    model = FIRNet(layers, (2, 2, 2, 2), num_classes, in_chans, layers.act(64, stem_act))
+    model = FIRNet((2, 2, 2, 2), StemOptions.of("firnet18", kwargs))
     kaiming_init_convs(model)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

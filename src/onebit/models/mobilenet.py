@@ -7,13 +7,18 @@ conv of this layout with a full 3x3 conv (see ``reactnet_a``).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-from onebit.models.reactnet import REACTNET_A_CHANNELS
-from onebit.models.registry import register_model
+from onebit.models._common import kaiming_init_convs
+from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
+
+# Output channels of the stem and of the 13 blocks (Howard et al. Table 1; ReActNet's official
+# ``stage_out_channel``).
+CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -33,47 +38,39 @@ class DepthwiseSeparable(nn.Module):
 
 
 class MobileNetV1(nn.Module):
-    """3x3/2 stem conv (32) + BN + act, 13 depthwise-separable blocks, average pool, FC.
+    """3x3/2 stem conv (32) + BN + act, 13 blocks (``block``: depthwise-separable), average
+    pool, FC. Stride 2 where the width changes, except 32 -> 64 (Howard et al. Table 1)."""
 
-    Widths and strides are ReActNet-A's (stride 2 where the width changes, except 32 -> 64),
-    which are MobileNet-V1's.
-    """
-
-    def __init__(self, layers: BinaryLayers, num_classes: int, in_chans: int, stem_act: str | None):
+    def __init__(
+        self,
+        options: StemOptions,
+        block: Callable[[BinaryLayers, int, int, int], nn.Module] = DepthwiseSeparable,
+    ):
         super().__init__()
-        channels = REACTNET_A_CHANNELS
-        self.conv1 = nn.Conv2d(in_chans, channels[0], 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels[0])
-        self.act1 = layers.act(channels[0], stem_act)
+        layers = options.layers()
+        self.conv1 = nn.Conv2d(options.in_chans, CHANNELS[0], 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(CHANNELS[0])
+        self.act1 = layers.act(CHANNELS[0], options.stem_act)
         blocks = []
-        for cin, cout in itertools.pairwise(channels):
+        for cin, cout in itertools.pairwise(CHANNELS):
             stride = 2 if cin != cout and cout != 64 else 1
-            blocks.append(DepthwiseSeparable(layers, cin, cout, stride))
+            blocks.append(block(layers, cin, cout, stride))
         self.blocks = nn.Sequential(*blocks)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.fc = nn.Linear(CHANNELS[-1], options.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.act1(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model(input_size=(3, 224, 224))
-def mobilenet_v1(
-    *,
-    method: str = "fp",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = None,
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=StemOptions(method="fp"))
+def mobilenet_v1(**kwargs: object) -> nn.Module:
     """MobileNet-V1 1.0: full precision by default (4.23 M parameters, 569 M MACs at 224).
 
     With a binary method the depthwise and pointwise convs are binary (stem conv and FC stay
     full precision). ``stem_act`` defaults to the block activation (ReLU for fp).
     """
-    return MobileNetV1(BinaryLayers.of(method, bits, block_act), num_classes, in_chans, stem_act)
+    model = MobileNetV1(StemOptions.of("mobilenet_v1", kwargs))
+    kaiming_init_convs(model, mode="fan_out")
+    return model

@@ -8,17 +8,13 @@ Source: Liu et al. 2020 (ECCV); liuzechun/ReActNet ``resnet/2_step2/birealnet.py
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn as nn
 
-from onebit.models.birealnet import birealnet
-from onebit.models.registry import register_model
+from onebit.models.birealnet import BiRealOptions, _create_birealnet
+from onebit.models.mobilenet import MobileNetV1
+from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
-
-# Output channels of the stem and of the 13 blocks (official ``stage_out_channel``).
-REACTNET_A_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 
 
 class ReActBlock(nn.Module):
@@ -52,97 +48,30 @@ class ReActBlock(nn.Module):
         return self.act2(self.bn2(self.conv1x1(y)) + y.repeat(1, self.repeats, 1, 1))
 
 
-class ReActNetA(nn.Module):
-    """FP 3x3/2 stem conv + BN (+ stem act), 13 ReActBlocks, global average pool, FP FC.
+class ReActNetA(MobileNetV1):
+    """MobileNet-V1's layout with :class:`ReActBlock` blocks: FP 3x3/2 stem conv + BN (+ stem
+    act), 13 ReActBlocks, global average pool, FP FC (official ``reactnet``)."""
 
-    Stride 2 where the width changes, except 32 -> 64 (official ``reactnet``).
-    """
-
-    def __init__(
-        self,
-        layers: BinaryLayers,
-        num_classes: int,
-        in_chans: int,
-        stem_act: str | None,
-    ):
-        super().__init__()
-        channels = REACTNET_A_CHANNELS
-        self.conv1 = nn.Conv2d(in_chans, channels[0], 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels[0])
-        self.act1 = layers.act(channels[0], stem_act)
-        blocks = []
-        for cin, cout in itertools.pairwise(channels):
-            stride = 2 if cin != cout and cout != 64 else 1
-            blocks.append(ReActBlock(layers, cin, cout, stride))
-        self.blocks = nn.Sequential(*blocks)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.act1(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def __init__(self, options: StemOptions):
+        super().__init__(options, block=ReActBlock)
 
 
-@register_model(input_size=(3, 224, 224))
-def reactnet_a(
-    *,
-    method: str = "reactnet",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=StemOptions(method="reactnet", stem_act="none"))
+def reactnet_a(**kwargs: object) -> nn.Module:
     """ReActNet-A: MobileNet-V1 layout, 13 blocks of binary 3x3 + 1x1 convs, widths 32-1024.
 
     With method="fp" it is the real-valued twin of the same architecture.
     """
-    return ReActNetA(BinaryLayers.of(method, bits, block_act), num_classes, in_chans, stem_act)
+    return ReActNetA(StemOptions.of("reactnet_a", kwargs))
 
 
-@register_model(input_size=(3, 224, 224))
-def reactnet18(
-    *,
-    method: str = "reactnet",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-    downsample: str = "avgpool_conv",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=BiRealOptions(method="reactnet"))
+def reactnet18(**kwargs: object) -> nn.Module:
     """ReActNet-18: Bi-Real Net-18 with RSign before and RPReLU after every binary conv."""
-    return birealnet(
-        (4, 4, 4, 4),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-        downsample=downsample,
-    )
+    return _create_birealnet("reactnet18", (4, 4, 4, 4), **kwargs)
 
 
-@register_model(input_size=(3, 224, 224))
-def reactnet34(
-    *,
-    method: str = "reactnet",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "none",
-    downsample: str = "avgpool_conv",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=BiRealOptions(method="reactnet"))
+def reactnet34(**kwargs: object) -> nn.Module:
     """ReActNet-34: Bi-Real Net-34 with RSign before and RPReLU after every binary conv."""
-    return birealnet(
-        (6, 8, 12, 6),
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        block_act=block_act,
-        stem_act=stem_act,
-        downsample=downsample,
-    )
+    return _create_birealnet("reactnet34", (6, 8, 12, 6), **kwargs)

@@ -9,11 +9,14 @@ convolutions"; no official PyTorch code, the authors point to larq/zoo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn as nn
 
 from onebit.models._common import make_shortcut
-from onebit.models.registry import register_model
+from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import BinaryLayers, ChannelGate, LearnedRescale
 
@@ -57,21 +60,6 @@ class HalfBlock(nn.Module):
 class Real2BinaryBlock(nn.Sequential):
     """Two half blocks (the block whose output attention transfer matches to the teacher's)."""
 
-    def __init__(
-        self,
-        layers: BinaryLayers,
-        cin: int,
-        cout: int,
-        stride: int,
-        out_hw: int,
-        gate: bool,
-        downsample: str = "avgpool_conv",
-    ):
-        super().__init__(
-            HalfBlock(layers, cin, cout, stride, out_hw, gate, downsample),
-            HalfBlock(layers, cout, cout, 1, out_hw, gate, downsample),
-        )
-
 
 def _stage_hw(input_hw: int) -> dict[int, int]:
     """Feature-map side length of each stage width for an ``input_hw`` input: the 7x7/2 stem
@@ -84,19 +72,19 @@ def _stage_hw(input_hw: int) -> dict[int, int]:
     return sizes
 
 
-@register_model(input_size=(3, 224, 224))
-def real2binary18(
-    *,
-    method: str = "real2binary",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = "prelu",
-    gate: bool = False,
-    input_hw: int = 224,
-    downsample: str = "avgpool_conv",
-) -> nn.Module:
+@dataclass(frozen=True)
+class Real2BinaryOptions(StemOptions):
+    """Options of :func:`real2binary18`: ``gate``, ``input_hw``, ``downsample``."""
+
+    method: str = "real2binary"
+    stem_act: str | None = "prelu"
+    gate: bool = False
+    input_hw: int = 224
+    downsample: str = "avgpool_conv"
+
+
+@register_model(input_size=(3, 224, 224), options=Real2BinaryOptions())
+def real2binary18(**kwargs: object) -> nn.Module:
     """Real-to-Binary ResNet-18: the strong baseline; ``gate=True`` for the full Real-to-Binary.
 
     8 blocks of two half blocks (BN -> binary 3x3 -> scale -> PReLU, + shortcut), widths
@@ -106,19 +94,15 @@ def real2binary18(
     "avgpool_conv" (larq/zoo: AvgPool2d + 1x1 conv + BN) or "conv" (the mmcls zoo: a stride-2
     1x1 conv + BN).
     """
-    layers = BinaryLayers.of(method, bits, block_act)
-    sizes = _stage_hw(input_hw)
-    model = ResNet(
-        lambda cin, cout, stride: Real2BinaryBlock(
-            layers, cin, cout, stride, sizes[cout], gate, downsample
-        ),
-        (2, 2, 2, 2),
-        (64, 128, 256, 512),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem_act=layers.act(64, stem_act),
-        head_bn=False,
-    )
+    o = Real2BinaryOptions.of("real2binary18", kwargs)
+    layers = o.layers()
+    sizes = _stage_hw(o.input_hw)
+
+    def make_block(cin: int, cout: int, stride: int) -> nn.Module:
+        half = partial(HalfBlock, layers, out_hw=sizes[cout], gate=o.gate, downsample=o.downsample)
+        return Real2BinaryBlock(half(cin, cout, stride), half(cout, cout, 1))
+
+    model = ResNet(make_block, (2, 2, 2, 2), (64, 128, 256, 512), o)
     init_like_keras(model)
     return model
 

@@ -1,12 +1,19 @@
-"""Model registry: ``@register_model`` on a builder, then ``create_model(name, **options)``."""
+"""Model registry: ``@register_model`` on a builder, then ``create_model(name, **options)``.
+
+A model family declares its options as a frozen dataclass derived from :class:`ModelOptions`
+(the options every model takes) or :class:`StemOptions`, with its paper's defaults. Each
+variant registers an instance of it (its defaults, e.g. ``BiRealOptions(method="reactnet")``)
+and calls the family's ``_create_<family>`` function, which reads the options with
+``BiRealOptions.of(variant, kwargs)``: see docs/models.md, "Adding a model".
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, TypeVar
 
 import torch.nn as nn
 
@@ -15,16 +22,57 @@ if TYPE_CHECKING:
 
 from onebit.errors import ConfigError, UnknownNameError
 from onebit.models.init import apply_init, check_init
+from onebit.nn import BinaryLayers
+
+_Options = TypeVar("_Options", bound="ModelOptions")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The options every registered model takes; a family's options dataclass derives from it.
+
+    ``method``: the binarization recipe (no default here: each family names its paper's);
+    ``bits``: "1w1a", "1w32a", "32w1a" or "32w32a"; ``block_act``: the block activation
+    (None: the method's).
+    """
+
+    method: str
+    bits: str = "1w1a"
+    num_classes: int = 1000
+    in_chans: int = 3
+    block_act: str | None = None
+
+    def layers(self) -> BinaryLayers:
+        """The conv / activation factory of ``method``, ``bits`` and ``block_act``."""
+        return BinaryLayers.of(self.method, self.bits, self.block_act)
+
+    @classmethod
+    def of(cls: type[_Options], name: str, options: Mapping[str, object]) -> _Options:
+        """The options the registered model ``name`` is built with: its registered defaults
+        with ``options`` on top (an option it lacks is a TypeError, as for any function)."""
+        registered = model_entry(name).options
+        if not isinstance(registered, cls):
+            raise TypeError(f"model {name!r} is not registered with {cls.__name__} options")
+        return replace(registered, **options)
+
+
+@dataclass(frozen=True)
+class StemOptions(ModelOptions):
+    """:class:`ModelOptions` plus ``stem_act``, the activation after the stem conv + BN (None:
+    the block activation; "none": identity). Every model but VGG-Small and the WRNs has one."""
+
+    stem_act: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered builder and what it needs to know about its inputs."""
+    """A registered builder, its options with their defaults and its input size."""
 
     name: str
     builder: Callable[..., nn.Module]
     input_size: tuple[int, int, int]
     defaults: dict[str, object] = field(default_factory=dict)
+    options: ModelOptions | None = None
 
     @property
     def doc(self) -> str:
@@ -39,20 +87,30 @@ _MODELS: dict[str, ModelEntry] = {}
 
 def register_model(
     input_size: tuple[int, int, int] = (3, 224, 224),
+    options: ModelOptions | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder under its function name; ``input_size`` is its default (C, H, W).
 
-    Every model also takes ``init`` (default None), which :func:`create_model` handles, not
-    the builder: see :mod:`onebit.models.init`.
+    ``options``: the builder's options and their defaults, an instance of its family's
+    :class:`ModelOptions` dataclass; None: the builder's keyword parameters that have a
+    default (a plain function, e.g. in a user's script). Every model also takes ``init``
+    (default None), which :func:`create_model` handles, not the builder: see
+    :mod:`onebit.models.init`.
     """
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        params = inspect.signature(builder).parameters.values()
-        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        if options is not None:
+            defaults = asdict(options)
+        else:
+            params = inspect.signature(builder).parameters.values()
+            defaults = {
+                p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+            }
         if "init" in defaults:
             raise TypeError(f"{builder.__name__}: 'init' is create_model's option, not a builder's")
         defaults["init"] = None
-        _MODELS[builder.__name__] = ModelEntry(builder.__name__, builder, input_size, defaults)
+        entry = ModelEntry(builder.__name__, builder, input_size, defaults, options)
+        _MODELS[builder.__name__] = entry
         return builder
 
     return deco

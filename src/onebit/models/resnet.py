@@ -10,13 +10,15 @@ structure) and ``1w32a/models/resnet.py`` (normal structure); torchvision ``resn
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from onebit.errors import UnknownNameError
-from onebit.models._common import make_shortcut, make_stages
-from onebit.models.registry import register_model
+from onebit.models._common import kaiming_init_convs, make_shortcut, make_stages
+from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
 
 STRUCTURES = ("normal", "bireal")
@@ -29,8 +31,10 @@ class ResNet(nn.Module):
     conv1 (7x7/2, full precision) -> bn1 -> act1 (stem activation) -> maxpool (3x3/2) ->
     layer1..layerN (``make_block(cin, cout, stride)``, stride 2 at the first block of
     every layer but the first) -> global average pool -> [bn2: BatchNorm1d, IR-Net / FIRNet
-    head] -> fc. Attribute names follow torchvision's ``ResNet``. ``stem_kernel`` /
-    ``stem_stride`` change the first conv (3, 1: the CIFAR stem of BNEW's Bi-Real ResNet-20).
+    head] -> fc. Attribute names follow torchvision's ``ResNet``. ``options`` gives the
+    input channels, the classes and the stem activation (``stem_act`` of its method's
+    layers). ``stem_kernel`` / ``stem_stride`` change the first conv (3, 1: the CIFAR stem of
+    BNEW's Bi-Real ResNet-20).
     """
 
     def __init__(
@@ -38,21 +42,19 @@ class ResNet(nn.Module):
         make_block: BlockFactory,
         depths: tuple[int, ...],
         widths: tuple[int, ...],
+        options: StemOptions,
         *,
-        num_classes: int,
-        in_chans: int,
-        stem_act: nn.Module,
-        head_bn: bool,
+        head_bn: bool = False,
         stem_width: int = 64,
         stem_kernel: int = 7,
         stem_stride: int = 2,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(
-            in_chans, stem_width, stem_kernel, stem_stride, stem_kernel // 2, bias=False
+            options.in_chans, stem_width, stem_kernel, stem_stride, stem_kernel // 2, bias=False
         )
         self.bn1 = nn.BatchNorm2d(stem_width)
-        self.act1 = stem_act
+        self.act1 = options.layers().act(stem_width, options.stem_act)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = make_stages(make_block, stem_width, widths, depths)
         for i, stage in enumerate(stages):
@@ -61,7 +63,7 @@ class ResNet(nn.Module):
         self.num_features = cin
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.bn2 = nn.BatchNorm1d(cin) if head_bn else None
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(cin, options.num_classes)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
@@ -79,14 +81,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_stages(self.forward_stem(x)))
-
-
-def init_resnet(model: nn.Module) -> None:
-    """He-normal (fan_out) init of every conv, binary ones included: torchvision's init and
-    IR-Net's normal(0, sqrt(2 / (k * k * out_channels)))."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class BasicBlock(nn.Module):
@@ -153,58 +147,44 @@ class Bottleneck(nn.Module):
         return self.act3(self.bn3(self.conv3(y)) + shortcut)
 
 
-def _resnet(
-    depths: tuple[int, ...],
-    *,
-    bottleneck: bool,
-    method: str,
-    bits: str,
-    num_classes: int,
-    in_chans: int,
-    structure: str,
-    block_act: str | None,
-    stem_act: str | None,
-    head_bn: bool | None,
-    downsample: str,
+@dataclass(frozen=True)
+class ResNetOptions(StemOptions):
+    """Options of the ImageNet ResNets: ``head_bn`` (BatchNorm1d before the FC; None: on for
+    binary methods, off for fp) and ``downsample`` ("conv" or "avgpool_conv")."""
+
+    method: str = "irnet"
+    head_bn: bool | None = None
+    downsample: str = "conv"
+
+
+@dataclass(frozen=True)
+class BasicResNetOptions(ResNetOptions):
+    """:class:`ResNetOptions` of the basic-block ResNets, plus ``structure`` ("normal" or
+    "bireal", see :class:`BasicBlock`)."""
+
+    structure: str = "normal"
+
+
+def _create_resnet(
+    variant: str, depths: tuple[int, ...], bottleneck: bool = False, **kwargs: object
 ) -> ResNet:
-    layers = BinaryLayers.of(method, bits, block_act)
+    o = ResNetOptions.of(variant, kwargs)
+    layers = o.layers()
     if bottleneck:
         widths = (256, 512, 1024, 2048)
-
-        def make_block(cin: int, cout: int, stride: int) -> nn.Module:
-            return Bottleneck(layers, cin, cout, stride, downsample)
+        make_block = partial(Bottleneck, layers, downsample=o.downsample)
     else:
+        assert isinstance(o, BasicResNetOptions)
         widths = (64, 128, 256, 512)
-
-        def make_block(cin: int, cout: int, stride: int) -> nn.Module:
-            return BasicBlock(layers, cin, cout, stride, structure, downsample)
-
-    model = ResNet(
-        make_block,
-        depths,
-        widths,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem_act=layers.act(64, stem_act),
-        head_bn=not layers.is_fp if head_bn is None else head_bn,
-    )
-    init_resnet(model)
+        make_block = partial(BasicBlock, layers, structure=o.structure, downsample=o.downsample)
+    head_bn = not layers.is_fp if o.head_bn is None else o.head_bn
+    model = ResNet(make_block, depths, widths, o, head_bn=head_bn)
+    kaiming_init_convs(model, mode="fan_out")
     return model
 
 
-@register_model(input_size=(3, 224, 224))
-def resnet18(
-    *,
-    method: str = "irnet",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    structure: str = "normal",
-    block_act: str | None = None,
-    stem_act: str | None = None,
-    head_bn: bool | None = None,
-    downsample: str = "conv",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=BasicResNetOptions())
+def resnet18(**kwargs: object) -> nn.Module:
     """ResNet-18 (ImageNet): IR-Net binary by default, torchvision-compatible with method="fp".
 
     ``structure``: "normal" (two convs per shortcut) or "bireal" (a shortcut around every
@@ -213,80 +193,23 @@ def resnet18(
     in IR-Net's code) defaults to on for binary models, off for fp. ``downsample``: "conv"
     (1x1/2 conv + BN) or "avgpool_conv" (Bi-Real's AvgPool2d + 1x1 conv + BN).
     """
-    return _resnet(
-        (2, 2, 2, 2),
-        bottleneck=False,
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        structure=structure,
-        block_act=block_act,
-        stem_act=stem_act,
-        head_bn=head_bn,
-        downsample=downsample,
-    )
+    return _create_resnet("resnet18", (2, 2, 2, 2), **kwargs)
 
 
-@register_model(input_size=(3, 224, 224))
-def resnet34(
-    *,
-    method: str = "irnet",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    structure: str = "normal",
-    block_act: str | None = None,
-    stem_act: str | None = None,
-    head_bn: bool | None = None,
-    downsample: str = "conv",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=BasicResNetOptions())
+def resnet34(**kwargs: object) -> nn.Module:
     """ResNet-34 (ImageNet): IR-Net binary by default, torchvision-compatible with method="fp".
 
     Options as :func:`resnet18`; stages of 3, 4, 6, 3 basic blocks.
     """
-    return _resnet(
-        (3, 4, 6, 3),
-        bottleneck=False,
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        structure=structure,
-        block_act=block_act,
-        stem_act=stem_act,
-        head_bn=head_bn,
-        downsample=downsample,
-    )
+    return _create_resnet("resnet34", (3, 4, 6, 3), **kwargs)
 
 
-@register_model(input_size=(3, 224, 224))
-def resnet50(
-    *,
-    method: str = "fp",
-    bits: str = "1w1a",
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    stem_act: str | None = None,
-    head_bn: bool | None = None,
-    downsample: str = "conv",
-) -> nn.Module:
+@register_model(input_size=(3, 224, 224), options=ResNetOptions(method="fp"))
+def resnet50(**kwargs: object) -> nn.Module:
     """ResNet-50 v1.5 (ImageNet), full precision by default (a teacher); torchvision's keys.
 
     With a binary method every 1x1 and 3x3 conv of the bottlenecks is binary (first conv,
     downsampling shortcuts and FC stay full precision). Options as :func:`resnet18`.
     """
-    return _resnet(
-        (3, 4, 6, 3),
-        bottleneck=True,
-        method=method,
-        bits=bits,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        structure="normal",
-        block_act=block_act,
-        stem_act=stem_act,
-        head_bn=head_bn,
-        downsample=downsample,
-    )
+    return _create_resnet("resnet50", (3, 4, 6, 3), bottleneck=True, **kwargs)

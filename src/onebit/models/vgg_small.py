@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from onebit.models.registry import register_model
-from onebit.nn import BinaryLayers
+from onebit.models.registry import ModelOptions, register_model
 
 _WIDTHS = (128, 128, 256, 256, 512, 512)
+
+
+@dataclass(frozen=True)
+class VGGSmallOptions(ModelOptions):
+    """Options of :func:`vgg_small`: ``input_hw``, the input side the FC is sized for."""
+
+    method: str = "irnet"
+    num_classes: int = 10
+    input_hw: int = 32
 
 
 class VGGSmall(nn.Module):
@@ -17,10 +27,11 @@ class VGGSmall(nn.Module):
     flatten -> FP Linear(512 * (H/8) * (W/8), classes).
     """
 
-    def __init__(self, layers: BinaryLayers, num_classes: int, in_chans: int, input_hw: int):
+    def __init__(self, options: VGGSmallOptions):
         super().__init__()
+        layers = options.layers()
         convs, bns, acts, pools = [], [], [], []
-        cin = in_chans
+        cin = options.in_chans
         for i, width in enumerate(_WIDTHS):
             # The first conv sees the image and stays full precision, as in every seed.
             fp_conv = i == 0
@@ -40,7 +51,7 @@ class VGGSmall(nn.Module):
         )
         self.pool_after = tuple(pools)
         self.pool = nn.MaxPool2d(2, 2)
-        self.fc = nn.Linear(cin * (input_hw // 8) ** 2, num_classes)
+        self.fc = nn.Linear(cin * (options.input_hw // 8) ** 2, options.num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # IR-Net: normal(0, sqrt(2 / (k * k * out_channels)))
@@ -58,18 +69,10 @@ class VGGSmall(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@register_model(input_size=(3, 32, 32))
-def vgg_small(
-    *,
-    method: str = "irnet",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    input_hw: int = 32,
-) -> nn.Module:
+@register_model(input_size=(3, 32, 32), options=VGGSmallOptions())
+def vgg_small(**kwargs: object) -> nn.Module:
     """VGG-Small (IR-Net CIFAR): 6 convs 128-128-256-256-512-512, 3 max-pools, one FC.
 
     ``input_hw`` is the input height/width the FC is sized for (32). About 4.66 M parameters.
     """
-    return VGGSmall(BinaryLayers.of(method, bits, block_act), num_classes, in_chans, input_hw)
+    return VGGSmall(VGGSmallOptions.of("vgg_small", kwargs))

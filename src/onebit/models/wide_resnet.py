@@ -7,12 +7,14 @@ xternalz/WideResNet-pytorch), the ``rn`` model of BNEW's ``teachers.py``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from onebit.models._common import make_stages
-from onebit.models.registry import register_model
+from onebit.models.registry import ModelOptions, register_model
 from onebit.nn import BinaryLayers
 
 
@@ -42,32 +44,35 @@ class PreActBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(y))
 
 
+@dataclass(frozen=True)
+class WideResNetOptions(ModelOptions):
+    """Options of the Wide ResNets: ``widen_factor`` k."""
+
+    method: str = "fp"
+    num_classes: int = 10
+    widen_factor: int = 1
+
+
 class WideResNet(nn.Module):
     """3x3 stem conv, three stages of pre-activation blocks (16k, 32k, 64k channels),
     BN + activation, global average pool, FC."""
 
-    def __init__(
-        self,
-        layers: BinaryLayers,
-        depth: int,
-        widen_factor: int,
-        num_classes: int,
-        in_chans: int,
-    ):
+    def __init__(self, depth: int, options: WideResNetOptions):
         super().__init__()
+        layers = options.layers()
         blocks_per_stage = (depth - 4) // 6
-        widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
+        widen = options.widen_factor
+        self.conv1 = nn.Conv2d(options.in_chans, 16, 3, 1, 1, bias=False)
         stages, cin = make_stages(
-            lambda cin, cout, stride: PreActBlock(layers, cin, cout, stride),
+            partial(PreActBlock, layers),
             16,
-            widths,
+            (16 * widen, 32 * widen, 64 * widen),
             (blocks_per_stage,) * 3,
         )
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(cin)
         self.act = layers.act(cin)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(cin, options.num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # normal(0, sqrt(2 / (k * k * out_channels)))
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -79,36 +84,22 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model(input_size=(3, 32, 32))
-def wrn22(
-    *,
-    method: str = "fp",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    widen_factor: int = 1,
-) -> nn.Module:
+def _create_wide_resnet(variant: str, depth: int, **kwargs: object) -> WideResNet:
+    return WideResNet(depth, WideResNetOptions.of(variant, kwargs))
+
+
+@register_model(input_size=(3, 32, 32), options=WideResNetOptions())
+def wrn22(**kwargs: object) -> nn.Module:
     """Wide ResNet-22 for CIFAR (pre-activation, 3 x 3 blocks of 16k-32k-64k): BNEW's teacher.
 
     ``widen_factor`` k (1: WRN-22-1, 0.27 M parameters, BNEW's ``rn``). The default method is
     ``fp`` (ReLU, nothing binary); another method binarizes every conv but the stem and the
     shortcuts.
     """
-    layers = BinaryLayers.of(method, bits, block_act)
-    return WideResNet(layers, 22, widen_factor, num_classes, in_chans)
+    return _create_wide_resnet("wrn22", 22, **kwargs)
 
 
-@register_model(input_size=(3, 32, 32))
-def wrn10(
-    *,
-    method: str = "fp",
-    bits: str = "1w1a",
-    num_classes: int = 10,
-    in_chans: int = 3,
-    block_act: str | None = None,
-    widen_factor: int = 1,
-) -> nn.Module:
+@register_model(input_size=(3, 32, 32), options=WideResNetOptions())
+def wrn10(**kwargs: object) -> nn.Module:
     """Wide ResNet-10 for CIFAR (3 x 1 pre-activation blocks): BNEW's small teacher ``lrn``."""
-    layers = BinaryLayers.of(method, bits, block_act)
-    return WideResNet(layers, 10, widen_factor, num_classes, in_chans)
+    return _create_wide_resnet("wrn10", 10, **kwargs)
