@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,10 +19,16 @@ from onebit.cli import main
 from onebit.config import load_config
 from onebit.errors import ConfigError
 from onebit.train import RunDir, Trainer
-from onebit.train.losses import Batch, build_loss_terms, distributional, kd_kl, total_loss
+from onebit.train.losses import (
+    Batch,
+    build_loss_terms,
+    distillation_terms,
+    distributional,
+    kd_kl,
+    total_loss,
+)
 from onebit.train.optim import BMD, Bop, bmd_beta
 from onebit.train.regularizers import (
-    BnewProx,
     binary_weights,
     bnew_prox_,
     bnew_reg,
@@ -29,6 +36,7 @@ from onebit.train.regularizers import (
     freeze_binary_,
 )
 from onebit.train.repeat import parse_seeds
+from onebit.train.techniques import BnewProx
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = ROOT / "configs/fmnist"
@@ -60,8 +68,16 @@ def test_bnew_regulariser_value_gradient_and_prox_step():
     assert bnew_reg(0, 10, 0.07) == pytest.approx(0.007)
     assert bnew_reg(9, 10, 0.07) == pytest.approx(0.07)
     assert bnew_reg(4, 10, 50.0) == 1.0
-    prox = BnewProx([v], 0.07, epochs=10, offset=3)  # a phase starting at epoch 3 of 10
-    assert prox.set_epoch(1) == {"bnew_reg": pytest.approx(0.035)}
+    # the technique: a phase starting at epoch 3 of E = 10; its epoch 1 is the ramp's 4th
+    from onebit.nn import BinaryConv2d
+
+    config = load_config(FMNIST / "birealnet8_bnew.yaml", ["latent.bnew.epochs=10"])
+    config.schedule.offset = 3
+    model = torch.nn.Sequential(BinaryConv2d(2, 3, 3, act="rsign", weight="xnor"))
+    trainer = SimpleNamespace(model=model, phase_config=config)
+    prox = BnewProx(config.latent.bnew)
+    prox.start(trainer)
+    assert prox.epoch_start(trainer, 1) == {"bnew_reg": pytest.approx(0.035)}
 
 
 # ------------------------------------------------------------------ Bop
@@ -175,7 +191,7 @@ def test_kd_loss_mix(distill, weights):
     config = load_config(FMNIST / "resnet20_fp.yaml", [*overrides, *distill.split()])
     s, t = torch.randn(4, 10), torch.randn(4, 10)
     y = torch.tensor([0, 3, 9, 2])
-    terms = build_loss_terms(config, FakeDistiller(t))
+    terms = distillation_terms(build_loss_terms(config), config.distill, FakeDistiller(t))
     assert {term.name: term.weight for term in terms} == pytest.approx(weights)
     kd = {"kl": kd_kl(s, t, config.distill.temperature), "distributional": distributional(s, t)}
     parts = {"ce": F.cross_entropy(s, y), **kd}
@@ -193,7 +209,7 @@ def _latent(trainer):
 def test_bnew_phases_make_the_weights_binary_then_freeze_them(tmp_path, monkeypatch):
     """BNEW phase 2 (the prox step, a strong reg0) then the freeze phase: the latent weights
     are +-1 when phase 2 ends; the freeze phase keeps them while the rest trains."""
-    import onebit.train.trainer as trainer_module
+    import onebit.train.techniques as techniques_module
 
     seen = []
 
@@ -201,7 +217,7 @@ def test_bnew_phases_make_the_weights_binary_then_freeze_them(tmp_path, monkeypa
         seen.append([w.detach().clone() for _, w in binary_weights(model)])
         return freeze_binary_(model)
 
-    monkeypatch.setattr(trainer_module, "freeze_binary_", spy)
+    monkeypatch.setattr(techniques_module, "freeze_binary_", spy)
     # 2 epochs of 8 steps, reg = min(4 (e + 1) / 2, 1) = 1 (w <- clamp(3 w, -1, 1) after
     # each step), Adam 1e-3 decaying linearly to 0 at the end of phase 2
     overrides = [*TINY, "data.batch_size=8", "init=null", "schedule.epochs=2", "optim.lr=0.001"]
@@ -368,6 +384,57 @@ phases:
     assert [[r.get(k) for k in key] for r in got] == [[r.get(k) for k in key] for r in ref]
     assert [r["phase"] for r in ref] == [0, 1, 1, 1, 2]
     assert [r.get("bmd_beta") for r in ref] == [None, 1.0, 2.0, 4.0, None]
+
+
+def test_a_resumed_run_builds_its_phase_once(tmp_path, teacher_file, monkeypatch, one_thread):
+    """A run stopped in phase 2 and resumed builds phase 2's model, optimizers and teacher
+    once (nothing of phase 1 first, nothing twice), and ends as the run never stopped."""
+    import onebit.train.techniques as techniques_module
+    import onebit.train.trainer as trainer_module
+
+    teacher = teacher_file({"name": "wrn10", "method": "fp"}, 10, 1)
+    distill = f"{{teacher: {{model: {{name: wrn10, method: fp}}, checkpoint: {teacher}}}}}"
+    bmd = "{name: bmd, overrides: {optim: {binary: {name: bmd}}, latent: {clamp: false}}}"
+    sets = [*TINY, "init=null", "latent.clamp=true", f"distill={distill}"]
+    sets += [f"phases=[{{name: clamp}}, {bmd}]", "schedule.epochs=2", "optim.lr=0.01"]
+    config = load_config(FMNIST / "birealnet8_bnew_phase1.yaml", sets)
+    reference, stopped = RunDir(tmp_path / "reference"), RunDir(tmp_path / "stopped")
+    Trainer(config, reference).fit()
+
+    class Stop(Exception):
+        pass
+
+    trainer = Trainer(config, stopped)
+    run_epoch = trainer.run_epoch
+
+    def stop_in_phase_2(epoch):
+        if trainer.progress.phase == 1 and epoch == 1:
+            raise Stop
+        return run_epoch(epoch)
+
+    trainer.run_epoch = stop_in_phase_2
+    with pytest.raises(Stop):
+        trainer.fit()
+    calls = {"create_model": 0, "build_optimizers": 0, "load_teacher": 0}
+
+    def count(module, name):
+        original = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    count(trainer_module, "create_model")
+    count(trainer_module, "build_optimizers")
+    count(techniques_module, "load_teacher")
+    resumed = Trainer(config, stopped)
+    assert resumed.model is None and calls["create_model"] == 0  # fit(resume=True) builds
+    resumed.fit(resume=True)
+    assert calls == {"create_model": 1, "build_optimizers": 1, "load_teacher": 1}
+    a, b = load_file(reference.last), load_file(stopped.last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_teacher_takes_the_data_options_its_builder_accepts(teacher_file, one_thread):

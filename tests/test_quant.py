@@ -17,7 +17,7 @@ import onebit
 from onebit import quant
 from onebit.errors import UnknownNameError
 from onebit.nn import BinaryConv2d
-from onebit.quant import set_schedule_state
+from onebit.quant import EdeConfig, QuantConfig, set_schedule_state
 
 POINTS = torch.tensor(
     [-2.0, -1.0, -0.75, -0.5, -0.1, 0.0, 0.1, 0.5, 0.75, 1.0, 1.5], dtype=torch.float64
@@ -132,8 +132,8 @@ def test_clipped_ste_range_is_quant_ste_clip(kind, name):
     assert torch.equal(fn(x, clip=1.25), fn(x))
     # set on every layer by the schedule from quant.ste_clip, read without a buffer
     layer = BinaryConv2d(3, 4, 3, act="ste", weight="sign")
-    set_schedule_state(layer, 0, 1, clip=1.25)
-    assert layer.quant_constants == {"clip": 1.25}
+    set_schedule_state(layer, 0, 1, QuantConfig(ste_clip=1.25))
+    assert layer.quant_constants == {"act": {"clip": 1.25}, "weight": {"clip": 1.25}}
     assert "clip" not in dict(layer.named_buffers())
 
 
@@ -257,7 +257,7 @@ def test_every_registered_binarizer_has_a_docstring_with_formula_and_source():
 
 def test_set_schedule_state_fills_buffers_and_reports_values():
     m = onebit.create_model("resnet20", method="irnet", in_chans=1)
-    used = quant.set_schedule_state(m, epoch=100, epochs=400, ede=(1e-3, 10.0))
+    used = quant.set_schedule_state(m, 100, 400, QuantConfig(ede=EdeConfig(1e-3, 10.0)))
     assert used == pytest.approx({"ede_t": 1e-2, "ede_k": 1e2})
     layers = [x for x in m.modules() if isinstance(x, onebit.nn.BinaryConv2d)]
     assert len(layers) == 18

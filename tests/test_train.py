@@ -269,6 +269,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
 
 
+def test_a_run_resumes_after_its_model_gained_an_option(tmp_path):
+    # a run started before resnet20 had `structure` / `head_act` / `init`: its saved config
+    # lacks them; they take their defaults, which build the same model
+    from onebit.train.checkpoint import read_checkpoint
+
+    run = RunDir(tmp_path / "old")
+    Trainer(load_config(FP, [*TINY, "schedule.epochs=1"]), run).fit()
+    tensors, state = read_checkpoint(run.last)
+    for key in ("structure", "head_act", "init"):
+        del state["config"]["model"][key]
+    save_checkpoint(run.last, tensors, state)
+    trainer = Trainer(load_config(FP, [*TINY, "schedule.epochs=1"]), run)
+    trainer.fit(resume=True)  # nothing left to train: it restores and stops
+    assert trainer.progress.epoch == 1
+    assert "resumed" in run.log_file.read_text()
+
+
 def test_resume_without_a_checkpoint_starts(tmp_path):
     result = Trainer(load_config(FP, [*TINY, "schedule.epochs=1"]), RunDir(tmp_path)).fit(
         resume=True

@@ -10,6 +10,8 @@ from onebit import deploy, errors, nn, quant
 from onebit.binarize import binarize
 from onebit.models import create_model, list_models, register_model
 from onebit.profile import OpsReport, count_ops, summary
+from onebit.quant import register_binarizer, register_method
+from onebit.train.techniques import register_technique
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,9 @@ __all__ = [
     "list_models",
     "nn",
     "quant",
+    "register_binarizer",
+    "register_method",
     "register_model",
+    "register_technique",
     "summary",
 ]

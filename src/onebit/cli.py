@@ -407,7 +407,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             "val_top5": after["val_top5"],
             "images": loaders.eval.num_samples,
         }
-    header = export(model, args.out, fp16=args.fp16, input_spec=spec, accuracy=accuracy)
+    imports = config.imports if config is not None else None
+    header = export(
+        model, args.out, fp16=args.fp16, input_spec=spec, accuracy=accuracy, imports=imports
+    )
     packed = sum(layer["mode"] == "packed" for layer in header["layers"])
     print(
         f"wrote {args.out}: {packed} packed binary layers, "

@@ -15,7 +15,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
+import os
+import re
 import reprlib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from typing import Any, Union
 import yaml
 
 from onebit.errors import ConfigError, OneBitError
+from onebit.quant.registry import QuantConfig
 
 
 def _spec(default: Any, **checks: Any) -> Any:
@@ -110,24 +115,6 @@ class ScheduleConfig:
     def length(self) -> int:
         """E, the length of the schedule this phase trains a part of."""
         return self.total_epochs or self.offset + self.epochs
-
-
-@dataclass
-class EdeConfig:
-    """IR-Net's EDE schedule: t from t_min to t_max over training."""
-
-    t_min: float = _spec(1e-3, min=0.0)
-    t_max: float = _spec(10.0, min=0.0)
-
-
-@dataclass
-class QuantConfig:
-    """Schedules of the binarizers' state (each layer reads only what its binarizer uses)."""
-
-    tau: list[float] = field(default_factory=lambda: [0.85, 0.99], metadata={"length": 2})
-    ede: EdeConfig = field(default_factory=EdeConfig)
-    # the clipped straight-through estimators' range: g * 1{|x| <= ste_clip} (mmcls: 1.25)
-    ste_clip: float = _spec(1.0, min=0.0)
 
 
 @dataclass
@@ -225,18 +212,25 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
-    """A whole recipe: model, data, optimizer, schedules, loss, distillation, phases and
-    runtime."""
+    """A whole recipe: model, data, optimizer, schedules, loss, distillation, the options
+    of techniques registered from outside the package, phases and runtime."""
 
     model: dict[str, Any]
+    # Python modules imported before the rest is read: where the user's own binarizers,
+    # methods, techniques or models are registered (onebit.register_binarizer, ...)
+    imports: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # one key per option of the registered binarizers (onebit.quant.register_binarizer)
     quant: QuantConfig = field(default_factory=QuantConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     distill: DistillConfig | None = None
+    # {name: options} of techniques that read techniques.<name> (onebit.register_technique):
+    # each entry is read into its technique's schema dataclass; null leaves it off
+    techniques: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # start from these weights (a run directory or .safetensors)
     phases: list[PhaseConfig] | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -468,17 +462,67 @@ def _check_sections(config: Config) -> None:
     config.phase_configs()
 
 
+def _technique_options(entries: dict[str, Any]) -> dict[str, Any]:
+    """The ``techniques:`` section: every entry read into the ``schema`` dataclass of the
+    registered technique of its name (null: left off)."""
+    from onebit.train.techniques import TECHNIQUES
+
+    schemas = {name: cls.schema for name, cls in TECHNIQUES.items() if cls.section is None}
+    options = {}
+    for name, value in entries.items():
+        if name not in schemas:
+            close = difflib.get_close_matches(name, schemas, n=1)
+            hint = f" Did you mean techniques.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"config key techniques.{name} is unknown.{hint} Registered techniques with "
+                f"options there: {', '.join(schemas) or 'none'} (register one with "
+                "onebit.register_technique before the config is read)"
+            )
+        path = f"techniques.{name}"
+        options[name] = None if value is None else _convert(value, schemas[name], path)
+    return options
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """A :class:`Config` from a plain dict (as read from YAML), fully checked."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    import_modules(data.get("imports"))
     config = _build(Config, data, "")
+    config.techniques = _technique_options(config.techniques)
     _check_model(config.model)
     _check_sections(config)
     from onebit.data import check_data_config
 
     check_data_config(config.data)
     return config
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def import_modules(names: Any) -> None:
+    """Import the modules a config's ``imports:`` names (each once; the working directory is
+    searched too, so a module next to where ``onebit`` runs is found). Only names: a config
+    or a checkpoint cannot bring code of its own, it can only ask for modules already here."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(
+            f"config key imports: expected a list of module names, got {_short(names)}"
+        )
+    for name in names:
+        if not _MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"config key imports: {_short(name)} is not a module name (a.b.c)")
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(
+                f"config key imports: cannot import {name!r} ({err}); put the module on "
+                "PYTHONPATH or in the working directory"
+            ) from None
 
 
 def data_config(values: dict[str, Any]) -> DataConfig:

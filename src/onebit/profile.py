@@ -73,7 +73,7 @@ def layer_macs(module: nn.Module, output_shape: tuple[int, ...]) -> int:
 
 def is_bop_layer(module: nn.Module) -> bool:
     """True for a layer whose MACs are binary operations (1-bit weights and 1-bit inputs)."""
-    return is_binary(module) and module.weight_spec is not None and module.act_spec is not None
+    return is_binary(module) and module.bits == "1w1a"
 
 
 @dataclass

@@ -324,9 +324,11 @@ def _rebuild(header: dict[str, Any], model: nn.Module | None, path: str | Path) 
             f"{path}: holds {cls}, built outside the model registry; load it with "
             "onebit.deploy.load(path, model=an instance of the same architecture)"
         )
+    from onebit.config import import_modules
     from onebit.models import create_model
 
     try:
+        import_modules(header.get("imports"))  # the user's registrations, by module name
         return create_model(spec["name"], **spec["options"]).eval()
     except (OneBitError, TypeError, ValueError, RuntimeError) as err:  # options from the file
         raise ExportError(f"{path}: cannot rebuild model {spec['name']!r}: {err}") from None

@@ -118,7 +118,9 @@ def weight_signs_and_scale(name: str, layer: _BinaryMixin) -> tuple[torch.Tensor
 
 def check_activation(name: str, layer: _BinaryMixin) -> None:
     """The packed engine binarizes inputs as sign(x + act_bias); check the layer does the same
-    in eval mode (every binarizer in onebit.quant does; a new one might not)."""
+    in eval mode (every binarizer in onebit.quant does; a registered one might not: a ternary
+    or multi-bit quantizer cannot be deployed). Checked for every layer that binarizes its
+    input, packed or not: the engine rebuilds a float layer's binarizer by name."""
     cin = layer.weight.shape[1] * getattr(layer, "groups", 1)
     shape = (3, cin) if isinstance(layer, BinaryLinear) else (3, cin, 2, 2)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(layer.weight.device)
@@ -246,6 +248,7 @@ def export(
     fp16: bool = False,
     input_spec: InputSpec | None = None,
     accuracy: dict[str, float] | None = None,
+    imports: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``model`` (evaluated in eval mode) to ``path`` as a packed ``.onebit`` file.
 
@@ -254,7 +257,9 @@ def export(
     model was trained on (default: its registry entry's, see
     :func:`onebit.models.default_input_spec`), stored so that the deployed model can
     ``predict`` raw images. ``accuracy``: the trained model's test figures (``val_top1``,
-    ...), stored for ``onebit eval`` to compare with. Returns the file's header.
+    ...), stored for ``onebit eval`` to compare with. ``imports``: the modules that register
+    the user's own binarizers / methods / models (a config's ``imports:``), imported again by
+    ``load`` before it rebuilds the model. Returns the file's header.
     ``onebit.deploy.load(path)`` runs it; for a model not built by ``onebit.create_model``,
     ``load(path, model=an_instance_of_the_same_architecture)``.
     """
@@ -268,6 +273,8 @@ def export(
     header["input"] = None if spec is None else spec.to_json()
     if accuracy:
         header["accuracy"] = {k: float(v) for k, v in accuracy.items()}
+    if imports:
+        header["imports"] = list(imports)
     fmt.write(path, header, tensors)
     return header
 
@@ -281,6 +288,9 @@ def _build(model: nn.Module, fp16: bool) -> tuple[dict[str, Any], dict[str, torc
     drop: set[str] = set()
     tensors: dict[str, torch.Tensor] = {}
     descs = []
+    for name, layer in model.named_modules():
+        if isinstance(layer, _BinaryMixin) and layer.act_spec is not None:
+            check_activation(name, layer)
     for name, layer in binary:
         desc = describe(name, layer, pairs.get(name))
         descs.append(desc)
@@ -290,7 +300,6 @@ def _build(model: nn.Module, fp16: bool) -> tuple[dict[str, Any], dict[str, torc
             tensors[f"{name}.weight_scale"] = scale
             drop.add(f"{name}.weight")
             continue
-        check_activation(name, layer)
         bn = modules[desc.bn] if desc.bn else None
         tensors[f"{name}.out_scale"], tensors[f"{name}.out_bias"] = fold(layer, scale, bn)
         if desc.act_bias:

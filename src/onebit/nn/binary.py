@@ -6,17 +6,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onebit.quant.binarizers import Binarizer, act_spec, weight_spec
-
-# Initial values of the schedule buffers, before ``set_schedule_state`` is first called:
-# t = k = 1 is the plain tanh surrogate; tau = 1 gives Q = inf (no clamp), as in ReCU's code.
-_STATE_INIT = {"t": 1.0, "k": 1.0, "tau": 1.0}
-# State kept as Python numbers (no buffer, no host sync to read): the clipped STE's range.
-_CONSTANT_INIT = {"clip": 1.0}
+from onebit.errors import ConfigError
+from onebit.quant.binarizers import DEFAULT_ACT, DEFAULT_WEIGHT
+from onebit.quant.registry import SCALE_INITS, Binarizer, act_spec, weight_spec
 
 
 class _BinaryMixin:
-    """What BinaryConv2d and BinaryLinear share: binarizers, their state and the scale."""
+    """What BinaryConv2d and BinaryLinear share: binarizers, their state and the scale.
+
+    Each binarizer's ``state`` is a non-persistent 0-dim buffer named as the state, and its
+    ``constants`` are Python numbers in ``quant_constants[kind]`` (``"act"``/``"weight"``);
+    both start at the registered initial values until ``onebit.quant.set_schedule_state``
+    sets them.
+    """
 
     act_spec: Binarizer | None
     weight_spec: Binarizer | None
@@ -24,25 +26,36 @@ class _BinaryMixin:
     def _setup_binarizers(self, act: str | None, weight: str | None, scale: bool | None) -> None:
         self.act_spec = act_spec(act) if act else None
         self.weight_spec = weight_spec(weight) if weight else None
-        specs = [s for s in (self.act_spec, self.weight_spec) if s is not None]
-        names = {n for s in specs for n in s.state}
-        for name in sorted(names & set(_STATE_INIT)):
-            self.register_buffer(name, torch.tensor(_STATE_INIT[name]), persistent=False)
-        self.quant_constants = {n: _CONSTANT_INIT[n] for n in sorted(names & set(_CONSTANT_INIT))}
+        _check_shared_state(self.quant_binarizers)
+        self.quant_constants: dict[str, dict[str, object]] = {}
+        for spec in self.quant_binarizers:
+            for name, value in spec.state.items():
+                if name not in self._buffers:
+                    if hasattr(self, name):
+                        raise ConfigError(
+                            f"{spec.kind} binarizer {spec.name!r}: its state {name!r} is the "
+                            f"name of an attribute of {type(self).__name__}; rename it"
+                        )
+                    self.register_buffer(name, torch.tensor(float(value)), persistent=False)
+            self.quant_constants[spec.kind] = dict(spec.constants)
         groups = getattr(self, "groups", 1)  # nn.Linear has no groups
         in_features, out_features = self.weight.shape[1] * groups, self.weight.shape[0]
-        if self.act_spec is not None and "bias" in self.act_spec.state:
-            # RSign's learnable threshold, one per input channel, initialised to 0.
+        if self.act_spec is not None and self.act_spec.learned_bias:
+            # a learnable threshold per input channel (ReActNet's), initialised to 0
             self.act_bias = nn.Parameter(torch.zeros(in_features, device=self.weight.device))
         if scale is None:
             scale = self.weight_spec is not None and self.weight_spec.learned_scale
         if scale:
-            # ReCU initialises its alpha uniformly in [0, 1); other methods start at 1.
-            init = torch.rand if weight == "recu" else torch.ones
+            init = SCALE_INITS[self.weight_spec.scale_init if self.weight_spec else "ones"]
             shape = (out_features,) + (1,) * (self.weight.ndim - 2)
             self.alpha = nn.Parameter(init(shape, device=self.weight.device))
         else:
             self.alpha = None
+
+    @property
+    def quant_binarizers(self) -> tuple[Binarizer, ...]:
+        """The binarizers this layer uses (its activation one first)."""
+        return tuple(s for s in (self.act_spec, self.weight_spec) if s is not None)
 
     @property
     def is_binary(self) -> bool:
@@ -51,36 +64,29 @@ class _BinaryMixin:
 
     @property
     def bits(self) -> str:
-        """``"1w1a"``-style description of what this layer binarizes."""
-        w = 1 if self.weight_spec is not None else 32
-        a = 1 if self.act_spec is not None else 32
+        """``"1w1a"``-style description of what this layer quantizes, and to how many bits."""
+        w = self.weight_spec.bits if self.weight_spec is not None else 32
+        a = self.act_spec.bits if self.act_spec is not None else 32
         return f"{w}w{a}a"
 
     def _state(self, spec: Binarizer) -> dict[str, object]:
-        values = {}
-        for name in spec.state:
-            if name == "training":
-                values[name] = self.training
-            elif name == "bias":
-                values[name] = self.act_bias
-            elif name in self.quant_constants:
-                values[name] = self.quant_constants[name]
-            else:
-                values[name] = getattr(self, name)
+        values: dict[str, object] = {name: getattr(self, name) for name in spec.state}
+        values.update(self.quant_constants[spec.kind])
+        if spec.training:
+            values["training"] = self.training
+        if spec.learned_bias:
+            values["bias"] = self.act_bias
         return values
 
-    def set_quant_state(self, **values: float) -> list[str]:
-        """Fill the schedule buffers this layer has (``t``, ``k``, ``tau``) and its constants
-        (``clip``); return the names of the buffers set."""
-        set_names = []
+    def set_quant_state(self, kind: str, **values: object) -> None:
+        """Set the state of this layer's ``kind`` (``"act"``/``"weight"``) binarizer: fill its
+        buffers in place and set its constants."""
+        constants = self.quant_constants[kind]
         for name, value in values.items():
-            buffer = self._buffers.get(name)
-            if buffer is not None:
-                buffer.fill_(value)
-                set_names.append(name)
-            elif name in self.quant_constants:
-                self.quant_constants[name] = float(value)
-        return set_names
+            if name in constants:
+                constants[name] = value
+            else:
+                self._buffers[name].fill_(value)
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input as the layer multiplies it (binarized if the layer binarizes it)."""
@@ -117,7 +123,8 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
     ``act`` / ``weight`` name binarizers (``onebit.quant.ACTIVATIONS`` / ``WEIGHTS``); either
     may be None to keep that side full precision. ``scale=True`` adds a learnable per-output-
-    channel factor on the output (ReCU's alpha; default: on iff the weight binarizer has one).
+    channel factor alpha_c on the output (default: on iff the weight binarizer registered
+    ``learned_scale``).
     Zero padding is applied after the input is binarized, as in every official code.
     """
 
@@ -132,8 +139,8 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         groups: int = 1,
         bias: bool = False,
         *,
-        act: str | None = "ste",
-        weight: str | None = "xnor",
+        act: str | None = DEFAULT_ACT,
+        weight: str | None = DEFAULT_WEIGHT,
         scale: bool | None = None,
         device=None,
         dtype=None,
@@ -168,8 +175,8 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        act: str | None = "ste",
-        weight: str | None = "xnor",
+        act: str | None = DEFAULT_ACT,
+        weight: str | None = DEFAULT_WEIGHT,
         scale: bool | None = None,
         device=None,
         dtype=None,
@@ -182,6 +189,22 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._binary_repr()
+
+
+def _check_shared_state(specs: tuple[Binarizer, ...]) -> None:
+    """A layer holds one buffer per state name: an activation and a weight binarizer may both
+    read one only if one schedule sets it (a method whose two binarizers share a schedule).
+    Constants are kept per binarizer."""
+    if len(specs) < 2:
+        return
+    first, second = specs
+    shared = sorted(set(first.state) & set(second.state))
+    if shared and first.schedule is not second.schedule:
+        raise ConfigError(
+            f"binarizers {first.name!r} (act) and {second.name!r} (weight) both read state "
+            f"{shared[0]!r}, set by different schedules; a layer holds one {shared[0]!r}: "
+            "rename it in one of them"
+        )
 
 
 def is_binary(module: nn.Module) -> bool:

@@ -1,11 +1,15 @@
-"""Activation and weight binarizers, their schedules and the methods built from them."""
+"""Activation and weight binarizers, their schedules and the methods built from them.
+
+``register_binarizer`` and ``register_method`` add new ones (docs/extending.md).
+"""
 
 from onebit.quant.binarizers import (
-    ACTIVATIONS,
-    WEIGHTS,
-    Binarizer,
-    act,
-    act_spec,
+    DEFAULT_ACT,
+    DEFAULT_WEIGHT,
+    ClipOptions,
+    EdeConfig,
+    EdeOptions,
+    TauOptions,
     approx_sign,
     ede,
     irnet,
@@ -16,23 +20,50 @@ from onebit.quant.binarizers import (
     sign,
     sign_weight,
     ste,
-    weight,
-    weight_spec,
     xnor,
 )
-from onebit.quant.methods import BITS, METHODS, Method, get_method, parse_bits
+from onebit.quant.methods import (
+    BITS,
+    METHODS,
+    Method,
+    get_method,
+    parse_bits,
+    register_method,
+    unregister_method,
+)
+from onebit.quant.registry import (
+    ACTIVATIONS,
+    WEIGHTS,
+    Binarizer,
+    QuantConfig,
+    act,
+    act_spec,
+    binarizer,
+    register_binarizer,
+    unregister_binarizer,
+    weight,
+    weight_spec,
+)
 from onebit.quant.schedules import ede_schedule, set_schedule_state, tau_schedule
 
 __all__ = [
     "ACTIVATIONS",
     "BITS",
+    "DEFAULT_ACT",
+    "DEFAULT_WEIGHT",
     "METHODS",
     "WEIGHTS",
     "Binarizer",
+    "ClipOptions",
+    "EdeConfig",
+    "EdeOptions",
     "Method",
+    "QuantConfig",
+    "TauOptions",
     "act",
     "act_spec",
     "approx_sign",
+    "binarizer",
     "ede",
     "ede_schedule",
     "get_method",
@@ -41,12 +72,16 @@ __all__ = [
     "parse_bits",
     "recu_act",
     "recu_weight",
+    "register_binarizer",
+    "register_method",
     "rsign",
     "set_schedule_state",
     "sign",
     "sign_weight",
     "ste",
     "tau_schedule",
+    "unregister_binarizer",
+    "unregister_method",
     "weight",
     "weight_spec",
     "xnor",

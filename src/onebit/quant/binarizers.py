@@ -2,22 +2,28 @@
 
 Every binarizer is a differentiable ``f(x, **state)``: the forward pass is ``sign`` (with
 ``sign(0) = +1``, see :func:`sign`), the backward pass is the method's surrogate gradient.
-Pick one by name with :func:`act` / :func:`weight`; the specs in :data:`ACTIVATIONS` and
-:data:`WEIGHTS` also say which schedule state (``t``, ``k``, ``tau``) each one reads.
+Each is registered with :func:`onebit.quant.register_binarizer`, which also records the state
+it reads (``t``, ``k``, ``tau``, ``clip``), the schedule that sets it and the ``quant:``
+options that schedule reads (:class:`ClipOptions`, :class:`EdeOptions`, :class:`TauOptions`).
+Pick one by name with :func:`act` / :func:`weight`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from onebit.errors import UnknownNameError
 from onebit.quant import fused
+from onebit.quant.registry import declare_options, register_binarizer
+from onebit.quant.schedules import ede_schedule, tau_schedule
 
 State = torch.Tensor | float
+
+# A binary layer's binarizers when none are named: XNOR-Net's.
+DEFAULT_ACT, DEFAULT_WEIGHT = "ste", "xnor"
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -97,35 +103,66 @@ _SignEDE = _sign_function("EDE", _ede_grad)
 _SignIdentity = _sign_function("Identity", _identity_grad)
 
 
-@dataclass(frozen=True)
-class Binarizer:
-    """A named binarizer: its function and the keyword state it reads.
-
-    ``state`` names come from ``t``, ``k`` (EDE schedule), ``tau`` (ReCU schedule), ``clip``
-    (the clipped STE's range, ``quant.ste_clip``), ``bias`` (a learnable per-channel shift
-    owned by the layer) and ``training`` (the module's mode).
-    """
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    state: tuple[str, ...] = ()
-    learned_scale: bool = False
-
-    @property
-    def doc(self) -> str:
-        return (self.fn.__doc__ or "").strip().splitlines()[0]
+# --------------------------------------------------------------------------- options
+# Each dataclass is a group of keys of the config's quant: section, read by the schedules below.
 
 
-ACTIVATIONS: dict[str, Binarizer] = {}
-WEIGHTS: dict[str, Binarizer] = {}
+@dataclass
+class ClipOptions:
+    """The clipped straight-through estimators' range: g * 1{|x| <= ste_clip} (mmcls: 1.25)."""
+
+    ste_clip: float = field(default=1.0, metadata={"min": 0.0})
 
 
-def _register(table: dict[str, Binarizer], name: str, state=(), learned_scale=False):
-    def deco(fn):
-        table[name] = Binarizer(name, fn, tuple(state), learned_scale)
-        return fn
+@dataclass
+class EdeConfig:
+    """IR-Net's EDE schedule: t from t_min to t_max over training."""
 
-    return deco
+    t_min: float = field(default=1e-3, metadata={"min": 0.0})
+    t_max: float = field(default=10.0, metadata={"min": 0.0})
+
+
+@dataclass
+class EdeOptions:
+    """``quant.ede``: the EDE schedule, shared by the ``ede`` and ``irnet`` binarizers."""
+
+    ede: EdeConfig = field(default_factory=EdeConfig)
+
+
+@dataclass
+class TauOptions:
+    """``quant.tau``: ReCU's [tau_min, tau_max]."""
+
+    tau: list[float] = field(default_factory=lambda: [0.85, 0.99], metadata={"length": 2})
+
+
+# the quant: keys in the order configs and docs/training.md list them
+declare_options(TauOptions, EdeOptions, ClipOptions)
+
+
+def _clip_state(epoch: float, epochs: int, options: ClipOptions) -> dict[str, float]:
+    return {"clip": options.ste_clip}
+
+
+def _ede_state(epoch: float, epochs: int, options: EdeOptions) -> dict[str, float]:
+    t, k = ede_schedule(epoch, epochs, options.ede.t_min, options.ede.t_max)
+    return {"t": t, "k": k}
+
+
+def _tau_state(epoch: float, epochs: int, options: TauOptions) -> dict[str, float]:
+    return {"tau": tau_schedule(epoch, epochs, *options.tau)}
+
+
+# The clipped STE's range is a Python number: no host sync to read it, and 1 selects the fused
+# CPU kernel.
+_CLIPPED = {"constants": {"clip": 1.0}, "schedule": _clip_state, "options": ClipOptions}
+# t = k = 1 before the first schedule call: the plain tanh surrogate.
+_EDE = {
+    "state": {"t": 1.0, "k": 1.0},
+    "schedule": _ede_state,
+    "log": {"t": "ede_t", "k": "ede_k"},
+    "options": EdeOptions,
+}
 
 
 # --------------------------------------------------------------------------- activations
@@ -139,7 +176,7 @@ def _clipped_sign(x: torch.Tensor, scale: torch.Tensor | None, clip: float) -> t
     return _SignClipValue.apply(x, scale, _as_tensor(clip, x), None)
 
 
-@_register(ACTIVATIONS, "ste", state=("clip",))
+@register_binarizer("act", "ste", **_CLIPPED)
 def ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Straight-through sign with hardtanh clip (BinaryConnect, XNOR-Net).
 
@@ -150,7 +187,7 @@ def ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(x, None, clip)
 
 
-@_register(ACTIVATIONS, "approx_sign")
+@register_binarizer("act", "approx_sign")
 def approx_sign(x: torch.Tensor) -> torch.Tensor:
     """Sign with Bi-Real Net's piecewise-quadratic approximation as its derivative.
 
@@ -161,7 +198,7 @@ def approx_sign(x: torch.Tensor) -> torch.Tensor:
     return _SignApprox.apply(x, None, None, None)
 
 
-@_register(ACTIVATIONS, "ede", state=("t", "k"))
+@register_binarizer("act", "ede", **_EDE)
 def ede(x: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
     """Sign with IR-Net's Error Decay Estimator: a tanh surrogate sharpened over training.
 
@@ -213,7 +250,7 @@ class _RecuSign(torch.autograd.Function):
         return h.mul_(inv).addcmul_(x, c, value=-1).add_(mean.to(x.dtype).view(shape) * c)
 
 
-@_register(ACTIVATIONS, "recu", state=("training",))
+@register_binarizer("act", "recu", training=True)
 def recu_act(x: torch.Tensor, training: bool = True) -> torch.Tensor:
     """ReCU's activation: per-sample standardisation in training, then approx-sign.
 
@@ -227,7 +264,7 @@ def recu_act(x: torch.Tensor, training: bool = True) -> torch.Tensor:
     return _SignApprox.apply(x, None, None, None)
 
 
-@_register(ACTIVATIONS, "rsign", state=("bias",))
+@register_binarizer("act", "rsign", learned_bias=True)
 def rsign(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """ReActNet's RSign: sign with a learnable per-channel threshold.
 
@@ -247,7 +284,7 @@ def _filter_dims(w: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, w.ndim))
 
 
-@_register(WEIGHTS, "sign", state=("clip",))
+@register_binarizer("weight", "sign", **_CLIPPED)
 def sign_weight(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Plain sign of the latent weight, no scale, clipped STE (BNN, Real-to-Binary).
 
@@ -257,7 +294,7 @@ def sign_weight(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(w, None, clip)
 
 
-@_register(WEIGHTS, "xnor", state=("clip",))
+@register_binarizer("weight", "xnor", **_CLIPPED)
 def xnor(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Sign scaled by each filter's mean magnitude (XNOR-Net, Bi-Real, ReActNet).
 
@@ -270,7 +307,7 @@ def xnor(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(w, alpha, clip)
 
 
-@_register(WEIGHTS, "magnitude_aware", state=("clip",))
+@register_binarizer("weight", "magnitude_aware", **_CLIPPED)
 def magnitude_aware(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Sign scaled by each filter's mean magnitude, with the scale in the gradient too.
 
@@ -286,7 +323,7 @@ def magnitude_aware(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(w, None, clip) * alpha
 
 
-@_register(WEIGHTS, "irnet", state=("t", "k"))
+@register_binarizer("weight", "irnet", **_EDE)
 def irnet(w: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
     """IR-Net's Libra-PB: balanced, standardised weights with a power-of-two scale.
 
@@ -303,7 +340,17 @@ def irnet(w: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
     return _SignEDE.apply(wb, None, _as_tensor(t, w), _as_tensor(k, w)) * scale
 
 
-@_register(WEIGHTS, "recu", state=("tau",), learned_scale=True)
+# tau = 1 before the first schedule call gives Q = inf (no clamp), as in ReCU's code.
+@register_binarizer(
+    "weight",
+    "recu",
+    state={"tau": 1.0},
+    schedule=_tau_state,
+    log={"tau": "tau"},
+    options=TauOptions,
+    learned_scale=True,
+    scale_init="uniform",
+)
 def recu_weight(w: torch.Tensor, tau: State = 1.0) -> torch.Tensor:
     """ReCU: standardise each filter, clamp the outliers at a tau-quantile, take the sign.
 
@@ -320,30 +367,3 @@ def recu_weight(w: torch.Tensor, tau: State = 1.0) -> torch.Tensor:
     q = -w1.detach().abs().mean() * torch.log(2 - 2 * _as_tensor(tau, w))
     w2 = torch.clamp(w1, -q, q)
     return _SignIdentity.apply(w2, None, None, None)
-
-
-# --------------------------------------------------------------------------- lookup
-
-
-def act_spec(name: str) -> Binarizer:
-    """The activation binarizer spec called ``name``."""
-    if name not in ACTIVATIONS:
-        raise UnknownNameError("activation binarizer", name, ACTIVATIONS)
-    return ACTIVATIONS[name]
-
-
-def weight_spec(name: str) -> Binarizer:
-    """The weight binarizer spec called ``name``."""
-    if name not in WEIGHTS:
-        raise UnknownNameError("weight binarizer", name, WEIGHTS)
-    return WEIGHTS[name]
-
-
-def act(name: str) -> Callable[..., torch.Tensor]:
-    """The activation binarizer ``f(x, **state)`` called ``name`` (see :data:`ACTIVATIONS`)."""
-    return act_spec(name).fn
-
-
-def weight(name: str) -> Callable[..., torch.Tensor]:
-    """The weight binarizer ``f(w, **state)`` called ``name`` (see :data:`WEIGHTS`)."""
-    return weight_spec(name).fn

@@ -7,9 +7,11 @@ either binarizer off (``"1w32a"``: binary weights, real activations; ``"32w32a"`
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from onebit.errors import ConfigError, UnknownNameError
+from onebit.quant.registry import binarizer
 
 BITS = ("1w1a", "1w32a", "32w1a", "32w32a")
 
@@ -46,27 +48,37 @@ class Method:
         }
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("fp", None, None, "relu", "full-precision twin"),
-        Method("ste", "ste", "sign", "hardtanh", "BNN, Courbariaux et al. 2016"),
-        Method("xnor", "ste", "xnor", "hardtanh", "XNOR-Net, Rastegari et al. 2016"),
-        Method("bireal", "approx_sign", "xnor", "identity", "Bi-Real Net, Liu et al. 2018"),
-        Method(
-            "bireal_caffe",
-            "approx_sign",
-            "magnitude_aware",
-            "identity",
-            "Bi-Real Net, Caffe recipe (magnitude-aware weight gradient), Liu et al. 2018",
-        ),
-        Method("irnet", "ede", "irnet", "hardtanh", "IR-Net, Qin et al. 2020"),
-        Method("recu", "recu", "recu", "hardtanh", "ReCU, Xu et al. 2021"),
-        Method("reactnet", "rsign", "xnor", "rprelu", "ReActNet, Liu et al. 2020"),
-        Method("real2binary", "ste", "sign", "prelu", "Real-to-Binary, Martinez et al. 2020"),
-        Method("bnew", "rsign", "sign", "rprelu", "BNEW, Paren & Poudel 2022", scale=True),
-    )
-}
+METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str,
+    act: str | None,
+    weight: str | None,
+    block_act: str,
+    paper: str,
+    scale: bool | None = None,
+) -> Method:
+    """Register the method ``name``: activation binarizer ``act`` and weight binarizer
+    ``weight`` (registered names, or None for full precision), the block activation the
+    paper's architecture uses between binary convs (``onebit.nn.ACTIVATION_LAYERS``), the
+    paper, and ``scale`` (a learnable per-channel output scale: True/False, or None: the
+    weight binarizer's ``learned_scale``). Models and configs then accept ``method=name``.
+    Registering a name again replaces it (with a warning). Returns the method.
+    """
+    for kind, binarizer_name in (("act", act), ("weight", weight)):
+        if binarizer_name is not None:
+            binarizer(kind, binarizer_name)  # an error naming the registered ones
+    if name in METHODS:
+        warnings.warn(f"replacing the registered method {name!r}", stacklevel=2)
+    METHODS[name] = Method(name, act, weight, block_act, paper, scale)
+    return METHODS[name]
+
+
+def unregister_method(name: str) -> None:
+    """Remove the method ``name``."""
+    get_method(name)  # an error naming the registered ones if there is none
+    del METHODS[name]
 
 
 def get_method(name: str) -> Method:
@@ -74,3 +86,21 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UnknownNameError("method", name, METHODS)
     return METHODS[name]
+
+
+register_method("fp", None, None, "relu", "full-precision twin")
+register_method("ste", "ste", "sign", "hardtanh", "BNN, Courbariaux et al. 2016")
+register_method("xnor", "ste", "xnor", "hardtanh", "XNOR-Net, Rastegari et al. 2016")
+register_method("bireal", "approx_sign", "xnor", "identity", "Bi-Real Net, Liu et al. 2018")
+register_method(
+    "bireal_caffe",
+    "approx_sign",
+    "magnitude_aware",
+    "identity",
+    "Bi-Real Net, Caffe recipe (magnitude-aware weight gradient), Liu et al. 2018",
+)
+register_method("irnet", "ede", "irnet", "hardtanh", "IR-Net, Qin et al. 2020")
+register_method("recu", "recu", "recu", "hardtanh", "ReCU, Xu et al. 2021")
+register_method("reactnet", "rsign", "xnor", "rprelu", "ReActNet, Liu et al. 2020")
+register_method("real2binary", "ste", "sign", "prelu", "Real-to-Binary, Martinez et al. 2020")
+register_method("bnew", "rsign", "sign", "rprelu", "BNEW, Paren & Poudel 2022", scale=True)

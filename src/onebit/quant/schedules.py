@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch.nn as nn
 
@@ -29,27 +30,26 @@ def tau_schedule(epoch: float, epochs: int, tau_min: float, tau_max: float) -> f
 
 
 def set_schedule_state(
-    model: nn.Module,
-    epoch: float,
-    epochs: int,
-    *,
-    ede: tuple[float, float] = (1e-3, 10.0),
-    tau: tuple[float, float] = (0.85, 0.99),
-    clip: float = 1.0,
-) -> dict[str, float]:
-    """Set every binary layer's schedule buffers (EDE t, k; ReCU tau) for ``epoch``, and the
-    clipped STE's range ``clip`` (a constant, not logged).
+    model: nn.Module, epoch: float, epochs: int, quant_config: Any = None
+) -> dict[str, Any]:
+    """Set the state of every binarizer ``model`` uses for (fractional) ``epoch`` of ``epochs``.
 
-    Returns the values that some layer of ``model`` reads, e.g. ``{"ede_t": .., "ede_k": ..}``
-    or ``{"tau": ..}``, for logging. The buffers are filled in place on their device: no host
-    sync, and ``torch.compile`` sees the same tensors every epoch (no recompilation).
+    Each binarizer's schedule computes its values once, from its options in ``quant_config``
+    (the config's ``quant:`` section, a :class:`onebit.quant.QuantConfig`; None: defaults), and
+    every binary layer that uses it takes them: tensor state (EDE t, k; ReCU tau) is filled
+    in place on its device (no host sync, and ``torch.compile`` sees the same tensors every
+    epoch), constants (the clipped STE's range) are set as Python numbers.
+
+    Returns the values the binarizers log, under their log names, e.g. ``{"tau": ..}`` or
+    ``{"ede_t": .., "ede_k": ..}``; ``{}`` for a model without binary layers.
     """
-    t, k = ede_schedule(epoch, epochs, *ede)
-    values = {"t": t, "k": k, "tau": tau_schedule(epoch, epochs, *tau), "clip": clip}
-    used: dict[str, float] = {}
+    values: dict[tuple[str, str], dict[str, Any]] = {}
+    logged: dict[str, Any] = {}
     for module in model.modules():
-        set_state = getattr(module, "set_quant_state", None)
-        if set_state is not None:
-            for name in set_state(**values):
-                used[{"t": "ede_t", "k": "ede_k"}.get(name, name)] = values[name]
-    return used
+        for spec in getattr(module, "quant_binarizers", ()):
+            key = (spec.kind, spec.name)
+            if key not in values:
+                values[key] = spec.state_at(epoch, epochs, quant_config)
+                logged.update((spec.log[n], v) for n, v in values[key].items() if n in spec.log)
+            module.set_quant_state(spec.kind, **values[key])
+    return logged

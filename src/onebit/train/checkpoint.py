@@ -2,10 +2,11 @@
 
 A checkpoint file ``X.safetensors`` holds the tensors (``model.<key>``, and for ``last``
 ``optim.<i>.<param>.<key>``); its safetensors metadata key ``onebit`` holds the JSON state
-(format, kind, epoch, step, best metric, RNG states, optimizers' non-tensor state, the fully
-resolved config). ``last.json`` is a readable copy of that state. Because the state travels
-inside the tensor file, one ``os.replace`` publishes a checkpoint: a run killed at any moment
-leaves either the old or the new checkpoint, never a mix. Nothing is ever unpickled.
+(format, kind, epoch, step, best metric, RNG states, optimizers' non-tensor state, the
+techniques' state, the fully resolved config). ``last.json`` is a readable copy of that state.
+Because the state travels inside the tensor file, one ``os.replace`` publishes a checkpoint: a
+run killed at any moment leaves either the old or the new checkpoint, never a mix. Nothing is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -259,14 +260,19 @@ def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
         phases = config_from_dict(data).phase_configs()
     except OneBitError as err:
         raise CheckpointError(f"the config of {path} is not valid: {err}") from None
+    return phases[checkpoint_phase(path, state, len(phases))]
+
+
+def checkpoint_phase(path: Path, state: dict[str, Any], phases: int) -> int:
+    """The phase (0-based) of a recipe of ``phases`` phases a checkpoint was written in (the
+    last when it does not say); CheckpointError if its progress names no phase of it."""
     progress = state.get("progress", {})
-    phase = progress.get("phase", len(phases) - 1) if isinstance(progress, dict) else None
-    if not isinstance(phase, int) or isinstance(phase, bool) or not 0 <= phase < len(phases):
+    phase = progress.get("phase", phases - 1) if isinstance(progress, dict) else None
+    if not isinstance(phase, int) or isinstance(phase, bool) or not 0 <= phase < phases:
         raise CheckpointError(
-            f"{path}: its progress names phase {str(phase)[:20]}, the config has "
-            f"{len(phases)} phase(s)"
+            f"{path}: its progress names phase {str(phase)[:20]}, the config has {phases} phase(s)"
         )
-    return phases[phase]
+    return phase
 
 
 def load_model(

@@ -1,12 +1,13 @@
-"""Knowledge distillation: a frozen teacher run beside the student, and what the loss terms
-read from it (its logits; block outputs for attention transfer).
+"""Knowledge distillation's teacher: a frozen model run beside the student, and what the loss
+terms read from it (its logits; block outputs for attention transfer).
 
 The teacher is any registry model with trained weights (``distill.teacher``): in eval mode
 (``bn_mode: train``: its BatchNorm layers normalise with batch statistics), without gradients,
 on the student's device and under the same autocast. It is not a submodule of the student,
-so it is in no checkpoint and no optimizer. Block outputs for attention transfer are recorded
-by forward hooks on the modules named by ``distill.attention.layers`` (shell patterns over
-``named_modules()`` names).
+so it is in no checkpoint and no optimizer. The technique that runs it, and records block
+outputs for attention transfer by forward hooks on the modules named by
+``distill.attention.layers`` (shell patterns over ``named_modules()`` names), is
+:class:`onebit.train.techniques.Distillation`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from onebit.config import DistillConfig, TeacherConfig, with_seed
-from onebit.errors import ConfigError, TrainingError
+from onebit.config import TeacherConfig, with_seed
+from onebit.errors import ConfigError
 from onebit.models import create_model, model_entry
 from onebit.train.bn import batchnorms
 from onebit.train.checkpoint import checkpoint_path, load_model, load_model_tensors, read_checkpoint
-from onebit.train.losses import Batch, attention_transfer
 
 
 @dataclass
 class TeacherOutput:
+    """What the teacher computed on one batch: its logits and the recorded block outputs."""
+
     logits: torch.Tensor
     features: list[torch.Tensor]
 
@@ -73,7 +75,9 @@ def load_teacher(
     return model
 
 
-def _modules(model: nn.Module, patterns: list[str], whose: str) -> list[nn.Module]:
+def matching_modules(model: nn.Module, patterns: list[str], whose: str) -> list[nn.Module]:
+    """The modules of ``model`` whose ``named_modules()`` name matches one of ``patterns``
+    (shell patterns); a ConfigError naming ``whose`` modules if none does."""
     found = [
         m for name, m in model.named_modules() if any(fnmatch.fnmatch(name, p) for p in patterns)
     ]
@@ -83,71 +87,3 @@ def _modules(model: nn.Module, patterns: list[str], whose: str) -> list[nn.Modul
             "name modules as in model.named_modules(), e.g. layer*.*"
         )
     return found
-
-
-class Distiller:
-    """The teacher of one phase and the hooks attention transfer needs; :meth:`close`
-    removes the hooks from the student."""
-
-    def __init__(
-        self,
-        cfg: DistillConfig,
-        student: nn.Module,
-        defaults: dict[str, object],
-        seed: int,
-        device: torch.device,
-    ):
-        self.cfg = cfg
-        self.teacher_model = load_teacher(cfg.teacher, defaults, seed, device)
-        self._student_features: list[torch.Tensor] = []
-        self._teacher_features: list[torch.Tensor] = []
-        self._handles = []
-        attention = cfg.attention
-        if attention is not None and attention.weight > 0:
-            teacher_layers = attention.teacher_layers or attention.layers
-            student_modules = _modules(student, attention.layers, "student")
-            teacher_modules = _modules(self.teacher_model, teacher_layers, "teacher")
-            if len(student_modules) != len(teacher_modules):
-                raise ConfigError(
-                    f"config key distill.attention: {len(student_modules)} student modules "
-                    f"match {attention.layers} but {len(teacher_modules)} teacher modules "
-                    f"match {teacher_layers}; compare as many of each"
-                )
-            for m in student_modules:
-                self._handles.append(m.register_forward_hook(self._record_student))
-            for m in teacher_modules:
-                self._handles.append(m.register_forward_hook(self._record_teacher))
-
-    def _record_student(self, module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        if module.training:  # evaluation passes record nothing
-            self._student_features.append(output)
-
-    def _record_teacher(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        self._teacher_features.append(output)
-
-    def teacher(self, batch: Batch) -> TeacherOutput:
-        """The teacher's output on ``batch.inputs``, computed once per batch."""
-        if "teacher" not in batch.memo:
-            self._teacher_features.clear()
-            with torch.no_grad():
-                logits = self.teacher_model(batch.inputs)
-            batch.memo["teacher"] = TeacherOutput(logits, list(self._teacher_features))
-            self._teacher_features.clear()
-        return batch.memo["teacher"]
-
-    def attention_loss(self, batch: Batch) -> torch.Tensor:
-        """Attention transfer between the student's recorded block outputs of this batch
-        and the teacher's."""
-        student, self._student_features = self._student_features, []
-        teacher = self.teacher(batch).features
-        if len(student) != len(teacher):
-            raise TrainingError(
-                f"attention transfer recorded {len(student)} student and {len(teacher)} "
-                "teacher block outputs in one step; each module must run once per forward"
-            )
-        return attention_transfer(student, teacher)
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()

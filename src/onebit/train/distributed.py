@@ -91,6 +91,17 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     )
 
 
+def agree(flag: bool) -> bool:
+    """Process 0's ``flag`` in every process (``flag`` when alone): what the processes must
+    decide as one, such as whether the run directory holds a checkpoint, which process 0
+    may have been writing a moment ago."""
+    if rank_and_world()[1] == 1:
+        return flag
+    decision = [flag]
+    dist.broadcast_object_list(decision, 0)
+    return bool(decision[0])
+
+
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of ``tensor`` over all processes (a new tensor); ``tensor`` itself when alone."""
     if rank_and_world()[1] == 1:

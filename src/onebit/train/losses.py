@@ -8,7 +8,7 @@ Terms: cross-entropy; with ``distill:`` a distillation term (``kl`` or ReActNet'
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from onebit.config import Config
-    from onebit.train.distill import Distiller
+    from onebit.config import Config, DistillConfig
+    from onebit.train.techniques import Distillation
 
 
 @dataclass
@@ -98,24 +98,30 @@ def attention_transfer(student: list[torch.Tensor], teacher: list[torch.Tensor])
     return torch.stack(losses).mean()
 
 
-def build_loss_terms(config: Config, distiller: Distiller | None = None) -> list[LossTerm]:
-    """The loss terms of a config: cross-entropy (weight 1, ``loss.label_smoothing``), or with
-    ``distill:`` ce_weight * CE + alpha * KD term (+ attention weight * attention transfer).
-    Terms of weight 0 are left out."""
+def build_loss_terms(config: Config) -> list[LossTerm]:
+    """The task loss of a config: cross-entropy (weight 1, ``loss.label_smoothing``). The
+    phase's techniques add their terms to it (distillation: :func:`distillation_terms`)."""
     ce = partial(cross_entropy, label_smoothing=config.loss.label_smoothing)
-    d = config.distill
-    if d is None or distiller is None:
-        return [LossTerm("ce", 1.0, ce)]
+    return [LossTerm("ce", 1.0, ce)]
+
+
+def distillation_terms(
+    terms: list[LossTerm], d: DistillConfig, distiller: Distillation
+) -> list[LossTerm]:
+    """``terms`` with distillation: the cross-entropy ("ce") weighted ``ce_weight`` (null:
+    1 - alpha for ``kl``, 0 for ``distributional``), then alpha * the KD term of the
+    teacher's logits (+ attention weight * attention transfer). Terms of weight 0 are left
+    out (the first is kept if all are)."""
     ce_weight = d.ce_weight
     if ce_weight is None:
         ce_weight = 1.0 - d.alpha if d.loss == "kl" else 0.0
     kd = KD_LOSSES[d.loss]
-    terms = [
-        LossTerm("ce", ce_weight, ce),
+    terms = [replace(t, weight=ce_weight) if t.name == "ce" else t for t in terms]
+    terms.append(
         LossTerm(
             d.loss, d.alpha, lambda b: kd(b.logits, distiller.teacher(b).logits, d.temperature)
-        ),
-    ]
+        )
+    )
     if d.attention is not None:
         terms.append(LossTerm("attention", d.attention.weight, distiller.attention_loss))
     return [t for t in terms if t.weight > 0] or terms[:1]

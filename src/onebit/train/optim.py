@@ -1,8 +1,9 @@
 """Optimizers: Bop and BMD for binary weights, and ``build_optimizers(model, config.optim)``.
 
 ``build_optimizers`` returns a list: with ``optim.binary`` the binary layers' latent weights
-get their own optimizer (Bop, BMD) beside the usual one for every other parameter; the
-trainer steps them all and sets every group's ``lr = base_lr * schedule`` each step.
+get their own optimizer (Bop, BMD; :func:`build_binary_optimizer`, built by the
+``BinaryOptimizer`` technique) beside the usual one for every other parameter; the trainer
+steps them all and sets every group's ``lr = base_lr * schedule`` each step.
 """
 
 from __future__ import annotations
@@ -148,17 +149,6 @@ def bmd_beta(epoch: int, growth: float, beta_max: float) -> float:
     return min(growth**epoch, beta_max)
 
 
-def bmd_beta_hook(opt: BMD, growth: float, beta_max: float) -> Callable[[int], dict[str, float]]:
-    """An epoch hook that sets ``opt``'s beta to :func:`bmd_beta` and returns it (logged)."""
-
-    def hook(epoch: int) -> dict[str, float]:
-        beta = bmd_beta(epoch, growth, beta_max)
-        opt.set_beta(beta)
-        return {"bmd_beta": beta}
-
-    return hook
-
-
 def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
@@ -215,16 +205,26 @@ def _decay_groups(
     return [g for g in groups if g["params"]]
 
 
+def build_binary_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.binary``'s optimizer (Bop or BMD) of the binary layers' latent weights ``params``
+    (BMD: Adam's ``cfg.betas``; its lr is ``cfg.binary.lr``, else ``cfg.lr``)."""
+    b = cfg.binary
+    if b.name == "bop":
+        return Bop(params, gamma=b.gamma, threshold=b.threshold)
+    lr = cfg.lr if b.lr is None else b.lr
+    return BMD(params, lr=lr, betas=tuple(cfg.betas), form=b.form)
+
+
 def build_optimizers(
-    model: nn.Module, cfg: OptimConfig, binary: Iterable[nn.Parameter] = ()
+    model: nn.Module, cfg: OptimConfig, others: Iterable[torch.optim.Optimizer] = ()
 ) -> list[torch.optim.Optimizer]:
-    """The optimizers of the trainable parameters of ``model``: ``cfg.name`` for all of them,
-    or, with ``cfg.binary``, for all but the ``binary`` latent weights, which get Bop or BMD.
-    Weight decay as ``cfg.decay`` / ``cfg.decay_filter``. Each group keeps its ``base_lr``;
-    the trainer sets ``lr = base_lr * schedule`` every step."""
-    binary = list(binary)
-    separate = {id(p) for p in binary if p.requires_grad} if cfg.binary else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in separate]
+    """``cfg.name``'s optimizer of every trainable parameter of ``model`` that none of
+    ``others`` holds (the techniques' own, e.g. Bop for the latent weights), followed by
+    ``others``. Weight decay as ``cfg.decay`` / ``cfg.decay_filter``. Each group keeps its
+    ``base_lr``; the trainer sets ``lr = base_lr * schedule`` every step."""
+    others = list(others)
+    held = {id(p) for opt in others for group in opt.param_groups for p in group["params"]}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
     optimizers: list[torch.optim.Optimizer] = []
     if rest:
         groups = _decay_groups(model, rest, cfg.decay, cfg.weight_decay, cfg.decay_filter)
@@ -234,14 +234,7 @@ def build_optimizers(
             cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
             opt = cls(groups, cfg.lr, betas=tuple(cfg.betas))
         optimizers.append(opt)
-    if separate:
-        latent = [p for p in binary if id(p) in separate]
-        b = cfg.binary
-        if b.name == "bop":
-            optimizers.append(Bop(latent, gamma=b.gamma, threshold=b.threshold))
-        else:
-            lr = cfg.lr if b.lr is None else b.lr
-            optimizers.append(BMD(latent, lr=lr, betas=tuple(cfg.betas), form=b.form))
+    optimizers += others
     if not optimizers:
         raise ConfigError("no parameter is trainable in this phase: check optim.train and latent")
     for opt in optimizers:

@@ -12,13 +12,14 @@ step instead (BNEW's CIFAR ``binary_main.py``: backward, ``reg.post_update()``, 
 gradient taken at the weights before the prox is applied to the weights after it, and the
 next forward pass sees unclamped weights.
 
+The techniques that apply them in the loop are in :mod:`onebit.train.techniques`
+(``LatentClamp``, ``BnewProx``, ``LatentFreeze``).
+
 Source: Paren & Poudel 2022 (BNEW, "Training Binarized Neural Networks the Easy Way"),
 Alasdair-P/bnew ``prox.py`` (``convex_hull``, ``u_reg``, ``binary_freeze``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -82,24 +83,3 @@ def freeze_binary_(model: nn.Module) -> int:
         m.weight.requires_grad_(False)
         count += 1
     return count
-
-
-class BnewProx:
-    """BNEW's proximal step as a post-step hook; :meth:`set_epoch` sets reg for epoch
-    ``offset + epoch`` of the ramp's E = ``epochs``."""
-
-    def __init__(self, weights: list[torch.Tensor], reg0: float, epochs: int, offset: int = 0):
-        self.weights, self.reg0, self.epochs, self.offset = weights, reg0, epochs, offset
-        self.reg = bnew_reg(offset, epochs, reg0)
-
-    def set_epoch(self, epoch: int) -> dict[str, float]:
-        self.reg = bnew_reg(self.offset + epoch, self.epochs, self.reg0)
-        return {"bnew_reg": self.reg}
-
-    def __call__(self, _trainer: object = None) -> None:
-        bnew_prox_(self.weights, self.reg)
-
-
-def clamp_hook(weights: list[torch.Tensor]) -> Callable[[object], None]:
-    """A post-step hook clamping ``weights`` to [-1, 1]."""
-    return lambda _trainer=None: clamp_(weights)

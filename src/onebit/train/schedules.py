@@ -68,13 +68,7 @@ def lr_at(schedule: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int)
 def apply_quant_schedule(
     model: nn.Module, quant: QuantConfig, epoch: int, epochs: int
 ) -> dict[str, float]:
-    """Set the EDE (t, k) and ReCU tau of every binary layer for ``epoch`` (once per epoch, as
-    the official IR-Net / ReCU code); returns the values used, for the metrics."""
-    return set_schedule_state(
-        model,
-        epoch,
-        epochs,
-        ede=(quant.ede.t_min, quant.ede.t_max),
-        tau=tuple(quant.tau),
-        clip=quant.ste_clip,
-    )
+    """Set the state of every binarizer of ``model`` for ``epoch`` from the config's ``quant``
+    section (once per epoch, as the official codes do); returns the values the
+    binarizers log, for the metrics (see :func:`onebit.quant.set_schedule_state`)."""
+    return set_schedule_state(model, epoch, epochs, quant)

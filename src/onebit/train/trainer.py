@@ -2,15 +2,16 @@
 
 Per step: set the learning rate (a pure function of (epoch, step)), forward under autocast
 (bf16 on CUDA, fp32 on CPU), loss = weighted sum of the loss terms, backward, step every
-optimizer, run the post-step hooks. Per epoch: set the binarizers' schedule state, train,
-evaluate (top-1 / top-5; the test set as ``val_*``, a split held out of the training images
-as ``heldout_*``), append metrics.jsonl, write best/last checkpoints (best: on
-``eval.select_on``).
+optimizer. Per epoch: set the binarizers' schedule state, train, evaluate (top-1 / top-5;
+the test set as ``val_*``, a split held out of the training images as ``heldout_*``), append
+metrics.jsonl, write best/last checkpoints (best: on ``eval.select_on``). What a recipe adds
+to that are the phase's techniques (:mod:`onebit.train.techniques`, where the hooks and their
+order are listed): the loop calls their hooks and names none of them.
 
 No host-device sync inside a step: the loss and correct counts accumulate on the device and
 are read once per ``runtime.log_interval`` steps (where a NaN/inf loss is detected). A run is
 a sequence of phases (``phases:``; without it, one: the config itself), each with its own
-model spec, optimizers, loss terms and hooks, the weights carried over by name. Everything
+model spec, optimizers, loss terms and techniques, the weights carried over by name. Everything
 the run writes goes through :class:`RunDir`.
 Under ``torchrun`` the same loop runs in every process with DistributedDataParallel
 (:mod:`onebit.train.distributed`); process 0 alone writes.
@@ -22,7 +23,6 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,11 @@ from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingErr
 from onebit.io import remove_stale_temporaries
 from onebit.models import create_model, model_entry
 from onebit.train import distributed
-from onebit.train.bn import recalibrate_bn
 from onebit.train.checkpoint import (
     atomic_write_text,
     check_layer_bits,
     checkpoint_path,
+    checkpoint_phase,
     layer_bits,
     load_matching,
     load_model_tensors,
@@ -54,11 +54,10 @@ from onebit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from onebit.train.distill import Distiller
 from onebit.train.losses import Batch, build_loss_terms, total_loss
-from onebit.train.optim import BMD, bmd_beta_hook, build_optimizers, set_trainable
-from onebit.train.regularizers import BnewProx, binary_weights, clamp_hook, freeze_binary_
+from onebit.train.optim import build_optimizers, set_trainable
 from onebit.train.schedules import apply_quant_schedule, lr_at
+from onebit.train.techniques import Technique, phase_techniques
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,12 +89,12 @@ def evaluate(
     (summed over the processes of a multi-process run, each evaluating its part)."""
     was_training = model.training
     model.eval()
-    sums, count = None, 0  # loss, top-1, top-5 hits; on the data's device
+    sums: torch.Tensor | int = 0  # loss, top-1, top-5 hits: a tensor on the data's device
+    count = 0
     for x, y in loader.batches(0):
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
-        sums = 0 if sums is None else sums
         sums = sums + torch.stack(
             [
                 F.cross_entropy(logits.float(), y, reduction="sum"),
@@ -230,7 +229,9 @@ class Trainer:
 
     ``loaders`` replaces the config's dataset (benchmarks, tests). After construction
     ``trainer.config`` is the fully resolved config (model options with their defaults,
-    num_classes and in_chans from the data).
+    num_classes and in_chans from the data), and the first phase is set up (model,
+    techniques, optimizers, loss terms), unless ``run_dir`` holds a checkpoint: then
+    :meth:`fit` with ``resume=True`` sets up the checkpoint's phase, once, and restores it.
     """
 
     def __init__(
@@ -259,9 +260,12 @@ class Trainer:
             self.run_dir = NullRunDir(run_dir.path)
         self.progress = Progress()
         self.model: nn.Module | None = None
-        self.distiller: Distiller | None = None
-        resuming = run_dir is not None and run_dir.last.exists()
-        self._setup_phase(0, carry=None if resuming else "init")
+        self.techniques: list[Technique] = []
+        # process 0's view in a multi-process run: every process must build (and wrap in
+        # DistributedDataParallel) the same, and process 0 writes the checkpoints
+        self._holds_checkpoint = run_dir is not None and distributed.agree(run_dir.last.exists())
+        if not self._holds_checkpoint:
+            self._setup_phase(0, carry="init")
 
     def _should_compile(self) -> bool:
         """``runtime.compile``; ``auto`` compiles on CUDA only. On the CPU the eager step with
@@ -292,6 +296,11 @@ class Trainer:
             "in_chans": loaders.input_size[0],
             "input_hw": loaders.input_size[1],  # models with input-size-bound layers
         }
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """The model options the current data decides (a teacher's too)."""
+        return self._data_options(self.loaders)
 
     def _model_options(self, model: dict[str, Any], loaders: Loaders) -> dict[str, Any]:
         """The model section with num_classes / in_chans / input_hw taken from the data when not
@@ -333,9 +342,14 @@ class Trainer:
                 )
 
     def _setup_phase(self, index: int, carry: str | None = None) -> None:
-        """Make phase ``index`` current: its model (``carry``: see :meth:`_build_model`;
-        None when a checkpoint is restored next), frozen parameters, optimizers, loss terms
-        (with its teacher) and hooks."""
+        """Make phase ``index`` current: end the previous phase's techniques; build its model
+        (``carry``: see :meth:`_build_model`; None when a checkpoint is restored next), make
+        its parameters trainable as ``optim.train`` says, start its techniques (they may
+        stop parameters training, load a model to learn from, add forward hooks), wrap the
+        forward passes, build the optimizers (the techniques' own, and ``optim.name``'s for
+        every other trainable parameter) and the loss terms (cross-entropy, then the
+        techniques')."""
+        self._end_phase()
         cfg = self.phase_config = self.phases[index]
         if self._loaders_data is not None and cfg.data != self._loaders_data:
             shard = distributed.rank_and_world()
@@ -349,49 +363,26 @@ class Trainer:
         self._build_model(cfg.model, carry)
         for p in self.model.parameters():
             p.requires_grad_(True)
-        if cfg.latent.freeze:
-            freeze_binary_(self.model)
         set_trainable(self.model, cfg.optim.train)
-        # wrapped after freezing: DistributedDataParallel reduces the gradients of the
-        # parameters that require one when it is built
+        self.techniques = phase_techniques(cfg)
+        for technique in self.techniques:
+            technique.start(self)
+        # wrapped after the techniques started: DistributedDataParallel reduces the gradients
+        # of the parameters that require one when it is built
         self.forward, self.eval_forward = self._forwards()
         # the first step of a compiled forward compiles it: said, timed apart (train_epoch)
         self._compile_pending = self.forward is not self.model and self._should_compile()
-        latent = [w for _, w in binary_weights(self.model) if w.requires_grad]
-        self.optimizers = build_optimizers(self.model, cfg.optim, latent)
-        if self.distiller is not None:
-            self.distiller.close()
-        self.distiller = None
-        if cfg.distill is not None:
-            self.distiller = Distiller(
-                cfg.distill,
-                self.model,
-                self._data_options(self.loaders),
-                cfg.runtime.seed,
-                self.device,
-            )
-        self.loss_terms = build_loss_terms(cfg, self.distiller)
-        # Called as hook(trainer) after every optimizer step (e.g. proximal steps, clamping);
-        # the latent ones (clamp, BNEW prox) with latent.order "before_step" run between the
-        # backward pass and the optimizer step instead, as BNEW's CIFAR code does.
-        self.pre_step_hooks: list[Callable[[Trainer], None]] = []
-        self.post_step_hooks: list[Callable[[Trainer], None]] = []
-        latent_hooks = (
-            self.pre_step_hooks if cfg.latent.order == "before_step" else self.post_step_hooks
-        )
-        # Called as hook(epoch) before every epoch; the values it returns are logged.
-        self.epoch_hooks: list[Callable[[int], dict[str, float]]] = []
-        if cfg.latent.clamp and latent:
-            latent_hooks.append(clamp_hook(latent))
-        if cfg.latent.bnew is not None and latent:
-            bnew, schedule = cfg.latent.bnew, cfg.schedule
-            prox = BnewProx(latent, bnew.reg, bnew.epochs or schedule.length, schedule.offset)
-            latent_hooks.append(prox)
-            self.epoch_hooks.append(prox.set_epoch)
-        for opt in self.optimizers:
-            if isinstance(opt, BMD):
-                binary = cfg.optim.binary
-                self.epoch_hooks.append(bmd_beta_hook(opt, binary.beta_growth, binary.beta_max))
+        own = [opt for technique in self.techniques for opt in technique.optimizers(self)]
+        self.optimizers = build_optimizers(self.model, cfg.optim, own)
+        self.loss_terms = build_loss_terms(cfg)
+        for technique in self.techniques:
+            self.loss_terms = technique.loss_terms(self, self.loss_terms)
+
+    def _end_phase(self) -> None:
+        """Call the current phase's techniques' ``end`` hooks (they release what they hold)."""
+        for technique in self.techniques:
+            technique.end(self)
+        self.techniques = []
 
     # ------------------------------------------------------------------ the step and the epoch
 
@@ -404,12 +395,12 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        for hook in self.pre_step_hooks:
-            hook(self)
+        for technique in self.techniques:
+            technique.before_step(self)
         for opt in self.optimizers:
             opt.step()
-        for hook in self.post_step_hooks:
-            hook(self)
+        for technique in self.techniques:
+            technique.after_step(self)
         return loss, logits
 
     def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -507,32 +498,30 @@ class Trainer:
         """Schedule, train and evaluate one epoch; returns its metrics record."""
         cfg = self.phase_config
         schedule = apply_quant_schedule(self.model, cfg.quant, epoch, cfg.schedule.epochs)
-        for hook in self.epoch_hooks:
-            schedule.update(hook(epoch))
+        for technique in self.techniques:
+            schedule.update(technique.epoch_start(self, epoch))
         train = self.train_epoch(epoch)
         distributed.sync_buffers(self.model)
-        val = evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype)
-        if cfg.eval.bn_recalibrate:
-            # the stored statistics' figures stay in the record: they show what recalibrating
-            # changed (docs/training.md, "BatchNorm statistics")
-            stored = {f"{k}_stored": v for k, v in val.items()}
-            self.recalibrate_bn(epoch)
-            val = {**evaluate(self.eval_forward, self.loaders.eval, self.amp_dtype), **stored}
-        if self.loaders.val is not None:  # the held-out training images: `heldout_*`
-            heldout = evaluate(self.eval_forward, self.loaders.val, self.amp_dtype)
-            val.update({k.replace("val_", "heldout_", 1): v for k, v in heldout.items()})
+        before_eval: dict[str, float] = {}
+        for technique in self.techniques:
+            before_eval.update(technique.before_eval(self, epoch))
+        val = {**self.evaluate_on("test"), **before_eval}
+        if self.loaders.val is not None:
+            val.update(self.evaluate_on("heldout"))
         phase = {"phase": self.progress.phase}
         if self.config.phases:
             phase["phase_name"] = self.config.phases[self.progress.phase].name
         return {**phase, "epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
 
-    def recalibrate_bn(self, epoch: int) -> None:
-        """Re-estimate the BatchNorm running statistics from ``eval.bn_recalibrate`` batches of
-        epoch ``epoch``'s training order (process 0's, in a multi-process run)."""
-        cfg = self.phase_config.eval
-        batches = self.loaders.train.batches(epoch, augment=cfg.bn_augment)
-        recalibrate_bn(self.model, batches, cfg.bn_recalibrate, self.amp_dtype)
-        distributed.sync_buffers(self.model)
+    def evaluate_on(self, split: str) -> dict[str, float]:
+        """:func:`evaluate` the model as it is now on the test split (``"test"``: keys
+        ``val_*``) or on the split held out of the training images (``"heldout"``: keys
+        ``heldout_*``)."""
+        loader = {"test": self.loaders.eval, "heldout": self.loaders.val}[split]
+        metrics = evaluate(self.eval_forward, loader, self.amp_dtype)
+        if split == "test":
+            return metrics
+        return {k.replace("val_", f"{split}_", 1): v for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ the run
 
@@ -555,12 +544,17 @@ class Trainer:
             top1 = {k: record[k] for k in ("val_top1", "heldout_top1") if k in record}
             run.save_best(model_tensors(self.model), {**state, **top1})
         tensors, optim_rest = optimizer_state(self.optimizers)
+        techniques = {t.name: t.state_dict() for t in self.techniques}
+        state["techniques"] = {name: value for name, value in techniques.items() if value}
         run.save_last(
             {**model_tensors(self.model), **tensors},
             {**state, "optimizers": optim_rest, "rng": rng_state()},
         )
 
     def _restore(self) -> None:
+        """Continue from last.safetensors: check that it is a checkpoint of this config,
+        set up the phase it was written in (once: nothing was built before), then load the
+        model's and the optimizers' tensors, the techniques' state and the RNG states."""
         run = self.run_dir
         tensors, state = read_checkpoint(run.last, self.device)
         needed = {"progress": dict, "optimizers": list, "config": dict, "rng": dict}
@@ -576,6 +570,8 @@ class Trainer:
         except ConfigError as err:
             raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
         now = self.config.to_dict()
+        # a model option added since the run started has its default (it builds the same model)
+        saved["model"] = {**model_entry(saved["model"]["name"]).defaults, **saved["model"]}
         picked = saved["eval"]["select_on"], now["eval"]["select_on"]
         if picked[0] != picked[1]:
             raise CheckpointError(
@@ -592,24 +588,26 @@ class Trainer:
                 f"cannot resume {run.path}: the config differs at {diff}; resume with the run's "
                 f"config ({run.config}) or train into another --out"
             )
+        phase = checkpoint_phase(run.last, state, len(self.phases))
         try:
-            self.progress = Progress(**state["progress"])
+            self.progress = Progress(**{**state["progress"], "phase": phase})
             fields = asdict(self.progress)
             valid = all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in fields.values()
             )
         except TypeError:
             valid = False
-        if not valid or not 0 <= self.progress.phase < len(self.phases):
+        if not valid:
             raise CheckpointError(
                 f"{run.last}: its progress record is damaged ({str(state['progress'])[:120]}); "
                 "train into another --out"
             )
-        self._setup_phase(self.progress.phase)
+        self._setup_phase(phase)
         check_layer_bits(self.model, state, run.last)
         with torch.no_grad():
             load_model_tensors(self.model, tensors, run.last)
         restore_optimizers(self.optimizers, tensors, state["optimizers"])
+        self._restore_techniques(state.get("techniques", {}), run.last)
         set_rng_state(state["rng"])
         run.keep_metrics_until(self.progress.phase, self.progress.epoch)
         where = f"phase {self.progress.phase + 1}, " if len(self.phases) > 1 else ""
@@ -617,6 +615,23 @@ class Trainer:
             f"resumed {run.path} after {where}epoch {self.progress.epoch} "
             f"(step {self.progress.step})"
         )
+
+    def _restore_techniques(self, saved: Any, path: Path) -> None:
+        """Give each technique its state from a last checkpoint (those that saved one)."""
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"{path}: its techniques' state is damaged; train into another --out"
+            )
+        for technique in self.techniques:
+            if technique.name not in saved:
+                continue
+            try:
+                technique.load_state_dict(saved[technique.name])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CheckpointError(
+                    f"{path}: the state of technique {technique.name} is damaged ({err}); "
+                    "train into another --out"
+                ) from None
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Run every phase to its last epoch; returns the last epoch's metrics and the best.
@@ -630,7 +645,7 @@ class Trainer:
         self.config.runtime.out = str(run.path)
         for stale in run.remove_temporaries():  # a kill in the middle of a write
             run.log(f"removed {stale.name}, a file a stopped run left half-written")
-        if run.last.exists():
+        if self._holds_checkpoint:
             if not resume:
                 raise CheckpointError(
                     f"{run.path} already holds a run; pass --resume to continue it or "
@@ -664,6 +679,7 @@ class Trainer:
                 run.append_metrics(record)
                 run.log(_epoch_line(record, epochs))
                 self._checkpoint(record, is_best)
+        self._end_phase()
         if record:
             run.log(
                 f"best epoch {self.progress.best_epoch}, picked on {self.best_split}: top1 "
@@ -677,9 +693,34 @@ class Trainer:
         }
 
 
+# Keys of a metrics record that are not schedule values (the line prints the figures among
+# them in their own place; ``val_*`` and ``heldout_*`` too). Every other number a record holds
+# is one: a binarizer's state under its log name (``tau``, ``ede_t``, ...) or a technique's
+# (``bnew_reg``, ``bmd_beta``), printed after the lr in the record's order.
+_NOT_SCHEDULE = frozenset(
+    (
+        "phase",
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "train_top1",
+        "seconds",
+        "images_per_s",
+        "compile_seconds",
+    )
+)
+
+
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    keys = ("tau", "ede_t", "ede_k", "bnew_reg", "bmd_beta")
-    extras = "".join(f"  {k} {r[k]:.4g}" for k in keys if k in r)
+    extras = "".join(
+        f"  {k} {v:.4g}"
+        for k, v in r.items()
+        if k not in _NOT_SCHEDULE
+        and not k.startswith(("val_", "heldout_"))
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    )
     return (
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
         f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"
