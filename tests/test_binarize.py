@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import onebit
 from onebit.errors import ConfigError
 from onebit.nn import BinaryConv2d, BinaryLinear, is_binary
-from onebit.nn.binary import _BinaryMixin
+from onebit.nn.binary import BinaryLayer
 
 
 class TinyNet(nn.Module):
@@ -127,7 +127,7 @@ def torchvision_style_resnet(functional: bool = False) -> nn.Module:
 def _binary_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     seen = []
     for m in model.modules():
-        if isinstance(m, _BinaryMixin):
+        if isinstance(m, BinaryLayer):
             m.register_forward_hook(lambda mod, i, o: seen.append(mod.binary_input(i[0])))
     model.eval()(x)
     return seen

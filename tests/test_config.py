@@ -1,6 +1,8 @@
 """Config files: every recipe in configs/ loads; overrides; every bad key, type or value is a
 ConfigError naming the key path, printed by the CLI as one line with exit status 2."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -261,3 +263,80 @@ def test_messages_name_a_value_without_repeating_all_of_it(capsys):
     assert main(["train", str(FP), "--set", f"optim.lr={huge}"]) == 2
     err = capsys.readouterr().err
     assert "config key optim.lr: expected a number" in err and len(err) < 300, err[:400]
+
+
+# ------------------------------------------------------------------ every recipe's values
+
+RESOLVED = Path(__file__).resolve().parent / "data/resolved_configs.jsonl"
+
+
+def _resolved(path: Path) -> dict:
+    config = load_config(path)
+    phases = [p.to_dict() for p in config.phase_configs()] if config.phases else []
+    return json.loads(json.dumps({"config": config.to_dict(), "phases": phases}, default=str))
+
+
+def test_every_config_loads_to_its_recorded_values():
+    """Each configs/**/*.yaml reads to exactly the values recorded in tests/data (every key,
+    defaults included, and each phase's merged config): a change to the schema or the
+    validator cannot move a recipe silently. After changing a recipe on purpose, rewrite the
+    record: ONEBIT_UPDATE_RESOLVED=1 python -m pytest tests/test_config.py -k recorded."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.glob("configs/*/*.yaml"))
+    current = {str(p.relative_to(root)): _resolved(p) for p in files}
+    if os.environ.get("ONEBIT_UPDATE_RESOLVED"):
+        lines = [
+            json.dumps({"file": k, **v}, sort_keys=True, separators=(",", ":"))
+            for k, v in sorted(current.items())
+        ]
+        RESOLVED.write_text("\n".join(lines) + "\n")
+    recorded = {}
+    for line in RESOLVED.read_text().splitlines():
+        entry = json.loads(line)
+        recorded[entry.pop("file")] = entry
+    assert sorted(current) == sorted(recorded), "a config was added or removed: update the record"
+    for name, values in current.items():
+        assert values == recorded[name], f"{name} reads to other values than recorded"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "optim.binary.beta=1",
+            r"^config key optim\.binary\.beta is unknown\. Keys of optim\.binary \(name 'bop'\): "
+            r"name, gamma, threshold$",
+        ),
+        (
+            "optim.binary.lr=0.1",
+            r"^config key optim\.binary\.lr: optim\.binary\.name 'bop' has no option lr; its "
+            r"options are: name, gamma, threshold$",
+        ),
+        ("optim.momentum=0.5", r"optim\.name 'adam' has no option momentum"),
+        ("schedule.gamma=0.5", r"schedule\.lr 'linear' has no option gamma"),
+        ("data.image_size=64", r"data\.dataset 'fashion_mnist' has no option image_size"),
+    ],
+)
+def test_each_kind_accepts_its_own_options_only(override, message):
+    # Bop has no Adam step size, Adam no momentum, a linear schedule no milestones' gamma,
+    # Fashion-MNIST no image size: each used to pass silently
+    path = Path(__file__).resolve().parent.parent / "configs/fmnist/birealnet8_bnew_bop.yaml"
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+    # the same keys at their defaults, as a resolved config lists them, read back
+    assert load_config(path, ["optim.momentum=0.9", "data.image_size=224"]).optim.name == "adam"
+
+
+def test_a_phase_switching_kind_drops_the_old_kinds_options():
+    data = {
+        "model": {"name": "resnet20"},
+        "schedule": {"lr": "step", "milestones": [2], "gamma": 0.5},
+        "phases": [{"name": "a"}, {"name": "b", "overrides": {"schedule": {"lr": "const"}}}],
+    }
+    first, second = config_from_dict(data).phase_configs()
+    assert (first.schedule.milestones, first.schedule.gamma) == ([2], 0.5)
+    assert (second.schedule.lr, second.schedule.milestones, second.schedule.gamma) == (
+        "const",
+        [],
+        0.1,
+    )

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import onebit
 from onebit import deploy
@@ -20,8 +19,8 @@ from onebit.cli import main
 from onebit.deploy import engine
 from onebit.deploy import format as fmt
 from onebit.errors import ConfigError, ExportError
-from onebit.nn import LearnableBias
-from onebit.nn.binary import _BinaryMixin
+from onebit.nn import BATCHNORMS, LearnableBias
+from onebit.nn.binary import BinaryLayer
 from onebit.profile import deployed_bytes
 from onebit.quant import METHODS
 
@@ -77,7 +76,7 @@ def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
     """
     model = onebit.create_model(name, in_chans=1, **options)
     for m in model.modules():
-        if isinstance(m, LearnableBias) or (isinstance(m, _BinaryMixin) and m.act_spec):
+        if isinstance(m, LearnableBias) or (isinstance(m, BinaryLayer) and m.act_spec):
             for p in (getattr(m, "act_bias", None), getattr(m, "bias", None)):
                 if isinstance(p, nn.Parameter) and p.dim() >= 1:
                     p.normal_(0.0, 0.2)
@@ -87,14 +86,14 @@ def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
     model.eval()
     if dyadic:
         for m in model.modules():
-            if isinstance(m, _BatchNorm):
+            if isinstance(m, BATCHNORMS):
                 four = torch.exp2(2 * torch.round(torch.log2(m.running_var.clamp_min(1e-3)) / 2))
                 m.running_var.copy_(four - m.eps)
                 assert torch.equal(m.running_var + m.eps, four)
                 m.weight.copy_(power_of_two(m.weight))
                 m.bias.copy_(torch.round(m.bias * 16) / 16)
                 m.running_mean.copy_(torch.round(m.running_mean * 16) / 16)
-            if isinstance(m, _BinaryMixin) and m.weight_spec is not None:
+            if isinstance(m, BinaryLayer) and m.weight_spec is not None:
                 if m.weight_spec.name in ("xnor", "magnitude_aware"):  # alpha = mean|W_c|, 2^k
                     scale = torch.exp2(torch.randint(-4, 0, (m.weight.shape[0],)).float())
                     m.weight.copy_(m.weight.sign() * scale.view(-1, *[1] * (m.weight.dim() - 1)))
@@ -114,12 +113,12 @@ def test_engine_equals_model_bit_for_bit(name, options, tmp_path):
     out = runtime(x)
     assert torch.equal(out, expected)
     assert torch.equal(out.argmax(1), expected.argmax(1))
-    binary = [m for m in model.modules() if isinstance(m, _BinaryMixin) and m.bits == "1w1a"]
+    binary = [m for m in model.modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
     packed = [m for m in runtime.modules() if isinstance(m, deploy.PackedConv2d)]
     assert len(packed) == len(binary) > 0
     assert header["folded"]  # BatchNorm folding really happened
     assert not any(
-        isinstance(m, _BatchNorm) and n in header["folded"]
+        isinstance(m, BATCHNORMS) and n in header["folded"]
         for n, m in runtime.network.named_modules()
     )
 
@@ -135,7 +134,7 @@ def test_engine_runs_imagenet_families_to_float_rounding(name, options, tmp_path
     out = runtime(x)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     assert torch.equal(out.argmax(1), expected.argmax(1))
-    binary = [m for m in model.modules() if isinstance(m, _BinaryMixin) and m.bits == "1w1a"]
+    binary = [m for m in model.modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
     packed = [m for m in runtime.modules() if isinstance(m, deploy.PackedConv2d)]
     assert len(packed) == len(binary) > 0
 

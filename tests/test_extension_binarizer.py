@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import onebit
 from onebit import deploy, quant
 from onebit.config import config_from_dict, load_config
 from onebit.errors import ConfigError, UnknownNameError
+from onebit.nn import BATCHNORMS
 from onebit.train import RunDir, Trainer
 from onebit.train.trainer import _epoch_line
 
@@ -193,7 +193,7 @@ def test_registered_sign_like_binarizer_exports_and_deploys(registered, tmp_path
     model.eval()
     # dyadic BatchNorm maps: folding them into the packed layers is then exact in fp32
     for m in model.modules():
-        if isinstance(m, _BatchNorm):
+        if isinstance(m, BATCHNORMS):
             m.running_var.copy_(torch.exp2(2 * torch.round(torch.log2(m.running_var) / 2)) - m.eps)
             m.weight.copy_(torch.exp2(torch.round(torch.log2(m.weight.abs()))))
             m.bias.copy_(torch.round(m.bias * 16) / 16)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from onebit.cli import main
 from onebit.config import load_config
 from onebit.errors import ConfigError
+from onebit.nn import BATCHNORMS
 from onebit.train import RunDir, Trainer
 from onebit.train.losses import (
     Batch,
@@ -276,7 +277,7 @@ def test_bn_reestimation_phase_trains_only_batchnorm(tmp_path):
     norms = {
         n
         for name, m in trainer.model.named_modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        if isinstance(m, BATCHNORMS)
         for n in (f"{name}.{k}" for k, _ in m.named_parameters())
     }
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import onebit
 from onebit.cli import main
@@ -16,7 +15,7 @@ from onebit.config import config_from_dict, read_yaml
 from onebit.errors import ConfigError
 from onebit.models import model_entry
 from onebit.models.init import apply_init, check_init
-from onebit.nn import BinaryConv2d
+from onebit.nn import BATCHNORMS, BinaryConv2d
 from onebit.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +79,7 @@ def test_torch_is_reset_parameters_under_the_same_seed():
         assert (got.bias is None) == (want.bias is None)
         assert got.bias is None or torch.equal(got.bias, want.bias), name
     # the rest of the "torch" shorthand undoes real2binary18's Keras init
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORMS)]
     assert all(m.eps == 1e-5 and m.momentum == 0.1 for m in bns)
     assert all(torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0 for m in bns)
     assert all(torch.all(m.weight == 0.25) for m in model.modules() if isinstance(m, nn.PReLU))
@@ -105,7 +104,7 @@ def test_bn_eps_momentum_and_prelu_are_set_everywhere():
     model = onebit.create_model(
         "birealnet8", init={"bn_eps": 1e-3, "bn_momentum": 0.01, "prelu": 0.5}
     )
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORMS)]
     prelus = [m for m in model.modules() if isinstance(m, nn.PReLU)]
     assert bns and prelus  # bnew's RPReLU holds an nn.PReLU
     assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)

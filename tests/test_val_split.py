@@ -102,7 +102,7 @@ def test_mean_std_override_normalises_and_lands_in_the_input_spec(imagenet_root)
         ({"val_split": "half"}, r"config key data\.val_split: expected an integer or a number"),
         (
             {"dataset": "imagefolder", "val_split": 100},
-            r"data\.val_split: not available for imagefolder",
+            r"data\.val_split: data\.dataset 'imagefolder' has no option val_split",
         ),
         ({"mean": [0.5, 0.5]}, r"data\.mean: 2 values, but fashion_mnist has 1 channel"),
         ({"dataset": "cifar10", "std": [0.2]}, r"data\.std: 1 values, but cifar10 has 3"),

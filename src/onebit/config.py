@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
@@ -34,7 +34,8 @@ from onebit.quant.registry import QuantConfig
 
 def _spec(default: Any, **checks: Any) -> Any:
     """A dataclass field with value checks: ``choices=``, ``min=``, ``max=`` (``length=`` for
-    lists)."""
+    lists); ``only=`` / ``not_for=``: the values of the section's discriminating key (its class's
+    ``DISCRIMINATOR``, e.g. ``optim.name``) the option belongs to (see :func:`_build`)."""
     return field(default=default, metadata=checks)
 
 
@@ -43,22 +44,29 @@ class DataConfig:
     """Which dataset, where it is, batch sizes, training augmentation, the validation split
     held out of the training images and the normalisation."""
 
+    DISCRIMINATOR: ClassVar[str] = "dataset"
     dataset: str = "cifar10"
     root: str | None = None
     batch_size: int = _spec(128, min=1)
     eval_batch_size: int = _spec(128, min=1)
     augment: str = _spec("crop_flip", choices=("crop_flip", "crop", "flip", "none"))
-    subset: int | None = _spec(None, min=1)
-    eval_subset: int | None = _spec(None, min=1)
+    # the in-memory datasets only (an image folder has its own val/)
+    subset: int | None = _spec(None, min=1, not_for=("imagefolder",))
+    eval_subset: int | None = _spec(None, min=1, not_for=("imagefolder",))
     checksum: bool = True
-    image_size: int = _spec(224, min=8)
-    workers: int = _spec(8, min=0)
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata={"length": 2})
-    color_jitter: list[float] | None = field(default=None, metadata={"length": 4})
+    # image folders only
+    image_size: int = _spec(224, min=8, only=("imagefolder",))
+    workers: int = _spec(8, min=0, only=("imagefolder",))
+    crop_scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0], metadata={"length": 2, "only": ("imagefolder",)}
+    )
+    color_jitter: list[float] | None = field(
+        default=None, metadata={"length": 4, "only": ("imagefolder",)}
+    )
     # Held out of the training images as the validation split: a count, or a fraction of them;
     # which ones depends on val_split_seed alone (the split is part of the recipe, not the seed).
-    val_split: int | float | None = None
-    val_split_seed: int = _spec(0, min=0)
+    val_split: int | float | None = _spec(None, not_for=("imagefolder",))
+    val_split_seed: int = _spec(0, min=0, not_for=("imagefolder",))
     # Normalisation per channel; null: the dataset's own statistics.
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -69,25 +77,29 @@ class BinaryOptimConfig:
     """A second optimizer for the binary layers' latent weights (Bop, BMD); every other
     parameter keeps ``optim.name``. Formulas in :mod:`onebit.train.optim`."""
 
+    DISCRIMINATOR: ClassVar[str] = "name"
     name: str = _spec("bop", choices=("bop", "bmd"))
-    gamma: float = _spec(1e-4, min=0.0)  # Bop adaptivity rate; follows the lr schedule
-    threshold: float = _spec(1e-8, min=0.0)  # Bop flip threshold
-    lr: float | None = _spec(None, min=0.0)  # BMD Adam step size; null: optim.lr
-    beta_growth: float = _spec(1.01, min=1.0)  # BMD: beta = beta_growth ** epoch
-    beta_max: float = _spec(1e35, min=1.0)
-    form: str = _spec("dual", choices=("dual", "primal"))  # BMD: MD-tanh-S or MD-tanh
+    gamma: float = _spec(1e-4, min=0.0, only=("bop",))  # Bop adaptivity rate; follows the lr
+    threshold: float = _spec(1e-8, min=0.0, only=("bop",))  # Bop flip threshold
+    lr: float | None = _spec(None, min=0.0, only=("bmd",))  # BMD Adam step; null: optim.lr
+    beta_growth: float = _spec(1.01, min=1.0, only=("bmd",))  # BMD: beta = beta_growth ** e
+    beta_max: float = _spec(1e35, min=1.0, only=("bmd",))
+    form: str = _spec("dual", choices=("dual", "primal"), only=("bmd",))  # MD-tanh-S / MD-tanh
 
 
 @dataclass
 class OptimConfig:
     """The optimizer(s) of the trainable parameters."""
 
+    DISCRIMINATOR: ClassVar[str] = "name"
     name: str = _spec("sgd", choices=("sgd", "adam", "adamw"))
     lr: float = _spec(0.1, min=0.0, max=1e4)
-    momentum: float = _spec(0.9, min=0.0)
+    momentum: float = _spec(0.9, min=0.0, only=("sgd",))
     weight_decay: float = _spec(1e-4, min=0.0)
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
+    nesterov: bool = _spec(False, only=("sgd",))
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata={"length": 2, "only": ("adam", "adamw")}
+    )
     decay: str = _spec("all", choices=("all", "conv", "no_norm"))  # which get weight decay
     # or: shell patterns over parameter names; only the matching ones get weight decay
     decay_filter: list[str] | None = None
@@ -99,13 +111,14 @@ class OptimConfig:
 class ScheduleConfig:
     """Length of training and the learning-rate schedule (applied every step)."""
 
+    DISCRIMINATOR: ClassVar[str] = "lr"
     epochs: int = _spec(1, min=1)
     lr: str = _spec("cos", choices=("cos", "step", "linear", "const"))
     warmup_epochs: float = _spec(0.0, min=0.0)
     warmup_steps: int = _spec(0, min=0)
     warmup_from: float = _spec(0.0, min=0.0, max=1.0)
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = _spec(0.1, min=0.0)
+    milestones: list[float] = field(default_factory=list, metadata={"only": ("step",)})
+    gamma: float = _spec(0.1, min=0.0, only=("step",))
     # A phase that trains part of a longer schedule: it starts at epoch `offset` of a
     # schedule of `total_epochs` (null: offset + epochs) epochs.
     offset: int = _spec(0, min=0)
@@ -241,8 +254,10 @@ class Config:
 
     def phase_configs(self) -> list[Config]:
         """The config of every phase, in order: the base config with each phase's overrides
-        merged in (mappings merge key by key, anything else is replaced). Without
-        ``phases`` the recipe is one phase, the config itself."""
+        merged in (mappings merge key by key, anything else is replaced). A phase that
+        switches a section's kind (``schedule.lr: const`` after ``step``, ``optim.name``)
+        drops the options of the old kind the phase does not set itself. Without ``phases``
+        the recipe is one phase, the config itself."""
         if not self.phases:
             return [self]
         base = self.to_dict()
@@ -250,10 +265,33 @@ class Config:
         configs = []
         for i, phase in enumerate(self.phases):
             try:
-                configs.append(config_from_dict(merge(base, phase.overrides)))
+                merged = merge(base, phase.overrides)
+                _drop_foreign_options(merged, phase.overrides, type(self))
+                configs.append(config_from_dict(merged))
             except ConfigError as err:
                 raise ConfigError(f"phase {i + 1} ({phase.name}): {err}") from None
         return configs
+
+
+def _drop_foreign_options(merged: Any, overrides: Any, cls: type) -> None:
+    """In ``merged`` (a section of dataclass ``cls``, as a dict), reset to their defaults the
+    inherited options that do not belong to the kind ``overrides`` switched it to (see
+    :func:`_build`); recurse into the sections ``overrides`` touches."""
+    if not isinstance(merged, dict) or not isinstance(overrides, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    disc = getattr(cls, "DISCRIMINATOR", None)
+    if disc in overrides:
+        for name, f in fields.items():
+            if name in merged and name not in overrides and not _belongs(f, merged[disc]):
+                merged[name] = _default(f)
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        if key in fields and isinstance(value, dict):
+            inner = [h for h in (hints[key], *typing.get_args(hints[key]))]
+            for hint in inner:
+                if dataclasses.is_dataclass(hint):
+                    _drop_foreign_options(merged.get(key), value, hint)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -368,18 +406,39 @@ def _check(value: Any, checks: dict[str, Any], path: str) -> None:
         )
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _belongs(f: dataclasses.Field, chosen: Any) -> bool:
+    """Whether option ``f`` belongs to the section's discriminating value ``chosen``."""
+    only, not_for = f.metadata.get("only"), f.metadata.get("not_for", ())
+    return (only is None or chosen in only) and chosen not in not_for
+
+
 def _build(cls: type, data: dict[str, Any], path: str) -> Any:
-    """Instance of dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    """Instance of dataclass ``cls`` from ``data``; unknown keys and wrong types are errors.
+
+    A section whose options depend on one of its keys (``cls.DISCRIMINATOR``: ``optim.name``,
+    ``optim.binary.name``, ``schedule.lr``, ``data.dataset``) accepts for each value of that
+    key its own options only: another's option is an error unless it holds its default (so a
+    resolved config, which lists every key, reads back)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     where = f"{path}." if path else ""
+    disc = getattr(cls, "DISCRIMINATOR", None)
+    chosen = data.get(disc, _default(fields[disc])) if disc else None
+    own = [n for n, f in fields.items() if _belongs(f, chosen)]
+    whose = f" ({disc} {_short(chosen)})" if disc else ""
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+            close = difflib.get_close_matches(str(key), own, n=1)
             hint = f" Did you mean {where}{close[0]}?" if close else ""
             raise ConfigError(
                 f"config key {where}{key} is unknown.{hint} "
-                f"Keys of {path or 'the config'}: {', '.join(fields)}"
+                f"Keys of {path or 'the config'}{whose}: {', '.join(own)}"
             )
     values = {}
     for name, f in fields.items():
@@ -390,6 +449,11 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
             continue
         values[name] = _convert(data[name], hints[name], key_path)
         _check(values[name], dict(f.metadata), key_path)
+        if not _belongs(f, chosen) and values[name] != _default(f):
+            raise ConfigError(
+                f"config key {key_path}: {path}.{disc} {_short(chosen)} has no option {name}; "
+                f"its options are: {', '.join(own)}"
+            )
     return cls(**values)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from onebit.nn.binary import _BinaryMixin, is_binary
+from onebit.nn.binary import BinaryLayer, is_binary
 
 
 @dataclass
@@ -30,7 +30,7 @@ class LayerRecord:
 
 
 def _is_leaf(module: nn.Module) -> bool:
-    return isinstance(module, _BinaryMixin) or not any(True for _ in module.children())
+    return isinstance(module, BinaryLayer) or not any(True for _ in module.children())
 
 
 @torch.no_grad()
@@ -181,7 +181,7 @@ def count_ops(model: nn.Module, input_size: tuple[int, ...]) -> OpsReport:
 
 def layer_bits(module: nn.Module) -> str:
     """``"1w1a"``-style bits of a conv/linear layer, ``""`` for layers without a weight matrix."""
-    if isinstance(module, _BinaryMixin):
+    if isinstance(module, BinaryLayer):
         return module.bits
     return "32w32a" if isinstance(module, (nn.Conv2d, nn.Linear)) else ""
 

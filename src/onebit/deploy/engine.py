@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from onebit.data.spec import InputSpec
 from onebit.deploy import format as fmt
@@ -31,6 +30,7 @@ from onebit.deploy.export import binary_weight_layers, describe
 from onebit.deploy.format import LayerDesc
 from onebit.deploy.packing import unpack_weight
 from onebit.errors import ConfigError, DataError, ExportError, OneBitError
+from onebit.nn import BATCHNORMS
 
 try:  # torch first: the kernels then share PyTorch's OpenMP runtime (same libgomp soname)
     from onebit.deploy import _kernels
@@ -380,7 +380,7 @@ def _install(
             bn = network.get_submodule(bn_name)
         except AttributeError:
             bn = None
-        if not isinstance(bn, _BatchNorm):
+        if not isinstance(bn, BATCHNORMS):
             raise _mismatch(path, f"folded BatchNorm {bn_name!r} is not a BatchNorm of the model")
         network.set_submodule(bn_name, nn.Identity())
     _load_fp_state(network, layers, tensors, float_weights, path)

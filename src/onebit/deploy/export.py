@@ -22,24 +22,24 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from onebit.data.spec import InputSpec
 from onebit.deploy import format as fmt
 from onebit.deploy.format import LayerDesc
 from onebit.deploy.packing import pack_weight
 from onebit.errors import ExportError, OneBitError
-from onebit.nn.binary import BinaryConv2d, BinaryLinear, _BinaryMixin
+from onebit.nn import BATCHNORMS
+from onebit.nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear
 from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
 
 
-def binary_weight_layers(model: nn.Module) -> list[tuple[str, _BinaryMixin]]:
+def binary_weight_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
     """The (name, layer) pairs of ``model`` whose weight is binarized, in module order."""
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, _BinaryMixin) and m.weight_spec is not None
+        if isinstance(m, BinaryLayer) and m.weight_spec is not None
     ]
 
 
@@ -74,7 +74,7 @@ def geometry(layer: nn.Module) -> dict[str, Any]:
     }
 
 
-def describe(name: str, layer: _BinaryMixin, bn: str | None = None) -> LayerDesc:
+def describe(name: str, layer: BinaryLayer, bn: str | None = None) -> LayerDesc:
     """The LayerDesc of a binary-weight layer (``bn``: the BatchNorm folded into it)."""
     mode = "packed" if kernel_can_run(layer) else "float"
     return LayerDesc(
@@ -88,7 +88,7 @@ def describe(name: str, layer: _BinaryMixin, bn: str | None = None) -> LayerDesc
     )
 
 
-def kernel_can_run(layer: _BinaryMixin) -> bool:
+def kernel_can_run(layer: BinaryLayer) -> bool:
     """True for a 1w1a layer the xnor-popcount kernel runs: a linear, or a conv with groups 1
     and integer zero padding."""
     if layer.act_spec is None or layer.weight_spec is None:
@@ -100,7 +100,7 @@ def kernel_can_run(layer: _BinaryMixin) -> bool:
     return True
 
 
-def weight_signs_and_scale(name: str, layer: _BinaryMixin) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_signs_and_scale(name: str, layer: BinaryLayer) -> tuple[torch.Tensor, torch.Tensor]:
     """``layer.binary_weight()`` as (negative: bool, same shape as the weight; scale: fp32 [cout]).
 
     The binary weight must be +-s_c in each output channel c (s_c >= 0); sign(0) = +1.
@@ -116,7 +116,7 @@ def weight_signs_and_scale(name: str, layer: _BinaryMixin) -> tuple[torch.Tensor
     return wb < 0, scale
 
 
-def check_activation(name: str, layer: _BinaryMixin) -> None:
+def check_activation(name: str, layer: BinaryLayer) -> None:
     """The packed engine binarizes inputs as sign(x + act_bias); check the layer does the same
     in eval mode (every binarizer in onebit.quant does; a registered one might not: a ternary
     or multi-bit quantizer cannot be deployed). Checked for every layer that binarizes its
@@ -132,7 +132,7 @@ def check_activation(name: str, layer: _BinaryMixin) -> None:
         )
 
 
-def _act_bias(layer: _BinaryMixin) -> torch.Tensor:
+def _act_bias(layer: BinaryLayer) -> torch.Tensor:
     bias = getattr(layer, "act_bias", None)
     cin = layer.weight.shape[1] * getattr(layer, "groups", 1)
     if bias is None:
@@ -162,7 +162,7 @@ def conv_bn_pairs(model: nn.Module, layers: set[str]) -> dict[str, str]:
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], _BatchNorm):
+        if node.op != "call_module" or not isinstance(modules[node.target], BATCHNORMS):
             continue
         bn = modules[node.target]
         src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
@@ -180,7 +180,7 @@ def conv_bn_pairs(model: nn.Module, layers: set[str]) -> dict[str, str]:
 
 
 def fold(
-    layer: _BinaryMixin, weight_scale: torch.Tensor, bn: _BatchNorm | None
+    layer: BinaryLayer, weight_scale: torch.Tensor, bn: nn.Module | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (out_scale, out_bias) such that the layer (+ BatchNorm) output is
     ``dot * out_scale + out_bias``, dot the integer +-1 dot product.
@@ -226,7 +226,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 def _signature(model: nn.Module) -> tuple:
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, _BinaryMixin)}
+    bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, BinaryLayer)}
     return shapes, bits
 
 
@@ -289,7 +289,7 @@ def _build(model: nn.Module, fp16: bool) -> tuple[dict[str, Any], dict[str, torc
     tensors: dict[str, torch.Tensor] = {}
     descs = []
     for name, layer in model.named_modules():
-        if isinstance(layer, _BinaryMixin) and layer.act_spec is not None:
+        if isinstance(layer, BinaryLayer) and layer.act_spec is not None:
             check_activation(name, layer)
     for name, layer in binary:
         desc = describe(name, layer, pairs.get(name))

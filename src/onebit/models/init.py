@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from onebit.errors import ConfigError
+from onebit.nn import BATCHNORMS
 
 WEIGHT_SCHEMES: dict[str, Callable[[torch.Tensor], object] | None] = {
     "torch": None,  # the module's own reset_parameters()
@@ -140,7 +140,7 @@ def apply_init(model: nn.Module, spec: object) -> nn.Module:
             _init_weight(m, init["conv"])
         elif isinstance(m, nn.Linear) and init["linear"] is not None:
             _init_weight(m, init["linear"])
-        elif isinstance(m, _BatchNorm):
+        elif isinstance(m, BATCHNORMS):
             # 2-D only, as the ReCU / FIRNet code: a BatchNorm1d head keeps its init
             if (
                 init["bn_weight"] is not None

@@ -1,9 +1,10 @@
 """Binary layers and the small blocks BNN architectures are made of."""
 
-from onebit.nn.binary import BinaryConv2d, BinaryLinear, is_binary
+from onebit.nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear, is_binary
 from onebit.nn.factory import BinaryLayers
 from onebit.nn.layers import (
     ACTIVATION_LAYERS,
+    BATCHNORMS,
     ChannelGate,
     ChannelPadShortcut,
     ChannelShuffle,
@@ -16,7 +17,9 @@ from onebit.nn.layers import (
 
 __all__ = [
     "ACTIVATION_LAYERS",
+    "BATCHNORMS",
     "BinaryConv2d",
+    "BinaryLayer",
     "BinaryLayers",
     "BinaryLinear",
     "ChannelGate",

@@ -11,7 +11,7 @@ from onebit.quant.binarizers import DEFAULT_ACT, DEFAULT_WEIGHT
 from onebit.quant.registry import SCALE_INITS, Binarizer, act_spec, weight_spec
 
 
-class _BinaryMixin:
+class BinaryLayer:
     """What BinaryConv2d and BinaryLinear share: binarizers, their state and the scale.
 
     Each binarizer's ``state`` is a non-persistent 0-dim buffer named as the state, and its
@@ -118,7 +118,7 @@ class _BinaryMixin:
         return f", act={act!r}, weight={weight!r}{scale}"
 
 
-class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
     """Conv2d with a binarized input and/or weight.
 
     ``act`` / ``weight`` name binarizers (``onebit.quant.ACTIVATIONS`` / ``WEIGHTS``); either
@@ -166,7 +166,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         return super().extra_repr() + self._binary_repr()
 
 
-class BinaryLinear(_BinaryMixin, nn.Linear):
+class BinaryLinear(BinaryLayer, nn.Linear):
     """Linear with a binarized input and/or weight (arguments as :class:`BinaryConv2d`)."""
 
     def __init__(
@@ -209,4 +209,4 @@ def _check_shared_state(specs: tuple[Binarizer, ...]) -> None:
 
 def is_binary(module: nn.Module) -> bool:
     """True for a binary layer that binarizes its weight or its input."""
-    return isinstance(module, _BinaryMixin) and module.is_binary
+    return isinstance(module, BinaryLayer) and module.is_binary

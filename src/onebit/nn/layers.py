@@ -139,6 +139,9 @@ class ChannelGate(nn.Module):
         return s[:, :, None, None]
 
 
+# The BatchNorm layers, by their public classes (torch's common base class is private).
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 ACTIVATION_LAYERS = {
     "hardtanh": lambda c: nn.Hardtanh(),
     "relu": lambda c: nn.ReLU(),

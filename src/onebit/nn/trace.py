@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from onebit.nn.binary import _BinaryMixin
+from onebit.nn.binary import BinaryLayer
+from onebit.nn.layers import BATCHNORMS
 
 
 class LeafTracer(fx.Tracer):
@@ -15,7 +15,7 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (
-            isinstance(m, (_BinaryMixin, _BatchNorm))
+            isinstance(m, (BinaryLayer, *BATCHNORMS))
             or type(m).__module__.startswith("onebit.nn")
             or super().is_leaf_module(m, qualname)
         )

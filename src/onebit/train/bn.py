@@ -14,16 +14,17 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from onebit.nn import BATCHNORMS
 
 # Batches `onebit export` re-estimates the statistics from when the run's config sets none
 # (eval.bn_recalibrate: 0): 50 x 128 = 6,400 images, ~10% of Fashion-MNIST or CIFAR-10.
 RECALIBRATE_BATCHES = 50
 
 
-def batchnorms(model: nn.Module) -> list[_BatchNorm]:
+def batchnorms(model: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, BATCHNORMS) and m.track_running_stats]
 
 
 @torch.no_grad()

@@ -169,9 +169,9 @@ def read_checkpoint(
 def layer_bits(model: nn.Module) -> dict[str, str]:
     """{binary layer name: "1w1a"-style bits}: what a checkpoint records of the architecture
     beyond tensor names and shapes (a 1w1a and a 1w32a layer hold the same tensors)."""
-    from onebit.nn.binary import _BinaryMixin
+    from onebit.nn.binary import BinaryLayer
 
-    return {n: m.bits for n, m in model.named_modules() if isinstance(m, _BinaryMixin)}
+    return {n: m.bits for n, m in model.named_modules() if isinstance(m, BinaryLayer)}
 
 
 def check_layer_bits(model: nn.Module, state: dict[str, Any], path: Path) -> None:

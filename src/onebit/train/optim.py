@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from onebit.errors import ConfigError
+from onebit.nn import BATCHNORMS
 from onebit.quant import sign
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def bmd_beta(epoch: int, growth: float, beta_max: float) -> float:
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+    return isinstance(module, BATCHNORMS)
 
 
 def set_trainable(model: nn.Module, train: str) -> None:
