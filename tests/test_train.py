@@ -269,6 +269,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     )
 
 
+def test_a_phase_with_an_offset_continues_the_binarizer_schedule(tmp_path):
+    # ReCU tau over one schedule of 4 epochs split into phases of 2 + 2 (offset 2)
+    from onebit.quant import tau_schedule
+
+    config = load_config(
+        RECU,
+        [
+            *TINY,
+            "schedule.epochs=2",
+            "schedule.total_epochs=4",
+            "phases=[{name: a}, {name: b, overrides: {schedule: {offset: 2}}}]",
+        ],
+    )
+    Trainer(config, RunDir(tmp_path / "r")).fit()
+    records = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    expected = [tau_schedule(e, 4, 0.85, 0.99) for e in range(4)]
+    assert [r["tau"] for r in records] == pytest.approx(expected)
+
+
 def test_a_run_resumes_after_its_model_gained_an_option(tmp_path):
     # a run started before resnet20 had `structure` / `head_act` / `init`: its saved config
     # lacks them; they take their defaults, which build the same model

@@ -497,7 +497,10 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Schedule, train and evaluate one epoch; returns its metrics record."""
         cfg = self.phase_config
-        schedule = apply_quant_schedule(self.model, cfg.quant, epoch, cfg.schedule.epochs)
+        # a phase that trains part of a longer schedule (schedule.offset / total_epochs)
+        # continues the binarizers' schedules as it continues the lr
+        at, length = cfg.schedule.offset + epoch, cfg.schedule.length
+        schedule = apply_quant_schedule(self.model, cfg.quant, at, length)
         for technique in self.techniques:
             schedule.update(technique.epoch_start(self, epoch))
         train = self.train_epoch(epoch)
