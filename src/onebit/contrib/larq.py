@@ -26,6 +26,12 @@ import onebit
 KINDS = ("act", "weight")
 
 
+def _register_both(fn, name: str, **registration) -> None:
+    """Register ``fn`` as an activation and as a weight quantizer called ``name``."""
+    for kind in KINDS:
+        onebit.register_binarizer(kind, name, **registration)(fn)
+
+
 def _straight_through(
     x: torch.Tensor, q: torch.Tensor, low: float | None = None, high: float | None = None
 ) -> torch.Tensor:
@@ -79,14 +85,13 @@ def _swish_sign_state(epoch: float, epochs: int, options: SwishSignOptions) -> d
     return {"beta": options.swish_sign.beta}
 
 
-for _kind in KINDS:
-    onebit.register_binarizer(
-        _kind,
-        "swish_sign",
-        constants={"beta": 5.0},
-        schedule=_swish_sign_state,
-        options=SwishSignOptions,
-    )(swish_sign)
+_register_both(
+    swish_sign,
+    "swish_sign",
+    constants={"beta": 5.0},
+    schedule=_swish_sign_state,
+    options=SwishSignOptions,
+)
 
 
 # --------------------------------------------------------------------------- SteHeaviside
@@ -120,14 +125,13 @@ def _ste_heaviside_state(
     return {"clip_value": options.ste_heaviside.clip_value}
 
 
-for _kind in KINDS:
-    onebit.register_binarizer(
-        _kind,
-        "ste_heaviside",
-        constants={"clip_value": 1.0},
-        schedule=_ste_heaviside_state,
-        options=SteHeavisideOptions,
-    )(ste_heaviside)
+_register_both(
+    ste_heaviside,
+    "ste_heaviside",
+    constants={"clip_value": 1.0},
+    schedule=_ste_heaviside_state,
+    options=SteHeavisideOptions,
+)
 
 
 # --------------------------------------------------------------------------- SteTern
@@ -171,15 +175,14 @@ def _ste_tern_state(epoch: float, epochs: int, options: SteTernOptions) -> dict[
     return dataclasses.asdict(options.ste_tern)
 
 
-for _kind in KINDS:
-    onebit.register_binarizer(
-        _kind,
-        "ste_tern",
-        constants={"threshold_value": 0.05, "ternary_weight_networks": False, "clip_value": 1.0},
-        schedule=_ste_tern_state,
-        options=SteTernOptions,
-        bits=2,
-    )(ste_tern)
+_register_both(
+    ste_tern,
+    "ste_tern",
+    constants={"threshold_value": 0.05, "ternary_weight_networks": False, "clip_value": 1.0},
+    schedule=_ste_tern_state,
+    options=SteTernOptions,
+    bits=2,
+)
 
 
 # --------------------------------------------------------------------------- DoReFa
