@@ -58,9 +58,11 @@ def test_every_config_loads_and_is_named_after_its_content(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert FOLDERS[path.parent.name] == config.data.dataset
-    # <model>_<method>, then an optional variant: birealnet20_bnew_bop_kd, wrn22_fp
+    # <model>_<method>, then an optional variant: birealnet20_bnew_bop_kd, wrn22_fp; or
+    # <model>_best, the best recipe onebit knows for that model on that dataset, any method
     recipe = f"{config.model['name']}_{config.model['method']}"
-    assert path.stem == recipe or path.stem.startswith(f"{recipe}_")
+    best = path.stem == f"{config.model['name']}_best"
+    assert best or path.stem == recipe or path.stem.startswith(f"{recipe}_")
     text = path.read_text()
     assert text.startswith("# Source: ")
     assert re.search(r"^# Published top-1: ", text, re.M)
