@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onebit.config import config_from_dict, load_config
 from onebit.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, Loaders, Normalize
+from onebit.machine import cpu_name
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
@@ -518,17 +519,6 @@ def larq_rows(python: str, args: argparse.Namespace) -> dict[str, float]:
         raise SystemExit(f"larq_speed.py failed:\n{done.stderr[-2000:]}")
     rows = re.findall(r"^\| (larq [^|]+?)\s+\|[^|]+\|[^|]+\|\s+(\d+) \|$", done.stdout, re.M)
     return {f"{label} ({done.stdout.split(',')[0]})": float(speed) for label, speed in rows}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``'s), or "CPU"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ jobs through ``onebit train``, then reported and plotted."""
 
 import importlib.util
 import json
+import os
 import statistics
 import struct
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from onebit.cli import main
 from onebit.deploy import export
+from onebit.machine import cpu_name, describe
 from onebit.models import create_model
 from onebit.plot import schedule_keys
 from onebit.profile import count_ops
@@ -156,6 +158,37 @@ def test_report_cli_writes_markdown_and_groups_seed_dirs(tree, tmp_path, capsys)
     assert main(["report", str(tree / "resnet20_irnet")]) == 0  # the folder of --runs
     assert "| resnet20_irnet | resnet20 | irnet |" in capsys.readouterr().out
     assert report([tree]).count("\n| resnet20_") == 2
+
+
+def test_report_shows_the_machine_and_wall_time_each_epoch_recorded(tree, tmp_path):
+    source = tree / "resnet20_irnet" / "seed0"
+    records = _records(source)
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, 1 thread"  # the tree trains on one
+    assert [r["machine"] for r in records] == [machine] * 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert describe(torch.device("cpu"), processes=4) == machine[:-8] + "2 threads x4 processes"
+    finally:
+        torch.set_num_threads(threads)
+    for r in records:  # the whole epoch: at least its training, and its evaluation besides
+        assert r["wall_seconds"] > r["seconds"] > 0
+    (row,) = report_rows(find_runs([source]))
+    wall = sum(r["wall_seconds"] for r in records)
+    assert row.cells["wall time"] == (f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min")
+    assert row.cells["machine"] == machine
+
+    # a run trained before the record existed, then resumed on another machine
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text((source / "config.yaml").read_text())
+    first = {k: v for k, v in records[0].items() if k not in ("machine", "wall_seconds")}
+    second = {**records[1], "machine": "NVIDIA H200"}
+    (old / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    (row,) = report_rows(find_runs([old]))
+    assert row.cells["wall time"] == "—"
+    assert row.cells["machine"] == "NVIDIA H200; not recorded"
+    assert "| wall time | machine |" in report([old])
 
 
 def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):

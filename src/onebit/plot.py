@@ -18,7 +18,7 @@ from pathlib import Path
 
 from onebit.errors import CheckpointError, ConfigError, OneBitError
 from onebit.io import atomic_write
-from onebit.report import Run, find_runs, group_label, group_runs
+from onebit.report import Run, find_runs, group_label, group_runs, is_schedule_value
 
 # (metrics key, panel, line style) of the curves drawn per recipe on the first three panels
 SERIES = (
@@ -29,28 +29,12 @@ SERIES = (
     ("val_top1_stored", 1, ":"),  # runs with eval.bn_recalibrate: the stored statistics' figure
     ("lr", 2, "-"),
 )
-# Keys of a metrics record that are not a schedule value; every other number a record holds
-# (ReCU tau, IR-Net EDE t and k, ...) is one, drawn on the right axis of the lr panel.
-NOT_SCHEDULE = {
-    *(key for key, _, _ in SERIES),
-    "phase",
-    "epoch",
-    "step",
-    "val_top5",
-    "val_loss_stored",
-    "val_top5_stored",
-    "heldout_loss",  # the validation split held out of the training images (data.val_split)
-    "heldout_top1",
-    "heldout_top5",
-    "seconds",
-    "images_per_s",
-    "compile_seconds",
-}
 SCHEDULE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
 def schedule_keys(curves: Sequence[Curve]) -> list[str]:
-    """The schedule values the runs logged (see :data:`NOT_SCHEDULE`), sorted."""
+    """The schedule values the runs logged (see :func:`onebit.report.is_schedule_value`),
+    sorted."""
     return sorted(
         {
             key
@@ -58,7 +42,7 @@ def schedule_keys(curves: Sequence[Curve]) -> list[str]:
             for run in curve.runs
             for record in run.records
             for key, value in record.items()
-            if key not in NOT_SCHEDULE and isinstance(value, (int, float))
+            if is_schedule_value(key, value)
         }
     )
 

@@ -27,6 +27,35 @@ from onebit.errors import CheckpointError, OneBitError
 
 SEED_DIR = re.compile(r"seed\d+")
 
+# Keys of a metrics record (metrics.jsonl) that are figures of the epoch, not schedule values;
+# so are ``val_*`` and ``heldout_*``. Every other number a record holds is a schedule value: a
+# binarizer's state under its log name (``tau``, ``ede_t``, ...) or a technique's
+# (``bnew_reg``, ``bmd_beta``).
+RECORD_FIGURES = frozenset(
+    (
+        "phase",
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "train_top1",
+        "seconds",
+        "images_per_s",
+        "compile_seconds",
+        "wall_seconds",
+    )
+)
+
+
+def is_schedule_value(key: str, value: Any) -> bool:
+    """Whether ``key: value`` of a metrics record is a schedule value (see RECORD_FIGURES)."""
+    return (
+        key not in RECORD_FIGURES
+        and not key.startswith(("val_", "heldout_"))
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    )
+
 
 @dataclass
 class Run:
@@ -100,6 +129,18 @@ class Run:
     def train_seconds(self) -> float:
         """Training time: the sum of the epochs' ``seconds`` (evaluation not included)."""
         return sum(self.values("seconds"))
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """Wall time of the epochs (training, statistics, evaluation) summed; None when an
+        epoch did not record it (runs trained before it was recorded)."""
+        seconds = self.values("wall_seconds")
+        return sum(seconds) if seconds and len(seconds) == len(self.records) else None
+
+    @property
+    def machines(self) -> list[str]:
+        """The machines the epochs ran on (``machine`` of the records), in order of first use."""
+        return list(dict.fromkeys(self.values("machine")))
 
     @property
     def images_per_s(self) -> float | None:
@@ -292,6 +333,8 @@ COLUMNS = (
     "picked on (held-out top-1 %)",
     "train time",
     "img/s",
+    "wall time",
+    "machine",
 )
 
 
@@ -305,6 +348,20 @@ def _picked_on(group: Sequence[Run]) -> str:
     """``test``, or ``val (m ± s)``: the held-out top-1 of the runs' best epochs."""
     heldout = [r.best_record["heldout_top1"] for r in group if r.picked_on == "val"]
     return f"val ({mean_std(heldout)})" if heldout else "test"
+
+
+def _wall_time(group: Sequence[Run]) -> str:
+    """The runs' mean wall time, where every epoch of every run recorded it."""
+    walls = [r.wall_seconds for r in group]
+    return "—" if None in walls else _duration(statistics.mean(walls))
+
+
+def _machines(group: Sequence[Run]) -> str:
+    """Every machine the runs' epochs ran on; "not recorded" for runs older than the record."""
+    machines = list(dict.fromkeys(m for r in group for m in r.machines))
+    if any(len(r.values("machine")) < len(r.records) for r in group):
+        machines.append("not recorded")
+    return "; ".join(machines) if machines else "not recorded"
 
 
 def report_rows(runs: Sequence[Run]) -> list[Row]:
@@ -334,6 +391,8 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "picked on (held-out top-1 %)": _picked_on(group),
             "train time": _duration(statistics.mean(r.train_seconds for r in group)),
             "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
+            "wall time": _wall_time(group),
+            "machine": _machines(group),
         }
         rows.append(Row(label, list(group), figures, cells))
     return rows
@@ -352,7 +411,9 @@ epochs: completed (of the recipe's, while a run is unfinished). params and OPs (
 + FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
 epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
-second.
+second; wall time: the epochs' whole time (training, BN statistics, evaluation; — for runs that
+did not record it); machine: what the epochs ran on (CPU model, cores and threads, or GPU),
+"not recorded" for epochs trained before onebit recorded it.
 """
 
 

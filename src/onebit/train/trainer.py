@@ -36,7 +36,9 @@ from onebit.config import Config, config_from_dict, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingError
 from onebit.io import remove_stale_temporaries
+from onebit.machine import describe as describe_machine
 from onebit.models import create_model, model_entry
+from onebit.report import is_schedule_value
 from onebit.train import distributed
 from onebit.train.checkpoint import (
     atomic_write_text,
@@ -497,6 +499,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Schedule, train and evaluate one epoch; returns its metrics record."""
         cfg = self.phase_config
+        began = time.perf_counter()
         # a phase that trains part of a longer schedule (schedule.offset / total_epochs)
         # continues the binarizers' schedules as it continues the lr
         at, length = cfg.schedule.offset + epoch, cfg.schedule.length
@@ -514,7 +517,20 @@ class Trainer:
         phase = {"phase": self.progress.phase}
         if self.config.phases:
             phase["phase_name"] = self.config.phases[self.progress.phase].name
-        return {**phase, "epoch": epoch + 1, "step": self.progress.step, **train, **val, **schedule}
+        # the epoch's wall time (training, statistics, evaluation) and what it ran on
+        machine = {
+            "wall_seconds": time.perf_counter() - began,
+            "machine": describe_machine(self.device, distributed.rank_and_world()[1]),
+        }
+        return {
+            **phase,
+            "epoch": epoch + 1,
+            "step": self.progress.step,
+            **train,
+            **val,
+            **schedule,
+            **machine,
+        }
 
     def evaluate_on(self, split: str) -> dict[str, float]:
         """:func:`evaluate` the model as it is now on the test split (``"test"``: keys
@@ -696,34 +712,8 @@ class Trainer:
         }
 
 
-# Keys of a metrics record that are not schedule values (the line prints the figures among
-# them in their own place; ``val_*`` and ``heldout_*`` too). Every other number a record holds
-# is one: a binarizer's state under its log name (``tau``, ``ede_t``, ...) or a technique's
-# (``bnew_reg``, ``bmd_beta``), printed after the lr in the record's order.
-_NOT_SCHEDULE = frozenset(
-    (
-        "phase",
-        "epoch",
-        "step",
-        "lr",
-        "train_loss",
-        "train_top1",
-        "seconds",
-        "images_per_s",
-        "compile_seconds",
-    )
-)
-
-
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    extras = "".join(
-        f"  {k} {v:.4g}"
-        for k, v in r.items()
-        if k not in _NOT_SCHEDULE
-        and not k.startswith(("val_", "heldout_"))
-        and isinstance(v, (int, float))
-        and not isinstance(v, bool)
-    )
+    extras = "".join(f"  {k} {v:.4g}" for k, v in r.items() if is_schedule_value(k, v))
     return (
         f"epoch {r['epoch']}/{epochs}  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
         f"  val loss {r['val_loss']:.4f} top1 {r['val_top1']:.2f}% top5 {r['val_top5']:.2f}%"
