@@ -381,9 +381,13 @@ def test_short_fashion_mnist_run_learns(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_cpu_run_says_so_and_times_compiling_apart(tmp_path, capsys, one_thread):
+def test_compiled_cpu_run_says_so_and_times_compiling_apart(
+    tmp_path, capsys, one_thread, monkeypatch
+):
     """runtime.compile: true on the CPU (a smoke run): the run says it compiles, records the
-    compiling step's time as compile_seconds, and its img/s counts the other steps only."""
+    compiling step's time as compile_seconds, and its img/s counts the other steps only; the
+    compiled kernels are kept beside the run directory for the next run."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
     config = load_config(
         FP, [*TINY, "schedule.epochs=1", "runtime.compile=true", "runtime.log_interval=1"]
     )
@@ -395,6 +399,14 @@ def test_compiled_cpu_run_says_so_and_times_compiling_apart(tmp_path, capsys, on
     record = json.loads((tmp_path / "run/metrics.jsonl").read_text())
     assert record["compile_seconds"] > 0 and math.isfinite(result["val_top1"])
     assert record["images_per_s"] == pytest.approx(32 / record["seconds"])  # 1 of 2 steps
+    cache = tmp_path / ".inductor-cache"
+    assert f"compiled kernels are kept in {cache}" in out
+    assert any((cache / "fxgraph").rglob("*"))  # the compiled graphs, for the next run
+
+    # a variable the user set is theirs
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    Trainer(config, RunDir(tmp_path / "other" / "run"))
+    assert not (tmp_path / "other" / ".inductor-cache").exists()
 
 
 def test_compile_auto_is_cuda_only():

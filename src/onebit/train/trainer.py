@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,6 +114,10 @@ def evaluate(
         "val_top1": 100 * top1 / count,
         "val_top5": 100 * top5 / count,
     }
+
+
+# The folder, beside the run directories, where compiled kernels are kept between runs.
+INDUCTOR_CACHE = ".inductor-cache"
 
 
 class RunDir:
@@ -279,11 +284,24 @@ class Trainer:
             return setting
         return self.device.type == "cuda"
 
+    def _keep_compile_cache(self) -> None:
+        """Compiled kernels go to ``<the run directory's parent>/.inductor-cache``, where the
+        next run of the same recipe beside this one finds them and starts without compiling
+        again. A ``TORCHINDUCTOR_CACHE_DIR`` already set (by the user, or by an earlier
+        compile in this process) is left as it is."""
+        if self.run_dir is None or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+            return
+        cache = self.run_dir.path.resolve().parent / INDUCTOR_CACHE
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        self._say(f"compiled kernels are kept in {cache} for the next run")
+
     def _forwards(self) -> tuple[nn.Module, nn.Module]:
         """The model as the training step calls it (DistributedDataParallel in a multi-process
         run; compiled if ``_should_compile``) and as evaluation calls it: never through DDP,
         whose forward would wait for processes that hold fewer evaluation batches."""
         compile_it = self._should_compile()
+        if compile_it:
+            self._keep_compile_cache()
         wrapped = distributed.wrap(self.model, self.device, self.phase_config.runtime.sync_bn)
         train = torch.compile(wrapped) if compile_it else wrapped
         if wrapped is self.model:
