@@ -409,6 +409,29 @@ def test_compiled_cpu_run_says_so_and_times_compiling_apart(
     assert not (tmp_path / "other" / ".inductor-cache").exists()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_precision_switches_bf16_autocast(precision, tmp_path, one_thread):
+    """runtime.cpu_precision: bf16 trains the CPU run under bf16 autocast (a smoke run: the
+    convolutions compute in bf16, the weights stay fp32, the loss is finite); fp32, the
+    default, leaves it off. runtime.precision is the GPU's and changes nothing here."""
+    options = [*TINY, "schedule.epochs=1", f"runtime.cpu_precision={precision}"]
+    config = load_config(RECU, [*options, "runtime.precision=bf16"])
+    trainer = Trainer(config, RunDir(tmp_path / "run"))
+    assert trainer.amp_dtype == (torch.bfloat16 if precision == "bf16" else None)
+    seen = []
+    trainer.model.conv1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    result = trainer.fit()
+    assert math.isfinite(result["val_top1"]) and seen
+    assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_cpu_bf16_without_native_support_warns(monkeypatch):
+    monkeypatch.setattr("onebit.train.trainer.cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="without AVX512-BF16 or AMX is emulated"):
+        Trainer(load_config(RECU, [*TINY, "runtime.cpu_precision=bf16"]))
+
+
 def test_compile_auto_is_cuda_only():
     trainer = Trainer(load_config(FP, [*TINY, "schedule.epochs=1000"]))
     assert trainer._should_compile() is False and trainer.forward is trainer.model

@@ -327,6 +327,7 @@ class RuntimeConfig:
 
     device: Str = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"
+    cpu_precision: Literal["bf16", "fp32"] = "fp32"
     compile: Literal["auto", True, False] = "auto"
     seed: Int = Field(0, ge=0, le=2**63 - 1)
     out: Str = "runs/auto"

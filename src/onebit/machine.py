@@ -23,6 +23,16 @@ def cpu_name() -> str:
     return "CPU"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16): where it
+    does not, bf16 autocast on the CPU is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def describe(device: torch.device, processes: int = 1) -> str:
     """``"NVIDIA H200 x8"`` for ``processes`` GPUs; ``"Intel(R) Xeon(R) Processor, 2 cores,
     1 thread"`` for the CPU (the cores the machine has, the threads this process uses)."""

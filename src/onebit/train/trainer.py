@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from onebit.config import Config, config_from_dict, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingError
 from onebit.io import remove_stale_temporaries
+from onebit.machine import cpu_has_bf16
 from onebit.machine import describe as describe_machine
 from onebit.models import create_model, model_entry
 from onebit.report import is_schedule_value
@@ -260,8 +262,14 @@ class Trainer:
         self.phases = self.config.phase_configs()
         for phase in self.phases:
             phase.model = self._model_options(phase.model, self.loaders)
-        use_bf16 = self.device.type == "cuda" and runtime.precision == "bf16"
-        self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        precision = runtime.precision if self.device.type == "cuda" else runtime.cpu_precision
+        self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
+        if self.device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
+            warnings.warn(
+                "runtime.cpu_precision: bf16 on a CPU without AVX512-BF16 or AMX is emulated "
+                "and slower than fp32; set runtime.cpu_precision=fp32",
+                stacklevel=2,
+            )
         self.run_dir = run_dir
         if run_dir is not None and not distributed.is_main():
             self.run_dir = NullRunDir(run_dir.path)
