@@ -75,7 +75,24 @@ def random_crop(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tenso
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-class DeviceLoader:
+class BatchCount:
+    """``len()`` of a loader: full batches only when training (every step has one shape),
+    every sample when evaluating. Subclasses set ``train`` and ``batch_size`` and say how
+    many samples there are."""
+
+    train: bool
+    batch_size: int
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.train else -(-n // b)
+
+
+class DeviceLoader(BatchCount):
     """Batches of (normalised float images, int64 labels) from uint8 tensors on the device.
 
     Training (``train=True``): a new permutation every epoch, full batches only (drop_last,
@@ -108,10 +125,6 @@ class DeviceLoader:
     @property
     def num_samples(self) -> int:
         return len(self.labels)
-
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.train else -(-n // b)
 
     def batches(
         self, epoch: int, augment: bool = True

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from onebit.data.gpu_loader import Normalize, batch_bounds, epoch_generator
+from onebit.data.gpu_loader import BatchCount, Normalize, batch_bounds, epoch_generator
 from onebit.errors import DataError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -191,7 +191,7 @@ class ImageFolder(Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1), self.labels[index]
 
 
-class FolderLoader:
+class FolderLoader(BatchCount):
     """Batches of an :class:`ImageFolder` through DataLoader workers, normalised on ``device``.
 
     The training order of an epoch is a permutation drawn from (seed, epoch); full batches only.
@@ -218,10 +218,6 @@ class FolderLoader:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
-
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.train else -(-n // b)
 
     def batches(
         self, epoch: int, augment: bool = True
