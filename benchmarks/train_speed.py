@@ -190,7 +190,14 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)) -> list[to
     return [correct[:k].reshape(-1).float().sum(0).mul_(100.0 / target.size(0)) for k in topk]
 
 
-def official_runner(images, labels, device, batch, workers) -> Callable[[int], float]:
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast for the rows outside onebit when ``--precision bf16``."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
+
+def official_runner(
+    images, labels, device, batch, workers, precision="auto"
+) -> Callable[[int], float]:
     """``run(k)``: train k steps of the official-style loop, return the seconds they took."""
     model = OfficialResNet20(in_chans=images.shape[1]).to(device)
     criterion = nn.CrossEntropyLoss()
@@ -218,8 +225,9 @@ def official_runner(images, labels, device, batch, workers) -> Callable[[int], f
                 batches = iter(loader)
                 x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
-            loss = criterion(output, y)
+            with _autocast(device, precision):
+                output = model(x)
+                loss = criterion(output, y)
             prec1, prec5 = accuracy(output.data, y)
             meters[0] += loss.item()
             meters[1] += prec1.item()
@@ -241,11 +249,15 @@ def _sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- onebit
 
 
-def onebit_runner(images, labels, device, batch, method, compile_) -> Callable[[int], float]:
+def onebit_runner(
+    images, labels, device, batch, method, compile_, precision="auto"
+) -> Callable[[int], float]:
     """``run(k)``: train k steps with onebit's trainer, return the seconds they took."""
     overrides = [f"data.batch_size={batch}", f"runtime.device={device}", "schedule.epochs=1"]
     if compile_ != "auto":
         overrides.append(f"runtime.compile={compile_ == 'on'}")
+    if precision != "auto":
+        overrides += [f"runtime.precision={precision}", f"runtime.cpu_precision={precision}"]
     if method == "fp":
         config = load_config(CONFIGS / "resnet20_fp.yaml", overrides)
     else:
@@ -262,7 +274,7 @@ def onebit_runner(images, labels, device, batch, method, compile_) -> Callable[[
     return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
 
 
-def bare_runner(images, labels, device, batch) -> Callable[[int], float]:
+def bare_runner(images, labels, device, batch, precision="auto") -> Callable[[int], float]:
     """``run(k)``: k steps of a hand-written FP ResNet-20 over pre-normalised batches."""
     model = nn.Sequential(
         nn.Conv2d(images.shape[1], 16, 3, 1, 1, bias=False),
@@ -288,7 +300,8 @@ def bare_runner(images, labels, device, batch) -> Callable[[int], float]:
                 position = 0
             x, y = x_all[position : position + batch], y_all[position : position + batch]
             position += batch
-            loss = F.cross_entropy(model(x), y)
+            with _autocast(device, precision):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -421,6 +434,13 @@ def main() -> None:
     )
     parser.add_argument("--method", default="recu", help="the binary row's model.method")
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: onebit's defaults (bf16 autocast on CUDA, fp32 on the CPU; the other rows "
+        "fp32); fp32 or bf16: every row in that precision",
+    )
+    parser.add_argument(
         "--larq",
         metavar="PYTHON",
         help="also run benchmarks/larq_speed.py with this interpreter (make larq-venv: "
@@ -456,13 +476,15 @@ def main() -> None:
     steps_per_epoch = n // args.batch_size
 
     torch.manual_seed(0)
-    batch, method = args.batch_size, args.method
+    batch, method, precision = args.batch_size, args.method, args.precision
     runners = {
-        f"onebit {method}": onebit_runner(images, labels, device, batch, method, args.compile),
-        "onebit fp": onebit_runner(images, labels, device, batch, "fp", args.compile),
-        "bare PyTorch fp": bare_runner(images, labels, device, batch),
+        f"onebit {method}": onebit_runner(
+            images, labels, device, batch, method, args.compile, precision
+        ),
+        "onebit fp": onebit_runner(images, labels, device, batch, "fp", args.compile, precision),
+        "bare PyTorch fp": bare_runner(images, labels, device, batch, precision),
         f"official-style recu (workers={workers})": official_runner(
-            images, labels, device, batch, workers
+            images, labels, device, batch, workers, precision
         ),
     }
     for run in runners.values():
@@ -479,7 +501,8 @@ def main() -> None:
     print(
         f"ResNet-20, synthetic {args.in_chans}x32x32 data, batch {batch}, {steps_per_epoch} "
         f"steps/epoch; {where}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"compile {args.compile}; median of {args.rounds} alternating rounds of {chunk} steps, "
+        f"compile {args.compile}, precision {precision}; median of {args.rounds} alternating "
+        f"rounds of {chunk} steps, "
         f"after {args.warmup}"
     )
     print(f"| {'implementation':<40} | {'s/step':>8} | {'s/epoch':>8} | {'img/s':>7} |")

@@ -1,8 +1,9 @@
 """Fused CPU passes of the training binarizers (C kernels in ``kernels/binarize.c``).
 
-The binarizers in :mod:`onebit.quant.binarizers` call these when the tensors are float32 on
-the CPU, dense (NCHW- or NHWC-contiguous) and not being traced by ``torch.compile`` (which
-fuses the PyTorch formulas itself); everywhere else, and where the extension was not built
+The binarizers in :mod:`onebit.quant.binarizers` call these when the tensors are float32 or
+bfloat16 (autocast; computed in float32 and rounded once) on the CPU, dense (NCHW- or
+NHWC-contiguous) and not being traced by ``torch.compile`` (which fuses the PyTorch formulas
+itself); everywhere else, and where the extension was not built
 (no C compiler at install), they compute the same formulas with PyTorch operators. Both
 paths are tested against each other and against the formulas.
 """
@@ -22,19 +23,22 @@ enabled = True
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
-    """The elements of dense ``t`` as a 1-D array in memory order (a view, no copy)."""
+    """The elements of dense ``t`` as a 1-D array in memory order (a view, no copy);
+    bfloat16, which numpy lacks, as its 16 bits (int16)."""
     if t.ndim == 4 and not t.is_contiguous():
         t = t.permute(0, 2, 3, 1)  # channels-last: NHWC is contiguous
-    return t.detach().reshape(-1).numpy()
+    t = t.detach().reshape(-1)
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def usable(x: torch.Tensor) -> bool:
-    """True if the fused kernels can take ``x``: float32, CPU, NCHW/NHWC-dense, eager."""
+    """True if the fused kernels can take ``x``: float32 or bfloat16 (autocast), CPU,
+    NCHW/NHWC-dense, eager."""
     return (
         enabled
         and _fused is not None
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.compiler.is_compiling()
         and (
             x.is_contiguous()
@@ -67,10 +71,11 @@ def surrogate_backward(name: str, x: torch.Tensor, grad: torch.Tensor) -> torch.
 
 
 def recu_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sign(x), per-sample mean, per-sample sqrt(unbiased var + 1e-5)) in one pass."""
+    """(sign(x), per-sample mean, per-sample sqrt(unbiased var + 1e-5)) in one pass; the
+    statistics in float32 whatever ``x``'s type."""
     out = torch.empty_like(x)
-    mean = x.new_empty(x.shape[0])
-    std = x.new_empty(x.shape[0])
+    mean = x.new_empty(x.shape[0], dtype=torch.float32)
+    std = x.new_empty(x.shape[0], dtype=torch.float32)
     n = x[0].numel() if x.shape[0] else 0
     _fused.recu_forward(
         _flat(x), _flat(out), mean.numpy(), std.numpy(), (x.shape[0], n), torch.get_num_threads()
