@@ -173,7 +173,9 @@ def test_report_shows_the_machine_and_wall_time_each_epoch_recorded(tree, tmp_pa
         torch.set_num_threads(threads)
     for r in records:  # the whole epoch: at least its training, and its evaluation besides
         assert r["wall_seconds"] > r["seconds"] > 0
+    assert [r["precision"] for r in records] == ["fp32"] * 2
     (row,) = report_rows(find_runs([source]))
+    assert row.cells["precision"] == "fp32"
     wall = sum(r["wall_seconds"] for r in records)
     assert row.cells["wall time"] == (f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min")
     assert row.cells["machine"] == machine
@@ -188,7 +190,16 @@ def test_report_shows_the_machine_and_wall_time_each_epoch_recorded(tree, tmp_pa
     (row,) = report_rows(find_runs([old]))
     assert row.cells["wall time"] == "—"
     assert row.cells["machine"] == "NVIDIA H200; not recorded"
-    assert "| wall time | machine |" in report([old])
+    assert "| wall time | precision | machine |" in report([old])
+
+    # the same recipe trained in bf16 is another row, not a second seed of the fp32 one
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    (bf16 / "config.yaml").write_text((source / "config.yaml").read_text())
+    lines = [json.dumps({**r, "precision": "bf16"}) for r in records]
+    (bf16 / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    rows = report_rows(find_runs([source, bf16]))
+    assert [(len(r.runs), r.cells["precision"]) for r in rows] == [(1, "fp32"), (1, "bf16")]
 
 
 def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):

@@ -79,10 +79,18 @@ class Run:
 
     @property
     def recipe_key(self) -> str:
-        """The config without its ``runtime`` section, as canonical JSON (the grouping key)."""
+        """The config without its ``runtime`` section, as canonical JSON, and the precision
+        the run trained in where its records say (the grouping key): runs in bf16 and in
+        fp32 are not repetitions of each other."""
         data = self.config.to_dict()
         data.pop("runtime")
+        data["trained in"] = self.precisions
         return json.dumps(data, sort_keys=True, default=str)
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions the epochs trained in (``precision`` of the records: fp32, bf16)."""
+        return list(dict.fromkeys(self.values("precision")))
 
     @property
     def epochs(self) -> int:
@@ -334,6 +342,7 @@ COLUMNS = (
     "train time",
     "img/s",
     "wall time",
+    "precision",
     "machine",
 )
 
@@ -354,6 +363,11 @@ def _wall_time(group: Sequence[Run]) -> str:
     """The runs' mean wall time, where every epoch of every run recorded it."""
     walls = [r.wall_seconds for r in group]
     return "—" if None in walls else _duration(statistics.mean(walls))
+
+
+def _precision(group: Sequence[Run]) -> str:
+    """What the runs trained in (the same for every run of a row: it is part of the key)."""
+    return ", ".join(group[0].precisions) or "not recorded"
 
 
 def _machines(group: Sequence[Run]) -> str:
@@ -392,6 +406,7 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "train time": _duration(statistics.mean(r.train_seconds for r in group)),
             "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
             "wall time": _wall_time(group),
+            "precision": _precision(group),
             "machine": _machines(group),
         }
         rows.append(Row(label, list(group), figures, cells))
@@ -412,8 +427,9 @@ epochs: completed (of the recipe's, while a run is unfinished). params and OPs (
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
 epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
 second; wall time: the epochs' whole time (training, BN statistics, evaluation; — for runs that
-did not record it); machine: what the epochs ran on (CPU model, cores and threads, or GPU),
-"not recorded" for epochs trained before onebit recorded it.
+did not record it); precision: what the epochs trained in (fp32, or bf16 autocast; runs in
+different precisions are different rows); machine: what the epochs ran on (CPU model, cores
+and threads, or GPU). "not recorded": epochs trained before onebit recorded it.
 """
 
 

@@ -543,9 +543,10 @@ class Trainer:
         phase = {"phase": self.progress.phase}
         if self.config.phases:
             phase["phase_name"] = self.config.phases[self.progress.phase].name
-        # the epoch's wall time (training, statistics, evaluation) and what it ran on
+        # the epoch's wall time (training, statistics, evaluation), and what it ran on and in
         machine = {
             "wall_seconds": time.perf_counter() - began,
+            "precision": "bf16" if self.amp_dtype == torch.bfloat16 else "fp32",
             "machine": describe_machine(self.device, distributed.rank_and_world()[1]),
         }
         return {
