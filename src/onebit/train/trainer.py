@@ -702,7 +702,11 @@ class Trainer:
             run.keep_metrics_until(0, 0)  # a run stopped before its first checkpoint
             world = distributed.rank_and_world()[1]
             where = f"{world} processes on {self.device.type}" if world > 1 else self.device
-            run.log(f"training {self.config.model['name']} into {run.path} on {where}")
+            precision = "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32"
+            run.log(
+                f"training {self.config.model['name']} into {run.path} on {where} "
+                f"({describe_machine(self.device, world)}; {precision})"
+            )
         run.write_config(self.config)
         record: dict[str, Any] = {}
         for phase in range(self.progress.phase, len(self.phases)):
