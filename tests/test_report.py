@@ -252,10 +252,17 @@ def test_bad_run_dirs_are_one_line_errors(tree, tmp_path, capsys):
     (broken / "config.yaml").write_text((source / "config.yaml").read_text())
     # a partial last line (a run stopped in the middle of an append), bytes that are not UTF-8
     first = (source / "metrics.jsonl").read_text().splitlines()[0]
-    (broken / "metrics.jsonl").write_bytes(f"{first}\n\xff\n".encode() + b'{"epoch": 2, "va')
+    # and hand-edited records whose figures are not numbers or whose machine is not text
+    record = json.loads(first)
+    edited = [{**record, "val_top1": "91.2"}, {**record, "seconds": True}, {**record, "machine": 5}]
+    (broken / "metrics.jsonl").write_bytes(
+        f"{first}\n\xff\n".encode()
+        + "".join(json.dumps(r) + "\n" for r in edited).encode()
+        + b'{"epoch": 2, "va'
+    )
     assert main(["report", str(broken)]) == 0
     captured = capsys.readouterr()
-    assert "onebit: warning:" in captured.err and "skipped line(s) 2, 3" in captured.err
+    assert "onebit: warning:" in captured.err and "skipped line(s) 2, 3, 4, 5, 6" in captured.err
     assert "| broken |" in captured.out
     (broken / "metrics.jsonl").write_text('{"epoch": 1, "val_top1"\n')
     assert main(["plot", str(broken), "-o", str(tmp_path / "x.png")]) == 2

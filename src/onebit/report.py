@@ -47,6 +47,25 @@ RECORD_FIGURES = frozenset(
 )
 
 
+# Keys of a metrics record that hold text; every figure (RECORD_FIGURES, val_*, heldout_*)
+# holds a number.
+RECORD_TEXT = frozenset(("phase_name", "precision", "machine"))
+
+
+def is_record(record: Any) -> bool:
+    """Whether ``record`` (a parsed line of metrics.jsonl) is a whole epoch record: an object
+    with an integer ``epoch`` whose figures are numbers and whose text keys are text."""
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        return False
+    for key, value in record.items():
+        if key in RECORD_TEXT and not isinstance(value, str):
+            return False
+        figure = key in RECORD_FIGURES or key.startswith(("val_", "heldout_"))
+        if figure and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return False
+    return True
+
+
 def is_schedule_value(key: str, value: Any) -> bool:
     """Whether ``key: value`` of a metrics record is a schedule value (see RECORD_FIGURES)."""
     return (
@@ -177,7 +196,7 @@ def read_run(path: str | Path) -> Run:
                 record = json.loads(line)
             except ValueError:
                 record = None
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            if is_record(record):
                 records.append(record)
             else:
                 dropped.append(number)
