@@ -173,6 +173,19 @@ static void release(Buf *bufs, int n) {
         if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
 }
 
+/* ReCU's input: `count` float32 or bfloat16 items (batch x per-sample); 0, or -1 with the
+ * buffer released on error. */
+static int get_samples(PyObject *obj, Buf *buf, int *elem, int64_t count) {
+    int64_t got = get_input(obj, buf, elem);
+    if (got == count) return 0;
+    if (got >= 0) {
+        PyErr_Format(PyExc_ValueError, "recu input: expected %lld items, got %lld",
+                     (long long)count, (long long)got);
+        release(buf, 1);
+    }
+    return -1;
+}
+
 static int check_sizes(long long batch, long long n, int threads) {
     if (batch < 0 || n < 0 || (n > 0 && batch > INT64_MAX / n)) {
         PyErr_SetString(PyExc_ValueError, "sizes must be non-negative");
@@ -262,12 +275,7 @@ static PyObject *py_recu_forward(PyObject *self, PyObject *args) {
     if (check_sizes(batch, n, threads) < 0) return NULL;
     Buf bufs[4];
     memset(bufs, 0, sizeof(bufs));
-    if (get_input(x, &bufs[0], &elem) != batch * n) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "recu input: expected %lld items", batch * n);
-        release(bufs, 4);
-        return NULL;
-    }
+    if (get_samples(x, &bufs[0], &elem, batch * n) < 0) return NULL;
     if (get_buf(out, &bufs[1], "recu out", batch * n, elem, 1) < 0 ||
         get_buf(mean, &bufs[2], "recu mean", batch, F32, 1) < 0 ||
         get_buf(std, &bufs[3], "recu std", batch, F32, 1) < 0) {
@@ -297,12 +305,7 @@ static PyObject *py_recu_backward(PyObject *self, PyObject *args) {
     if (check_sizes(batch, n, threads) < 0) return NULL;
     Buf bufs[5];
     memset(bufs, 0, sizeof(bufs));
-    if (get_input(x, &bufs[0], &elem) != batch * n) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "recu input: expected %lld items", batch * n);
-        release(bufs, 5);
-        return NULL;
-    }
+    if (get_samples(x, &bufs[0], &elem, batch * n) < 0) return NULL;
     if (get_buf(g, &bufs[1], "gradient", batch * n, elem, 0) < 0 ||
         get_buf(mean, &bufs[2], "recu mean", batch, F32, 0) < 0 ||
         get_buf(std, &bufs[3], "recu std", batch, F32, 0) < 0 ||
