@@ -7,29 +7,33 @@ shows it beside the times, because a time means nothing without the machine it r
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 import torch
 
 
+@cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process; empty where it cannot be read."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_name() -> str:
     """The CPU's model name, as ``lscpu`` prints it; ``"CPU"`` where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return "CPU"
 
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16): where it
     does not, bf16 autocast on the CPU is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = _cpuinfo().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

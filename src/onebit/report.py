@@ -60,20 +60,22 @@ def is_record(record: Any) -> bool:
     for key, value in record.items():
         if key in RECORD_TEXT and not isinstance(value, str):
             return False
-        figure = key in RECORD_FIGURES or key.startswith(("val_", "heldout_"))
-        if figure and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        if _is_figure(key) and not _is_number(value):
             return False
     return True
 
 
 def is_schedule_value(key: str, value: Any) -> bool:
     """Whether ``key: value`` of a metrics record is a schedule value (see RECORD_FIGURES)."""
-    return (
-        key not in RECORD_FIGURES
-        and not key.startswith(("val_", "heldout_"))
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-    )
+    return not _is_figure(key) and _is_number(value)
+
+
+def _is_figure(key: str) -> bool:
+    return key in RECORD_FIGURES or key.startswith(("val_", "heldout_"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass

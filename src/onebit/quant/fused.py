@@ -3,9 +3,9 @@
 The binarizers in :mod:`onebit.quant.binarizers` call these when the tensors are float32 or
 bfloat16 (autocast; computed in float32 and rounded once) on the CPU, dense (NCHW- or
 NHWC-contiguous) and not being traced by ``torch.compile`` (which fuses the PyTorch formulas
-itself); everywhere else, and where the extension was not built
-(no C compiler at install), they compute the same formulas with PyTorch operators. Both
-paths are tested against each other and against the formulas.
+itself); everywhere else, and where the extension was not built (no C compiler at install),
+they compute the same formulas with PyTorch operators. Both paths are tested against each
+other and against the formulas.
 """
 
 from __future__ import annotations

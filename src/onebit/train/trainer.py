@@ -262,9 +262,10 @@ class Trainer:
         self.phases = self.config.phase_configs()
         for phase in self.phases:
             phase.model = self._model_options(phase.model, self.loaders)
-        precision = runtime.precision if self.device.type == "cuda" else runtime.cpu_precision
-        self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
-        if self.device.type == "cpu" and precision == "bf16" and not cpu_has_bf16():
+        # what this run trains in: "bf16" (autocast) or "fp32"
+        self.precision = runtime.precision if self.device.type == "cuda" else runtime.cpu_precision
+        self.amp_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        if self.device.type == "cpu" and self.precision == "bf16" and not cpu_has_bf16():
             warnings.warn(
                 "runtime.cpu_precision: bf16 on a CPU without AVX512-BF16 or AMX is emulated "
                 "and slower than fp32; set runtime.cpu_precision=fp32",
@@ -546,7 +547,7 @@ class Trainer:
         # the epoch's wall time (training, statistics, evaluation), and what it ran on and in
         machine = {
             "wall_seconds": time.perf_counter() - began,
-            "precision": "bf16" if self.amp_dtype == torch.bfloat16 else "fp32",
+            "precision": self.precision,
             "machine": describe_machine(self.device, distributed.rank_and_world()[1]),
         }
         return {
@@ -702,7 +703,7 @@ class Trainer:
             run.keep_metrics_until(0, 0)  # a run stopped before its first checkpoint
             world = distributed.rank_and_world()[1]
             where = f"{world} processes on {self.device.type}" if world > 1 else self.device
-            precision = "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32"
+            precision = "bf16 autocast" if self.precision == "bf16" else "fp32"
             run.log(
                 f"training {self.config.model['name']} into {run.path} on {where} "
                 f"({describe_machine(self.device, world)}; {precision})"
