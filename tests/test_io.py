@@ -4,6 +4,8 @@ what a killed run leaves behind (temporary files, a partial metrics line) cleane
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,39 @@ def test_resume_clears_what_a_kill_leaves(tmp_path, one_thread):
     fresh.metrics.write_text('{"phase": 0, "epoch": 1}\n')
     Trainer(load_config(FP, TINY), fresh).fit(resume=True)
     assert [json.loads(x)["epoch"] for x in fresh.metrics.read_text().splitlines()] == [1]
+
+
+HOLD = """
+import sys, time
+from onebit.io import folder_lock
+with folder_lock(sys.argv[1], "busy"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_training_process_in_one_run_directory_is_a_one_line_error(
+    tmp_path, capsys, one_thread
+):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["train", str(FP), *SETS, "--out", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"{run} is in use by another training process (pid {holder.pid})" in err
+        assert "--resume" in err and "--out" in err
+        assert [p.name for p in run.iterdir()] == [".lock"]  # the run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # a killed holder leaves no stale lock: the OS released it with the process
+    assert main(["train", str(FP), *SETS, "--out", str(run)]) == 0
+    assert (run / "last.safetensors").exists()
+    assert (run / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 def test_remove_stale_temporaries_only_takes_temporaries(tmp_path):

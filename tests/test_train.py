@@ -164,6 +164,7 @@ def test_run_directory_contents(tiny_run):
     out, result = tiny_run
     names = {p.name for p in out.iterdir()}
     assert names == {
+        ".lock",  # held while the run trains (RunDir.hold)
         "config.yaml",
         "metrics.jsonl",
         "last.safetensors",

@@ -11,9 +11,10 @@ file or the new one, never half of one; the temporary files a kill leaves behind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from onebit.errors import OutputError
@@ -67,3 +68,42 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block runs: an exclusive advisory lock
+    (flock) on its ``.lock`` file, which holds the holder's process id. The OS releases the
+    lock when the process ends, however it ends, so a killed process leaves no stale lock.
+    Where another process holds it: OutputError ``busy``, formatted with ``pid`` (that
+    process's id, or "unknown"). Where the platform or filesystem has no advisory locks,
+    the block runs unlocked. The file stays: removing it would let two processes lock two
+    different files of one name."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock = Path(folder) / LOCK_NAME
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as err:
+        raise OutputError(f"cannot write {lock}: {err.strerror or err}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise OutputError(busy.format(pid=holder if holder.isdigit() else "unknown")) from None
+        except OSError:  # a filesystem without flock (some network mounts): no lock
+            pass
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -19,6 +19,7 @@ Under ``torchrun`` the same loop runs in every process with DistributedDataParal
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from onebit.config import Config, config_from_dict, save_config, with_seed
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingError
-from onebit.io import remove_stale_temporaries
+from onebit.io import folder_lock, remove_stale_temporaries
 from onebit.machine import cpu_has_bf16
 from onebit.machine import describe as describe_machine
 from onebit.models import create_model, model_entry
@@ -178,6 +179,16 @@ class RunDir:
         """Delete the half-written files a killed run left (see onebit.io); returns them."""
         return remove_stale_temporaries(self.path)
 
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the directory for one training process (its ``.lock``): a second
+        ``onebit train`` into it, e.g. a --resume while the run still goes, is an
+        OutputError instead of two runs writing one directory."""
+        return folder_lock(
+            self.path,
+            f"{self.path} is in use by another training process (pid {{pid}}); wait for it "
+            "to end or stop it before --resume, or choose another --out",
+        )
+
     def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         save_checkpoint(self.last, tensors, {"kind": "last", **state})
         atomic_write_text(self.last_json, json.dumps({"kind": "last", **state}, indent=1))
@@ -204,6 +215,9 @@ class NullRunDir(RunDir):
 
     def remove_temporaries(self) -> list[Path]:
         return []  # process 0's to clean: its own writes may be under way
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # process 0 holds it
 
     def save_last(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         pass
@@ -685,10 +699,15 @@ class Trainer:
 
         ``resume``: continue from ``last.safetensors`` if the run directory has one (else
         start). Without it an existing checkpoint is an error rather than overwritten.
+        The run directory is held (:meth:`RunDir.hold`) until it returns.
         """
         run = self.run_dir
         if run is None:
             raise ValueError("Trainer.fit needs a run directory")
+        with run.hold():
+            return self._fit(run, resume)
+
+    def _fit(self, run: RunDir, resume: bool) -> dict[str, Any]:
         self.config.runtime.out = str(run.path)
         for stale in run.remove_temporaries():  # a kill in the middle of a write
             run.log(f"removed {stale.name}, a file a stopped run left half-written")
