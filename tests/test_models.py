@@ -141,6 +141,23 @@ def shuffle2(x):
     return x.view(n, 2, c // 2, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_channel_shuffle_cat_is_shuffle_of_cat_forward_and_backward(groups):
+    shuffle = onebit.nn.ChannelShuffle(groups)
+    parts = [torch.randn(2, 4, 3, 3, requires_grad=True) for _ in range(groups)]
+    weight = torch.randn(2, 4 * groups, 3, 3)
+    fused = shuffle.cat(parts)
+    reference = shuffle(torch.cat(parts, dim=1))
+    assert torch.equal(fused, reference)
+    if groups == 2:
+        assert torch.equal(fused, shuffle2(torch.cat(parts, dim=1)))
+    fused_grads = torch.autograd.grad((fused * weight).sum(), parts)
+    reference_grads = torch.autograd.grad((reference * weight).sum(), parts)
+    assert all(torch.equal(a, b) for a, b in zip(fused_grads, reference_grads, strict=True))
+    with pytest.raises(ValueError, match=f"takes {groups} tensors"):
+        shuffle.cat(parts[:1])
+
+
 def firnet_block_reference(block, x):
     """The official FIRNet BasicBlock forward, written out with the block's own layers."""
     cin, cout = block.cin, block.cout

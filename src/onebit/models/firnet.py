@@ -57,10 +57,10 @@ class FIRBlock(nn.Module):
         out = self.act1(self.bn1(self.conv1(active)) + residual)
         if self.idle_pool is not None:
             idle = self.idle_pool(x)
-        x = self.shuffle(torch.cat([out, self.move0(idle)], dim=1))
+        x = self.shuffle.cat([out, self.move0(idle)])
         active, idle = x.split([self.cout, self.cout], dim=1)
         out = self.act2(self.bn2(self.conv2(active)) + active)
-        return self.shuffle(torch.cat([out, self.move1(idle)], dim=1))
+        return self.shuffle.cat([out, self.move1(idle)])
 
 
 class FIRFusion(nn.Module):
@@ -89,7 +89,7 @@ class FIRFusion(nn.Module):
         if self.half_block:
             active, idle = x.split([self.channels, self.channels], dim=1)
             out = self.act1(self.bn1(self.conv1(active)) + active)
-            x = self.shuffle(torch.cat([out, self.move0(idle)], dim=1))
+            x = self.shuffle.cat([out, self.move0(idle)])
         return self.act(self.bn(self.conv(x)) + x[:, : self.channels])
 
 
