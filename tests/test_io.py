@@ -13,7 +13,7 @@ import pytest
 from onebit.cli import main
 from onebit.config import load_config
 from onebit.errors import OutputError
-from onebit.io import atomic_write, file_mode, remove_stale_temporaries
+from onebit.io import atomic_write, file_mode, folder_lock, remove_stale_temporaries
 from onebit.train import RunDir, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +129,12 @@ def test_a_second_training_process_in_one_run_directory_is_a_one_line_error(
         assert f"{run} is in use by another training process (pid {holder.pid})" in err
         assert "--resume" in err and "--out" in err
         assert [p.name for p in run.iterdir()] == [".lock"]  # the run wrote nothing
+        # it fails before building the model and data: a missing dataset is not reached
+        missing = ["--set", f"data.root={tmp_path / 'nowhere'}"]
+        assert main(["train", str(FP), *SETS, *missing, "--out", str(run)]) == 2
+        assert "in use by another training process" in capsys.readouterr().err
+        assert main(["train", str(FP), *SETS, "--runs", "2", "--out", str(run)]) == 2
+        assert "in use by another training process" in capsys.readouterr().err
     finally:
         holder.kill()
         holder.wait()
@@ -136,6 +142,21 @@ def test_a_second_training_process_in_one_run_directory_is_a_one_line_error(
     assert main(["train", str(FP), *SETS, "--out", str(run)]) == 0
     assert (run / "last.safetensors").exists()
     assert (run / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_folder_lock_is_reentrant_within_a_process(tmp_path):
+    with folder_lock(tmp_path, "busy"):
+        with folder_lock(tmp_path / ".", "busy"):  # the same folder, another spelling
+            pass
+        with folder_lock(tmp_path, "busy"):  # still held after the inner block
+            pass
+    held = subprocess.run(  # released after the outer block: another process takes it
+        [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert held.stdout == "held\n", held.stderr
 
 
 def test_remove_stale_temporaries_only_takes_temporaries(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -146,7 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config.runtime.out = default_run_dir(args.config) if out == "runs/auto" else out
     seeds = parse_seeds(args.runs, args.seeds)
     run = RunDir(config.runtime.out)
-    with process_group(config.runtime.device) as rank:  # under torchrun: one per process
+    # one process per torchrun rank; process 0 holds the run directory before the model and
+    # data are built, so a second training process into it fails at once
+    with (
+        process_group(config.runtime.device) as rank,
+        run.hold() if rank == 0 else contextlib.nullcontext(),
+    ):
         if seeds is not None:
             summary = train_seeds(config, config.runtime.out, seeds, resume=args.resume)
         else:

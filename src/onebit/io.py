@@ -71,6 +71,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 LOCK_NAME = ".lock"
+_HELD: dict[str, int] = {}  # the folders this process holds -> how many blocks hold each
 
 
 @contextlib.contextmanager
@@ -79,9 +80,19 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
     (flock) on its ``.lock`` file, which holds the holder's process id. The OS releases the
     lock when the process ends, however it ends, so a killed process leaves no stale lock.
     Where another process holds it: OutputError ``busy``, formatted with ``pid`` (that
-    process's id, or "unknown"). Where the platform or filesystem has no advisory locks,
-    the block runs unlocked. The file stays: removing it would let two processes lock two
+    process's id, or "unknown"). Re-entrant: a block inside another that holds the same
+    folder holds it too (a command can take the lock before its slow set-up, the trainer
+    again around its work). Where the platform or filesystem has no advisory locks, the
+    block runs unlocked. The file stays: removing it would let two processes lock two
     different files of one name."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     try:
         import fcntl
     except ImportError:  # Windows
@@ -104,6 +115,10 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
     finally:
         os.close(fd)
