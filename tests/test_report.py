@@ -210,6 +210,19 @@ def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):
     (partial / "metrics.jsonl").write_text((source / "metrics.jsonl").read_text().splitlines()[0])
     (row,) = report_rows(find_runs([partial]))
     assert row.cells["epochs"] == "1/2"
+    first = _records(source)[0]["val_top1"]
+    assert row.cells["final top-1 (%)"] == f"{first:.2f}" and row.cells["runs"] == "1"
+    # beside a finished run of the recipe, it is left out of the figures and counted apart
+    (row,) = report_rows(find_runs([source, partial]))
+    assert row.label == "resnet20_irnet" and [r.path for r in row.runs] == [source]
+    assert row.cells["runs"] == "1 (+1 unfinished)" and row.cells["epochs"] == "2"
+    assert row.cells == {**report_rows(find_runs([source]))[0].cells, "runs": "1 (+1 unfinished)"}
+    partial_too = tmp_path / "partial_too"
+    partial_too.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        (partial_too / name).write_text((partial / name).read_text())
+    (row,) = report_rows(find_runs([partial, partial_too]))  # none finished: all of them
+    assert row.cells["runs"] == "2" and row.cells["epochs"] == "1/2"
 
 
 def test_report_a_phased_recipe_describes_its_last_phase(tree, tmp_path):

@@ -118,6 +118,16 @@ class Run:
         """Epochs the config asks for, summed over its phases."""
         return sum(phase.schedule.epochs for phase in self.config.phase_configs())
 
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained and evaluated so far, over all phases."""
+        return len(self.values("val_top1"))
+
+    @property
+    def finished(self) -> bool:
+        """Whether every epoch the config asks for has been trained."""
+        return self.epochs_done >= self.epochs
+
     def values(self, key: str) -> list[float]:
         """``key`` of every epoch record that has it, in order."""
         return [r[key] for r in self.records if key in r]
@@ -307,7 +317,7 @@ class Row:
     """One row of the report: a recipe and its runs' figures."""
 
     label: str
-    runs: list[Run]
+    runs: list[Run]  # the runs its figures are over (the finished ones, where any are)
     figures: ModelFigures
     cells: dict[str, str]  # column -> text, for every column of COLUMNS
 
@@ -339,7 +349,7 @@ def _duration(seconds: float) -> str:
 
 
 def _epochs(group: Sequence[Run]) -> str:
-    done = sorted({len(r.values("val_top1")) for r in group})
+    done = sorted({r.epochs_done for r in group})
     target = group[0].epochs
     text = str(done[0]) if len(done) == 1 else f"{done[0]}–{done[-1]}"
     return text if done[0] == target else f"{text}/{target}"
@@ -402,18 +412,22 @@ def _machines(group: Sequence[Run]) -> str:
 def report_rows(runs: Sequence[Run]) -> list[Row]:
     """One :class:`Row` per recipe (see :func:`group_runs`), cells formatted for Markdown."""
     rows = []
-    for group in group_runs(runs):
+    for runs_of_recipe in group_runs(runs):
+        # where some runs of a recipe have finished, its figures are theirs alone: a mean over
+        # a finished run and one at its third epoch would describe neither
+        group = [r for r in runs_of_recipe if r.finished] or runs_of_recipe
+        unfinished = len(runs_of_recipe) - len(group)
         config = group[0].config.phase_configs()[-1]  # the model the recipe ends with
         figures = model_figures(config)
         speeds = [s for s in (r.images_per_s for r in group) if s is not None]
-        label = group_label(group)
+        label = group_label(runs_of_recipe)
         cells = {
             "run": label,
             "model": config.model["name"],
             "method": str(config.model.get("method", "")),
             "bits": figures.bits,
             "epochs": _epochs(group),
-            "runs": str(len(group)),
+            "runs": f"{len(group)} (+{unfinished} unfinished)" if unfinished else str(len(group)),
             "params": _si(figures.params),
             "OPs": _si(figures.ops),
             "packed (bytes)": f"{figures.packed_bytes:,}",
@@ -443,7 +457,9 @@ runs have one; else `test`, the highest test top-1 (optimistic; shown for compar
 papers that report it). BN stats: evaluated with the stored BatchNorm running statistics, or
 with statistics re-estimated from N training batches before each evaluation
 (`eval.bn_recalibrate`). train images: `data.subset`, or all.
-epochs: completed (of the recipe's, while a run is unfinished). params and OPs (= BOPs/64
+epochs: completed (of the recipe's, while a run is unfinished). runs: the runs the figures
+are over; where some runs of a recipe have finished, the unfinished ones are left out of its
+figures and counted as "+N unfinished". params and OPs (= BOPs/64
 + FLOPs per image at the dataset's input size) as `onebit ops`; packed: bytes of the file
 `onebit export` writes (binary weights at 1 bit, everything else fp32). train time: sum of the
 epochs' training seconds (evaluation excluded), mean over the runs; img/s: training images per
