@@ -2,6 +2,7 @@
 (benchmarks/fmnist_results.py) that trains them: the tree below is trained by the runner's own
 jobs through ``onebit train``, then reported and plotted."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -19,7 +20,7 @@ from onebit.machine import cpu_name, describe
 from onebit.models import create_model
 from onebit.plot import schedule_keys
 from onebit.profile import count_ops
-from onebit.report import find_runs, group_runs, report, report_rows
+from onebit.report import find_runs, group_label, group_runs, report, report_rows
 from onebit.train import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,3 +331,18 @@ def test_group_runs_keys_on_everything_but_runtime(tree):
     assert len(group_runs(runs)) == 1
     runs[1].config.optim.lr = 0.2
     assert len(group_runs(runs)) == 2
+
+
+def test_group_label_names_the_recipe_of_seed_directories(tree):
+    (run,) = find_runs([tree / "resnet20_irnet"])
+
+    def label(*names):
+        return group_label([dataclasses.replace(run, path=Path("/r") / n) for n in names])
+
+    assert label("irnet/seed0", "irnet/seed1") == "irnet"  # OUT/seed<k> of --runs
+    assert label("recu", "recu_seed1", "recu_seed2") == "recu"
+    assert label("recu_seed1", "recu_seed2") == "recu"
+    assert label("recu-seed1", "recu-seed2") == "recu"
+    assert label("linseed1", "linseed2") == "linseed"  # "seed" only after a separator
+    assert label("fp_a", "fp_b") == "fp"
+    assert label("abc", "xyz") == "abc"

@@ -256,7 +256,8 @@ def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
 
 
 def group_label(group: Sequence[Run]) -> str:
-    """The recipe name the runs share, else their names' common prefix, else the first's."""
+    """The recipe name the runs share, else their names' common prefix without a trailing
+    ``seed`` (``x``, ``x_seed1`` and ``x_seed2`` are ``x``), else the first's."""
     names = [r.recipe_name for r in group]
     if len(set(names)) == 1:
         return names[0]
@@ -264,7 +265,7 @@ def group_label(group: Sequence[Run]) -> str:
     for name in names[1:]:
         while not name.startswith(prefix):
             prefix = prefix[:-1]
-    return prefix.rstrip("_-./") or names[0]
+    return re.sub(r"[_\-./]seed$", "", prefix.rstrip("_-./")) or names[0]
 
 
 # --------------------------------------------------------------------------- model figures
