@@ -159,6 +159,24 @@ def test_folder_lock_is_reentrant_within_a_process(tmp_path):
     assert held.stdout == "held\n", held.stderr
 
 
+def test_folder_lock_leaves_no_folder_it_created_for_nothing(tmp_path, capsys, one_thread):
+    with pytest.raises(RuntimeError), folder_lock(tmp_path / "a" / "new", "busy"):
+        raise RuntimeError("failed before writing anything")
+    assert list(tmp_path.iterdir()) == [tmp_path / "a"]  # the folder it created is gone
+    with folder_lock(tmp_path / "kept", "busy"):
+        (tmp_path / "kept" / "x").write_text("")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [".lock", "x"]
+    (tmp_path / "old").mkdir()
+    with folder_lock(tmp_path / "old", "busy"):  # a folder that was there stays, lock too
+        pass
+    assert [p.name for p in (tmp_path / "old").iterdir()] == [".lock"]
+    # a user error before training (no dataset) leaves no run directory behind
+    missing = ["--set", f"data.root={tmp_path / 'nowhere'}"]
+    assert main(["train", str(FP), *SETS, *missing, "--out", str(tmp_path / "run")]) == 2
+    assert "Fashion-MNIST train files not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_remove_stale_temporaries_only_takes_temporaries(tmp_path):
     (tmp_path / ".x.safetensors.k2.tmp").write_text("")
     (tmp_path / "keep.tmp").write_text("")

@@ -71,7 +71,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 LOCK_NAME = ".lock"
-_HELD: dict[str, int] = {}  # the folders this process holds -> how many blocks hold each
+_HELD: set[str] = set()  # the folders this process holds
 
 
 @contextlib.contextmanager
@@ -83,24 +83,24 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
     process's id, or "unknown"). Re-entrant: a block inside another that holds the same
     folder holds it too (a command can take the lock before its slow set-up, the trainer
     again around its work). Where the platform or filesystem has no advisory locks, the
-    block runs unlocked. The file stays: removing it would let two processes lock two
-    different files of one name."""
+    block runs unlocked. The file stays, except where this call created the folder and the
+    block left nothing else in it (a command that failed before writing anything leaves no
+    folder): removing a lock file other processes may have seen would let two processes
+    lock two different files of one name."""
     key = os.path.realpath(folder)
     if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
+        yield
         return
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    lock = Path(folder) / LOCK_NAME
+    folder = Path(folder)
+    lock = folder / LOCK_NAME
+    created = not folder.exists()
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
     except OSError as err:
         raise OutputError(f"cannot write {lock}: {err.strerror or err}") from None
@@ -115,10 +115,15 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = 1
+        _HELD.add(key)
         try:
             yield
         finally:
-            del _HELD[key]
+            _HELD.discard(key)
+            if created:
+                with contextlib.suppress(OSError):
+                    if os.listdir(folder) == [LOCK_NAME]:
+                        lock.unlink()
+                        folder.rmdir()
     finally:
         os.close(fd)
