@@ -17,7 +17,7 @@ import torch
 from onebit.cli import main
 from onebit.deploy import export
 from onebit.machine import cpu_name, describe
-from onebit.models import create_model
+from onebit.models import create_model, model_entry
 from onebit.plot import schedule_keys
 from onebit.profile import count_ops
 from onebit.report import find_runs, group_label, group_runs, report, report_rows
@@ -346,3 +346,40 @@ def test_group_label_names_the_recipe_of_seed_directories(tree):
     assert label("linseed1", "linseed2") == "linseed"  # "seed" only after a separator
     assert label("fp_a", "fp_b") == "fp"
     assert label("abc", "xyz") == "abc"
+
+
+def test_runs_saved_by_an_older_onebit_join_their_recipe(tree, tmp_path):
+    """An older onebit saved only the model options a recipe gave and recorded no precision:
+    such a run is the same recipe as today's, and joins its one-precision row."""
+    import yaml
+
+    source = tree / "resnet20_irnet" / "seed0"
+    config = yaml.safe_load((source / "config.yaml").read_text())
+    defaults = model_entry("resnet20").defaults
+    given = {k: v for k, v in config["model"].items() if k not in defaults or v != defaults[k]}
+    assert len(given) < len(config["model"])  # today's config lists defaults too
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text(yaml.safe_dump({**config, "model": given}))
+    lines = [json.dumps({k: v for k, v in r.items() if k != "precision"}) for r in _records(source)]
+    (old / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (row,) = report_rows(find_runs([source, old]))
+    assert row.cells["runs"] == "2" and row.cells["precision"] == "fp32; not recorded"
+    (row,) = report_rows(find_runs([old]))
+    assert row.cells["precision"] == "not recorded"
+    # beside fp32 and bf16 runs of the recipe, which one it was is unknown: a row of its own
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    (bf16 / "config.yaml").write_text((source / "config.yaml").read_text())
+    lines = [json.dumps({**r, "precision": "bf16"}) for r in _records(source)]
+    (bf16 / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    rows = report_rows(find_runs([old, source, bf16]))
+    assert [(r.cells["runs"], r.cells["precision"]) for r in rows] == [
+        ("1", "not recorded"),
+        ("1", "fp32"),
+        ("1", "bf16"),
+    ]
+    assert [r.runs[0].path for r in rows] == [old, source, bf16]  # in the order they came
+    config["model"]["num_classes"] = 7  # an option set to another value: another recipe
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    assert len(report_rows(find_runs([source, old]))) == 2

@@ -100,13 +100,18 @@ class Run:
 
     @property
     def recipe_key(self) -> str:
-        """The config without its ``runtime`` section, as canonical JSON, and the precision
-        the run trained in where its records say (the grouping key): runs in bf16 and in
-        fp32 are not repetitions of each other."""
-        data = self.config.to_dict()
-        data.pop("runtime")
-        data["trained in"] = self.precisions
-        return json.dumps(data, sort_keys=True, default=str)
+        """What the runs of one recipe share, as canonical JSON: the config of every phase
+        without its ``runtime`` section, each model section with the builder's defaults
+        filled in (a run saved by an older onebit lists only the options it was given; a
+        newer one lists them all). :func:`group_runs` adds the precision."""
+        key = []
+        for config in self.config.phase_configs():
+            data = config.to_dict()
+            del data["runtime"], data["phases"]
+            data["model"] = _with_model_defaults(data["model"])
+            key.append(data)
+        key.append([phase.name for phase in self.config.phases or ()])
+        return json.dumps(key, sort_keys=True, default=str)
 
     @property
     def precisions(self) -> list[str]:
@@ -246,13 +251,37 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+def _with_model_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """``model`` with every option it does not set at its builder's default (as the trainer
+    resolves it); as it is where the model is not registered in this process."""
+    from onebit.models import model_entry
+
+    try:
+        defaults = model_entry(model["name"]).defaults
+    except (OneBitError, KeyError):
+        return model
+    return {**defaults, **model}
+
+
 def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
-    """Runs of the same recipe (configs equal but for ``runtime``) together, in the order
-    each recipe first appears."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.recipe_key, []).append(run)
-    return list(groups.values())
+    """Runs of the same recipe (:attr:`Run.recipe_key`: configs equal but for ``runtime``)
+    trained in the same precision together, in the order each group first appears. Runs in
+    bf16 and in fp32 are not repetitions of each other. A run whose epochs did not record
+    their precision (trained before onebit recorded it) joins its recipe's runs where those
+    trained in one precision; else it is a group of its own."""
+    by_recipe: dict[str, dict[tuple[str, ...], list[int]]] = {}
+    for i, run in enumerate(runs):
+        by_recipe.setdefault(run.recipe_key, {}).setdefault(tuple(run.precisions), []).append(i)
+    groups = []
+    for by_precision in by_recipe.values():
+        unrecorded = by_precision.pop((), [])
+        if unrecorded and len(by_precision) == 1:
+            (known,) = by_precision.values()
+            known[:] = sorted(known + unrecorded)
+        elif unrecorded:
+            by_precision[()] = unrecorded
+        groups += by_precision.values()
+    return [[runs[i] for i in group] for group in sorted(groups)]
 
 
 def group_label(group: Sequence[Run]) -> str:
@@ -398,8 +427,12 @@ def _wall_time(group: Sequence[Run]) -> str:
 
 
 def _precision(group: Sequence[Run]) -> str:
-    """What the runs trained in (the same for every run of a row: it is part of the key)."""
-    return ", ".join(group[0].precisions) or "not recorded"
+    """What the runs trained in (one precision a row, see :func:`group_runs`), and "not
+    recorded" where some runs did not record it."""
+    precisions = list(dict.fromkeys(p for r in group for p in r.precisions))
+    if any(len(r.values("precision")) < len(r.records) for r in group):
+        precisions.append("not recorded")
+    return "; ".join(precisions)
 
 
 def _machines(group: Sequence[Run]) -> str:
