@@ -182,11 +182,6 @@ class Run:
         return sum(seconds) if seconds and len(seconds) == len(self.records) else None
 
     @property
-    def machines(self) -> list[str]:
-        """The machines the epochs ran on (``machine`` of the records), in order of first use."""
-        return list(dict.fromkeys(self.values("machine")))
-
-    @property
     def images_per_s(self) -> float | None:
         """Training images per second over the whole run (total images / total seconds)."""
         seconds = self.train_seconds
@@ -426,21 +421,13 @@ def _wall_time(group: Sequence[Run]) -> str:
     return "—" if None in walls else _duration(statistics.mean(walls))
 
 
-def _precision(group: Sequence[Run]) -> str:
-    """What the runs trained in (one precision a row, see :func:`group_runs`), and "not
-    recorded" where some runs did not record it."""
-    precisions = list(dict.fromkeys(p for r in group for p in r.precisions))
-    if any(len(r.values("precision")) < len(r.records) for r in group):
-        precisions.append("not recorded")
-    return "; ".join(precisions)
-
-
-def _machines(group: Sequence[Run]) -> str:
-    """Every machine the runs' epochs ran on; "not recorded" for runs older than the record."""
-    machines = list(dict.fromkeys(m for r in group for m in r.machines))
-    if any(len(r.values("machine")) < len(r.records) for r in group):
-        machines.append("not recorded")
-    return "; ".join(machines) if machines else "not recorded"
+def _recorded(group: Sequence[Run], key: str) -> str:
+    """Every value of ``key`` the runs' epochs recorded, in order of first use, and "not
+    recorded" where some epochs did not record it (trained before onebit recorded it)."""
+    values = list(dict.fromkeys(v for r in group for v in r.values(key)))
+    if any(len(r.values(key)) < len(r.records) for r in group):
+        values.append("not recorded")
+    return "; ".join(values) or "not recorded"
 
 
 def report_rows(runs: Sequence[Run]) -> list[Row]:
@@ -475,8 +462,8 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "train time": _duration(statistics.mean(r.train_seconds for r in group)),
             "img/s": f"{statistics.mean(speeds):.0f}" if speeds else "—",
             "wall time": _wall_time(group),
-            "precision": _precision(group),
-            "machine": _machines(group),
+            "precision": _recorded(group, "precision"),  # one a row: see group_runs
+            "machine": _recorded(group, "machine"),
         }
         rows.append(Row(label, list(group), figures, cells))
     return rows
