@@ -85,6 +85,14 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _fake_run(path: Path, config: str, records: list[dict]) -> Path:
+    """A run directory with this ``config.yaml`` text and these epoch records."""
+    path.mkdir()
+    (path / "config.yaml").write_text(config)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def test_runner_jobs_scale_the_schedule_and_set_seeds(tmp_path):
     args = RUNNER.parse_args(["--only", "vgg_small_fp", "--epochs", "4", "--out", str(tmp_path)])
     (job,) = RUNNER.jobs(args)
@@ -182,33 +190,25 @@ def test_report_shows_the_machine_and_wall_time_each_epoch_recorded(tree, tmp_pa
     assert row.cells["machine"] == machine
 
     # a run trained before the record existed, then resumed on another machine
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "config.yaml").write_text((source / "config.yaml").read_text())
     first = {k: v for k, v in records[0].items() if k not in ("machine", "wall_seconds")}
     second = {**records[1], "machine": "NVIDIA H200"}
-    (old / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    old = _fake_run(tmp_path / "old", (source / "config.yaml").read_text(), [first, second])
     (row,) = report_rows(find_runs([old]))
     assert row.cells["wall time"] == "—"
     assert row.cells["machine"] == "NVIDIA H200; not recorded"
     assert "| wall time | precision | machine |" in report([old])
 
     # the same recipe trained in bf16 is another row, not a second seed of the fp32 one
-    bf16 = tmp_path / "bf16"
-    bf16.mkdir()
-    (bf16 / "config.yaml").write_text((source / "config.yaml").read_text())
-    lines = [json.dumps({**r, "precision": "bf16"}) for r in records]
-    (bf16 / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    bf16_records = [{**r, "precision": "bf16"} for r in records]
+    bf16 = _fake_run(tmp_path / "bf16", (source / "config.yaml").read_text(), bf16_records)
     rows = report_rows(find_runs([source, bf16]))
     assert [(len(r.runs), r.cells["precision"]) for r in rows] == [(1, "fp32"), (1, "bf16")]
 
 
 def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):
-    partial = tmp_path / "partial"
-    partial.mkdir()
     source = tree / "resnet20_irnet" / "seed0"
-    (partial / "config.yaml").write_text((source / "config.yaml").read_text())
-    (partial / "metrics.jsonl").write_text((source / "metrics.jsonl").read_text().splitlines()[0])
+    config = (source / "config.yaml").read_text()
+    partial = _fake_run(tmp_path / "partial", config, _records(source)[:1])
     (row,) = report_rows(find_runs([partial]))
     assert row.cells["epochs"] == "1/2"
     first = _records(source)[0]["val_top1"]
@@ -218,10 +218,7 @@ def test_report_an_unfinished_run_shows_its_epochs(tree, tmp_path):
     assert row.label == "resnet20_irnet" and [r.path for r in row.runs] == [source]
     assert row.cells["runs"] == "1 (+1 unfinished)" and row.cells["epochs"] == "2"
     assert row.cells == {**report_rows(find_runs([source]))[0].cells, "runs": "1 (+1 unfinished)"}
-    partial_too = tmp_path / "partial_too"
-    partial_too.mkdir()
-    for name in ("config.yaml", "metrics.jsonl"):
-        (partial_too / name).write_text((partial / name).read_text())
+    partial_too = _fake_run(tmp_path / "partial_too", config, _records(source)[:1])
     (row,) = report_rows(find_runs([partial, partial_too]))  # none finished: all of them
     assert row.cells["runs"] == "2" and row.cells["epochs"] == "1/2"
 
@@ -358,21 +355,15 @@ def test_runs_saved_by_an_older_onebit_join_their_recipe(tree, tmp_path):
     defaults = model_entry("resnet20").defaults
     given = {k: v for k, v in config["model"].items() if k not in defaults or v != defaults[k]}
     assert len(given) < len(config["model"])  # today's config lists defaults too
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "config.yaml").write_text(yaml.safe_dump({**config, "model": given}))
-    lines = [json.dumps({k: v for k, v in r.items() if k != "precision"}) for r in _records(source)]
-    (old / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    unrecorded = [{k: v for k, v in r.items() if k != "precision"} for r in _records(source)]
+    old = _fake_run(tmp_path / "old", yaml.safe_dump({**config, "model": given}), unrecorded)
     (row,) = report_rows(find_runs([source, old]))
     assert row.cells["runs"] == "2" and row.cells["precision"] == "fp32; not recorded"
     (row,) = report_rows(find_runs([old]))
     assert row.cells["precision"] == "not recorded"
     # beside fp32 and bf16 runs of the recipe, which one it was is unknown: a row of its own
-    bf16 = tmp_path / "bf16"
-    bf16.mkdir()
-    (bf16 / "config.yaml").write_text((source / "config.yaml").read_text())
-    lines = [json.dumps({**r, "precision": "bf16"}) for r in _records(source)]
-    (bf16 / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    bf16_records = [{**r, "precision": "bf16"} for r in _records(source)]
+    bf16 = _fake_run(tmp_path / "bf16", (source / "config.yaml").read_text(), bf16_records)
     rows = report_rows(find_runs([old, source, bf16]))
     assert [(r.cells["runs"], r.cells["precision"]) for r in rows] == [
         ("1", "not recorded"),
