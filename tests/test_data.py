@@ -18,8 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import write_cifar
-from onebit.config import DataConfig
-from onebit.data import DeviceLoader, Normalize, build_loaders, load_cifar, load_fashion_mnist
+from onebit.data import (
+    DataConfig,
+    DeviceLoader,
+    Normalize,
+    build_loaders,
+    load_cifar,
+    load_fashion_mnist,
+)
 from onebit.data import cifar as cifar_module
 from onebit.data.fashion_mnist import read_idx
 from onebit.data.gpu_loader import random_crop

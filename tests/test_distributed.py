@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import write_cifar, write_image_folder
 from onebit.cli import main
-from onebit.config import DataConfig, config_from_dict, load_config
-from onebit.data import DeviceLoader, Normalize, build_loaders
+from onebit.config import config_from_dict, load_config
+from onebit.data import DataConfig, DeviceLoader, Normalize, build_loaders
 from onebit.data.gpu_loader import batch_bounds
 from onebit.errors import ConfigError
 from onebit.models import register_model

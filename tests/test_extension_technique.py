@@ -106,6 +106,16 @@ def test_the_techniques_section_is_read_through_the_registered_schema():
     assert first.techniques["latent_noise"].std == 0.01 and second.techniques == {
         "latent_noise": None
     }
+    # false turns it off as null does (docs/extending.md), in a recipe and in a phase
+    assert load_config(RECU, ["techniques.latent_noise=false"]).techniques == {
+        "latent_noise": None
+    }
+    off = ["phases=[{name: a}, {name: b, overrides: {techniques: {latent_noise: false}}}]"]
+    first, second = load_config(RECU, [*NOISE, *off]).phase_configs()
+    assert first.techniques["latent_noise"].std == 0.01
+    assert second.techniques == {"latent_noise": None}
+    with pytest.raises(ConfigError, match=r"techniques\.latent_noise: expected a mapping"):
+        load_config(RECU, ["techniques.latent_noise=true"])
 
 
 def test_register_technique_refuses_a_taken_name_and_a_missing_schema():

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from onebit.config import DistillConfig, OptimConfig, TeacherConfig, config_from_dict
+from onebit.config import config_from_dict
 from onebit.errors import ConfigError
 from onebit.models import create_model
-from onebit.train.distill import load_teacher
-from onebit.train.optim import build_optimizers
+from onebit.train.distill import DistillConfig, TeacherConfig, load_teacher
+from onebit.train.optim import OptimConfig, build_optimizers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -442,8 +442,7 @@ def test_teacher_takes_the_data_options_its_builder_accepts(teacher_file, one_th
     """Like the student, a teacher gets num_classes / in_chans / input_hw from the data where
     its builder has the option: Real-to-Binary's gate is built for 32x32 inputs, a ResNet-20
     (no input_hw option) is built without it."""
-    from onebit.config import TeacherConfig
-    from onebit.train.distill import load_teacher
+    from onebit.train.distill import TeacherConfig, load_teacher
 
     data = {"num_classes": 10, "in_chans": 1, "input_hw": 32}
     x = torch.randn(2, 1, 32, 32)

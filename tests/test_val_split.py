@@ -9,8 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onebit.config import DataConfig, data_config, load_config
-from onebit.data import build_loaders, dataset_input_spec, load_fashion_mnist, split_indices
+from onebit.config import load_config
+from onebit.data import (
+    DataConfig,
+    build_loaders,
+    data_config,
+    dataset_input_spec,
+    load_fashion_mnist,
+    split_indices,
+)
 from onebit.errors import CheckpointError, ConfigError
 from onebit.report import find_runs, report_rows
 from onebit.train import RunDir, Trainer

@@ -237,8 +237,8 @@ def _eval_deployed(args: argparse.Namespace) -> int:
     header names, beside the trained model's figures stored at export."""
     import torch
 
-    from onebit.config import apply_overrides, data_config
-    from onebit.data import build_loaders
+    from onebit.config import apply_overrides
+    from onebit.data import build_loaders, data_config
     from onebit.deploy import load
     from onebit.train import evaluate
 

@@ -1,13 +1,18 @@
-"""Training configs: one YAML file per recipe, read into typed pydantic dataclasses.
+"""Training configs: one YAML file per recipe, read into typed sections.
 
     config = load_config("configs/fmnist/resnet20_recu.yaml", ["optim.lr=0.05"])
     config.optim.lr, config.model["name"], config.to_dict()
 
-Every key is checked by pydantic against the dataclasses below: an unknown key, a wrong type
-or a value out of range is a :class:`~onebit.errors.ConfigError` naming the key path
-(``optim.lr``), one line. A section whose options depend on one of its keys (``optim.name``,
-``optim.binary.name``, ``schedule.lr``, ``data.dataset``) is a discriminated union of one
-class per kind, each accepting its own options only. The ``model`` section is ``name`` plus
+A recipe's top-level keys are its sections. Each section is owned by what it configures and
+registered here with :func:`register_section` (the data schemas in ``onebit.data``, the
+optimizers' in ``onebit.train.optim``, each technique's with its technique, ...): this module
+composes what the registries hand it, reads YAML and ``--set`` overrides, and turns every
+wrong key, type or value into a :class:`~onebit.errors.ConfigError` naming the key path
+(``optim.lr``), one line. It imports nothing of onebit above ``errors`` and ``io``.
+
+A section whose options depend on one of its keys (``optim.name``, ``optim.binary.name``,
+``schedule.lr``, ``data.dataset``) is a discriminated union of one class per kind
+(:func:`kinds`), each accepting its own options only. The ``model`` section is ``name`` plus
 any options of that model's builder (see ``onebit models``); it is passed to
 ``create_model(**config.model)``. The schema with every key is in docs/training.md.
 """
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import importlib
 import os
 import re
@@ -24,9 +28,9 @@ import reprlib
 import sys
 import types
 import typing
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NoReturn, Union
+from typing import Annotated, Any, Literal, NoReturn, Union
 
 import yaml
 from pydantic import (
@@ -43,14 +47,14 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from onebit.errors import ConfigError, OneBitError
-from onebit.quant.registry import QuantConfig
+from onebit.errors import ConfigError, did_you_mean
+from onebit.io import atomic_write
 
 _SECTION = ConfigDict(extra="forbid")
 
 
-def _number(value: Any) -> Any:
-    # YAML 1.1 reads "1e-4" (no dot) as a string; accept any text float() reads.
+def as_number(value: Any) -> Any:
+    """``value``, or the float a text reads as: YAML 1.1 reads "1e-4" (no dot) as a string."""
     if isinstance(value, str):
         try:
             return float(value)
@@ -62,7 +66,7 @@ def _number(value: Any) -> Any:
 # The value types of config keys: no coercion between them (true is no integer, 1 no string),
 # except that an integer or a numeric text is a number.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), BeforeValidator(_number)]
+Float = Annotated[float, Strict(), BeforeValidator(as_number)]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 
@@ -79,7 +83,19 @@ def _kind_option(default: Any) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _kinds(base: type) -> Any:
+def section(cls: type) -> type:
+    """The pydantic dataclass of a config section: unknown keys are errors."""
+    return dataclass(cls, config=_SECTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KindsOf:
+    """Marks the union :func:`kinds` makes of ``base``'s kinds."""
+
+    base: type
+
+
+def kinds(base: type) -> Any:
     """The discriminated union of the kinds of section ``base``: per kind a subclass that takes
     the options of every kind and its own (``base.OWN``); the other kinds' options keep their
     defaults. The kinds are the values of ``base.KIND`` (a Literal), or with a ``kind_of``
@@ -115,7 +131,8 @@ def _kinds(base: type) -> Any:
             chosen = default  # the default kind's error: expected a mapping
         return _tag_of(base, chosen) if isinstance(chosen, Hashable) else None
 
-    return Annotated[Union[tuple(members)], Discriminator(discriminate)]  # noqa: UP007
+    union = Union[tuple(members)]  # noqa: UP007
+    return Annotated[union, Discriminator(discriminate), _KindsOf(base)]
 
 
 def _tag_of(base: type, chosen: Any) -> Any:
@@ -129,307 +146,6 @@ def _own_options(base: type, tag: str) -> list[str]:
     return [n for n in base.__pydantic_fields__ if n not in theirs or n in base.OWN.get(tag, ())]
 
 
-@dataclass(config=_SECTION)
-class DataConfig:
-    """Which dataset, where it is, batch sizes, training augmentation, the validation split
-    held out of the training images and the normalisation."""
-
-    KIND: ClassVar[str] = "dataset"  # image folders and in-memory datasets have own options
-    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
-        "in_memory": ("subset", "eval_subset", "val_split", "val_split_seed"),
-        "imagefolder": ("image_size", "workers", "crop_scale", "color_jitter"),
-    }
-    dataset: Str = "cifar10"
-    root: Str | None = None
-    batch_size: Int = Field(128, ge=1)
-    eval_batch_size: Int = Field(128, ge=1)
-    augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"
-    # the in-memory datasets only (an image folder has its own val/)
-    subset: Int | None = Field(None, ge=1)
-    eval_subset: Int | None = Field(None, ge=1)
-    checksum: Bool = True
-    # image folders only
-    image_size: Int = Field(224, ge=8)
-    workers: Int = Field(8, ge=0)
-    crop_scale: list[Float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
-    color_jitter: list[Float] | None = Field(None, min_length=4, max_length=4)
-    # Held out of the training images as the validation split: a count, or a fraction of them;
-    # which ones depends on val_split_seed alone (the split is part of the recipe, not the seed).
-    val_split: Int | Float | None = None
-    val_split_seed: Int = Field(0, ge=0)
-    # Normalisation per channel; null: the dataset's own statistics.
-    mean: list[Float] | None = None
-    std: list[Float] | None = None
-
-    @staticmethod
-    def kind_of(dataset: Any) -> str:
-        return "imagefolder" if dataset == "imagefolder" else "in_memory"
-
-
-@dataclass(config=_SECTION)
-class BinaryOptimConfig:
-    """A second optimizer for the binary layers' latent weights (Bop, BMD); every other
-    parameter keeps ``optim.name``. Formulas in :mod:`onebit.train.optim`."""
-
-    KIND: ClassVar[str] = "name"
-    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
-        "bop": ("gamma", "threshold"),
-        "bmd": ("lr", "beta_growth", "beta_max", "form"),
-    }
-    name: Literal["bop", "bmd"] = "bop"
-    gamma: Float = Field(1e-4, ge=0.0)  # Bop adaptivity rate; follows the lr
-    threshold: Float = Field(1e-8, ge=0.0)  # Bop flip threshold
-    lr: Float | None = Field(None, ge=0.0)  # BMD Adam step; null: optim.lr
-    beta_growth: Float = Field(1.01, ge=1.0)  # BMD: beta = beta_growth ** e
-    beta_max: Float = Field(1e35, ge=1.0)
-    form: Literal["dual", "primal"] = "dual"  # MD-tanh-S / MD-tanh
-
-
-BinaryOptimizers = _kinds(BinaryOptimConfig)
-
-
-@dataclass(config=_SECTION)
-class OptimConfig:
-    """The optimizer(s) of the trainable parameters."""
-
-    KIND: ClassVar[str] = "name"
-    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
-        "sgd": ("momentum", "nesterov"),
-        "adam": ("betas",),
-        "adamw": ("betas",),
-    }
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: Float = Field(0.1, ge=0.0, le=1e4)
-    momentum: Float = Field(0.9, ge=0.0)
-    weight_decay: Float = Field(1e-4, ge=0.0)
-    nesterov: Bool = False
-    betas: list[Float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
-    decay: Literal["all", "conv", "no_norm"] = "all"  # which get weight decay
-    # or: shell patterns over parameter names; only the matching ones get weight decay
-    decay_filter: list[Str] | None = None
-    train: Literal["all", "batchnorm"] = "all"  # which parameters train
-    binary: BinaryOptimizers | None = None
-
-
-@dataclass(config=_SECTION)
-class ScheduleConfig:
-    """Length of training and the learning-rate schedule (applied every step)."""
-
-    KIND: ClassVar[str] = "lr"
-    OWN: ClassVar[dict[str, tuple[str, ...]]] = {"step": ("milestones", "gamma")}
-    epochs: Int = Field(1, ge=1)
-    lr: Literal["cos", "step", "linear", "const"] = "cos"
-    warmup_epochs: Float = Field(0.0, ge=0.0)
-    warmup_steps: Int = Field(0, ge=0)
-    warmup_from: Float = Field(0.0, ge=0.0, le=1.0)
-    milestones: list[Float] = Field(default_factory=list)
-    gamma: Float = Field(0.1, ge=0.0)
-    # A phase that trains part of a longer schedule: it starts at epoch `offset` of a
-    # schedule of `total_epochs` (null: offset + epochs) epochs.
-    offset: Int = Field(0, ge=0)
-    total_epochs: Int | None = Field(None, ge=1)
-
-    @property
-    def length(self) -> int:
-        """E, the length of the schedule this phase trains a part of."""
-        return self.total_epochs or self.offset + self.epochs
-
-
-DataKinds = _kinds(DataConfig)
-Schedules = _kinds(ScheduleConfig)
-
-Optimizers = _kinds(OptimConfig)
-
-
-@dataclass(config=_SECTION)
-class LossConfig:
-    """The task loss: cross-entropy, optionally with label smoothing."""
-
-    label_smoothing: Float = Field(0.0, ge=0.0, le=1.0)
-
-
-@dataclass(config=_SECTION)
-class EvalConfig:
-    """How the model is evaluated (and checkpointed): BatchNorm running statistics
-    re-estimated first from ``bn_recalibrate`` training batches (0: the stored EMA), with or
-    without the training augmentation (docs/training.md, "BatchNorm statistics")."""
-
-    bn_recalibrate: Int = Field(0, ge=0)
-    bn_augment: Bool = False
-    # best.safetensors: the epoch with the best test top-1, or held-out top-1 (data.val_split)
-    select_on: Literal["test", "val"] = "test"
-
-
-@dataclass(config=_SECTION)
-class BnewConfig:
-    """BNEW's concave regulariser as a proximal step (reg0, and the ramp length E)."""
-
-    reg: Float = Field(1e-4, ge=0.0)
-    epochs: Int | None = Field(None, ge=1)  # E of reg = min(reg0 (e + 1) / E, 1); null: lr's
-
-
-@dataclass(config=_SECTION)
-class LatentConfig:
-    """What happens to the binary layers' latent weights besides the optimizer step."""
-
-    clamp: Bool = False  # clamp to [-1, 1] after every step
-    bnew: BnewConfig | None = None  # the BNEW proximal step after every step
-    freeze: Bool = False  # at the phase start: replace by the binarized weights, stop training
-    # clamp / prox after the optimizer step, or between the backward pass and the step
-    # (BNEW's CIFAR binary_main.py / dist_main.py; its ImageNet code steps first)
-    order: Literal["after_step", "before_step"] = "after_step"
-
-
-@dataclass(config=_SECTION)
-class TeacherConfig:
-    """The frozen teacher: a registry model (name + options) and its trained weights.
-    ``bn_mode``: ``eval`` normalises with the teacher's stored BatchNorm statistics; ``train``
-    with each batch's own (what BNEW's ``dist_main.py`` and the mmcls distiller do: they
-    never call ``.eval()`` on the teacher). Its weights and statistics never change."""
-
-    model: dict[str, Any]
-    checkpoint: Str | None = None
-    bn_mode: Literal["eval", "train"] = "eval"
-
-
-@dataclass(config=_SECTION)
-class AttentionConfig:
-    """Real-to-Binary's attention transfer between block outputs picked by module name."""
-
-    weight: Float = Field(0.0, ge=0.0)
-    layers: list[Str] = Field(default_factory=list)  # student module names (shell patterns)
-    teacher_layers: list[Str] | None = None  # null: the same names in the teacher
-
-
-@dataclass(config=_SECTION)
-class DistillConfig:
-    """Knowledge distillation from a frozen teacher (formulas in onebit.train.losses)."""
-
-    teacher: TeacherConfig
-    loss: Literal["kl", "distributional"] = "kl"
-    temperature: Float = Field(1.0, ge=1e-6)
-    alpha: Float = Field(1.0, ge=0.0)  # weight of the distillation term
-    ce_weight: Float | None = Field(None, ge=0.0)  # null: 1 - alpha (kl), 0 (distributional)
-    attention: AttentionConfig | None = None
-
-
-@dataclass(config=_SECTION)
-class PhaseConfig:
-    """One phase of a multi-phase recipe: the base config with ``overrides`` merged in."""
-
-    name: Str
-    overrides: dict[str, Any] = Field(default_factory=dict)
-
-
-@dataclass(config=_SECTION)
-class RuntimeConfig:
-    """Where and how the run executes; none of these change the recipe."""
-
-    device: Str = "auto"
-    precision: Literal["bf16", "fp32"] = "bf16"
-    cpu_precision: Literal["bf16", "fp32"] = "fp32"
-    compile: Literal["auto", True, False] = "auto"
-    seed: Int = Field(0, ge=0, le=2**63 - 1)
-    out: Str = "runs/auto"
-    log_interval: Int = Field(50, ge=1)
-    sync_bn: Bool = False
-
-
-@dataclass(config=_SECTION)
-class Config:
-    """A whole recipe: model, data, optimizer, schedules, loss, distillation, the options
-    of techniques registered from outside the package, phases and runtime."""
-
-    model: dict[str, Any]
-    # Python modules imported before the rest is read: where the user's own binarizers,
-    # methods, techniques or models are registered (onebit.register_binarizer, ...)
-    imports: list[Str] = Field(default_factory=list)
-    data: DataKinds = Field(default_factory=DataConfig)
-    optim: Optimizers = Field(default_factory=OptimConfig)
-    schedule: Schedules = Field(default_factory=ScheduleConfig)
-    # one key per option of the registered binarizers (onebit.quant.register_binarizer),
-    # read by config_from_dict: they change as binarizers are registered
-    quant: Any = Field(default_factory=QuantConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    latent: LatentConfig = Field(default_factory=LatentConfig)
-    distill: DistillConfig | None = None
-    # {name: options} of techniques that read techniques.<name> (onebit.register_technique):
-    # each entry is read into its technique's schema dataclass; null leaves it off
-    techniques: dict[str, Any] = Field(default_factory=dict)
-    init: Str | None = None  # start from these weights (a run directory or .safetensors)
-    phases: list[PhaseConfig] | None = None
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (YAML-safe) with every key, defaults included."""
-        return dataclasses.asdict(self)
-
-    def phase_configs(self) -> list[Config]:
-        """The config of every phase, in order: the base config with each phase's overrides
-        merged in (mappings merge key by key, anything else is replaced). A phase that
-        switches a section's kind (``schedule.lr: const`` after ``step``, ``optim.name``)
-        drops the options of the old kind the phase does not set itself. Without ``phases``
-        the recipe is one phase, the config itself."""
-        if not self.phases:
-            return [self]
-        base = self.to_dict()
-        base["phases"] = None
-        configs = []
-        for i, phase in enumerate(self.phases):
-            try:
-                merged = merge(base, phase.overrides)
-                _drop_foreign_options(merged, phase.overrides)
-                configs.append(config_from_dict(merged))
-            except ConfigError as err:
-                raise ConfigError(f"phase {i + 1} ({phase.name}): {err}") from None
-        return configs
-
-
-# The sections whose options depend on their KIND key, by key path.
-KIND_SECTIONS = {
-    ("data",): DataConfig,
-    ("optim",): OptimConfig,
-    ("optim", "binary"): BinaryOptimConfig,
-    ("schedule",): ScheduleConfig,
-}
-
-
-def _drop_foreign_options(merged: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """In ``merged`` (a config as a dict), reset to their defaults the inherited options of
-    every section whose kind ``overrides`` switches that do not belong to the new kind."""
-    for path, base in KIND_SECTIONS.items():
-        section, changes = merged, overrides
-        for key in path:
-            section = section.get(key) if isinstance(section, dict) else None
-            changes = changes.get(key) if isinstance(changes, dict) else None
-        if (
-            not (isinstance(section, dict) and isinstance(changes, dict))
-            or base.KIND not in changes
-        ):
-            continue
-        own = _own_options(base, _tag_of(base, section[base.KIND]))
-        for name, info in base.__pydantic_fields__.items():
-            if name in section and name not in changes and name not in own:
-                section[name] = info.get_default(call_default_factory=True)
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in: nested mappings key by key, other values replace."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def with_seed(path: str, seed: int) -> str:
-    """``path`` with ``{seed}`` replaced by ``seed`` (pairs seed k of two repeated runs)."""
-    return path.replace("{seed}", str(seed))
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -441,9 +157,10 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read(cls: Any, data: Any, path: str) -> Any:
-    """``data`` validated as ``cls`` (a section, a Config, or the pydantic form of an options
-    dataclass); the first error a one-line ConfigError naming the key path under ``path``."""
+def read_value(cls: Any, data: Any, path: str) -> Any:
+    """``data`` validated as ``cls`` (a section, a union of :func:`kinds`, the pydantic form of
+    an options dataclass or a plain type); the first error a one-line ConfigError naming the
+    key path under ``path``, an unknown key before any other."""
     try:
         return TypeAdapter(cls).validate_python(data)
     except ValidationError as err:
@@ -519,7 +236,7 @@ def _locate(loc: list[Any], root: Any, data: Any, prefix: str) -> _Where:
             info = hint.__pydantic_fields__.get(key)
             at.names.append(str(key))
             at.node = at.node.get(key) if isinstance(at.node, dict) else None
-            at.hint = None if info is None else _field_hint(info)
+            at.hint = None if info is None else info.annotation
         elif typing.get_origin(hint) is list and isinstance(loc[0], int):
             index = loc.pop(0)
             at.names[-1] += f"[{index}]"
@@ -544,8 +261,8 @@ def _raise(error: dict[str, Any], root: Any, data: Any, prefix: str) -> NoReturn
     kind, own = _kind(at.section, at.section_data)
     value, what, limits = error.get("input"), error["type"], error.get("ctx") or {}
     if what in _UNKNOWN:
-        close = difflib.get_close_matches(at.names[-1], own, n=1)
-        hint_text = f" Did you mean {'.'.join([*at.section_names, close[0]])}?" if close else ""
+        prefix = "".join(f"{name}." for name in at.section_names)
+        hint_text = did_you_mean(at.names[-1], own, prefix=prefix)
         whose = f" ({at.section.KIND} {_short(kind)})" if kind else ""
         raise ConfigError(
             f"config key {path} is unknown.{hint_text} Keys of {section}{whose}: {', '.join(own)}"
@@ -574,17 +291,9 @@ def _raise(error: dict[str, Any], root: Any, data: Any, prefix: str) -> NoReturn
     raise ConfigError(f"config key {path}: expected {_type_name(hint)}, got {got}")
 
 
-def _field_hint(info: Any) -> Any:
-    """The declared type of a pydantic field, with its discriminated union's tags."""
-    if info.discriminator is not None:
-        return Annotated[info.annotation, info.discriminator]
-    return info.annotation
-
-
 def _not_one_of(path: str, value: Any, choices: list[Any]) -> str:
     names = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]
-    close = difflib.get_close_matches(str(value), names, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    hint = did_you_mean(value, names, lead="; did you mean ")
     return f"config key {path}: {_short(value)} is not one of {', '.join(names)}{hint}"
 
 
@@ -675,100 +384,205 @@ def _dataclass_in(hint: Any) -> Any:
     return next((d for a in typing.get_args(hint) if (d := _dataclass_in(a))), None)
 
 
-def _read_options(schema: type, value: Any, path: str) -> Any:
-    """``value`` read into the options dataclass ``schema``: an instance of ``schema``."""
-    form = _pydantic_form(schema)
-    return _plain(schema, _read(form, value, path))
+def read_options(schema: type, value: Any, path: str) -> Any:
+    """``value`` read into the plain options dataclass ``schema``: an instance of ``schema``."""
+    return _plain(schema, read_value(_pydantic_form(schema), value, path))
 
 
-def _check_model(model: dict[str, Any], path: str = "model") -> None:
-    """``model.name`` must be registered and every other key one of its builder's options."""
-    from onebit.models import model_entry
+# --------------------------------------------------------------------------- the sections
 
-    name = model.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"config key {path}.name is missing: name a model (see `onebit models`)")
-    try:
-        entry = model_entry(name)
-    except OneBitError as err:
-        raise ConfigError(f"config key {path}.name: {err}") from None
-    for key in model:
-        if key != "name" and key not in entry.defaults:
-            raise ConfigError(
-                f"config key {path}.{key}: model {name!r} has no option {key!r}; "
-                f"its options are: {', '.join(sorted(entry.defaults))}"
-            )
-    from onebit.quant import get_method, parse_bits
 
-    for key, check in (("method", get_method), ("bits", parse_bits)):
-        if key in model:
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A top-level key of a recipe, registered by what it configures."""
+
+    key: str
+    schema: Any  # the type its value is read as (read_value); None when ``read`` reads it
+    position: int  # where it stands in a resolved config (to_dict, config.yaml, messages)
+    default: Any  # the value read when a recipe leaves the key out; REQUIRED: it must be given
+    read: Callable[[Any, str], Any] | None  # (value, key path) -> the section, instead of schema
+    check: Callable[[Any], None] | None  # after reading: checks beyond the schema's
+    per_phase: bool  # whether a phase's overrides may change it
+
+    def load(self, value: Any, path: str) -> Any:
+        loaded = self.read(value, path) if self.read else read_value(self.schema, value, path)
+        if self.check is not None:
+            self.check(loaded)
+        return loaded
+
+
+REQUIRED = object()
+SECTIONS: dict[str, Section] = {}
+# Checks that span sections, run on the whole Config once every section is read.
+CONFIG_CHECKS: list[Callable[[Config], None]] = []
+
+
+def register_section(
+    key: str,
+    schema: Any = None,
+    *,
+    position: int,
+    default: Any = dataclasses.MISSING,
+    read: Callable[[Any, str], Any] | None = None,
+    check: Callable[[Any], None] | None = None,
+    per_phase: bool = True,
+) -> None:
+    """Make ``key`` a top-level key of every recipe, read as ``schema`` (a :func:`section`
+    class, a union of :func:`kinds`, or a plain type) or by ``read(value, path)``, then
+    checked by ``check(section)``. A recipe without the key reads ``default`` ({} unless
+    given; :data:`REQUIRED`: the key must be there)."""
+    if (schema is None) == (read is None):
+        raise TypeError(f"section {key!r}: give a schema or a read function, not both")
+    default = {} if default is dataclasses.MISSING else default
+    SECTIONS[key] = Section(key, schema, position, default, read, check, per_phase)
+
+
+def register_config_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
+    """Run ``check(config)`` on every config read: for rules that span sections."""
+    CONFIG_CHECKS.append(check)
+    return check
+
+
+def _sections() -> list[Section]:
+    return sorted(SECTIONS.values(), key=lambda s: s.position)
+
+
+class Config:
+    """A whole recipe: one attribute per registered section (``config.optim.lr``,
+    ``config.model["name"]``), read by :func:`config_from_dict`."""
+
+    def __init__(self, sections: dict[str, Any]):
+        self.__dict__.update(sections)
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and vars(self) == vars(other)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML-safe) with every key, defaults included."""
+        return {key: _plain_data(value) for key, value in vars(self).items()}
+
+    def phase_configs(self) -> list[Config]:
+        """The config of every phase, in order: the base config with each phase's overrides
+        merged in (mappings merge key by key, anything else is replaced). A phase that
+        switches a section's kind (``schedule.lr: const`` after ``step``, ``optim.name``)
+        drops the options of the old kind the phase does not set itself. Without ``phases``
+        the recipe is one phase, the config itself."""
+        if not self.phases:
+            return [self]
+        base = self.to_dict()
+        base["phases"] = None
+        configs = []
+        for i, phase in enumerate(self.phases):
             try:
-                check(model[key])
-            except (OneBitError, TypeError, AttributeError) as err:
-                raise ConfigError(f"config key {path}.{key}: {err}") from None
-    if "init" in model:
-        from onebit.models.init import check_init
-
-        try:
-            check_init(model["init"], f"{path}.init")
-        except ConfigError as err:
-            raise ConfigError(f"config key {err}") from None
+                merged = merge(base, phase.overrides)
+                _drop_foreign_options(merged, phase.overrides)
+                configs.append(config_from_dict(merged))
+            except ConfigError as err:
+                raise ConfigError(f"phase {i + 1} ({phase.name}): {err}") from None
+        return configs
 
 
-def _check_sections(config: Config) -> None:
-    """Checks that span keys: the teacher, the attention layers, the validation split, the
-    phases."""
-    if config.optim.decay_filter is not None and config.optim.decay != "all":
-        raise ConfigError(
-            f"config keys optim.decay ({config.optim.decay}) and optim.decay_filter both say "
-            "which parameters get weight decay; keep one"
-        )
-    if config.distill is not None:
-        _check_model(config.distill.teacher.model, "distill.teacher.model")
-        if not config.distill.teacher.checkpoint:
-            raise ConfigError(
-                "config key distill.teacher.checkpoint is missing: give the teacher's run "
-                "directory or .safetensors file"
-            )
-        attention = config.distill.attention
-        if attention is not None and attention.weight > 0 and not attention.layers:
-            raise ConfigError(
-                "config key distill.attention.layers is empty: name the student modules "
-                "whose outputs are compared (shell patterns, e.g. layer*.*)"
-            )
-    if config.eval.select_on == "val" and config.data.val_split is None:
-        raise ConfigError(
-            "config key eval.select_on: val picks the best epoch on a validation split held "
-            "out of the training images; set data.val_split (e.g. 5000) or select_on: test"
-        )
-    for i, phase in enumerate(config.phases or ()):
-        for key in ("phases", "runtime"):
+def _plain_data(value: Any) -> Any:
+    """``value`` with every dataclass in it as a dict (``dataclasses.asdict``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_data(v) for v in value]
+    return copy.deepcopy(value)
+
+
+@section
+class PhaseConfig:
+    """One phase of a multi-phase recipe: the base config with ``overrides`` merged in."""
+
+    name: Str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_phases(phases: list[PhaseConfig] | None) -> None:
+    fixed = [s.key for s in _sections() if not s.per_phase]
+    for i, phase in enumerate(phases or ()):
+        for key in fixed:
             if key in phase.overrides:
                 raise ConfigError(
                     f"config key phases[{i}].overrides.{key}: a phase cannot change {key}"
                 )
-    config.phase_configs()
 
 
-def _technique_options(entries: dict[str, Any]) -> dict[str, Any]:
-    """The ``techniques:`` section: every entry read into the ``schema`` dataclass of the
-    registered technique of its name (null: left off)."""
-    from onebit.train.techniques import TECHNIQUES
+# The sections of the config itself; the others are registered by what they configure.
+# Python modules imported before the rest is read: where the user's own binarizers,
+# methods, techniques or models are registered (onebit.register_binarizer, ...)
+register_section("imports", list[Str], position=10, default=[])
+# start from these weights (a run directory or .safetensors)
+register_section("init", Str | None, position=110, default=None)
+register_section(
+    "phases", list[PhaseConfig] | None, position=120, default=None, check=_check_phases
+)
 
-    schemas = {name: cls.schema for name, cls in TECHNIQUES.items() if cls.section is None}
-    options = {}
-    for name, value in entries.items():
-        if name not in schemas:
-            close = difflib.get_close_matches(name, schemas, n=1)
-            hint = f" Did you mean techniques.{close[0]}?" if close else ""
-            raise ConfigError(
-                f"config key techniques.{name} is unknown.{hint} Registered techniques with "
-                f"options there: {', '.join(schemas) or 'none'} (register one with "
-                "onebit.register_technique before the config is read)"
-            )
-        path = f"techniques.{name}"
-        options[name] = None if value is None else _read_options(schemas[name], value, path)
-    return options
+
+def _section_class(hint: Any) -> tuple[type | None, type | None]:
+    """(the section class, its kinds' base class if it is a union of :func:`kinds`) of a
+    field's type ``hint``; (None, None) for a value that is no section."""
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            marks = [m for m in typing.get_args(hint)[1:] if isinstance(m, _KindsOf)]
+            if marks:
+                return marks[0].base, marks[0].base
+            hint = typing.get_args(hint)[0]
+        elif typing.get_origin(hint) in (Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if len(args) != 1:
+                return None, None
+            hint = args[0]
+        elif hasattr(hint, "__pydantic_fields__"):
+            return hint, None
+        else:
+            return None, None
+
+
+def _drop_foreign_options(merged: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """In ``merged`` (a config as a dict), reset to their defaults the inherited options of
+    every section whose kind ``overrides`` switches that do not belong to the new kind."""
+    for key, entry in SECTIONS.items():
+        if entry.schema is not None:
+            _drop_in(entry.schema, merged.get(key), overrides.get(key))
+
+
+def _drop_in(hint: Any, section: Any, changes: Any) -> None:
+    cls, base = _section_class(hint)
+    if cls is None or not (isinstance(section, dict) and isinstance(changes, dict)):
+        return
+    if base is not None and base.KIND in changes:
+        own = _own_options(base, _tag_of(base, section[base.KIND]))
+        for name, info in base.__pydantic_fields__.items():
+            if name in section and name not in changes and name not in own:
+                section[name] = info.get_default(call_default_factory=True)
+    for name, info in cls.__pydantic_fields__.items():
+        _drop_in(info.annotation, section.get(name), changes.get(name))
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in: nested mappings key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def with_seed(path: str, seed: int) -> str:
+    """``path`` with ``{seed}`` replaced by ``seed`` (pairs seed k of two repeated runs)."""
+    return path.replace("{seed}", str(seed))
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -776,15 +590,31 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     import_modules(data.get("imports"))
-    config = _read(Config, data, "")
-    config.quant = _read_options(QuantConfig, data.get("quant", {}), "quant")
-    config.techniques = _technique_options(config.techniques)
-    _check_model(config.model)
-    _check_sections(config)
-    from onebit.data import check_data_config
-
-    check_data_config(config.data)
+    sections = _sections()
+    keys = [s.key for s in sections]
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"config key {key} is unknown.{did_you_mean(key, keys)} Keys of the config: "
+                f"{', '.join(keys)}"
+            )
+    values = {}
+    for entry in sections:
+        value = data.get(entry.key, entry.default)
+        if value is REQUIRED:
+            raise ConfigError(f"config key {entry.key} is missing")
+        values[entry.key] = entry.load(value, entry.key)
+    config = Config(values)
+    for check in CONFIG_CHECKS:
+        check(config)
+    config.phase_configs()
     return config
+
+
+def read_section(key: str, values: Any) -> Any:
+    """The registered section ``key`` read (and checked) from the keys of a recipe's
+    ``key:`` section, e.g. ``read_section("data", {"dataset": "cifar10"})``."""
+    return SECTIONS[key].load(values, key)
 
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -812,17 +642,6 @@ def import_modules(names: Any) -> None:
                 f"config key imports: cannot import {name!r} ({err}); put the module on "
                 "PYTHONPATH or in the working directory"
             ) from None
-
-
-def data_config(values: dict[str, Any]) -> DataConfig:
-    """A checked :class:`DataConfig` from the keys of a ``data:`` section."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"config key data: expected a mapping, got {type(values).__name__}")
-    data = _read(DataKinds, values, "data")
-    from onebit.data import check_data_config
-
-    check_data_config(data)
-    return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
@@ -923,6 +742,4 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the fully resolved config as YAML (atomically)."""
-    from onebit.train.checkpoint import atomic_write_text
-
-    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write(path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())

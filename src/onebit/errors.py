@@ -10,6 +10,23 @@ import difflib
 from collections.abc import Iterable
 
 
+def did_you_mean(
+    name: object,
+    choices: Iterable[str],
+    *,
+    lead: str = " Did you mean ",
+    prefix: str = "",
+    n: int = 1,
+    quote: bool = False,
+) -> str:
+    """The hint of a message about an unknown ``name``: ``lead``, the (at most ``n``) choices
+    closest to it, each after ``prefix`` (quoted with ``quote``), and "?"; "" when none is
+    close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n)
+    names = [f"{prefix}{c!r}" if quote else f"{prefix}{c}" for c in close]
+    return f"{lead}{', '.join(names)}?" if names else ""
+
+
 class OneBitError(Exception):
     """Base class of every error caused by user input (a name, a file, a config value)."""
 
@@ -19,8 +36,7 @@ class UnknownNameError(OneBitError, KeyError):
 
     def __init__(self, kind: str, name: str, choices: Iterable[str]):
         choices = sorted(choices)
-        close = difflib.get_close_matches(name, choices, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, choices, n=3, quote=True)
         super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}")
 
     def __str__(self) -> str:  # KeyError would quote the message

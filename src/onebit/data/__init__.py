@@ -18,12 +18,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from onebit.config import read_section, register_section
 from onebit.data.cifar import load_cifar
+from onebit.data.config import DataConfig, DataKinds
 from onebit.data.fashion_mnist import load_fashion_mnist
 from onebit.data.gpu_loader import DeviceLoader, Normalize, epoch_generator
 from onebit.data.spec import CROP_FRACTION, InputSpec
@@ -31,8 +33,6 @@ from onebit.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from onebit.config import DataConfig
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -170,6 +170,16 @@ def check_data_config(cfg: DataConfig) -> None:
         ):
             what = "positive numbers" if key == "std" else "finite numbers"
             raise ConfigError(f"config key data.{key}: {values} must be {what}")
+
+
+register_section("data", DataKinds, position=20, check=check_data_config)
+
+
+def data_config(values: dict[str, Any]) -> DataConfig:
+    """A checked :class:`DataConfig` from the keys of a ``data:`` section."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key data: expected a mapping, got {type(values).__name__}")
+    return read_section("data", values)
 
 
 def _normalisation(
@@ -342,6 +352,7 @@ def build_loaders(
 __all__ = [
     "CROP_FRACTION",
     "DATASETS",
+    "DataConfig",
     "DeviceLoader",
     "InputSpec",
     "Loaders",
@@ -350,6 +361,7 @@ __all__ = [
     "build_loaders",
     "check_data_config",
     "check_dataset_name",
+    "data_config",
     "dataset_input_size",
     "dataset_input_spec",
     "epoch_generator",

@@ -17,6 +17,7 @@ from onebit.models import (  # noqa: F401  (registers models)
 from onebit.models.registry import (
     ModelOptions,
     StemOptions,
+    check_model_spec,
     create_model,
     default_input_size,
     default_input_spec,
@@ -28,6 +29,7 @@ from onebit.models.registry import (
 __all__ = [
     "ModelOptions",
     "StemOptions",
+    "check_model_spec",
     "create_model",
     "default_input_size",
     "default_input_spec",

@@ -23,14 +23,14 @@ scheme name alone is ``{conv: <name>}``.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
-from onebit.errors import ConfigError
+from onebit.config import as_number
+from onebit.errors import ConfigError, did_you_mean
 from onebit.nn import BATCHNORMS
 
 WEIGHT_SCHEMES: dict[str, Callable[[torch.Tensor], object] | None] = {
@@ -59,8 +59,7 @@ _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
 
 
 def _hint(value: object, choices: tuple[str, ...], prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
+    return did_you_mean(value, choices, lead="; did you mean ", prefix=prefix)
 
 
 def _scheme(value: object, path: str) -> str | None:
@@ -73,13 +72,10 @@ def _scheme(value: object, path: str) -> str | None:
 def _number(value: object, key: str, path: str) -> float | None:
     if value is None:
         return None
-    try:
-        # YAML 1.1 reads "1e-8" (no dot) as text; accept any text float() reads.
-        number = float(value) if isinstance(value, (int, float, str)) else math.nan
-    except ValueError:
-        number = math.nan
-    if isinstance(value, bool) or math.isnan(number):
+    number = as_number(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or math.isnan(number):
         raise ConfigError(f"{path}: {value!r} is not a number; give a float such as 1.0e-8")
+    number = float(number)
     bound, ok = _RANGES.get(key, ("finite", math.isfinite))
     if not ok(number):
         raise ConfigError(f"{path}: {number!r} is not {bound}")

@@ -13,14 +13,15 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch.nn as nn
 
 if TYPE_CHECKING:
     from onebit.data import InputSpec
 
-from onebit.errors import ConfigError, UnknownNameError
+from onebit.config import REQUIRED, register_section
+from onebit.errors import ConfigError, OneBitError, UnknownNameError
 from onebit.models.init import apply_init, check_init
 from onebit.nn import BinaryLayers
 
@@ -123,6 +124,50 @@ def model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
+def check_model_spec(spec: Mapping[str, object], path: str | None = None) -> ModelEntry:
+    """The entry of the model ``spec`` names (``{"name": ..., **options}``, a recipe's
+    ``model:`` section); an error unless the name is registered and every other key is an
+    option of its builder with a valid ``method``, ``bits`` and ``init``. With ``path`` (the
+    config key of ``spec``) the error is a ConfigError naming the key."""
+    from onebit.quant import get_method, parse_bits
+
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key {path}.name is missing: name a model (see `onebit models`)")
+    key = "name"
+    try:
+        entry = model_entry(name)
+        for key in spec:
+            if key != "name" and key not in entry.defaults:
+                raise ConfigError(
+                    f"model {name!r} has no option {key!r}; "
+                    f"its options are: {', '.join(sorted(entry.defaults))}"
+                )
+        for key, check in (("method", get_method), ("bits", parse_bits)):
+            if key in spec:
+                try:
+                    check(spec[key])
+                except (TypeError, AttributeError) as err:
+                    raise ConfigError(str(err)) from None
+    except OneBitError as err:
+        if path is None:
+            raise
+        raise ConfigError(f"config key {path}.{key}: {err}") from None
+    try:
+        check_init(spec.get("init"), f"{path or 'model'}.init")
+    except ConfigError as err:
+        raise ConfigError(f"config key {err}" if path else str(err)) from None
+    return entry
+
+
+def _check_model_section(spec: dict[str, object]) -> None:
+    check_model_spec(spec, "model")
+
+
+# name and the builder's options, passed to create_model(**config.model)
+register_section("model", dict[str, Any], position=0, default=REQUIRED, check=_check_model_section)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of the registered models matching a shell-style ``pattern``."""
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
@@ -138,15 +183,8 @@ def create_model(name: str, **options: object) -> nn.Module:
     The model remembers how it was built in ``model.onebit_spec`` (name and every option,
     defaults included), which checkpoints and exported files store to rebuild it.
     """
-    entry = model_entry(name)
-    unknown = sorted(set(options) - set(entry.defaults))
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} has no option {unknown[0]!r}; "
-            f"its options are: {', '.join(sorted(entry.defaults))}"
-        )
+    entry = check_model_spec({"name": name, **options})
     init = options.pop("init", None)
-    check_init(init)
     try:
         model = entry.builder(**options)
     except (TypeError, ValueError, RuntimeError) as err:  # an option of the wrong type / range
@@ -163,8 +201,7 @@ def default_input_spec(name: str, in_chans: int | None = None) -> InputSpec | No
     """The :class:`~onebit.data.InputSpec` a model ``name`` is built for, when no training data
     says otherwise: ImageNet's for 224x224 models, CIFAR-10's for 32x32 ones, Fashion-MNIST's
     for a 32x32 model with one input channel."""
-    from onebit.config import DataConfig
-    from onebit.data import dataset_input_spec
+    from onebit.data import DataConfig, dataset_input_spec
 
     c, h, _ = default_input_size(name, in_chans)
     if c == 3 and h >= 64:

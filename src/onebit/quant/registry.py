@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from onebit.config import read_options, register_section
 from onebit.errors import ConfigError, UnknownNameError
 
 F = TypeVar("F", bound=Callable[..., torch.Tensor])
@@ -96,6 +97,12 @@ class QuantConfig:
         if name in fields:
             return _default(fields[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+# one key per option of the registered binarizers: read with the fields QuantConfig has then
+register_section(
+    "quant", read=lambda value, path: read_options(QuantConfig, value, path), position=50
+)
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -15,15 +15,70 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from onebit.config import TeacherConfig, with_seed
+from onebit.config import Float, Str, register_section, section, with_seed
 from onebit.errors import ConfigError
-from onebit.models import create_model, model_entry
+from onebit.models import check_model_spec, create_model, model_entry
 from onebit.train.bn import batchnorms
 from onebit.train.checkpoint import checkpoint_path, load_model, load_model_tensors, read_checkpoint
+
+
+@section
+class TeacherConfig:
+    """The frozen teacher: a registry model (name + options) and its trained weights.
+    ``bn_mode``: ``eval`` normalises with the teacher's stored BatchNorm statistics; ``train``
+    with each batch's own (what BNEW's ``dist_main.py`` and the mmcls distiller do: they
+    never call ``.eval()`` on the teacher). Its weights and statistics never change."""
+
+    model: dict[str, Any]
+    checkpoint: Str | None = None
+    bn_mode: Literal["eval", "train"] = "eval"
+
+
+@section
+class AttentionConfig:
+    """Real-to-Binary's attention transfer between block outputs picked by module name."""
+
+    weight: Float = Field(0.0, ge=0.0)
+    layers: list[Str] = Field(default_factory=list)  # student module names (shell patterns)
+    teacher_layers: list[Str] | None = None  # null: the same names in the teacher
+
+
+@section
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher (formulas in onebit.train.losses)."""
+
+    teacher: TeacherConfig
+    loss: Literal["kl", "distributional"] = "kl"
+    temperature: Float = Field(1.0, ge=1e-6)
+    alpha: Float = Field(1.0, ge=0.0)  # weight of the distillation term
+    ce_weight: Float | None = Field(None, ge=0.0)  # null: 1 - alpha (kl), 0 (distributional)
+    attention: AttentionConfig | None = None
+
+
+def _check_distill(distill: DistillConfig | None) -> None:
+    if distill is None:
+        return
+    check_model_spec(distill.teacher.model, "distill.teacher.model")
+    if not distill.teacher.checkpoint:
+        raise ConfigError(
+            "config key distill.teacher.checkpoint is missing: give the teacher's run "
+            "directory or .safetensors file"
+        )
+    attention = distill.attention
+    if attention is not None and attention.weight > 0 and not attention.layers:
+        raise ConfigError(
+            "config key distill.attention.layers is empty: name the student modules "
+            "whose outputs are compared (shell patterns, e.g. layer*.*)"
+        )
+
+
+register_section("distill", DistillConfig | None, position=90, default=None, check=_check_distill)
 
 
 @dataclass

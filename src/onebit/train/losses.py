@@ -14,10 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from onebit.config import Float, register_section, section
 
 if TYPE_CHECKING:
-    from onebit.config import Config, DistillConfig
+    from onebit.config import Config
+    from onebit.train.distill import DistillConfig
     from onebit.train.techniques import Distillation
+
+
+@section
+class LossConfig:
+    """The task loss: cross-entropy, optionally with label smoothing."""
+
+    label_smoothing: Float = Field(0.0, ge=0.0, le=1.0)
+
+
+register_section("loss", LossConfig, position=60)
 
 
 @dataclass

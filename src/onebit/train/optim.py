@@ -10,19 +10,74 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
+from onebit.config import Bool, Float, Str, kinds, register_section, section
 from onebit.errors import ConfigError
 from onebit.nn import BATCHNORMS
 from onebit.quant import sign
 
-if TYPE_CHECKING:
-    from onebit.config import OptimConfig
-
 Params = Iterable[torch.Tensor] | Iterable[dict]
+
+
+@section
+class BinaryOptimConfig:
+    """A second optimizer for the binary layers' latent weights (Bop, BMD); every other
+    parameter keeps ``optim.name``. Formulas in :mod:`onebit.train.optim`."""
+
+    KIND: ClassVar[str] = "name"
+    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
+        "bop": ("gamma", "threshold"),
+        "bmd": ("lr", "beta_growth", "beta_max", "form"),
+    }
+    name: Literal["bop", "bmd"] = "bop"
+    gamma: Float = Field(1e-4, ge=0.0)  # Bop adaptivity rate; follows the lr
+    threshold: Float = Field(1e-8, ge=0.0)  # Bop flip threshold
+    lr: Float | None = Field(None, ge=0.0)  # BMD Adam step; null: optim.lr
+    beta_growth: Float = Field(1.01, ge=1.0)  # BMD: beta = beta_growth ** e
+    beta_max: Float = Field(1e35, ge=1.0)
+    form: Literal["dual", "primal"] = "dual"  # MD-tanh-S / MD-tanh
+
+
+BinaryOptimizers = kinds(BinaryOptimConfig)
+
+
+@section
+class OptimConfig:
+    """The optimizer(s) of the trainable parameters."""
+
+    KIND: ClassVar[str] = "name"
+    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sgd": ("momentum", "nesterov"),
+        "adam": ("betas",),
+        "adamw": ("betas",),
+    }
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Float = Field(0.1, ge=0.0, le=1e4)
+    momentum: Float = Field(0.9, ge=0.0)
+    weight_decay: Float = Field(1e-4, ge=0.0)
+    nesterov: Bool = False
+    betas: list[Float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    decay: Literal["all", "conv", "no_norm"] = "all"  # which get weight decay
+    # or: shell patterns over parameter names; only the matching ones get weight decay
+    decay_filter: list[Str] | None = None
+    train: Literal["all", "batchnorm"] = "all"  # which parameters train
+    binary: BinaryOptimizers | None = None
+
+
+def _check_decay(optim: OptimConfig) -> None:
+    if optim.decay_filter is not None and optim.decay != "all":
+        raise ConfigError(
+            f"config keys optim.decay ({optim.decay}) and optim.decay_filter both say "
+            "which parameters get weight decay; keep one"
+        )
+
+
+register_section("optim", kinds(OptimConfig), position=30, check=_check_decay)
 
 
 class Bop(torch.optim.Optimizer):

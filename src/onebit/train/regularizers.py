@@ -21,11 +21,38 @@ Alasdair-P/bnew ``prox.py`` (``convex_hull``, ``u_reg``, ``binary_freeze``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
+from pydantic import Field
 
+from onebit.config import Bool, Float, Int, register_section, section
 from onebit.errors import ConfigError
 from onebit.nn import is_binary
+
+
+@section
+class BnewConfig:
+    """BNEW's concave regulariser as a proximal step (reg0, and the ramp length E)."""
+
+    reg: Float = Field(1e-4, ge=0.0)
+    epochs: Int | None = Field(None, ge=1)  # E of reg = min(reg0 (e + 1) / E, 1); null: lr's
+
+
+@section
+class LatentConfig:
+    """What happens to the binary layers' latent weights besides the optimizer step."""
+
+    clamp: Bool = False  # clamp to [-1, 1] after every step
+    bnew: BnewConfig | None = None  # the BNEW proximal step after every step
+    freeze: Bool = False  # at the phase start: replace by the binarized weights, stop training
+    # clamp / prox after the optimizer step, or between the backward pass and the step
+    # (BNEW's CIFAR binary_main.py / dist_main.py; its ImageNet code steps first)
+    order: Literal["after_step", "before_step"] = "after_step"
+
+
+register_section("latent", LatentConfig, position=80)
 
 
 def binary_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -4,14 +4,43 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch.nn as nn
+from pydantic import Field
 
+from onebit.config import Float, Int, kinds, register_section, section
 from onebit.quant import set_schedule_state
 
 if TYPE_CHECKING:
-    from onebit.config import QuantConfig, ScheduleConfig
+    from onebit.quant.registry import QuantConfig
+
+
+@section
+class ScheduleConfig:
+    """Length of training and the learning-rate schedule (applied every step)."""
+
+    KIND: ClassVar[str] = "lr"
+    OWN: ClassVar[dict[str, tuple[str, ...]]] = {"step": ("milestones", "gamma")}
+    epochs: Int = Field(1, ge=1)
+    lr: Literal["cos", "step", "linear", "const"] = "cos"
+    warmup_epochs: Float = Field(0.0, ge=0.0)
+    warmup_steps: Int = Field(0, ge=0)
+    warmup_from: Float = Field(0.0, ge=0.0, le=1.0)
+    milestones: list[Float] = Field(default_factory=list)
+    gamma: Float = Field(0.1, ge=0.0)
+    # A phase that trains part of a longer schedule: it starts at epoch `offset` of a
+    # schedule of `total_epochs` (null: offset + epochs) epochs.
+    offset: Int = Field(0, ge=0)
+    total_epochs: Int | None = Field(None, ge=1)
+
+    @property
+    def length(self) -> int:
+        """E, the length of the schedule this phase trains a part of."""
+        return self.total_epochs or self.offset + self.epochs
+
+
+register_section("schedule", kinds(ScheduleConfig), position=40)
 
 
 def lr_factor(

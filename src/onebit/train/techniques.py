@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 import torch.nn as nn
 
-from onebit.errors import ConfigError, TrainingError
+from onebit.config import read_options, read_value, register_section
+from onebit.errors import ConfigError, TrainingError, did_you_mean
 from onebit.train import distributed
 from onebit.train.bn import recalibrate_bn
 from onebit.train.distill import TeacherOutput, load_teacher, matching_modules
@@ -145,6 +146,29 @@ def register_technique(cls: T) -> T:
         )
     TECHNIQUES[cls.name] = cls
     return cls
+
+
+def _technique_options(entries: Any, path: str) -> dict[str, Any]:
+    """The ``techniques:`` section: every entry read into the ``schema`` dataclass of the
+    registered technique of its name (null or false: left off, read as null)."""
+    entries = read_value(dict[str, Any], entries, path)
+    schemas = {name: cls.schema for name, cls in TECHNIQUES.items() if cls.section is None}
+    options = {}
+    for name, value in entries.items():
+        if name not in schemas:
+            hint = did_you_mean(name, schemas, prefix=f"{path}.")
+            raise ConfigError(
+                f"config key {path}.{name} is unknown.{hint} Registered techniques with "
+                f"options there: {', '.join(schemas) or 'none'} (register one with "
+                "onebit.register_technique before the config is read)"
+            )
+        off = value is None or value is False
+        options[name] = None if off else read_options(schemas[name], value, f"{path}.{name}")
+    return options
+
+
+# {name: options} of techniques that read techniques.<name> (register_technique)
+register_section("techniques", read=_technique_options, position=100)
 
 
 def section_value(config: Config, section: str) -> Any:

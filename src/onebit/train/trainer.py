@@ -28,14 +28,26 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 from tqdm import tqdm
 
-from onebit.config import Config, config_from_dict, save_config, with_seed
+from onebit.config import (
+    Bool,
+    Config,
+    Int,
+    Str,
+    config_from_dict,
+    register_config_check,
+    register_section,
+    save_config,
+    section,
+    with_seed,
+)
 from onebit.data import Loader, Loaders, build_loaders
 from onebit.errors import CheckpointError, ConfigError, OutputError, TrainingError
 from onebit.io import folder_lock, remove_stale_temporaries
@@ -64,6 +76,45 @@ from onebit.train.losses import Batch, build_loss_terms, total_loss
 from onebit.train.optim import build_optimizers, set_trainable
 from onebit.train.schedules import apply_quant_schedule, lr_at
 from onebit.train.techniques import Technique, phase_techniques
+
+
+@section
+class EvalConfig:
+    """How the model is evaluated (and checkpointed): BatchNorm running statistics
+    re-estimated first from ``bn_recalibrate`` training batches (0: the stored EMA), with or
+    without the training augmentation (docs/training.md, "BatchNorm statistics")."""
+
+    bn_recalibrate: Int = Field(0, ge=0)
+    bn_augment: Bool = False
+    # best.safetensors: the epoch with the best test top-1, or held-out top-1 (data.val_split)
+    select_on: Literal["test", "val"] = "test"
+
+
+@section
+class RuntimeConfig:
+    """Where and how the run executes; none of these change the recipe."""
+
+    device: Str = "auto"
+    precision: Literal["bf16", "fp32"] = "bf16"
+    cpu_precision: Literal["bf16", "fp32"] = "fp32"
+    compile: Literal["auto", True, False] = "auto"
+    seed: Int = Field(0, ge=0, le=2**63 - 1)
+    out: Str = "runs/auto"
+    log_interval: Int = Field(50, ge=1)
+    sync_bn: Bool = False
+
+
+register_section("eval", EvalConfig, position=70)
+register_section("runtime", RuntimeConfig, position=130, per_phase=False)
+
+
+@register_config_check
+def _check_selection(config: Config) -> None:
+    if config.eval.select_on == "val" and config.data.val_split is None:
+        raise ConfigError(
+            "config key eval.select_on: val picks the best epoch on a validation split held "
+            "out of the training images; set data.val_split (e.g. 5000) or select_on: test"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
