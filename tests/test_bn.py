@@ -151,10 +151,26 @@ def test_export_recalibrates_and_the_packed_engine_gives_that_accuracy(
 
 def test_a_run_may_resume_with_another_eval_setting(tmp_path, one_thread):
     """eval.* changes how a run is evaluated, not what it trains: like runtime.*, it may
-    differ when the run is resumed."""
+    differ when the run is resumed, and the epochs after the resume are evaluated the new way."""
     run = RunDir(tmp_path / "run")
-    Trainer(load_config(RECU, _tiny(128, 64, 1)), run).fit()
-    Trainer(load_config(RECU, _tiny(128, 64, 1, "eval.bn_recalibrate=1")), run).fit(resume=True)
-    changed = load_config(RECU, _tiny(128, 64, 1, "optim.lr=0.3"))
+    trainer = Trainer(load_config(RECU, _tiny(128, 64, 2, "eval.bn_recalibrate=0")), run)
+    train_epoch = trainer.train_epoch
+
+    def stop_in_epoch_two(epoch, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(epoch, **kwargs)
+
+    trainer.train_epoch = stop_in_epoch_two
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    Trainer(load_config(RECU, _tiny(128, 64, 2, "eval.bn_recalibrate=1")), run).fit(resume=True)
+    first, second = (json.loads(line) for line in run.metrics.read_text().splitlines())
+    # resumed, not restarted: epoch 2 follows epoch 1's two steps (128 images, batch 64)
+    assert (first["epoch"], first["step"], second["epoch"], second["step"]) == (1, 2, 2, 4)
+    # only the epoch after the resume recalibrated its statistics (and kept the stored figures)
+    assert "val_top1_stored" not in first and "val_top1_stored" in second
+    assert load_config(run.config).eval.bn_recalibrate == 1  # the run's config says so now
+    changed = load_config(RECU, _tiny(128, 64, 2, "optim.lr=0.3"))
     with pytest.raises(CheckpointError, match=r"config differs at optim\.lr"):
         Trainer(changed, run).fit(resume=True)

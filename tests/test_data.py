@@ -283,7 +283,7 @@ def test_imagefolder_color_jitter_and_crop_scale(image_tree):
         batches(crop_scale=[0.5, 0.2])
 
 
-def test_random_resized_box_within_image_and_scale():
+def test_random_resized_box_within_the_image():
     rng = random.Random(0)
     for _ in range(200):
         w, h = rng.randint(10, 300), rng.randint(10, 300)
@@ -291,6 +291,27 @@ def test_random_resized_box_within_image_and_scale():
         assert 0 <= left < right <= w and 0 <= top < bottom <= h
         area = (right - left) * (bottom - top) / (w * h)
         assert area <= 1.0
+
+
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.5, 1.0)])
+def test_random_resized_box_area_and_aspect_cover_their_ranges(scale):
+    # RandomResizedCrop: area a fraction in `scale` of the image's, aspect w/h in [3/4, 4/3]. The
+    # side lengths are rounded: a box passes if sides within half a pixel of its own meet both
+    # bounds. Images of an aspect in [3/4, 4/3]: the fallback (whole image) is in range too.
+    rng = random.Random(0)
+    areas, aspects = [], []
+    for _ in range(500):
+        h = rng.randint(60, 300)
+        w = rng.randint(-(-3 * h // 4), 4 * h // 3)
+        left, top, right, bottom = random_resized_box(w, h, rng, scale=scale)
+        bw, bh = right - left, bottom - top
+        assert (bw + 0.5) * (bh + 0.5) >= scale[0] * w * h
+        assert (bw - 0.5) / (bh + 0.5) <= 4 / 3 and (bw + 0.5) / (bh - 0.5) >= 3 / 4
+        areas.append(bw * bh / (w * h))
+        aspects.append(bw / bh)
+    # the whole of both ranges is drawn from, not a part of them
+    assert min(areas) < scale[0] + 0.05 and max(areas) > 0.9
+    assert min(aspects) < 0.8 and max(aspects) > 1.25
 
 
 # ------------------------------------------------------------------ device loader

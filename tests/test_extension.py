@@ -4,6 +4,7 @@ resumes, exports, evaluates and deploys with them in fresh processes, with no ch
 onebit (docs/extending.md)."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -131,9 +132,19 @@ def test_user_module_trains_resumes_exports_and_deploys_from_the_command_line(tm
     # export (BN re-estimation, packed engine) and evaluation of the packed file
     exported = onebit_cli(tmp_path, "export", "run", "m.onebit")
     assert exported.returncode == 0, exported.stderr
-    assert (tmp_path / "m.onebit").stat().st_size > 0
+    wrote, figures = exported.stdout.splitlines()[-2:]
+    # ResNet-20: 3 stages x 3 blocks x 2 binary 3x3 convs, the user's sign-like soft_sign packed,
+    # each conv's BatchNorm folded in
+    packed_layers = "18 packed binary layers, 0 other binary-weight layers, 18 BatchNorms folded"
+    assert wrote.startswith(f"wrote m.onebit: {packed_layers}"), wrote
+    _, recalibrated, packed = re.findall(r"([\d.]+)% ", figures)
+    assert packed == recalibrated, figures  # the packed engine computes what the model does
     evaluated = onebit_cli(tmp_path, "eval", "m.onebit")
     assert evaluated.returncode == 0, evaluated.stderr
+    # the whole Fashion-MNIST test split, through the packed engine; the export's figure kept
+    assert "(10000 images, m.onebit, packed engine" in evaluated.stdout, evaluated.stdout
+    at_export = f"the trained model at export: {recalibrated}% on 64 images"
+    assert at_export in evaluated.stdout, evaluated.stdout
     # without the module there, the run names what is missing in one line
     (tmp_path / "my_bnn.py").unlink()
     missing = onebit_cli(tmp_path, "export", "run", "m2.onebit")

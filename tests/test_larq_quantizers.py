@@ -134,8 +134,12 @@ def test_dorefa_weights_quantize_tanh_normed_to_minus_one_one(larq):
 def test_register_dorefa_other_widths(larq):
     larq.register_dorefa(3, "dorefa3")
     try:
-        w = torch.randn(8, 8, 3, 3)
-        assert len(quant.weight("dorefa3")(w).unique()) <= 8
+        # tanh(w) = 0.2 k - 0.7 (k = 0..7), max 0.7: u = k / 7, all 8 levels 2 k / 7 - 1;
+        # 0.16: 7 u = 4.3 rounds to 4, 1/7; -0.62: 7 u = 0.4 rounds to 0, -1
+        limited = torch.tensor([-0.7, -0.5, -0.3, -0.1, 0.1, 0.3, 0.5, 0.7, 0.16, -0.62])
+        w = torch.atanh(limited.double()).reshape(10, 1, 1, 1)
+        levels = [-1, -5 / 7, -3 / 7, -1 / 7, 1 / 7, 3 / 7, 5 / 7, 1, 1 / 7, -1]
+        assert quant.weight("dorefa3")(w).flatten().tolist() == pytest.approx(levels, abs=1e-12)
         layer = BinaryConv2d(8, 8, 3, act="dorefa3", weight="dorefa3")
         assert layer.bits == "3w3a"
         x = torch.rand(2, 8, 5, 5)

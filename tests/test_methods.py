@@ -446,8 +446,14 @@ def test_teacher_takes_the_data_options_its_builder_accepts(teacher_file, one_th
 
     data = {"num_classes": 10, "in_chans": 1, "input_hw": 32}
     x = torch.randn(2, 1, 32, 32)
-    for spec in ({"name": "real2binary18", "gate": True}, {"name": "resnet20", "method": "fp"}):
-        path = teacher_file({**spec, **({"input_hw": 32} if "gate" in spec else {})}, 10, 1)
+    cases = [
+        ({"name": "real2binary18", "gate": True}, 32),
+        ({"name": "resnet20", "method": "fp"}, None),
+    ]
+    for spec, input_hw in cases:
+        path = teacher_file({**spec, **({"input_hw": 32} if input_hw else {})}, 10, 1)
         teacher = load_teacher(TeacherConfig(spec, str(path)), data, 0, torch.device("cpu"))
         assert teacher(x).shape == (2, 10)
-        assert teacher.onebit_spec["options"].get("input_hw", 32) == 32
+        options = teacher.onebit_spec["options"]
+        assert (options["num_classes"], options["in_chans"]) == (10, 1)
+        assert options.get("input_hw") == input_hw, spec["name"]  # None: not an option of it

@@ -154,8 +154,16 @@ def test_irnet_libra_pb_forward_and_backward():
     s = 2.0 ** np.round(np.log2(np.abs(wb).mean(1, keepdims=True)))
     expected = (s * np.where(wb >= 0, 1.0, -1.0)).reshape(w.shape)
     assert np.allclose(quant.weight("irnet")(w, t=t, k=k).numpy(), expected)
-    # balanced: every filter of the binary weight sums to ~0 in expectation, std 1 before sign
-    assert (s > 0).all()
+    # random filters have mean |Wb| ~ 0.78, s = 1: the power-of-two rounding shows on chosen ones.
+    # one-hot (9 values): Wb = -1/3 (x8), 8/3 (std 1/3), mean |Wb| = 16/27, 2^round(-0.76) = 1/2;
+    # +-1 alternating then 0: Wb = W (std 1), mean |Wb| = 8/9, 2^round(-0.17) = 1
+    filters = torch.tensor([[0, 0, 0, 0, 1, 0, 0, 0, 0], [1, -1, 1, -1, 1, -1, 1, -1, 0]])
+    hand = [[-0.5] * 4 + [0.5] + [-0.5] * 4, [1, -1, 1, -1, 1, -1, 1, -1, 1]]
+    out = quant.weight("irnet")(filters.double().reshape(2, 1, 3, 3), t=t, k=k)
+    assert out.reshape(2, 9).tolist() == hand
+    # standardised per filter: a positive scale and a shift of each filter change nothing
+    moved = w * torch.tensor([3.0, 0.5, 1.0, 7.0, 2.0]).reshape(5, 1, 1, 1) - 0.4
+    assert torch.equal(quant.weight("irnet")(moved, t=t, k=k), quant.weight("irnet")(w, t=t, k=k))
 
     def twin(w):
         dims = (1, 2, 3)
@@ -212,9 +220,21 @@ def test_recu_clamp_value_for_known_input():
 
 
 def test_recu_tau_one_means_no_clamp():
-    w = torch.randn(3, 2, 3, 3)
-    g = grad_of(quant.weight("recu"), w, tau=1.0)
-    assert torch.isfinite(g).all()
+    # one spike per filter of 18: var(W0) = 1/18, so W1 ~ 12 W0: 34/3 at the spike, -2/3 elsewhere
+    # and mean|W1| = 68/54; tau = 0.99 clamps the spike at Q = 1.26 ln 50 = 4.93, but tau = 1
+    # gives Q = -mean|W1| ln 0 = inf: W2 = W1, the gradient is the standardisation's alone
+    w = torch.zeros(3, 2, 3, 3)
+    w[:, 0, 1, 1] = torch.tensor([1.0, 2.0, 0.5])
+
+    def standardised(w):
+        dims = (1, 2, 3)
+        w0 = w - w.mean(dims, keepdim=True)
+        return w0 / (torch.sqrt(w0.var(dims, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+
+    assert standardised(w)[:, 0, 1, 1].tolist() == pytest.approx([34 / 3] * 3, rel=1e-3)
+    unclamped = grad_of(standardised, w)
+    assert torch.allclose(grad_of(quant.weight("recu"), w, tau=1.0), unclamped)
+    assert not torch.allclose(grad_of(quant.weight("recu"), w, tau=0.99), unclamped)
 
 
 @pytest.mark.parametrize(

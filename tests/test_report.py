@@ -185,9 +185,27 @@ def test_report_shows_the_machine_and_wall_time_each_epoch_recorded(tree, tmp_pa
     assert [r["precision"] for r in records] == ["fp32"] * 2
     (row,) = report_rows(find_runs([source]))
     assert row.cells["precision"] == "fp32"
-    wall = sum(r["wall_seconds"] for r in records)
-    assert row.cells["wall time"] == (f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min")
     assert row.cells["machine"] == machine
+
+    # wall time: the sum over a run's epochs, the mean over its seeds; in s, min, then h
+    config = (source / "config.yaml").read_text()
+    cases = [
+        ([(12.3, 17.4)], "30 s"),
+        ([(50.0, 70.6)], "2.0 min"),
+        ([(40.0, 50.0), (60.0, 90.0)], "2.0 min"),  # 90 s and 150 s
+        ([(3000.0, 4500.0)], "2.08 h"),  # 125 min
+    ]
+    for i, (seeds, expected) in enumerate(cases):
+        timed = [
+            _fake_run(
+                tmp_path / f"timed{i}_{seed}",
+                config,
+                [{**r, "wall_seconds": w} for r, w in zip(records, walls, strict=True)],
+            )
+            for seed, walls in enumerate(seeds)
+        ]
+        (row,) = report_rows(find_runs(timed))
+        assert (row.cells["runs"], row.cells["wall time"]) == (str(len(seeds)), expected)
 
     # a run trained before the record existed, then resumed on another machine
     first = {k: v for k, v in records[0].items() if k not in ("machine", "wall_seconds")}
