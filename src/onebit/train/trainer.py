@@ -628,8 +628,11 @@ class Trainer:
                 "train into another --out"
             )
         try:
-            # read through today's schema: a key added since the run started has its default
-            saved = config_from_dict(state["config"]).to_dict()
+            # read through today's schema: a key added since the run started has its default.
+            # The user named the recipe: its imports are theirs for the saved config too
+            saved = config_from_dict(
+                state["config"], source=str(run.last), allowed=self.config.imports
+            ).to_dict()
         except ConfigError as err:
             raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
         now = self.config.to_dict()
