@@ -1,5 +1,11 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @pytest.fixture(autouse=True)
@@ -17,6 +23,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def onebit_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m onebit ARGS`` in a fresh process in ``cwd`` (one thread); its output."""
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [sys.executable, "-m", "onebit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def write_cifar(root, name: str, per_file: int = 6, seed: int = 0):

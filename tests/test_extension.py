@@ -5,17 +5,13 @@ onebit (docs/extending.md)."""
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from conftest import onebit_cli
 from onebit.config import config_from_dict
 from onebit.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 USER_MODULE = '''
 """my_bnn: what a researcher writes in their own file."""
@@ -104,18 +100,6 @@ runtime: {device: cpu, compile: false}
 """
 
 
-def onebit_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "onebit", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_user_module_trains_resumes_exports_and_deploys_from_the_command_line(tmp_path):
     (tmp_path / "my_bnn.py").write_text(textwrap.dedent(USER_MODULE))
@@ -125,12 +109,15 @@ def test_user_module_trains_resumes_exports_and_deploys_from_the_command_line(tm
     records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["sharp_beta"] for r in records] == [1.0, 3.0]  # its schedule, logged
     assert [r["shrink_steps"] for r in records] == [0, 2]  # the technique ran every step
-    # a fresh process resumes the finished run: the saved config imports the module again
+    # a fresh process resumes the finished run: the recipe imports the module again
     again = onebit_cli(tmp_path, "train", "recipe.yaml", "--out", "run", "--resume")
     assert again.returncode == 0, again.stderr
     assert "resumed" in (tmp_path / "run/train.log").read_text()
+    # the run and the packed file name the module; it runs only when the user allows it
+    refused = onebit_cli(tmp_path, "export", "run", "m.onebit")
+    assert refused.returncode == 2 and "--import my_bnn if you trust it" in refused.stderr
     # export (BN re-estimation, packed engine) and evaluation of the packed file
-    exported = onebit_cli(tmp_path, "export", "run", "m.onebit")
+    exported = onebit_cli(tmp_path, "export", "run", "m.onebit", "--import", "my_bnn")
     assert exported.returncode == 0, exported.stderr
     wrote, figures = exported.stdout.splitlines()[-2:]
     # ResNet-20: 3 stages x 3 blocks x 2 binary 3x3 convs, the user's sign-like soft_sign packed,
@@ -139,28 +126,28 @@ def test_user_module_trains_resumes_exports_and_deploys_from_the_command_line(tm
     assert wrote.startswith(f"wrote m.onebit: {packed_layers}"), wrote
     _, recalibrated, packed = re.findall(r"([\d.]+)% ", figures)
     assert packed == recalibrated, figures  # the packed engine computes what the model does
-    evaluated = onebit_cli(tmp_path, "eval", "m.onebit")
+    evaluated = onebit_cli(tmp_path, "eval", "m.onebit", "--import", "my_bnn")
     assert evaluated.returncode == 0, evaluated.stderr
     # the whole Fashion-MNIST test split, through the packed engine; the export's figure kept
     assert "(10000 images, m.onebit, packed engine" in evaluated.stdout, evaluated.stdout
     at_export = f"the trained model at export: {recalibrated}% on 64 images"
     assert at_export in evaluated.stdout, evaluated.stdout
-    # without the module there, the run names what is missing in one line
+    # without the module there, the command line names what is missing in one line
     (tmp_path / "my_bnn.py").unlink()
-    missing = onebit_cli(tmp_path, "export", "run", "m2.onebit")
+    missing = onebit_cli(tmp_path, "export", "run", "m2.onebit", "--import", "my_bnn")
     assert missing.returncode == 2
-    assert "imports: cannot import 'my_bnn'" in missing.stderr
+    assert "--import: cannot import 'my_bnn'" in missing.stderr
     assert "Traceback" not in missing.stderr
 
 
 def test_imports_are_module_names_only():
     for bad, message in [
-        ("my_bnn", "expected a list of module names"),
+        ("my_bnn", "imports: expected a list of module names"),
         (["../evil"], "is not a module name"),
-        (["no_such_module_here"], "cannot import 'no_such_module_here'"),
+        (["no_such_module_here"], "a config: cannot import 'no_such_module_here'"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            config_from_dict({"imports": bad, "model": {"name": "resnet20"}})
+            config_from_dict({"imports": bad, "model": {"name": "resnet20"}}, allowed=bad)
     assert config_from_dict({"imports": ["json"], "model": {"name": "resnet20"}}).imports == [
         "json"
     ]

@@ -16,6 +16,7 @@ from onebit.config import load_config
 from onebit.errors import ConfigError
 from onebit.train import RunDir, Technique, Trainer, load_model
 from onebit.train.regularizers import binary_weights
+from onebit.train.techniques import TECHNIQUES
 
 RECU = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
 TINY = [
@@ -107,9 +108,7 @@ def test_the_techniques_section_is_read_through_the_registered_schema():
         "latent_noise": None
     }
     # false turns it off as null does (docs/extending.md), in a recipe and in a phase
-    assert load_config(RECU, ["techniques.latent_noise=false"]).techniques == {
-        "latent_noise": None
-    }
+    assert load_config(RECU, ["techniques.latent_noise=false"]).techniques == {"latent_noise": None}
     off = ["phases=[{name: a}, {name: b, overrides: {techniques: {latent_noise: false}}}]"]
     first, second = load_config(RECU, [*NOISE, *off]).phase_configs()
     assert first.techniques["latent_noise"].std == 0.01
@@ -154,6 +153,24 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "last.safetensors")
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_after_epoch_1(trainer: Trainer) -> None:
+    """Fit ``trainer``, stopped (as by a kill) when epoch 2 would start."""
+    run_epoch = trainer.run_epoch
+
+    def first_only(epoch):
+        if epoch == 1:
+            raise Stop
+        return run_epoch(epoch)
+
+    trainer.run_epoch = first_only
+    with pytest.raises(Stop):
+        trainer.fit()
+
+
 def test_it_trains_logs_resumes_with_its_state_and_exports(tmp_path, monkeypatch, one_thread):
     config = load_config(RECU, [*TINY, *NOISE])
     reference = RunDir(tmp_path / "reference")
@@ -165,21 +182,6 @@ def test_it_trains_logs_resumes_with_its_state_and_exports(tmp_path, monkeypatch
 
     # stopped after epoch 1, resumed: its generator goes on where it was, so the run ends
     # bit-identical to the one never stopped
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(trainer):
-        run_epoch = trainer.run_epoch
-
-        def first_only(epoch):
-            if epoch == 1:
-                raise Stop
-            return run_epoch(epoch)
-
-        trainer.run_epoch = first_only
-        with pytest.raises(Stop):
-            trainer.fit()
-
     stopped = RunDir(tmp_path / "stopped")
     stop_after_epoch_1(Trainer(config, stopped))
     at_stop = json.loads(stopped.last_json.read_text())["techniques"]["latent_noise"]
@@ -208,3 +210,84 @@ def test_it_trains_logs_resumes_with_its_state_and_exports(tmp_path, monkeypatch
         expected, got = model(x), deployed(x)
     assert torch.equal(got.argmax(1), expected.argmax(1))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@dataclass
+class RecorderConfig:
+    every: int = 1
+
+
+class Recorder(Technique):
+    """A technique that only records which hooks ran: every hook returns None."""
+
+    name = "recorder"
+    schema = RecorderConfig
+    calls: ClassVar[list[str]] = []
+
+    def _record(self, hook):
+        Recorder.calls.append(hook)
+
+    def start(self, trainer):
+        return self._record("start")
+
+    def optimizers(self, trainer):
+        return self._record("optimizers")
+
+    def loss_terms(self, trainer, terms):
+        return self._record("loss_terms")
+
+    def epoch_start(self, trainer, epoch):
+        return self._record("epoch_start")
+
+    def before_step(self, trainer):
+        return self._record("before_step")
+
+    def after_step(self, trainer):
+        return self._record("after_step")
+
+    def before_eval(self, trainer, epoch):
+        return self._record("before_eval")
+
+    def state_dict(self):
+        return self._record("state_dict")
+
+    def load_state_dict(self, state):
+        return self._record("load_state_dict")
+
+    def end(self, trainer):
+        return self._record("end")
+
+
+@pytest.fixture
+def recorder():
+    onebit.register_technique(Recorder)
+    Recorder.calls.clear()
+    yield Recorder.calls
+    TECHNIQUES.pop(Recorder.name)
+
+
+def test_hooks_that_return_none_have_nothing_of_their_own(recorder, tmp_path, one_thread):
+    """None from a hook: no metrics values, no optimizers, the loss terms unchanged, no
+    state to save; the run trains, resumes and exports as one without the technique."""
+    config = load_config(RECU, [*TINY, "techniques.recorder.every=1"])
+    run = RunDir(tmp_path / "run")
+    stop_after_epoch_1(Trainer(config, run))
+    assert [c for c in recorder if c not in ("before_step", "after_step")] == [
+        "start",
+        "optimizers",
+        "loss_terms",
+        "epoch_start",
+        "before_eval",
+        "state_dict",
+    ]
+    assert "before_step" in recorder and "after_step" in recorder
+    assert json.loads(run.last_json.read_text())["techniques"] == {}
+    recorder.clear()
+    Trainer(config, run).fit(resume=True)
+    assert "load_state_dict" not in recorder and recorder[-1] == "end"
+    assert "epoch_start" in recorder and "before_eval" in recorder
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    model, _ = load_model(run.path)
+    onebit.deploy.export(model, tmp_path / "m.onebit")
+    assert onebit.deploy.load(tmp_path / "m.onebit").header["model"]["name"] == "resnet20"

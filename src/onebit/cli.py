@@ -11,6 +11,7 @@ from pathlib import Path
 
 from onebit.config import parse_yaml
 from onebit.errors import ConfigError, OneBitError
+from onebit.user_code import import_modules
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -617,6 +618,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import your Python module first (it registers binarizers, methods, "
+            "techniques or models; searched in the current directory, then on sys.path); "
+            "a run or .onebit file that names it may then use it (repeatable)",
+        )
     return parser
 
 
@@ -630,6 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:  # the filters stay as they are
             try:
+                import_modules(
+                    args.imports, source="--import", search=Path.cwd(), allowed=args.imports
+                )
                 return args.func(args)
             finally:  # onebit's warnings as one line each, not Python's file:line format
                 for w in caught:

@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
-import os
-import re
 import reprlib
-import sys
 import types
 import typing
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, Union
 
@@ -49,6 +45,7 @@ from pydantic_core import PydanticCustomError
 
 from onebit.errors import ConfigError, did_you_mean
 from onebit.io import atomic_write
+from onebit.user_code import import_modules
 
 _SECTION = ConfigDict(extra="forbid")
 
@@ -585,11 +582,19 @@ def with_seed(path: str, seed: int) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """A :class:`Config` from a plain dict (as read from YAML), fully checked."""
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    source: str = "a config",
+    search: Path | None = None,
+    allowed: Collection[str] = (),
+) -> Config:
+    """A :class:`Config` from a plain dict (as read from YAML), fully checked. Its
+    ``imports:`` go through :func:`onebit.user_code.import_modules` with ``source``,
+    ``search`` and ``allowed`` (by default only modules already imported are accepted)."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    import_modules(data.get("imports"))
+    import_modules(data.get("imports"), source=source, search=search, allowed=allowed)
     sections = _sections()
     keys = [s.key for s in sections]
     for key in data:
@@ -615,33 +620,6 @@ def read_section(key: str, values: Any) -> Any:
     """The registered section ``key`` read (and checked) from the keys of a recipe's
     ``key:`` section, e.g. ``read_section("data", {"dataset": "cifar10"})``."""
     return SECTIONS[key].load(values, key)
-
-
-_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def import_modules(names: Any) -> None:
-    """Import the modules a config's ``imports:`` names (each once; the working directory is
-    searched too, so a module next to where ``onebit`` runs is found). Only names: a config
-    or a checkpoint cannot bring code of its own, it can only ask for modules already here."""
-    if names is None:
-        return
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(
-            f"config key imports: expected a list of module names, got {_short(names)}"
-        )
-    for name in names:
-        if not _MODULE_NAME.fullmatch(name):
-            raise ConfigError(f"config key imports: {_short(name)} is not a module name (a.b.c)")
-        if os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ConfigError(
-                f"config key imports: cannot import {name!r} ({err}); put the module on "
-                "PYTHONPATH or in the working directory"
-            ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
@@ -737,7 +715,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of sections (model:, data:, ...)")
     apply_overrides(data, overrides)
-    return config_from_dict(data)
+    # the user runs this recipe: the modules it names are theirs, found in its folder
+    return config_from_dict(
+        data, source=str(path), search=Path(path).parent, allowed=data.get("imports") or ()
+    )
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -47,6 +47,11 @@ class ConfigError(OneBitError, ValueError):
     """A config file, override or keyword argument with a wrong key, type or value."""
 
 
+class ImportNotAllowedError(OneBitError):
+    """A file (a run's config, a checkpoint, a ``.onebit`` header) names a module to import
+    that the user did not allow (:mod:`onebit.user_code`)."""
+
+
 class DataError(OneBitError):
     """A dataset that is missing, incomplete or corrupt."""
 

@@ -22,8 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from onebit.config import Config, load_config
-from onebit.errors import CheckpointError, OneBitError
+from onebit.config import Config, config_from_dict, read_yaml
+from onebit.errors import CheckpointError, ImportNotAllowedError, OneBitError
 
 SEED_DIR = re.compile(r"seed\d+")
 
@@ -196,7 +196,11 @@ def read_run(path: str | Path) -> Run:
     metrics.jsonl); CheckpointError if either file is unreadable."""
     path = Path(path)
     try:
-        config = load_config(path / "config.yaml")
+        # a run's saved config, not a recipe: it may name only modules already imported
+        file = path / "config.yaml"
+        config = config_from_dict(read_yaml(file), source=str(file))
+    except ImportNotAllowedError:
+        raise
     except OneBitError as err:
         raise CheckpointError(f"{path}: its config.yaml is not a valid config ({err})") from None
     metrics = path / "metrics.jsonl"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from onebit.deploy.format import LayerDesc
 from onebit.deploy.packing import unpack_weight
 from onebit.errors import ConfigError, DataError, ExportError, OneBitError
 from onebit.nn import BATCHNORMS
+from onebit.user_code import import_modules
 
 try:  # torch first: the kernels then share PyTorch's OpenMP runtime (same libgomp soname)
     from onebit.deploy import _kernels
@@ -297,7 +299,11 @@ class DeployedModel(nn.Module):
 
 
 def load(
-    path: str | Path, model: nn.Module | None = None, *, kernel: str | None = None
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    kernel: str | None = None,
+    imports: Sequence[str] = (),
 ) -> DeployedModel:
     """Load a ``.onebit`` file as a runnable :class:`DeployedModel`.
 
@@ -306,7 +312,12 @@ def load(
     instance of the same architecture (it is copied, not modified). ``kernel``: see
     :func:`select_kernel`. A malformed file, or one that does not match the model, raises
     ExportError.
+
+    The file runs no code: its header's ``imports`` (the modules that register the user's
+    binarizers, methods or model) must already be imported, or be named in ``imports``, which
+    are imported first (searched on ``sys.path``); any other is an ImportNotAllowedError.
     """
+    import_modules(imports, source="onebit.deploy.load(imports=...)", allowed=imports)
     header, layers, tensors = fmt.read(path)
     kernel = select_kernel(kernel)
     network = _rebuild(header, model, path)
@@ -324,11 +335,11 @@ def _rebuild(header: dict[str, Any], model: nn.Module | None, path: str | Path) 
             f"{path}: holds {cls}, built outside the model registry; load it with "
             "onebit.deploy.load(path, model=an instance of the same architecture)"
         )
-    from onebit.config import import_modules
     from onebit.models import create_model
 
+    # the user's registrations, by module name: only those already imported
+    import_modules(header.get("imports"), source=str(path))
     try:
-        import_modules(header.get("imports"))  # the user's registrations, by module name
         return create_model(spec["name"], **spec["options"]).eval()
     except (OneBitError, TypeError, ValueError, RuntimeError) as err:  # options from the file
         raise ExportError(f"{path}: cannot rebuild model {spec['name']!r}: {err}") from None

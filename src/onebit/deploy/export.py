@@ -258,8 +258,9 @@ def export(
     :func:`onebit.models.default_input_spec`), stored so that the deployed model can
     ``predict`` raw images. ``accuracy``: the trained model's test figures (``val_top1``,
     ...), stored for ``onebit eval`` to compare with. ``imports``: the modules that register
-    the user's own binarizers / methods / models (a config's ``imports:``), imported again by
-    ``load`` before it rebuilds the model. Returns the file's header.
+    the user's own binarizers / methods / models (a config's ``imports:``): ``load`` needs them
+    imported before it rebuilds the model, and imports them only when the user allows it
+    (``--import``, ``load(path, imports=...)``). Returns the file's header.
     ``onebit.deploy.load(path)`` runs it; for a model not built by ``onebit.create_model``,
     ``load(path, model=an_instance_of_the_same_architecture)``.
     """

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from onebit.errors import CheckpointError, OneBitError
+from onebit.errors import CheckpointError, ImportNotAllowedError, OneBitError
 from onebit.io import atomic_write
+from onebit.user_code import import_modules
 
 if TYPE_CHECKING:
     from onebit.config import Config
@@ -250,14 +252,17 @@ def checkpoint_config(path: Path, state: dict[str, Any]) -> Config:
     in (the last phase when that is not recorded)."""
     from onebit.config import config_from_dict, read_yaml
 
-    data = state.get("config")
+    data, source = state.get("config"), path
     if data is None:
-        side = path.parent / "config.yaml"
-        if not side.is_file():
-            raise CheckpointError(f"{path} stores no config and there is no {side}")
-        data = read_yaml(side)
+        source = path.parent / "config.yaml"
+        if not source.is_file():
+            raise CheckpointError(f"{path} stores no config and there is no {source}")
+        data = read_yaml(source)
     try:
-        phases = config_from_dict(data).phase_configs()
+        # a run may name only modules already imported (onebit.user_code)
+        phases = config_from_dict(data, source=str(source)).phase_configs()
+    except ImportNotAllowedError:
+        raise
     except OneBitError as err:
         raise CheckpointError(f"the config of {path} is not valid: {err}") from None
     return phases[checkpoint_phase(path, state, len(phases))]
@@ -276,16 +281,21 @@ def checkpoint_phase(path: Path, state: dict[str, Any], phases: int) -> int:
 
 
 def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu", *, imports: Sequence[str] = ()
 ) -> tuple[nn.Module, Config]:
     """Rebuild a trained model: ``create_model(**config.model)``, weights loaded, eval mode.
 
     ``path``: a run directory (its best.safetensors if present, else last.safetensors) or a
     ``.safetensors`` checkpoint file (its config is read from the file, else from the
     config.yaml beside it). Returns (model on ``map_location``, config).
+
+    ``imports``: modules to import first (searched on ``sys.path``), those that register what
+    the run was trained with; the run's config may name only modules already imported
+    (ImportNotAllowedError otherwise, see :mod:`onebit.user_code`).
     """
     from onebit.models import create_model
 
+    import_modules(imports, source="load_model(imports=...)", allowed=imports)
     file = checkpoint_path(path)
     tensors, state = read_checkpoint(file, map_location)
     config = checkpoint_config(file, state)

@@ -75,20 +75,21 @@ class Technique:
         made trainable as ``optim.train`` says, before the optimizers: freeze parameters,
         load a teacher, register forward hooks."""
 
-    def optimizers(self, trainer: Trainer) -> list[torch.optim.Optimizer]:
+    def optimizers(self, trainer: Trainer) -> list[torch.optim.Optimizer] | None:
         """Optimizers of parameters the technique trains itself (Bop, BMD); the phase's
         ``optim.name`` optimizer gets every other trainable parameter. The learning-rate
-        schedule scales every group's ``lr`` (its ``base_lr``) in all of them."""
+        schedule scales every group's ``lr`` (its ``base_lr``) in all of them. None: none."""
         return []
 
-    def loss_terms(self, trainer: Trainer, terms: list[LossTerm]) -> list[LossTerm]:
+    def loss_terms(self, trainer: Trainer, terms: list[LossTerm]) -> list[LossTerm] | None:
         """The phase's loss terms with this technique's: add terms, or reweight earlier ones
-        (the loss is sum_i weight_i * term_i(batch), cross-entropy first)."""
+        (the loss is sum_i weight_i * term_i(batch), cross-entropy first). None: ``terms``
+        as they are (also when the hook changed the list in place)."""
         return terms
 
-    def epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, float]:
+    def epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, float] | None:
         """Before epoch ``epoch`` (0-based, of the phase) trains; the values returned go into
-        the epoch's metrics record (e.g. ``{"bnew_reg": 0.007}``)."""
+        the epoch's metrics record (e.g. ``{"bnew_reg": 0.007}``; None: no values)."""
         return {}
 
     def before_step(self, trainer: Trainer) -> None:
@@ -97,15 +98,15 @@ class Technique:
     def after_step(self, trainer: Trainer) -> None:
         """After the optimizers stepped."""
 
-    def before_eval(self, trainer: Trainer, epoch: int) -> dict[str, float]:
+    def before_eval(self, trainer: Trainer, epoch: int) -> dict[str, float] | None:
         """After epoch ``epoch`` trained, before the model is evaluated and checkpointed;
-        the values returned go into the epoch's metrics record."""
+        the values returned go into the epoch's metrics record (None: no values)."""
         return {}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any] | None:
         """What the technique needs to resume exactly, besides the model's and the
         optimizers' tensors: JSON values (numbers, strings, lists, mappings), written with
-        every last checkpoint."""
+        every last checkpoint. Empty or None: nothing is saved, nor given back on resume."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

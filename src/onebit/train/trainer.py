@@ -466,11 +466,13 @@ class Trainer:
         self.forward, self.eval_forward = self._forwards()
         # the first step of a compiled forward compiles it: said, timed apart (train_epoch)
         self._compile_pending = self.forward is not self.model and self._should_compile()
-        own = [opt for technique in self.techniques for opt in technique.optimizers(self)]
+        # a hook that returns None has nothing of its own: no optimizers, the terms as they are
+        own = [opt for t in self.techniques for opt in t.optimizers(self) or ()]
         self.optimizers = build_optimizers(self.model, cfg.optim, own)
         self.loss_terms = build_loss_terms(cfg)
         for technique in self.techniques:
-            self.loss_terms = technique.loss_terms(self, self.loss_terms)
+            terms = technique.loss_terms(self, self.loss_terms)
+            self.loss_terms = self.loss_terms if terms is None else terms
 
     def _end_phase(self) -> None:
         """Call the current phase's techniques' ``end`` hooks (they release what they hold)."""
@@ -597,12 +599,12 @@ class Trainer:
         at, length = cfg.schedule.offset + epoch, cfg.schedule.length
         schedule = apply_quant_schedule(self.model, cfg.quant, at, length)
         for technique in self.techniques:
-            schedule.update(technique.epoch_start(self, epoch))
+            schedule.update(technique.epoch_start(self, epoch) or {})  # None: no values
         train = self.train_epoch(epoch)
         distributed.sync_buffers(self.model)
         before_eval: dict[str, float] = {}
         for technique in self.techniques:
-            before_eval.update(technique.before_eval(self, epoch))
+            before_eval.update(technique.before_eval(self, epoch) or {})
         val = {**self.evaluate_on("test"), **before_eval}
         if self.loaders.val is not None:
             val.update(self.evaluate_on("heldout"))
@@ -677,8 +679,11 @@ class Trainer:
                 "train into another --out"
             )
         try:
-            # read through today's schema: a key added since the run started has its default
-            saved = config_from_dict(state["config"]).to_dict()
+            # read through today's schema: a key added since the run started has its default.
+            # The user named the recipe: its imports are theirs for the saved config too
+            saved = config_from_dict(
+                state["config"], source=str(run.last), allowed=self.config.imports
+            ).to_dict()
         except ConfigError as err:
             raise CheckpointError(f"cannot resume {run.path}: its saved config: {err}") from None
         now = self.config.to_dict()
