@@ -10,8 +10,8 @@ import pytest
 import onebit
 from conftest import onebit_cli
 from onebit.cli import main
-from onebit.config import data_config, load_config
-from onebit.data import dataset_input_spec
+from onebit.config import load_config
+from onebit.data import data_config, dataset_input_spec
 from onebit.errors import ConfigError, ImportNotAllowedError
 from onebit.train import RunDir, Trainer, load_model
 
