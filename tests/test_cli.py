@@ -8,6 +8,8 @@ import pytest
 
 from onebit.cli import main
 
+RECU = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
+
 
 def test_models_lists_names_with_filter(capsys):
     assert main(["models", "firnet*"]) == 0
@@ -104,7 +106,7 @@ def test_models_descriptions_are_whole_sentences(capsys):
 
 
 def test_config_values_get_their_key_and_a_suggestion(tmp_path, capsys):
-    recipe = str(Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml")
+    recipe = str(RECU)
     for override, expected in (
         ("model.method=recuu", "config key model.method: unknown method 'recuu'. Did you mean"),
         ("optim.name=sgdd", "config key optim.name: 'sgdd' is not one of sgd, adam, adamw; did"),
@@ -113,3 +115,40 @@ def test_config_values_get_their_key_and_a_suggestion(tmp_path, capsys):
         assert main(["train", recipe, "--set", override, "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--seeds", "-1"], "--seeds: config key runtime.seed: -1 is below the minimum 0"),
+        (
+            ["--seeds", "0,99999999999999999999"],
+            "--seeds: config key runtime.seed: 99999999999999999999 is above the maximum "
+            "9223372036854775807",
+        ),
+        (
+            ["--set", "runtime.seed=99999999999999999999"],
+            "config key runtime.seed: 99999999999999999999 is above the maximum "
+            "9223372036854775807",
+        ),
+        (["--set", "runtime.seed=-1"], "config key runtime.seed: -1 is below the minimum 0"),
+        (["--runs", "0"], "--runs 0: give a number of runs from 1 to 1000"),
+        (["--runs", "99999999999"], "--runs 99999999999: give a number of runs from 1 to 1000"),
+    ],
+)
+def test_seeds_out_of_range_are_one_line_before_any_run(argv, message, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", str(RECU), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"onebit: error: {message}\n"
+    assert not out.exists()  # checked before the run directory is made
+
+
+def test_the_largest_seed_trains(tmp_path, one_thread):
+    # every seeding call (torch.manual_seed, the loaders' SeedSequence) takes runtime.seed's
+    # whole range
+    tiny = ["data.subset=32", "data.batch_size=32", "data.eval_subset=32", "schedule.epochs=1"]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    out = tmp_path / "r"
+    assert main(["train", str(RECU), *sets, "--seeds", str(2**63 - 1), "--out", str(out)]) == 0
+    assert (out / f"seed{2**63 - 1}" / "last.safetensors").is_file()
