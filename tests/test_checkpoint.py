@@ -1,5 +1,6 @@
 """Damaged checkpoints: every kind of bad state in a run's files is a one-line error from
-`onebit eval`, `onebit export` and `--resume`, never a traceback or a silent wrong model."""
+`onebit eval`, `onebit export` and `--resume`, never a traceback or a silent wrong model,
+and a refused --resume leaves the run directory as it was."""
 
 import copy
 import json
@@ -50,6 +51,11 @@ def _damaged(trained, tmp_path, edit) -> Path:
     return run
 
 
+def _contents(run: Path) -> dict[str, bytes]:
+    """Every file of ``run`` (the lock file aside) and its bytes."""
+    return {f.name: f.read_bytes() for f in run.iterdir() if f.is_file() and f.name != ".lock"}
+
+
 def _set(path: str, value):
     def edit(state, tensors):
         node, *keys = state, *path.split(".")
@@ -88,6 +94,24 @@ def _bits_edited(state, tensors):
             "optimizer",
             ("resume",),
         ),
+        (_set("progress.epoch", -1), "(epoch -1 is not between 0 and schedule", ("resume",)),
+        (_set("progress.epoch", 2), "(epoch 2 is not between 0 and schedule", ("resume",)),
+        (_set("progress.epoch", 0.5), "(epoch 0.5 is not an integer)", ("resume",)),
+        (_set("progress.epoch", True), "(epoch True is not an integer)", ("resume",)),
+        (_set("progress.step", -4), "(step -4 is negative)", ("resume",)),
+        (_set("progress.step", KeyError), "(step None is not an integer)", ("resume",)),
+        (
+            _set("progress.best_epoch", 3),
+            "(best_epoch 3 is not between 0 and epoch 1)",
+            ("resume",),
+        ),
+        (_set("progress.best_top1", "x"), "(best_top1 x is not a number)", ("resume",)),
+        (
+            _set("progress.best_top1", float("nan")),
+            "best_top1 nan is not a percentage",
+            ("resume",),
+        ),
+        (_set("progress.lr", 0.1), "(unknown key 'lr')", ("resume",)),
         (_set("optimizers", "x"), "no valid optimizers", ("resume",)),
         (_momentum_of_the_wrong_shape, "momentum_buffer of shape (3,)", ("resume",)),
         (_bits_edited, "was trained as 1w1a, but the stored config builds it as 1w32a", ("eval",)),
@@ -95,6 +119,7 @@ def _bits_edited(state, tensors):
 )
 def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expected, commands):
     run = _damaged(trained, tmp_path, edit)
+    files = _contents(run)
     for command in commands:
         if command == "eval":
             argv = ["eval", str(run / "last.safetensors")]
@@ -104,6 +129,7 @@ def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expe
         err = capsys.readouterr().err
         assert err.startswith("onebit: error:") and err.count("\n") == 1, err
         assert expected in err, err
+        assert _contents(run) == files, "the run directory changed"
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ from onebit.train.checkpoint import (
     atomic_write_text,
     check_layer_bits,
     checkpoint_path,
-    checkpoint_phase,
+    checkpoint_progress,
     layer_bits,
     load_matching,
     load_model_tensors,
@@ -649,21 +649,9 @@ class Trainer:
                 f"cannot resume {run.path}: the config differs at {diff}; resume with the run's "
                 f"config ({run.config}) or train into another --out"
             )
-        phase = checkpoint_phase(run.last, state, len(self.phases))
-        try:
-            self.progress = Progress(**{**state["progress"], "phase": phase})
-            fields = asdict(self.progress)
-            valid = all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in fields.values()
-            )
-        except TypeError:
-            valid = False
-        if not valid:
-            raise CheckpointError(
-                f"{run.last}: its progress record is damaged ({str(state['progress'])[:120]}); "
-                "train into another --out"
-            )
-        self._setup_phase(phase)
+        epochs = [phase.schedule.epochs for phase in self.phases]
+        self.progress = Progress(**checkpoint_progress(run.last, state, epochs))
+        self._setup_phase(self.progress.phase)
         check_layer_bits(self.model, state, run.last)
         with torch.no_grad():
             load_model_tensors(self.model, tensors, run.last)
