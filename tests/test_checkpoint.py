@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from onebit.cli import main
+from onebit.errors import OutputError
+from onebit.train import RunDir
 from onebit.train.checkpoint import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +39,18 @@ def trained(tmp_path_factory):
     return run
 
 
-def _damaged(trained, tmp_path, edit) -> Path:
-    """A copy of the run whose last (and only) checkpoint has its state edited by ``edit``."""
-    run = tmp_path / "run"
-    run.mkdir()
+def _copy(trained, run: Path) -> Path:
+    """A copy of the trained run at ``run``, without best.safetensors."""
+    run.mkdir(parents=True)
     for f in trained.iterdir():
         if f.is_file() and f.name != "best.safetensors":
             (run / f.name).write_bytes(f.read_bytes())
+    return run
+
+
+def _damaged(trained, tmp_path, edit) -> Path:
+    """A copy of the run whose last (and only) checkpoint has its state edited by ``edit``."""
+    run = _copy(trained, tmp_path / "run")
     tensors, state = read_checkpoint(run / "last.safetensors")
     state = copy.deepcopy(state)
     tensors = edit(state, tensors) or tensors
@@ -147,3 +154,48 @@ def test_damaged_metadata_is_a_one_line_error(trained, tmp_path, capsys, metadat
     assert main(["eval", str(file)]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def _folder_in_place_of(run: Path, name: str) -> None:
+    (run / name).unlink()
+    (run / name).mkdir()
+    (run / name / "x").write_text("x")
+
+
+@pytest.mark.parametrize("command", ["resume", "report"])
+def test_metrics_that_is_a_folder_is_a_one_line_error(trained, tmp_path, capsys, command):
+    run = _copy(trained, tmp_path / "run")
+    _folder_in_place_of(run, "metrics.jsonl")
+    files = _contents(run)
+    if command == "resume":
+        argv = ["train", str(RECU), *SETS, "--out", str(run), "--resume"]
+    else:
+        argv = ["report", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"onebit: error: cannot read {run / 'metrics.jsonl'}: Is a directory;")
+    assert err.count("\n") == 1, err
+    assert _contents(run) == files and (run / "metrics.jsonl" / "x").read_text() == "x"
+
+
+def test_summary_of_seeds_with_a_damaged_last_json_is_a_one_line_error(trained, tmp_path, capsys):
+    # a finished seed run resumed: nothing to train, then the summary reads its last.json
+    out = tmp_path / "out"
+    run = _copy(trained, out / "seed0")
+    _folder_in_place_of(run, "last.json")
+    kept = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "last.safetensors")}
+    argv = ["train", str(RECU), *SETS, "--seeds", "0", "--out", str(out), "--resume"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"onebit: error: cannot summarize {run}: its metrics.jsonl or last.json")
+    assert "Is a directory" in err and "--resume to train seed 0 again" in err
+    assert err.count("\n") == 1, err
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert not (out / "summary.json").exists()
+
+
+def test_metrics_that_cannot_be_appended_is_an_output_error(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.metrics.mkdir(parents=True)
+    with pytest.raises(OutputError, match=f"cannot write {run.metrics}: Is a directory; the last"):
+        run.append_metrics({"epoch": 1})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onebit.config import Config, config_from_dict
-from onebit.errors import ConfigError
+from onebit.errors import CheckpointError, ConfigError
 from onebit.train import distributed
 from onebit.train.checkpoint import atomic_write_text
 from onebit.train.trainer import RunDir, Trainer
@@ -72,12 +72,20 @@ def summarize(out: str | Path, seeds: list[int]) -> dict[str, Any]:
         run = RunDir(seed_dir(out, seed))
         if not run.metrics.exists() or not run.last_json.exists():
             raise ConfigError(f"{run.path} holds no finished run to summarize")
-        records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
-        state = json.loads(run.last_json.read_text())
-        progress, split = state["progress"], state.get("best_split", "test")
-        test_top1 = {(r.get("phase", 0), r["epoch"]): r["val_top1"] for r in records}
-        final.append(records[-1]["val_top1"])
-        best.append(test_top1[progress["phase"], progress["best_epoch"]])
+        try:
+            records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+            state = json.loads(run.last_json.read_text())
+            progress, split = state["progress"], state.get("best_split", "test")
+            test_top1 = {(r.get("phase", 0), r["epoch"]): r["val_top1"] for r in records}
+            final.append(records[-1]["val_top1"])
+            best.append(test_top1[progress["phase"], progress["best_epoch"]])
+        except (OSError, ValueError, LookupError, TypeError, AttributeError) as err:
+            detail = f"{type(err).__name__}: {str(err)[:160]}"
+            raise CheckpointError(
+                f"cannot summarize {run.path}: its metrics.jsonl or last.json is unreadable or "
+                f"damaged ({detail}); remove that directory and rerun with --resume to train "
+                f"seed {seed} again"
+            ) from None
     return {
         "seeds": seeds,
         "final_top1": _stats(final),

@@ -145,24 +145,36 @@ class RunDir:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         except OSError as err:
             raise OutputError(
-                f"cannot write the run directory {self.path}: {err.strerror or err}; "
-                "choose another --out"
+                f"cannot write {self.log_file}: {err.strerror or err}; choose another --out"
             ) from None
 
     def write_config(self, config: Config) -> None:
         save_config(config, self.config)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise OutputError(
+                f"cannot write {self.metrics}: {err.strerror or err}; the last checkpoint is "
+                "kept: make the file writable and --resume, or train into another --out"
+            ) from None
 
     def keep_metrics_until(self, phase: int, epoch: int) -> None:
         """Drop metric lines written after the checkpoint being resumed (phase, epoch), and
         lines that are not a whole record (what a kill in the middle of an append leaves)."""
         if not self.metrics.exists():
             return
+        try:
+            text = self.metrics.read_bytes().decode("utf-8", "replace")
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot read {self.metrics}: {err.strerror or err}; make it a readable file "
+                "(or move it away) to train in this run directory, or train into another --out"
+            ) from None
         kept, dropped = "", 0
-        for line in self.metrics.read_bytes().decode("utf-8", "replace").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
                 where = (int(record.get("phase", 0)), int(record["epoch"]))
