@@ -59,6 +59,12 @@ def test_ops_prints_conv_layers_and_paper_totals(capsys):
     assert "BOPs 4,816,896,000" in out and "OPs = BOPs/64 + FLOPs = 8.71e+07" in out
 
 
+def test_input_size_of_a_model_built_for_another_side(capsys):
+    assert main(["summary", "vgg_small", "--opt", "input_hw=16"]) == 0  # its size by default
+    assert "per image (3x16x16)" in capsys.readouterr().out
+    assert main(["ops", "resnet20", "--in-chans", "5", "--input", "5x32x32"]) == 0
+
+
 def test_ops_of_an_fp_twin_has_no_bops(capsys):
     assert main(["ops", "resnet18", "--method", "fp", "--input", "3x32x32"]) == 0
     assert "BOPs 0 (0)" in capsys.readouterr().out
@@ -74,6 +80,21 @@ def test_ops_of_an_fp_twin_has_no_bops(capsys):
         (["summary", "resnet20", "--opt", "depth=3"], "has no option 'depth'"),
         (["ops", "resnet18", "--opt", "structure=bireel"], "unknown structure 'bireel'"),
         (["ops", "real2binary18", "--input", "3x64x64"], "option input_hw"),
+        (
+            ["summary", "resnet20", "--input", "5x32x32"],
+            "--input 5x32x32 has 5 channels but resnet20 takes 3 (--in-chans 3): give --input "
+            "3x32x32, or --in-chans 5",
+        ),
+        (
+            ["ops", "firnet20", "--in-chans", "1", "--input", "3x28x28"],
+            "--input 3x28x28 has 3 channels but firnet20 takes 1 (--in-chans 1): give --input "
+            "1x28x28, or --in-chans 3",
+        ),
+        (
+            ["summary", "vgg_small", "--input", "3x16x16"],
+            "--input 3x16x16 is 16x16 but vgg_small is built for 32x32 (option input_hw 32): "
+            "give --input 3x32x32, or --opt input_hw=16",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(argv, message, capsys):
