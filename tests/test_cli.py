@@ -8,6 +8,8 @@ import pytest
 
 from onebit.cli import main
 
+RECU = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
+
 
 def test_models_lists_names_with_filter(capsys):
     assert main(["models", "firnet*"]) == 0
@@ -57,6 +59,12 @@ def test_ops_prints_conv_layers_and_paper_totals(capsys):
     assert "BOPs 4,816,896,000" in out and "OPs = BOPs/64 + FLOPs = 8.71e+07" in out
 
 
+def test_input_size_of_a_model_built_for_another_side(capsys):
+    assert main(["summary", "vgg_small", "--opt", "input_hw=16"]) == 0  # its size by default
+    assert "per image (3x16x16)" in capsys.readouterr().out
+    assert main(["ops", "resnet20", "--in-chans", "5", "--input", "5x32x32"]) == 0
+
+
 def test_ops_of_an_fp_twin_has_no_bops(capsys):
     assert main(["ops", "resnet18", "--method", "fp", "--input", "3x32x32"]) == 0
     assert "BOPs 0 (0)" in capsys.readouterr().out
@@ -72,6 +80,21 @@ def test_ops_of_an_fp_twin_has_no_bops(capsys):
         (["summary", "resnet20", "--opt", "depth=3"], "has no option 'depth'"),
         (["ops", "resnet18", "--opt", "structure=bireel"], "unknown structure 'bireel'"),
         (["ops", "real2binary18", "--input", "3x64x64"], "option input_hw"),
+        (
+            ["summary", "resnet20", "--input", "5x32x32"],
+            "--input 5x32x32 has 5 channels but resnet20 takes 3 (--in-chans 3): give --input "
+            "3x32x32, or --in-chans 5",
+        ),
+        (
+            ["ops", "firnet20", "--in-chans", "1", "--input", "3x28x28"],
+            "--input 3x28x28 has 3 channels but firnet20 takes 1 (--in-chans 1): give --input "
+            "1x28x28, or --in-chans 3",
+        ),
+        (
+            ["summary", "vgg_small", "--input", "3x16x16"],
+            "--input 3x16x16 is 16x16 but vgg_small is built for 32x32 (option input_hw 32): "
+            "give --input 3x32x32, or --opt input_hw=16",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(argv, message, capsys):
@@ -104,7 +127,7 @@ def test_models_descriptions_are_whole_sentences(capsys):
 
 
 def test_config_values_get_their_key_and_a_suggestion(tmp_path, capsys):
-    recipe = str(Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml")
+    recipe = str(RECU)
     for override, expected in (
         ("model.method=recuu", "config key model.method: unknown method 'recuu'. Did you mean"),
         ("optim.name=sgdd", "config key optim.name: 'sgdd' is not one of sgd, adam, adamw; did"),
@@ -113,3 +136,40 @@ def test_config_values_get_their_key_and_a_suggestion(tmp_path, capsys):
         assert main(["train", recipe, "--set", override, "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--seeds", "-1"], "--seeds: config key runtime.seed: -1 is below the minimum 0"),
+        (
+            ["--seeds", "0,99999999999999999999"],
+            "--seeds: config key runtime.seed: 99999999999999999999 is above the maximum "
+            "9223372036854775807",
+        ),
+        (
+            ["--set", "runtime.seed=99999999999999999999"],
+            "config key runtime.seed: 99999999999999999999 is above the maximum "
+            "9223372036854775807",
+        ),
+        (["--set", "runtime.seed=-1"], "config key runtime.seed: -1 is below the minimum 0"),
+        (["--runs", "0"], "--runs 0: give a number of runs from 1 to 1000"),
+        (["--runs", "99999999999"], "--runs 99999999999: give a number of runs from 1 to 1000"),
+    ],
+)
+def test_seeds_out_of_range_are_one_line_before_any_run(argv, message, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", str(RECU), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"onebit: error: {message}\n"
+    assert not out.exists()  # checked before the run directory is made
+
+
+def test_the_largest_seed_trains(tmp_path, one_thread):
+    # every seeding call (torch.manual_seed, the loaders' SeedSequence) takes runtime.seed's
+    # whole range
+    tiny = ["data.subset=32", "data.batch_size=32", "data.eval_subset=32", "schedule.epochs=1"]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    out = tmp_path / "r"
+    assert main(["train", str(RECU), *sets, "--seeds", str(2**63 - 1), "--out", str(out)]) == 0
+    assert (out / f"seed{2**63 - 1}" / "last.safetensors").is_file()

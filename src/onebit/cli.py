@@ -61,17 +61,29 @@ def _model_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _model_from_args(args: argparse.Namespace):
-    """Build the model the shared model arguments describe; return it and its input size."""
+    """Build the model the shared model arguments describe; return it and its input size:
+    ``--input``, which must have the channels (and, for a model with option ``input_hw``,
+    the side) the model is built for, else the size it is built for."""
     from onebit.models import create_model, default_input_size
 
-    options = _model_options(args)
-    model = create_model(args.model, **options)
-    chw = (
-        parse_shape(args.input)
-        if args.input
-        else default_input_size(args.model, options.get("in_chans"))
-    )
-    return model, (1, *chw)
+    model = create_model(args.model, **_model_options(args))
+    built = model.onebit_spec["options"]
+    chans, h, w = default_input_size(args.model, built.get("in_chans"))
+    side = built.get("input_hw")
+    if not args.input:
+        return model, (1, chans, side or h, side or w)
+    c, h, w = parse_shape(args.input)
+    if c != chans:
+        raise ConfigError(
+            f"--input {args.input} has {c} channels but {args.model} takes {chans} "
+            f"(--in-chans {chans}): give --input {chans}x{h}x{w}, or --in-chans {c}"
+        )
+    if side is not None and (h, w) != (side, side):
+        raise ConfigError(
+            f"--input {args.input} is {h}x{w} but {args.model} is built for {side}x{side} "
+            f"(option input_hw {side}): give --input {c}x{side}x{side}, or --opt input_hw={h}"
+        )
+    return model, (1, c, h, w)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

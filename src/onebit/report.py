@@ -206,7 +206,13 @@ def read_run(path: str | Path) -> Run:
     metrics = path / "metrics.jsonl"
     records, dropped = [], []
     if metrics.exists():
-        text = metrics.read_bytes().decode("utf-8", "replace")
+        try:
+            text = metrics.read_bytes().decode("utf-8", "replace")
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot read {metrics}: {err.strerror or err}; make it a readable file or "
+                "leave the run out"
+            ) from None
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 record = json.loads(line)

@@ -280,6 +280,42 @@ def checkpoint_phase(path: Path, state: dict[str, Any], phases: int) -> int:
     return phase
 
 
+def checkpoint_progress(path: Path, state: dict[str, Any], epochs: list[int]) -> dict[str, Any]:
+    """Where the run of a last checkpoint stopped, checked against the recipe it resumes,
+    whose phases train ``epochs`` epochs: the fields of :class:`onebit.train.trainer.Progress`,
+    ``phase`` (:func:`checkpoint_phase`), ``epoch`` (epochs done in that phase, 0 to its
+    epochs), ``step`` (optimizer steps of the run, >= 0), ``best_epoch`` (0 to ``epoch``),
+    ``best_top1`` (percent; -1 before the first evaluation). CheckpointError naming the
+    field otherwise: a resumed loop would run epochs that do not exist or never pick a best."""
+    phase = checkpoint_phase(path, state, len(epochs))
+    progress = {**state["progress"], "phase": phase}
+
+    def damaged(detail: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: its progress record is damaged ({detail}); train into another --out"
+        )
+
+    unknown = sorted(set(progress) - {"phase", "epoch", "step", "best_epoch", "best_top1"})
+    if unknown:
+        raise damaged(f"unknown key {unknown[0][:40]!r}")
+    for key in ("epoch", "step", "best_epoch", "best_top1"):
+        value = progress.get(key)
+        kind = (int, float) if key == "best_top1" else int
+        if not isinstance(value, kind) or isinstance(value, bool):
+            what = "a number" if key == "best_top1" else "an integer"
+            raise damaged(f"{key} {str(value)[:40]} is not {what}")
+    epoch = progress["epoch"]
+    if not 0 <= epoch <= epochs[phase]:
+        raise damaged(f"epoch {epoch} is not between 0 and schedule.epochs = {epochs[phase]}")
+    if progress["step"] < 0:
+        raise damaged(f"step {progress['step']} is negative")
+    if not 0 <= progress["best_epoch"] <= epoch:
+        raise damaged(f"best_epoch {progress['best_epoch']} is not between 0 and epoch {epoch}")
+    if not -1 <= progress["best_top1"] <= 100:
+        raise damaged(f"best_top1 {progress['best_top1']} is not a percentage")
+    return progress
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu", *, imports: Sequence[str] = ()
 ) -> tuple[nn.Module, Config]:

@@ -7,24 +7,28 @@ each number as the mean ± std of 5 such runs).
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from onebit.config import Config
-from onebit.errors import ConfigError
+from onebit.config import Config, config_from_dict
+from onebit.errors import CheckpointError, ConfigError
 from onebit.train import distributed
 from onebit.train.checkpoint import atomic_write_text
 from onebit.train.trainer import RunDir, Trainer
 
+# The most runs --runs N starts: N seeds are listed and N configs made before run 1.
+MAX_RUNS = 1000
+
 
 def parse_seeds(runs: int | None, seeds: str | None) -> list[int] | None:
-    """``--runs N`` -> seeds 0..N-1; ``--seeds 0,1,2`` -> [0, 1, 2]; neither -> None."""
+    """``--runs N`` -> seeds 0..N-1; ``--seeds 0,1,2`` -> [0, 1, 2]; neither -> None. The
+    seeds' values are checked as ``runtime.seed`` when the runs' configs are made
+    (:func:`seed_config`)."""
     if runs is not None:
-        if runs < 1:
-            raise ConfigError(f"--runs {runs}: give a number of runs of at least 1")
+        if not 1 <= runs <= MAX_RUNS:
+            raise ConfigError(f"--runs {runs}: give a number of runs from 1 to {MAX_RUNS}")
         return list(range(runs))
     if seeds is None:
         return None
@@ -39,6 +43,18 @@ def parse_seeds(runs: int | None, seeds: str | None) -> list[int] | None:
 
 def seed_dir(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed{seed}"
+
+
+def seed_config(config: Config, out: str | Path, seed: int) -> Config:
+    """``config`` for run ``seed`` of repeated runs into ``out``: ``runtime.seed`` = ``seed``,
+    ``runtime.out`` = ``out/seed<k>``, read through the config schema again, so that a seed
+    the schema does not accept is its ConfigError, as in a config file."""
+    data = config.to_dict()
+    data["runtime"].update(seed=seed, out=str(seed_dir(out, seed)))
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"--seeds: {err}") from None
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -56,12 +72,20 @@ def summarize(out: str | Path, seeds: list[int]) -> dict[str, Any]:
         run = RunDir(seed_dir(out, seed))
         if not run.metrics.exists() or not run.last_json.exists():
             raise ConfigError(f"{run.path} holds no finished run to summarize")
-        records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
-        state = json.loads(run.last_json.read_text())
-        progress, split = state["progress"], state.get("best_split", "test")
-        test_top1 = {(r.get("phase", 0), r["epoch"]): r["val_top1"] for r in records}
-        final.append(records[-1]["val_top1"])
-        best.append(test_top1[progress["phase"], progress["best_epoch"]])
+        try:
+            records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+            state = json.loads(run.last_json.read_text())
+            progress, split = state["progress"], state.get("best_split", "test")
+            test_top1 = {(r.get("phase", 0), r["epoch"]): r["val_top1"] for r in records}
+            final.append(records[-1]["val_top1"])
+            best.append(test_top1[progress["phase"], progress["best_epoch"]])
+        except (OSError, ValueError, LookupError, TypeError, AttributeError) as err:
+            detail = f"{type(err).__name__}: {str(err)[:160]}"
+            raise CheckpointError(
+                f"cannot summarize {run.path}: its metrics.jsonl or last.json is unreadable or "
+                f"damaged ({detail}); remove that directory and rerun with --resume to train "
+                f"seed {seed} again"
+            ) from None
     return {
         "seeds": seeds,
         "final_top1": _stats(final),
@@ -86,10 +110,8 @@ def train_seeds(
     """Train ``config`` once per seed into ``out/seed<k>`` (``runtime.seed = k``), then write
     ``out/summary.json`` (:func:`summarize`) and return it. ``resume`` continues unfinished
     runs and skips finished ones."""
-    for seed in seeds:
-        run_config = copy.deepcopy(config)
-        run_config.runtime.seed = seed
-        run_config.runtime.out = str(seed_dir(out, seed))
+    configs = [seed_config(config, out, seed) for seed in seeds]  # all checked before run 1
+    for run_config in configs:
         Trainer(run_config, RunDir(run_config.runtime.out)).fit(resume=resume)
     summary = summarize(out, seeds)
     if distributed.is_main():  # under torchrun, process 0 alone writes

@@ -60,7 +60,7 @@ from onebit.train.checkpoint import (
     atomic_write_text,
     check_layer_bits,
     checkpoint_path,
-    checkpoint_phase,
+    checkpoint_progress,
     layer_bits,
     load_matching,
     load_model_tensors,
@@ -196,24 +196,36 @@ class RunDir:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         except OSError as err:
             raise OutputError(
-                f"cannot write the run directory {self.path}: {err.strerror or err}; "
-                "choose another --out"
+                f"cannot write {self.log_file}: {err.strerror or err}; choose another --out"
             ) from None
 
     def write_config(self, config: Config) -> None:
         save_config(config, self.config)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise OutputError(
+                f"cannot write {self.metrics}: {err.strerror or err}; the last checkpoint is "
+                "kept: make the file writable and --resume, or train into another --out"
+            ) from None
 
     def keep_metrics_until(self, phase: int, epoch: int) -> None:
         """Drop metric lines written after the checkpoint being resumed (phase, epoch), and
         lines that are not a whole record (what a kill in the middle of an append leaves)."""
         if not self.metrics.exists():
             return
+        try:
+            text = self.metrics.read_bytes().decode("utf-8", "replace")
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot read {self.metrics}: {err.strerror or err}; make it a readable file "
+                "(or move it away) to train in this run directory, or train into another --out"
+            ) from None
         kept, dropped = "", 0
-        for line in self.metrics.read_bytes().decode("utf-8", "replace").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
                 where = (int(record.get("phase", 0)), int(record["epoch"]))
@@ -705,21 +717,9 @@ class Trainer:
                 f"cannot resume {run.path}: the config differs at {diff}; resume with the run's "
                 f"config ({run.config}) or train into another --out"
             )
-        phase = checkpoint_phase(run.last, state, len(self.phases))
-        try:
-            self.progress = Progress(**{**state["progress"], "phase": phase})
-            fields = asdict(self.progress)
-            valid = all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in fields.values()
-            )
-        except TypeError:
-            valid = False
-        if not valid:
-            raise CheckpointError(
-                f"{run.last}: its progress record is damaged ({str(state['progress'])[:120]}); "
-                "train into another --out"
-            )
-        self._setup_phase(phase)
+        epochs = [phase.schedule.epochs for phase in self.phases]
+        self.progress = Progress(**checkpoint_progress(run.last, state, epochs))
+        self._setup_phase(self.progress.phase)
         check_layer_bits(self.model, state, run.last)
         with torch.no_grad():
             load_model_tensors(self.model, tensors, run.last)
