@@ -342,3 +342,15 @@ def test_a_phase_switching_kind_drops_the_old_kinds_options():
         [],
         0.1,
     )
+
+
+def test_the_validation_split_seed_has_the_seed_range():
+    """data.val_split_seed seeds a torch generator, as runtime.seed does: one range (it was
+    unbounded above, a torch overflow traceback)."""
+    with pytest.raises(
+        ConfigError,
+        match=r"^config key data\.val_split_seed: 99999999999999999999 is above the maximum "
+        r"9223372036854775807$",
+    ):
+        load_config(FP, ["data.val_split=64", "data.val_split_seed=99999999999999999999"])
+    assert load_config(FP, ["data.val_split=64", f"data.val_split_seed={2**63 - 1}"])

@@ -37,7 +37,7 @@ class DataConfig:
     # Held out of the training images as the validation split: a count, or a fraction of them;
     # which ones depends on val_split_seed alone (the split is part of the recipe, not the seed).
     val_split: Int | Float | None = None
-    val_split_seed: Int = Field(0, ge=0)
+    val_split_seed: Int = Field(0, ge=0, le=2**63 - 1)
     # Normalisation per channel; null: the dataset's own statistics.
     mean: list[Float] | None = None
     std: list[Float] | None = None
