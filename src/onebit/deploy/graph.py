@@ -44,7 +44,10 @@ Ops (``OPS``: code, inputs, tensor slots, integer and float attributes), semanti
     concat          2 to 4 inputs of one N, H, W, along the channels
     channel_shuffle x; groups: channel g * (C / groups) + i goes to i * groups + g
     subsample_pad   x; stride_h, stride_w, pad_before, pad_after:
-                    x[:, :, ::stride_h, ::stride_w] with zero channels before and after
+                    x[:, :, ::stride_h, ::stride_w] with zero channels before and after;
+                    a negative pad removes channels, as F.pad's (channel slicing x[:, a:b],
+                    a split): output channel o is input channel o - pad_before, or 0
+                    outside [0, C); C + pad_before + pad_after >= 1
     rescale_hw      x; scale f32 (1, C, H, W): y = x * scale (LearnedRescale, factors multiplied)
 """
 
@@ -243,3 +246,142 @@ def write_graph(
 
 def is_graph_file(head: bytes) -> bool:
     return head[:8] == MAGIC
+
+
+def read_graph(
+    data: bytes, where: str
+) -> tuple[list[Node], dict[str, np.ndarray], InputRecord, dict[str, Any]]:
+    """Parse a graph file's bytes: (nodes, tensors by name, input record, meta).
+
+    Checks what the C runtime checks before it uses a number: the header, the checksum, every
+    section's bounds, every tensor's dtype, dims and bytes, every node's op, inputs (values
+    computed before it), tensor slots (present where required, of the slot's dtype) and unused
+    fields (zero), and the meta's node and tensor names. Any problem is an ExportError naming
+    ``where``. The tensors are read-only views of ``data``.
+    """
+
+    def bad(what: str) -> ExportError:
+        return ExportError(f"{where}: {what}")
+
+    if len(data) < HEADER_SIZE or data[:8] != MAGIC:
+        raise bad("not a onebit graph file (no ONEBITGR header)")
+    fields = HEADER.unpack_from(data)
+    version, header_size, file_size, crc, reserved, n_tensors, n_nodes = fields[1:8]
+    tensor_offset, node_offset, meta_offset, meta_size, data_offset, data_size = fields[8:14]
+    in_c, in_h, in_w, transform, raw_h, raw_w, num_classes, reserved2 = fields[14:22]
+    mean, std = fields[22:26], fields[26:30]
+    if version != VERSION:
+        raise bad(f"format version {version}, this onebit reads {VERSION}; export the model again")
+    if header_size != HEADER_SIZE or reserved or reserved2:
+        raise bad("the header's size or reserved fields are wrong")
+    if file_size != len(data):
+        raise bad(f"the header says {file_size} bytes, the file has {len(data)} (truncated?)")
+    if zlib.crc32(memoryview(data)[CRC_FROM:]) != crc:
+        raise bad("checksum mismatch, the file is corrupt; export it again")
+    sections = [
+        (tensor_offset, n_tensors * TENSOR_SIZE),
+        (node_offset, n_nodes * NODE_SIZE),
+        (meta_offset, meta_size),
+        (data_offset, data_size),
+    ]
+    end = HEADER_SIZE
+    for offset, size in sections:
+        if offset < end or offset + size > file_size:
+            raise bad("a table or section lies outside the file or overlaps another")
+        end = offset + size
+    if data_offset % ALIGN or end != file_size:
+        raise bad("the data section is misaligned or does not end the file")
+    counts = (n_nodes, in_c, in_h, in_w, num_classes)
+    if not all(counts) or transform not in TRANSFORMS.values() or not np.isfinite(mean + std).all():
+        raise bad("the input record or the node count is invalid")
+    try:
+        meta = json.loads(bytes(data[meta_offset : meta_offset + meta_size]).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad("the meta is not valid UTF-8 JSON") from None
+    names = meta.get("tensors") if isinstance(meta, dict) else None
+    node_names = meta.get("nodes") if isinstance(meta, dict) else None
+    if not (
+        isinstance(names, list)
+        and isinstance(node_names, list)
+        and len(names) == n_tensors
+        and len(node_names) == n_nodes
+        and len(set(names)) == n_tensors
+        and all(isinstance(n, str) for n in [*names, *node_names])
+    ):
+        raise bad("the meta's tensor and node names do not match the tables")
+    tensors = [
+        _read_tensor(data, tensor_offset, i, data_offset, data_size, bad) for i in range(n_tensors)
+    ]
+    kinds = {code: kind for kind, (code, _) in DTYPES.items()}
+    nodes = []
+    for k in range(n_nodes):
+        raw = NODE.unpack_from(data, node_offset + k * NODE_SIZE)
+        code, n_inputs = raw[0], raw[1]
+        inputs, slots = raw[2:6], raw[6:12]
+        iattr, fattr, reserved = raw[12:24], raw[24:28], raw[28:32]
+        spec = OPS.get(OP_NAMES.get(code, ""))
+        if spec is None:
+            raise bad(f"node {k} ({node_names[k]}): unknown op code {code}")
+        op = OP_NAMES[code]
+        where_node = f"node {k} ({node_names[k]}, {op})"
+        if not spec.inputs[0] <= n_inputs <= spec.inputs[1]:
+            raise bad(f"{where_node}: {n_inputs} inputs")
+        used, unused = inputs[:n_inputs], inputs[n_inputs:]
+        if any(not 0 <= v <= k for v in used) or any(v != -1 for v in unused):
+            raise bad(f"{where_node}: reads a value not computed before it")
+        named = {}
+        for slot, t in zip(spec.tensors, slots, strict=False):
+            key = slot.rstrip("?")
+            if t == -1 and slot.endswith("?"):
+                continue
+            if not 0 <= t < n_tensors:
+                raise bad(f"{where_node}: tensor slot {key} is {t}")
+            wanted = "u64" if key == "weight_bits" else "f32"
+            if kinds[tensors[t][0]] != wanted:
+                raise bad(f"{where_node}: tensor {names[t]} in slot {key} is not {wanted}")
+            named[key] = names[t]
+        if any(v != -1 for v in slots[len(spec.tensors) :]) or any(iattr[len(spec.iattr) :]):
+            raise bad(f"{where_node}: an unused tensor slot or attribute is set")
+        if any(fattr[len(spec.fattr) :]) or any(reserved) or not all(np.isfinite(fattr)):
+            raise bad(f"{where_node}: an unused or non-finite float attribute")
+        nodes.append(
+            Node(
+                op,
+                list(inputs[:n_inputs]),
+                named,
+                dict(zip(spec.iattr, iattr, strict=False)),
+                dict(zip(spec.fattr, fattr, strict=False)),
+                node_names[k],
+            )
+        )
+    record = InputRecord(
+        in_c,
+        in_h,
+        in_w,
+        num_classes,
+        next(name for name, code in TRANSFORMS.items() if code == transform),
+        raw_h,
+        raw_w,
+        tuple(mean[: min(in_c, 4)]),
+        tuple(std[: min(in_c, 4)]),
+    )
+    return nodes, {n: t[1] for n, t in zip(names, tensors, strict=True)}, record, meta
+
+
+def _read_tensor(
+    data: bytes, table: int, i: int, data_offset: int, data_size: int, bad: Any
+) -> tuple[int, np.ndarray]:
+    """Entry ``i`` of the tensor table at ``table``: (dtype code, the array viewing ``data``)."""
+    code, ndim, *dims, offset, nbytes = TENSOR.unpack_from(data, table + i * TENSOR_SIZE)
+    kind = next((np.dtype(t) for c, t in DTYPES.values() if c == code), None)
+    if kind is None or not 1 <= ndim <= 4:
+        raise bad(f"tensor entry {i}: dtype code {code} with {ndim} dims")
+    if any(d < 1 for d in dims[:ndim]) or any(d != 1 for d in dims[ndim:]):
+        raise bad(f"tensor entry {i}: dims {dims}")
+    count = int(np.prod(dims[:ndim], dtype=object))
+    if nbytes != count * kind.itemsize or offset % ALIGN or offset + nbytes > data_size:
+        raise bad(f"tensor entry {i}: its bytes are misaligned or outside the data section")
+    array = np.frombuffer(
+        data, kind.newbyteorder("<"), count=count, offset=data_offset + offset
+    ).reshape(dims[:ndim])
+    return code, array
