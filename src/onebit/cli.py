@@ -427,15 +427,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             "images": loaders.eval.num_samples,
         }
     imports = config.imports if config is not None else None
-    header = export(
+    meta = export(
         model, args.out, fp16=args.fp16, input_spec=spec, accuracy=accuracy, imports=imports
     )
-    packed = sum(layer["mode"] == "packed" for layer in header["layers"])
     print(
-        f"wrote {args.out}: {packed} packed binary layers, "
-        f"{len(header['layers']) - packed} other binary-weight layers, "
-        f"{len(header['folded'])} BatchNorms folded, full precision as {header['fp_dtype']}"
-        + checked
+        f"wrote {args.out}: {len(meta['nodes'])} ops, {len(meta['packed'])} packed binary "
+        f"layers, {len(meta['float_binary'])} other binary-weight layers, "
+        f"{len(meta['folded'])} BatchNorms folded, full precision as fp32" + checked
     )
     if loaders is not None:
         deployed = evaluate(load(args.out), loaders.eval)
@@ -460,7 +458,11 @@ def add_export(sub) -> None:
     )
     p.add_argument("source", help="run directory / checkpoint, or a state dict with --model")
     p.add_argument("out", help="output file, e.g. model.onebit")
-    p.add_argument("--fp16", action="store_true", help="store the full-precision parts in fp16")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="store the full-precision parts in fp16 (refused: the graph file is fp32)",
+    )
     p.add_argument("--model", help="registry model name the state dict SOURCE belongs to")
     p.add_argument(
         "--no-recalibrate",

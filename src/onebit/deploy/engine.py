@@ -318,6 +318,7 @@ def load(
     are imported first (searched on ``sys.path``); any other is an ImportNotAllowedError.
     """
     import_modules(imports, source="onebit.deploy.load(imports=...)", allowed=imports)
+    fmt.check_format(path)
     header, layers, tensors = fmt.read(path)
     kernel = select_kernel(kernel)
     network = _rebuild(header, model, path)

@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from onebit.data.spec import InputSpec
+from onebit.deploy.graph import is_graph_file
 from onebit.deploy.packing import tail_mask, words_for
 from onebit.errors import ExportError
 from onebit.io import atomic_write
@@ -138,12 +139,47 @@ def write(path: str | Path, header: dict[str, Any], tensors: dict[str, torch.Ten
 
 
 def is_deploy_file(path: str | Path) -> bool:
-    """True if ``path`` is a safetensors file with a onebit deployment header (unchecked)."""
+    """True if ``path`` is a graph file (format 2) or a safetensors file with a onebit
+    deployment header (format 1) (unchecked)."""
     try:
+        with open(path, "rb") as f:
+            if is_graph_file(f.read(8)):
+                return True
         with safe_open(str(path), framework="pt") as f:
             return "onebit_sha256" in (f.metadata() or {})  # training checkpoints have none
     except (SafetensorError, OSError, ValueError, RuntimeError):
         return False
+
+
+# a format-1 file's safetensors header is read to recognise it; real ones are a few 100 kB
+_MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def check_format(path: str | Path) -> None:
+    """Raise ExportError unless ``path`` is a graph file (format 2). A format-1 file (a
+    safetensors container with a ``onebit`` header, written by onebit before the graph
+    format) gets one line saying to export the model again."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if is_graph_file(head):
+                return
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            text = f.read(size) if 2 <= size <= _MAX_SAFETENSORS_HEADER else b""
+    except OSError as err:
+        raise ExportError(f"{path}: cannot read it ({err.strerror or err})") from None
+    try:
+        header = json.loads(text) if text[:1] == b"{" else None
+    except (ValueError, RecursionError):
+        header = None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if isinstance(metadata, dict) and "onebit" in metadata:
+        raise ExportError(
+            f"{path}: a format-1 .onebit file (safetensors, from an older onebit); this onebit "
+            "runs graph files (format 2): export the model again with `onebit export RUN FILE`"
+        )
+    raise ExportError(f"{path}: not a .onebit file")
 
 
 def read(path: str | Path) -> tuple[dict[str, Any], list[LayerDesc], dict[str, torch.Tensor]]:
