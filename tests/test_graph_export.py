@@ -110,6 +110,11 @@ def check_export(model: nn.Module, size: int, path) -> tuple[dict, GraphReferenc
     scale = float(expected.abs().max())
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale)
     assert torch.equal(out.argmax(1), expected.argmax(1))
+    vectors = ("scale", "bias", "slope", "out_scale", "out_bias", "act_bias")
+    for node in reference.nodes:  # per-channel tensors are (C,) as the op table says
+        if node.op != "rescale_hw":
+            shapes = {k: reference.tensors[t].dim() for k, t in node.tensors.items()}
+            assert all(d == 1 for k, d in shapes.items() if k in vectors), (node.name, shapes)
     return meta, reference
 
 

@@ -171,6 +171,16 @@ def check_activation(name: str, layer: BinaryLayer) -> None:
         )
 
 
+def check_binarizers(model: nn.Module) -> None:
+    """Every layer that binarizes its input does it as sign(x + act_bias), and every 1w1a
+    layer's binary weight is +-scale per output channel (else an ExportError naming them)."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, BinaryLayer) and layer.act_spec is not None:
+            check_activation(name, layer)
+            if layer.weight_spec is not None:
+                weight_signs_and_scale(name, layer)
+
+
 def _act_bias(layer: BinaryLayer) -> torch.Tensor:
     bias = getattr(layer, "act_bias", None)
     cin = layer.weight.shape[1] * getattr(layer, "groups", 1)
@@ -291,7 +301,7 @@ def _meta(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return torch.empty(value.shape, dtype=value.dtype, device="meta")
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        return type(value)(_meta(v) for v in value)
+        return [_meta(v) for v in value]
     return value
 
 
@@ -368,7 +378,7 @@ class _GraphBuilder:
         self.packed: list[str] = []  # binary layers run as bconv2d
         self.float_binary: list[str] = []  # binary-weight layers run as float conv2d / linear
         self.bn_folded: list[str] = []
-        self.pieces: dict[tuple[int, int], int] = {}  # (_Pieces id, index) -> crop value
+        self.input = next(n for n in graph.nodes if n.op == "placeholder")
 
     # ----------------------------------------------------------------- walking
     def build(self) -> int:
@@ -404,8 +414,8 @@ class _GraphBuilder:
 
     def _convert(self, node: fx.Node) -> _Env:
         if node.op == "placeholder":
-            if any(isinstance(v, int) and v == 0 for v in self.env.values()):
-                self.fail(node, "a second input", "the graph takes one input")
+            if node is not self.input:
+                self.fail(node, f"input {node.target!r}", "the graph takes one input")
             return 0
         if node.op == "get_attr":
             return _Constant(_attr(self.model, node.target))
@@ -488,10 +498,7 @@ class _GraphBuilder:
             out[key] = arg
         if any(v is _REQUIRED for v in out.values()):
             self.fail(node, "a missing argument", "unexpected arguments")
-        return {
-            k: v if k in ("input", "self", "other", "tensors") else self.const(v)
-            for k, v in out.items()
-        }
+        return {k: self.const(v) for k, v in out.items()}
 
     def tensor(self, name: str, array: Any) -> str:
         """Store ``array`` (fp32, or uint64 words) under a new name; returns the name."""
@@ -659,30 +666,34 @@ class _GraphBuilder:
         return self.emit("flatten", [x], self.name(node))
 
     def elementwise(self, node: fx.Node, op: str, a: Any, b: Any) -> int:
-        """add / mul of two values, or of a value and a number or a per-channel constant
-        (an affine node)."""
+        """add / mul of two values (mul: the second may be (N, C, 1, 1)), or of a value and a
+        number or a per-channel constant (an affine node)."""
         is_value = [isinstance(v, fx.Node) and isinstance(self.env.get(v), int) for v in (a, b)]
-        if all(is_value):
-            sa, sb = self.shape(a, node), self.shape(b, node)
-            va, vb = self.value(a, node), self.value(b, node)
-            if sa == sb:
-                return self.emit(op, [va, vb], self.name(node))
-            if op == "mul" and sb == (*sa[:2], 1, 1):
-                return self.emit(op, [va, vb], self.name(node))
-            if op == "mul" and sa == (*sb[:2], 1, 1):
-                return self.emit(op, [vb, va], self.name(node))
-            self.fail(
-                node,
-                f"{op} of shapes {sa} and {sb}",
-                "the runtime adds values of one shape and multiplies by (N, C, 1, 1) ones",
-            )
         if not any(is_value):
             self.fail(node, f"{op} of two constants", "nothing of the network's input")
-        x, other = (a, b) if is_value[0] else (b, a)
-        channels = self.shape(x, node)[1]
-        vector = self.per_channel(node, self.const(other), self.rank(x), channels)
-        slot = "bias" if op == "add" else "scale"
-        return self.emit("affine", [self.value(x, node)], self.name(node), {slot: vector})
+        if not all(is_value):
+            full, other = (a, b) if is_value[0] else (b, a)
+            shape = self.shape(full, node)
+            vector = self.per_channel(node, self.const(other), self.rank(full), shape[1])
+            slot = "bias" if op == "add" else "scale"
+            inputs, tensors = [self.value(full, node)], {slot: vector}
+            op = "affine"
+        else:
+            sa, sb = self.shape(a, node), self.shape(b, node)
+            if op == "mul" and sa == (*sb[:2], 1, 1) and sa != sb:
+                a, b, sa, sb = b, a, sb, sa
+            if sb not in (sa, (*sa[:2], 1, 1) if op == "mul" else sa):
+                self.fail(
+                    node,
+                    f"{op} of shapes {sa} and {sb}",
+                    "the runtime adds values of one shape and multiplies by (N, C, 1, 1) ones",
+                )
+            full, shape = a, sa
+            inputs, tensors = [self.value(a, node), self.value(b, node)], {}
+        if self.shape(node, node) != shape or self.rank(node) != self.rank(full):
+            result = tuple(self.seen[node].shape)
+            self.fail(node, f"{op} broadcasting to {result}", "the runtime does not broadcast so")
+        return self.emit(op, inputs, self.name(node), tensors)
 
     def per_channel(self, node: fx.Node, other: Any, rank: int, channels: int) -> np.ndarray:
         """A number, or a constant tensor that broadcasts per channel over a ``rank``-d value
@@ -718,7 +729,6 @@ def _binary_layer(b: _GraphBuilder, node: fx.Node, layer: BinaryLayer) -> int:
     if layer.act_spec is None:
         b.float_binary.append(node.target)
         return b.float_layer(node, layer, *layer.scaled_weight_and_bias())
-    check_activation(node.target, layer)
     groups = getattr(layer, "groups", 1)
     if groups != 1:
         b.fail(node, f"{kind}, groups {groups}", "bconv2d runs groups 1 only")
@@ -783,13 +793,15 @@ def _prelu(b: _GraphBuilder, node: fx.Node, m: nn.PReLU | nn.LeakyReLU) -> int:
 def _rprelu(b: _GraphBuilder, node: fx.Node, m: RPReLU) -> int:
     """affine (bias) -> prelu -> affine (bias)."""
     t = node.target
-    x = b.emit("affine", [b.value(node.args[0], node)], f"{t}.shift_in", {"bias": m.shift_in.bias})
+    x = b.value(node.args[0], node)
+    x = b.emit("affine", [x], f"{t}.shift_in", {"bias": m.shift_in.bias.reshape(-1)})
     x = b.emit("prelu", [x], f"{t}.prelu", {"slope": m.prelu.weight})
-    return b.emit("affine", [x], f"{t}.shift_out", {"bias": m.shift_out.bias})
+    return b.emit("affine", [x], f"{t}.shift_out", {"bias": m.shift_out.bias.reshape(-1)})
 
 
 def _learnable_bias(b: _GraphBuilder, node: fx.Node, m: LearnableBias) -> int:
-    return b.emit("affine", [b.value(node.args[0], node)], node.target, {"bias": m.bias})
+    bias = {"bias": m.bias.reshape(-1)}
+    return b.emit("affine", [b.value(node.args[0], node)], node.target, bias)
 
 
 def _channel_shuffle(b: _GraphBuilder, node: fx.Node, m: ChannelShuffle) -> int:
@@ -1227,6 +1239,21 @@ def _build_graph(model: nn.Module, spec: InputSpec) -> tuple[_GraphBuilder, int]
     return builder, builder.build()
 
 
+def _input_spec(model: nn.Module, given: InputSpec | None) -> InputSpec:
+    spec = given or default_spec(model)
+    if spec is None:
+        raise ExportError(
+            f"cannot export {type(model).__name__} without an input spec: pass "
+            "input_spec=onebit.data.InputSpec(channels=..., size=..., mean=..., std=...)"
+        )
+    if spec.channels > 4:
+        raise ExportError(
+            f"input spec of {spec.channels} channels: the graph file stores the normalisation "
+            "of at most 4"
+        )
+    return spec
+
+
 @torch.no_grad()
 def export_graph(
     model: nn.Module,
@@ -1244,20 +1271,11 @@ def export_graph(
     node and tensor names. An op the runtime does not run is an ExportError naming it and its
     layer.
     """
-    spec = input_spec or default_spec(model)
-    if spec is None:
-        raise ExportError(
-            f"cannot export {type(model).__name__} without an input spec: pass "
-            "input_spec=onebit.data.InputSpec(channels=..., size=..., mean=..., std=...)"
-        )
-    if spec.channels > 4:
-        raise ExportError(
-            f"input spec of {spec.channels} channels: the graph file stores the normalisation "
-            "of at most 4"
-        )
     was_training = model.training
     model.eval()
     try:
+        check_binarizers(model)
+        spec = _input_spec(model, input_spec)
         builder, num_classes = _build_graph(model, spec)
         stored = {
             "format": FORMAT,
