@@ -1,6 +1,6 @@
 """Deployment: export a trained BNN to one bit-packed file, run it with xnor-popcount kernels.
 
-    onebit.deploy.export(model, "model.onebit")        # packed weights, folded BatchNorm
+    onebit.deploy.export(model, "model.onebit")        # the network as a graph of ops
     rt = onebit.deploy.load("model.onebit")            # CPU runtime (C kernels, OpenMP)
     logits = rt(images)                                # equals model.eval()(images)
 
@@ -15,7 +15,7 @@ from onebit.deploy.engine import (
     load,
     select_kernel,
 )
-from onebit.deploy.export import export
+from onebit.deploy.export import export, export_graph
 
 __all__ = [
     "KERNEL_ENV",
@@ -23,6 +23,7 @@ __all__ = [
     "PackedConv2d",
     "available_kernels",
     "export",
+    "export_graph",
     "load",
     "select_kernel",
 ]

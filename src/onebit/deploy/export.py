@@ -72,6 +72,10 @@ from onebit.nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear
 from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
 
+# --------------------------------------------------------------------------- binary layers
+# What a binary layer computes, for the graph and for format 1's layer descriptions (which
+# engine.py and onebit.profile still read).
+
 
 def binary_weight_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
     """The (name, layer) pairs of ``model`` whose weight is binarized, in module order."""

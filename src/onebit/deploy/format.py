@@ -1,4 +1,8 @@
-"""The ``.onebit`` file: a safetensors container with a JSON header, checked on every read.
+"""Format 1 of the ``.onebit`` file, before graph files (:mod:`onebit.deploy.graph`, format
+2, which export now writes): a safetensors container with a JSON header, checked on every
+read. :func:`check_format` tells the two apart and refuses format 1 with a line saying to
+export again; the PyTorch engine (``engine.py``) still reads format 1 until the C runtime
+replaces it.
 
 Metadata keys: ``onebit`` (the JSON header below) and ``onebit_sha256`` (SHA-256 over the
 header text and every tensor's name, dtype, shape and bytes, so any bit flip is detected).
