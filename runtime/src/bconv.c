@@ -7,19 +7,24 @@
  * bit t * cin + c of an output pixel's field is channel c of its tap t (taps in (ky, kx) order),
  * so a field of K = kh * kw * cin bits takes nw = ceil(K / 64) words whatever cin is (a 3x3x16
  * field is 3 words, not 9 words of 16 useful bits). Layouts (little-endian 64-bit words):
- *   weights   [cout / 8][nw][8]         8 output channels interleaved, repacked at prepare
- *   tap sums  [cout / 8][kh * kw][8]    sum over cin of the +-1 weights of a tap
- *   scratch   packed input [n][h][w][ceil(cin / 64)], then the fields [n * ho * wo][nw]
- *             (a 1x1 stride-1 unpadded conv reads the packed input as its fields)
+ *   weights   [ceil(cout / 8)][nw][8]    8 output channels ("lanes") interleaved, at prepare
+ *   tap sums  [ceil(cout / 8)][kh kw][8] sum over cin of the +-1 weights of a tap
+ *   scratch   packed input [n][h][w][ceil(cin / 64)], then the fields of groups of 8
+ *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8]
+ * A tile is one group x one block: 8 pixels x 8 output channels, so a SIMD register holds the
+ * same word of 8 (avx512), 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each
+ * output channel's 8 results are consecutive floats of its NCHW plane.
+ *
  * A padded tap is packed as 0 bits (+1); an output pixel whose field crosses the border then
  * subtracts the tap sums of its out-of-bounds taps, which gives exactly the zero padding of the
  * float model (a padded tap adds 0 there, +1 * w here).
  *
- * The variants differ only in the tile that counts popcount(field XOR weights) for up to TILE_P
- * pixels x 8 output channels: "portable" (__builtin_popcountll), "avx2" (per-byte popcount with
- * vpshufb nibble lookups, Mula et al. 2018), "avx512" (vpopcntq of AVX512-VPOPCNTDQ), "neon"
- * (vcntq_u8 and pairwise widening adds). The counts are integers and the epilogue
- * y = (float)dot * scale + bias is shared, so every variant gives bit-identical outputs.
+ * The variants differ only in how a tile counts popcount(field XOR weights): "portable"
+ * (__builtin_popcountll; on x86 the same C is also compiled with target("popcnt") and used where
+ * the CPU has POPCNT), "avx2" (per-byte popcount with vpshufb nibble lookups, Mula et al. 2018),
+ * "avx512" (vpopcntq of AVX512-VPOPCNTDQ), "neon" (vcntq_u8 and pairwise widening adds). The
+ * counts are integers and every variant runs the same epilogue y = (float)dot * scale + bias
+ * (two roundings, no FMA: build with -ffp-contract=off), so all give bit-identical outputs.
  */
 #include "bconv.h"
 
@@ -35,16 +40,18 @@
 #include <immintrin.h>
 #endif
 
-#if defined(__aarch64__)
+#if defined(__aarch64__) && defined(__ARM_NEON)
 #define OB_NEON 1
 #include <arm_neon.h>
 #endif
 
-#define LANES 8   /* output channels per weight block */
-#define TILE_P 4  /* output pixels per tile */
-#define ALIGN 64  /* bytes: every array starts on a cache line */
-#define GROUP 16  /* output pixels per work item: their fields stay in L1 across the blocks */
-#define CB_CHUNK 8 /* weight blocks per work item */
+#define LANES 8    /* output channels per weight block */
+#define GP 8       /* output pixels per group */
+#define ALIGN 64   /* bytes: every array starts on a cache line */
+#define ITEM_G 4   /* groups per work item: their fields stay in L1 across the item's blocks */
+#define ITEM_CB 8  /* weight blocks per work item */
+
+#define INLINE static inline __attribute__((always_inline))
 
 struct ob_bconv {
     ob_bconv_geom g;
@@ -64,89 +71,189 @@ struct ob_bconv {
 
 /* ------------------------------------------------------------------------------------ tiles */
 
-/* pop[i][j] = popcount(field of pixel i XOR weights of lane j) over the nw words; fields are
- * rows of nw words (a, a + nw, ...), weights the block's [nw][LANES]. */
-typedef void (*tile_fn)(const uint64_t *a, int64_t nw, const uint64_t *w, int P,
-                        int32_t pop[TILE_P][LANES]);
+typedef struct {
+    const uint64_t *a;         /* the group's fields, [nw][GP] */
+    const uint64_t *w;         /* the block's weights, [nw][LANES] */
+    int64_t nw;
+    const int32_t *corr;       /* [LANES][GP] border corrections, or NULL when all are 0 */
+    int32_t kbits;
+    const float *scale, *bias; /* the block's LANES */
+    float *out;                /* output of lane 0, pixel 0; lane j at out + j * plane */
+    int64_t plane;
+    int nl, np;                /* valid lanes (output channels), valid pixels */
+} Tile;
 
-/* One pixel against the 8 lanes: each loaded activation word is used 8 times, the 8 counts stay
- * in registers. */
-static inline __attribute__((always_inline)) void count_portable(const uint64_t *a, int64_t nw,
-                                                                 const uint64_t *w,
-                                                                 int32_t pop[LANES]) {
-    uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
-    for (int64_t k = 0; k < nw; k++, w += LANES) {
-        const uint64_t av = a[k];
-        c0 += (uint64_t)__builtin_popcountll(av ^ w[0]);
-        c1 += (uint64_t)__builtin_popcountll(av ^ w[1]);
-        c2 += (uint64_t)__builtin_popcountll(av ^ w[2]);
-        c3 += (uint64_t)__builtin_popcountll(av ^ w[3]);
-        c4 += (uint64_t)__builtin_popcountll(av ^ w[4]);
-        c5 += (uint64_t)__builtin_popcountll(av ^ w[5]);
-        c6 += (uint64_t)__builtin_popcountll(av ^ w[6]);
-        c7 += (uint64_t)__builtin_popcountll(av ^ w[7]);
+typedef void (*tile_fn)(const Tile *t);
+
+/* dot = kbits - 2 pop - corr, y = (float)dot * scale + bias, per lane GP consecutive floats.
+ * Inlined into every variant's tile (the compiler vectorizes it for that target; conversions,
+ * products and sums are correctly rounded IEEE operations either way). */
+INLINE void epilogue(const Tile *t, int32_t pop[LANES][GP]) {
+    for (int j = 0; j < t->nl; j++) {
+        float res[GP];
+        const float scale = t->scale[j], bias = t->bias[j];
+        for (int i = 0; i < GP; i++) {
+            const int32_t corr = t->corr ? t->corr[j * GP + i] : 0;
+            const float d = (float)(t->kbits - 2 * pop[j][i] - corr);
+            const float prod = d * scale;
+            res[i] = prod + bias;
+        }
+        float *o = t->out + j * t->plane;
+        if (t->np == GP)
+            memcpy(o, res, sizeof res);
+        else
+            for (int i = 0; i < t->np; i++) o[i] = res[i];
     }
-    pop[0] = (int32_t)c0, pop[1] = (int32_t)c1, pop[2] = (int32_t)c2, pop[3] = (int32_t)c3;
-    pop[4] = (int32_t)c4, pop[5] = (int32_t)c5, pop[6] = (int32_t)c6, pop[7] = (int32_t)c7;
 }
 
-static void tile_portable(const uint64_t *a, int64_t nw, const uint64_t *w, int P,
-                          int32_t pop[TILE_P][LANES]) {
-    for (int i = 0; i < P; i++) count_portable(a + i * nw, nw, w, pop[i]);
-}
-
-/* ------------------------------------------------------------------------------ variants */
-
-static const char *const NAMES[] = {"portable", "avx2", "avx512", "neon"};
-#define NVARIANTS 4
-
-static int variant_runnable(int v) {
-    if (v == OB_KERNEL_PORTABLE) return 1;
-    return 0;
-}
-
-static tile_fn variant_tile(int v) {
-    (void)v;
-    return tile_portable;
-}
-
-int ob_kernel_variant(const char *name) {
-    if (name == NULL) return -1;
-    if (strcmp(name, "auto") == 0) {
-        const int order[] = {OB_KERNEL_AVX512, OB_KERNEL_AVX2, OB_KERNEL_NEON, OB_KERNEL_PORTABLE};
-        for (int i = 0; i < NVARIANTS; i++)
-            if (variant_runnable(order[i])) return order[i];
-        return -1;
+/* One pixel against the block's 8 lanes at a time: each loaded activation word is used 8 times
+ * and the 8 counts stay in registers. */
+INLINE void tile_portable_body(const Tile *t) {
+    int32_t pop[LANES][GP];
+    const int64_t nw = t->nw;
+    for (int i = 0; i < t->np; i++) {
+        uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
+        const uint64_t *a = t->a + i, *w = t->w;
+        for (int64_t k = 0; k < nw; k++, w += LANES) {
+            const uint64_t av = a[k * GP];
+            c0 += (uint64_t)__builtin_popcountll(av ^ w[0]);
+            c1 += (uint64_t)__builtin_popcountll(av ^ w[1]);
+            c2 += (uint64_t)__builtin_popcountll(av ^ w[2]);
+            c3 += (uint64_t)__builtin_popcountll(av ^ w[3]);
+            c4 += (uint64_t)__builtin_popcountll(av ^ w[4]);
+            c5 += (uint64_t)__builtin_popcountll(av ^ w[5]);
+            c6 += (uint64_t)__builtin_popcountll(av ^ w[6]);
+            c7 += (uint64_t)__builtin_popcountll(av ^ w[7]);
+        }
+        pop[0][i] = (int32_t)c0, pop[1][i] = (int32_t)c1, pop[2][i] = (int32_t)c2;
+        pop[3][i] = (int32_t)c3, pop[4][i] = (int32_t)c4, pop[5][i] = (int32_t)c5;
+        pop[6][i] = (int32_t)c6, pop[7][i] = (int32_t)c7;
     }
-    for (int v = 0; v < NVARIANTS; v++)
-        if (strcmp(name, NAMES[v]) == 0) return variant_runnable(v) ? v : -1;
-    return -1;
+    for (int i = t->np; i < GP; i++)
+        for (int j = 0; j < LANES; j++) pop[j][i] = 0;
+    epilogue(t, pop);
 }
 
-const char *ob_kernel_name(int variant) {
-    return variant >= 0 && variant < NVARIANTS ? NAMES[variant] : "unknown";
+static void tile_portable(const Tile *t) { tile_portable_body(t); }
+
+#ifdef OB_X86
+
+/* The same C with the POPCNT instruction (x86-64 baseline has none: a library call instead). */
+__attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t) {
+    tile_portable_body(t);
 }
+
+/* Per-byte popcount of x with two 4-bit table lookups (vpshufb). */
+__attribute__((target("avx2"), always_inline)) static inline __m256i popcount_bytes(
+    __m256i x, __m256i lut, __m256i low) {
+    const __m256i lo = _mm256_and_si256(x, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+/* AVX2: a ymm holds one word of 4 pixels; per half group, 8 byte-count accumulators (one per
+ * lane) over chunks of at most 31 words (31 * 8 < 256), summed into 64-bit totals with
+ * vpsadbw after each chunk. */
+__attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    int32_t pop[LANES][GP];
+    for (int half = 0; half < GP; half += 4) {
+        __m256i tot[LANES];
+        for (int j = 0; j < LANES; j++) tot[j] = zero;
+        for (int64_t k0 = 0; k0 < t->nw; k0 += 31) {
+            const int64_t k1 = k0 + 31 < t->nw ? k0 + 31 : t->nw;
+            __m256i acc[LANES];
+            for (int j = 0; j < LANES; j++) acc[j] = zero;
+            for (int64_t k = k0; k < k1; k++) {
+                const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + half));
+                const uint64_t *w = t->w + k * LANES;
+                for (int j = 0; j < LANES; j++) {
+                    const __m256i x = _mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[j]));
+                    acc[j] = _mm256_add_epi8(acc[j], popcount_bytes(x, lut, low));
+                }
+            }
+            for (int j = 0; j < LANES; j++) tot[j] = _mm256_add_epi64(tot[j], _mm256_sad_epu8(acc[j], zero));
+        }
+        for (int j = 0; j < LANES; j++) /* the low 32 bits of the 4 totals */
+            _mm_storeu_si128((__m128i *)(pop[j] + half),
+                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(tot[j], even)));
+    }
+    epilogue(t, pop);
+}
+
+/* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx512(const Tile *t) {
+    __m512i acc[LANES];
+    for (int j = 0; j < LANES; j++) acc[j] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < t->nw; k++) {
+        const __m512i av = _mm512_loadu_si512((const void *)(t->a + k * GP));
+        const uint64_t *w = t->w + k * LANES;
+        for (int j = 0; j < LANES; j++)
+            acc[j] = _mm512_add_epi64(
+                acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(av, _mm512_set1_epi64((long long)w[j]))));
+    }
+    int32_t pop[LANES][GP];
+    for (int j = 0; j < LANES; j++) _mm256_storeu_si256((__m256i *)pop[j], _mm512_cvtepi64_epi32(acc[j]));
+    epilogue(t, pop);
+}
+
+#endif /* OB_X86 */
+
+#ifdef OB_NEON
+
+/* NEON: a q register holds one word of 2 pixels; 8 pixels x 4 lanes of byte counts (vcntq_u8)
+ * accumulate in 16 registers over chunks of at most 31 words, then widen pairwise
+ * (vpaddlq_u8, vpaddlq_u16, vpadalq_u32) into 64-bit totals. */
+static void tile_neon(const Tile *t) {
+    int32_t pop[LANES][GP];
+    for (int jh = 0; jh < LANES; jh += 4) {
+        uint64x2_t tot[4][4];
+        for (int j = 0; j < 4; j++)
+            for (int q = 0; q < 4; q++) tot[j][q] = vdupq_n_u64(0);
+        for (int64_t k0 = 0; k0 < t->nw; k0 += 31) {
+            const int64_t k1 = k0 + 31 < t->nw ? k0 + 31 : t->nw;
+            uint8x16_t acc[4][4];
+            for (int j = 0; j < 4; j++)
+                for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_u8(0);
+            for (int64_t k = k0; k < k1; k++) {
+                const uint64_t *a = t->a + k * GP, *w = t->w + k * LANES + jh;
+                const uint64x2_t a0 = vld1q_u64(a), a1 = vld1q_u64(a + 2);
+                const uint64x2_t a2 = vld1q_u64(a + 4), a3 = vld1q_u64(a + 6);
+                for (int j = 0; j < 4; j++) {
+                    const uint64x2_t wv = vld1q_dup_u64(w + j);
+                    acc[j][0] = vaddq_u8(acc[j][0], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a0, wv))));
+                    acc[j][1] = vaddq_u8(acc[j][1], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a1, wv))));
+                    acc[j][2] = vaddq_u8(acc[j][2], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a2, wv))));
+                    acc[j][3] = vaddq_u8(acc[j][3], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a3, wv))));
+                }
+            }
+            for (int j = 0; j < 4; j++)
+                for (int q = 0; q < 4; q++)
+                    tot[j][q] = vpadalq_u32(tot[j][q], vpaddlq_u16(vpaddlq_u8(acc[j][q])));
+        }
+        for (int j = 0; j < 4; j++)
+            for (int q = 0; q < 4; q++) {
+                pop[jh + j][2 * q] = (int32_t)vgetq_lane_u64(tot[j][q], 0);
+                pop[jh + j][2 * q + 1] = (int32_t)vgetq_lane_u64(tot[j][q], 1);
+            }
+    }
+    epilogue(t, pop);
+}
+
+#endif /* OB_NEON */
 
 /* ------------------------------------------------------------------------------- packing */
 
-/* Ors the nbits bits of src (whole words, bits past nbits 0) into dst starting at bit pos. */
-static void append_bits(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t nbits) {
-    const int shift = (int)(pos & 63);
-    uint64_t *d = dst + (pos >> 6);
-    if (shift == 0) {
-        for (int64_t j = 0; j < (nbits + 63) / 64; j++) d[j] |= src[j];
-        return;
-    }
-    for (int64_t j = 0; j * 64 < nbits; j++) {
-        const int64_t nb = nbits - j * 64 < 64 ? nbits - j * 64 : 64;
-        d[j] |= src[j] << shift;
-        if (shift + nb > 64) d[j + 1] |= src[j] >> (64 - shift);
-    }
-}
+/* Bits of one input row of w pixels (channel c of pixel x at src[c * plane + x]) into kc words
+ * per pixel: bit k of word g is !(x + bias >= 0) for channel 64 g + k (NaN gives 1, i.e. -1,
+ * as x >= 0 is false for it). */
+typedef void (*pack_row_fn)(const float *src, int64_t plane, const float *bias, int64_t cin,
+                            int64_t w, int64_t kc, uint64_t *words);
 
-/* One input row of w pixels (channel c at src[c * plane + x]) into kc words per pixel: bit k
- * of word g is !(x + bias >= 0) for channel 64 g + k (NaN gives 1, i.e. -1, as x >= 0 is false
- * for it). Eight pixels at a time so the eight words stay in registers. */
+/* Eight pixels at a time so that their eight words stay in registers. */
 static void pack_row_portable(const float *src, int64_t plane, const float *bias, int64_t cin,
                               int64_t w, int64_t kc, uint64_t *words) {
     for (int64_t g = 0; g < kc; g++) {
@@ -170,12 +277,109 @@ static void pack_row_portable(const float *src, int64_t plane, const float *bias
     }
 }
 
+#ifdef OB_X86
+/* AVX2: one movemask gives 8 pixels of a channel (mask[k]: bit p = pixel x0 + p of channel
+ * 64 g + k); the 64 x 8 bit block of a channel group is then transposed with byte shifts and
+ * movemask_epi8 (the top bit of every byte). */
+__attribute__((target("avx2"))) static void pack_row_avx2(const float *src, int64_t plane,
+                                                          const float *bias, int64_t cin, int64_t w,
+                                                          int64_t kc, uint64_t *words) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t g = 0; g < kc; g++) {
+        const int64_t base = g * 64, nc = cin - base < 64 ? cin - base : 64;
+        for (int64_t x0 = 0; x0 < w; x0 += 8) {
+            const int64_t np = w - x0 < 8 ? w - x0 : 8;
+            uint8_t mask[64] = {0};
+            for (int64_t k = 0; k < nc; k++) {
+                const float *s = src + (base + k) * plane + x0;
+                const float b = bias[base + k];
+                if (np == 8) {
+                    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(s), _mm256_set1_ps(b));
+                    mask[k] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NGE_UQ));
+                } else {
+                    for (int64_t p = 0; p < np; p++) mask[k] |= (uint8_t)(!(s[p] + b >= 0.0f) << p);
+                }
+            }
+            __m256i lo = _mm256_loadu_si256((const __m256i *)mask);
+            __m256i hi = _mm256_loadu_si256((const __m256i *)(mask + 32));
+            for (int64_t p = 7; p >= 0; p--) { /* bit p of each byte is now its top bit */
+                if (p < np) {
+                    uint64_t word = (uint32_t)_mm256_movemask_epi8(lo);
+                    word |= (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
+                    words[(x0 + p) * kc + g] = word;
+                }
+                lo = _mm256_add_epi8(lo, lo);
+                hi = _mm256_add_epi8(hi, hi);
+            }
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------------------ variants */
+
+static const char *const NAMES[] = {"portable", "avx2", "avx512", "neon"};
+#define NVARIANTS 4
+
+static int variant_runnable(int v) {
+    if (v == OB_KERNEL_PORTABLE) return 1;
+#ifdef OB_X86
+    __builtin_cpu_init();
+    if (v == OB_KERNEL_AVX2) return __builtin_cpu_supports("avx2");
+    if (v == OB_KERNEL_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vpopcntdq");
+#endif
+#ifdef OB_NEON
+    if (v == OB_KERNEL_NEON) return 1;
+#endif
+    return 0;
+}
+
+static tile_fn variant_tile(int v) {
+#ifdef OB_X86
+    if (v == OB_KERNEL_AVX2) return tile_avx2;
+    if (v == OB_KERNEL_AVX512) return tile_avx512;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) return tile_portable_popcnt;
+#endif
+#ifdef OB_NEON
+    if (v == OB_KERNEL_NEON) return tile_neon;
+#endif
+    return tile_portable;
+}
+
+static pack_row_fn variant_pack(int v) {
+#ifdef OB_X86
+    if (v == OB_KERNEL_AVX2 || v == OB_KERNEL_AVX512) return pack_row_avx2;
+#endif
+    (void)v;
+    return pack_row_portable;
+}
+
+int ob_kernel_variant(const char *name) {
+    if (name == NULL) return -1;
+    if (strcmp(name, "auto") == 0) {
+        const int order[] = {OB_KERNEL_AVX512, OB_KERNEL_AVX2, OB_KERNEL_NEON, OB_KERNEL_PORTABLE};
+        for (int i = 0; i < NVARIANTS; i++)
+            if (variant_runnable(order[i])) return order[i];
+        return -1;
+    }
+    for (int v = 0; v < NVARIANTS; v++)
+        if (strcmp(name, NAMES[v]) == 0) return variant_runnable(v) ? v : -1;
+    return -1;
+}
+
+const char *ob_kernel_name(int variant) {
+    return variant >= 0 && variant < NVARIANTS ? NAMES[variant] : "unknown";
+}
+
 /* ---------------------------------------------------------------------------------- shape */
 
 typedef struct {
     int64_t n, h, w, ho, wo, plane; /* plane = ho * wo */
+    int64_t ngroups;                /* groups per image, ceil(plane / GP) */
     int64_t ylo, yhi, xlo, xhi;     /* output rows / columns whose taps all lie inside */
-    int direct;                     /* the packed input is the fields (1x1, stride 1, no pad) */
 } Shape;
 
 /* First output index whose first tap is inside, and one past the last whose last tap is. */
@@ -199,9 +403,9 @@ static int shape_of(const ob_bconv *c, int n, int h, int w, Shape *s) {
     s->wo = (wp - span_w - 1) / g->sw + 1;
     if (s->ho > INT32_MAX || s->wo > INT32_MAX) return -1;
     s->plane = s->ho * s->wo;
+    s->ngroups = (s->plane + GP - 1) / GP;
     interior(h, s->ho, g->kh, g->sh, g->ph, g->dh, &s->ylo, &s->yhi);
     interior(w, s->wo, g->kw, g->sw, g->pw, g->dw, &s->xlo, &s->xhi);
-    s->direct = c->ntaps == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
     return 0;
 }
 
@@ -219,8 +423,8 @@ static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ?
 /* Words of packed input and of fields; 0 and 0 on overflow. */
 static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields) {
     *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->h), (size_t)s->w), (size_t)c->kc);
-    *fields = s->direct ? 0 : mul_size(mul_size((size_t)s->n, (size_t)s->plane), (size_t)c->nw);
-    if (*packed == 0 || (!s->direct && *fields == 0)) *packed = *fields = 0;
+    *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
+    if (*packed == 0 || *fields == 0) *packed = *fields = 0;
 }
 
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
@@ -243,80 +447,85 @@ static void *align_up(void *p) {
 static void pack_input(const ob_bconv *c, const Shape *s, const float *x, uint64_t *packed,
                        int threads) {
     const int64_t rows = s->n * s->h, cin = c->g.cin, plane = s->h * s->w;
+    const pack_row_fn pack_row = variant_pack(c->variant);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t r = 0; r < rows; r++) {
         const int64_t b = r / s->h, y = r % s->h;
-        pack_row_portable(x + b * cin * plane + y * s->w, plane, c->act_bias, cin, s->w, c->kc,
-                          packed + r * s->w * c->kc);
+        pack_row(x + b * cin * plane + y * s->w, plane, c->act_bias, cin, s->w, c->kc,
+                 packed + r * s->w * c->kc);
     }
 }
 
-/* The receptive field of every output pixel, densely packed (out-of-bounds taps left 0). */
+/* Ors the nbits bits of src (whole words, bits past nbits 0) into the field whose word j is at
+ * dst[j * GP], starting at bit pos. */
+static void append_bits(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t nbits) {
+    const int shift = (int)(pos & 63);
+    uint64_t *d = dst + (pos >> 6) * GP;
+    for (int64_t j = 0; j * 64 < nbits; j++) {
+        if (shift == 0) {
+            d[j * GP] = src[j];
+            continue;
+        }
+        d[j * GP] |= src[j] << shift;
+        if (shift + (nbits - j * 64 < 64 ? nbits - j * 64 : 64) > 64)
+            d[(j + 1) * GP] |= src[j] >> (64 - shift);
+    }
+}
+
+/* The receptive fields of every group of output pixels, densely packed (out-of-bounds taps and
+ * the pixels past the end of the last group left 0). */
 static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *packed,
                           uint64_t *fields, int threads) {
     const ob_bconv_geom *g = &c->g;
-    const int64_t npix = s->n * s->plane, kc = c->kc, nw = c->nw;
-    const int aligned = g->cin % 64 == 0;
+    const int64_t ngroups = s->n * s->ngroups, kc = c->kc, nw = c->nw;
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t p = 0; p < npix; p++) {
-        const int64_t b = p / s->plane, oy = p % s->plane / s->wo, ox = p % s->wo;
-        uint64_t *f = fields + p * nw;
-        memset(f, 0, sizeof(uint64_t) * (size_t)nw);
-        for (int64_t ky = 0; ky < g->kh; ky++) {
-            const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-            if (iy < 0 || iy >= s->h) continue;
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-                if (ix < 0 || ix >= s->w) continue;
-                const uint64_t *src = packed + ((b * s->h + iy) * s->w + ix) * kc;
-                const int64_t t = ky * g->kw + kx;
-                if (aligned)
-                    memcpy(f + t * kc, src, sizeof(uint64_t) * (size_t)kc);
-                else
-                    append_bits(f, t * g->cin, src, g->cin);
+    for (int64_t gi = 0; gi < ngroups; gi++) {
+        const int64_t b = gi / s->ngroups, r0 = gi % s->ngroups * GP;
+        uint64_t *f = fields + gi * nw * GP;
+        memset(f, 0, sizeof(uint64_t) * (size_t)(nw * GP));
+        for (int64_t i = 0; i < GP && r0 + i < s->plane; i++) {
+            const int64_t oy = (r0 + i) / s->wo, ox = (r0 + i) % s->wo;
+            for (int64_t ky = 0; ky < g->kh; ky++) {
+                const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+                if (iy < 0 || iy >= s->h) continue;
+                for (int64_t kx = 0; kx < g->kw; kx++) {
+                    const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
+                    if (ix < 0 || ix >= s->w) continue;
+                    const uint64_t *src = packed + ((b * s->h + iy) * s->w + ix) * kc;
+                    append_bits(f + i, (ky * g->kw + kx) * g->cin, src, g->cin);
+                }
             }
         }
     }
 }
 
-/* corr[j] = sum of the tap sums of the taps of output pixel (oy, ox) that lie in the padding. */
-static void border_correction(const ob_bconv *c, const Shape *s, int64_t cb, int64_t oy,
-                              int64_t ox, int32_t corr[LANES]) {
-    const ob_bconv_geom *g = &c->g;
-    memset(corr, 0, sizeof(int32_t) * LANES);
-    for (int64_t ky = 0; ky < g->kh; ky++) {
-        const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-        const int row_out = iy < 0 || iy >= s->h;
-        for (int64_t kx = 0; kx < g->kw; kx++) {
-            const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-            if (!row_out && ix >= 0 && ix < s->w) continue;
-            const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-            for (int j = 0; j < LANES; j++) corr[j] += ts[j];
-        }
-    }
+static int is_border(const Shape *s, int64_t r) {
+    const int64_t oy = r / s->wo, ox = r % s->wo;
+    return oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi;
 }
 
-/* y = (float)(kbits - 2 pop - corr) * scale + bias for P pixels starting at p0, block cb. */
-static void epilogue(const ob_bconv *c, const Shape *s, int64_t p0, int P, int64_t cb,
-                     int32_t pop[TILE_P][LANES], float *y) {
-    const int nl = c->g.cout - cb * LANES < LANES ? (int)(c->g.cout - cb * LANES) : LANES;
-    const float *scale = c->scale + cb * LANES, *bias = c->bias + cb * LANES;
-    for (int i = 0; i < P; i++) {
-        const int64_t p = p0 + i, b = p / s->plane, r = p % s->plane, oy = r / s->wo, ox = r % s->wo;
-        int32_t corr[LANES] = {0};
-        if (oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi)
-            border_correction(c, s, cb, oy, ox, corr);
-        float *out = y + (b * c->g.cout + cb * LANES) * s->plane + r;
-        for (int j = 0; j < nl; j++) {
-            const float d = (float)(c->kbits - 2 * pop[i][j] - corr[j]);
-            const float prod = d * scale[j];
-            out[j * s->plane] = prod + bias[j];
+/* corr[j][i] = sum of the tap sums of the taps of plane pixel r0 + i that lie in the padding. */
+static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, int64_t r0, int np,
+                               int32_t corr[LANES][GP]) {
+    const ob_bconv_geom *g = &c->g;
+    memset(corr, 0, sizeof(int32_t) * LANES * GP);
+    for (int i = 0; i < np; i++) {
+        const int64_t oy = (r0 + i) / s->wo, ox = (r0 + i) % s->wo;
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+            const int row_out = iy < 0 || iy >= s->h;
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
+                if (!row_out && ix >= 0 && ix < s->w) continue;
+                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                for (int j = 0; j < LANES; j++) corr[j][i] += ts[j];
+            }
         }
     }
 }
@@ -331,35 +540,64 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
     if (packed_words == 0) return;
     if (threads < 1) threads = 1;
     uint64_t *packed = (uint64_t *)align_up(scratch);
-    uint64_t *fields = packed;
+    uint64_t *fields = (uint64_t *)align_up(packed + packed_words);
     pack_input(c, &s, x, packed, threads);
-    if (!s.direct) {
-        fields = (uint64_t *)align_up(packed + packed_words);
-        gather_fields(c, &s, packed, fields, threads);
-    }
+    gather_fields(c, &s, packed, fields, threads);
+
     const tile_fn tile = variant_tile(c->variant);
-    const int64_t npix = s.n * s.plane, nw = c->nw;
-    const int64_t ngroups = (npix + GROUP - 1) / GROUP, nchunks = (c->ncb + CB_CHUNK - 1) / CB_CHUNK;
+    const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
+    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G, nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t item = 0; item < ngroups * nchunks; item++) {
-        const int64_t g0 = item / nchunks * GROUP, cb0 = item % nchunks * CB_CHUNK;
-        const int64_t g1 = g0 + GROUP < npix ? g0 + GROUP : npix;
-        const int64_t cb1 = cb0 + CB_CHUNK < c->ncb ? cb0 + CB_CHUNK : c->ncb;
+    for (int64_t item = 0; item < nitems_g * nitems_cb; item++) {
+        const int64_t g0 = item / nitems_cb * ITEM_G, cb0 = item % nitems_cb * ITEM_CB;
+        const int64_t g1 = g0 + ITEM_G < ngroups ? g0 + ITEM_G : ngroups;
+        const int64_t cb1 = cb0 + ITEM_CB < c->ncb ? cb0 + ITEM_CB : c->ncb;
+        int border[ITEM_G];
+        for (int64_t gi = g0; gi < g1; gi++) {
+            const int64_t r0 = gi % s.ngroups * GP;
+            border[gi - g0] = is_border(&s, r0) || is_border(&s, r0 + GP - 1 < s.plane ? r0 + GP - 1 : s.plane - 1) ||
+                              (r0 / s.wo != (r0 + GP - 1) / s.wo); /* a group crossing rows */
+        }
         for (int64_t cb = cb0; cb < cb1; cb++) {
-            const uint64_t *wb = c->w + cb * nw * LANES;
-            for (int64_t p0 = g0; p0 < g1; p0 += TILE_P) {
-                const int P = g1 - p0 < TILE_P ? (int)(g1 - p0) : TILE_P;
-                int32_t pop[TILE_P][LANES];
-                tile(fields + p0 * nw, nw, wb, P, pop);
-                epilogue(c, &s, p0, P, cb, pop, y);
+            Tile t;
+            int32_t corr[LANES][GP];
+            t.w = c->w + cb * nw * LANES;
+            t.nw = nw;
+            t.kbits = c->kbits;
+            t.scale = c->scale + cb * LANES;
+            t.bias = c->bias + cb * LANES;
+            t.plane = s.plane;
+            t.nl = cout - cb * LANES < LANES ? (int)(cout - cb * LANES) : LANES;
+            for (int64_t gi = g0; gi < g1; gi++) {
+                const int64_t b = gi / s.ngroups, r0 = gi % s.ngroups * GP;
+                t.np = s.plane - r0 < GP ? (int)(s.plane - r0) : GP;
+                t.a = fields + gi * nw * GP;
+                t.out = y + (b * cout + cb * LANES) * s.plane + r0;
+                t.corr = NULL;
+                if (border[gi - g0]) {
+                    border_corrections(c, &s, cb, r0, t.np, corr);
+                    t.corr = &corr[0][0];
+                }
+                tile(&t);
             }
         }
     }
 }
 
 /* -------------------------------------------------------------------------------- prepare */
+
+/* Ors nbits bits of src into the contiguous words of dst from bit pos. */
+static void append_bits_dense(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t nbits) {
+    const int shift = (int)(pos & 63);
+    uint64_t *d = dst + (pos >> 6);
+    for (int64_t j = 0; j * 64 < nbits; j++) {
+        d[j] |= src[j] << shift;
+        if (shift != 0 && shift + (nbits - j * 64 < 64 ? nbits - j * 64 : 64) > 64)
+            d[j + 1] |= src[j] >> (64 - shift);
+    }
+}
 
 ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const float *out_scale,
                            const float *out_bias, const float *act_bias, int variant) {
@@ -421,7 +659,7 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
             int32_t neg = 0;
             for (int64_t i = 0; i < kc; i++) neg += __builtin_popcountll(tap[i]);
             c->tapsum[(cb * ntaps + t) * LANES + j] = g->cin - 2 * neg;
-            append_bits(field, t * g->cin, tap, g->cin);
+            append_bits_dense(field, t * g->cin, tap, g->cin);
         }
         for (int64_t k = 0; k < nw; k++) c->w[(cb * nw + k) * LANES + j] = field[k];
         c->scale[co] = out_scale[co];
