@@ -143,6 +143,25 @@ __attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t
     tile_portable_body(t);
 }
 
+/* The epilogue of the portable C, eight pixels a vector: pop[j] holds lane j's 8 counts. */
+__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(const Tile *t,
+                                                                              const __m256i pop[LANES]) {
+    const __m256i kbits = _mm256_set1_epi32(t->kbits);
+    const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->np),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int j = 0; j < LANES; j++) {
+        if (j >= t->nl) break;
+        __m256i dot = _mm256_sub_epi32(kbits, _mm256_add_epi32(pop[j], pop[j]));
+        if (t->corr) dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
+        const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
+        const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
+        if (t->np == GP)
+            _mm256_storeu_ps(t->out + j * t->plane, res);
+        else
+            _mm256_maskstore_ps(t->out + j * t->plane, store, res);
+    }
+}
+
 /* Per-byte popcount of x with two 4-bit table lookups (vpshufb). */
 __attribute__((target("avx2"), always_inline)) static inline __m256i popcount_bytes(
     __m256i x, __m256i lut, __m256i low) {
@@ -159,7 +178,7 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
                                          2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    int32_t pop[LANES][GP];
+    __m128i pop[2][LANES]; /* pixels 0-3 and 4-7 */
     for (int half = 0; half < GP; half += 4) {
         __m256i tot[LANES];
         for (int j = 0; j < LANES; j++) tot[j] = zero;
@@ -178,10 +197,11 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
             for (int j = 0; j < LANES; j++) tot[j] = _mm256_add_epi64(tot[j], _mm256_sad_epu8(acc[j], zero));
         }
         for (int j = 0; j < LANES; j++) /* the low 32 bits of the 4 totals */
-            _mm_storeu_si128((__m128i *)(pop[j] + half),
-                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(tot[j], even)));
+            pop[half / 4][j] = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(tot[j], even));
     }
-    epilogue(t, pop);
+    __m256i pop8[LANES];
+    for (int j = 0; j < LANES; j++) pop8[j] = _mm256_set_m128i(pop[1][j], pop[0][j]);
+    epilogue_avx2(t, pop8);
 }
 
 /* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
@@ -195,9 +215,9 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx
             acc[j] = _mm512_add_epi64(
                 acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(av, _mm512_set1_epi64((long long)w[j]))));
     }
-    int32_t pop[LANES][GP];
-    for (int j = 0; j < LANES; j++) _mm256_storeu_si256((__m256i *)pop[j], _mm512_cvtepi64_epi32(acc[j]));
-    epilogue(t, pop);
+    __m256i pop[LANES];
+    for (int j = 0; j < LANES; j++) pop[j] = _mm512_cvtepi64_epi32(acc[j]);
+    epilogue_avx2(t, pop);
 }
 
 #endif /* OB_X86 */
@@ -475,32 +495,73 @@ static void append_bits(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t
     }
 }
 
+/* The field of output pixel (oy, ox) when cin < 64: the taps' bits go into a register word,
+ * stored when full, so no word is read back (a tap adds cin bits: at most one word boundary). */
+static void gather_small(const ob_bconv_geom *g, const Shape *s, const uint64_t *img, int64_t oy,
+                         int64_t ox, uint64_t *d) {
+    const int cin = g->cin;
+    uint64_t cur = 0;
+    int shift = 0;
+    for (int64_t ky = 0; ky < g->kh; ky++) {
+        const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+        const int row_in = iy >= 0 && iy < s->h;
+        for (int64_t kx = 0; kx < g->kw; kx++) {
+            const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
+            const uint64_t v = row_in && ix >= 0 && ix < s->w ? img[iy * s->w + ix] : 0;
+            cur |= v << shift;
+            shift += cin;
+            if (shift >= 64) {
+                *d = cur;
+                d += GP;
+                shift -= 64;
+                cur = shift ? v >> (cin - shift) : 0;
+            }
+        }
+    }
+    if (shift) *d = cur;
+}
+
 /* The receptive fields of every group of output pixels, densely packed (out-of-bounds taps and
- * the pixels past the end of the last group left 0). */
+ * the pixels past the end of the last group left 0). Whole words are copied when cin is a
+ * multiple of 64; a tap of fewer than 64 channels is one shifted word, at most two halves. */
 static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *packed,
                           uint64_t *fields, int threads) {
     const ob_bconv_geom *g = &c->g;
-    const int64_t ngroups = s->n * s->ngroups, kc = c->kc, nw = c->nw;
+    const int64_t ngroups = s->n * s->ngroups, kc = c->kc, nw = c->nw, cin = g->cin;
+    const int whole = cin % 64 == 0, small = cin < 64;
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t gi = 0; gi < ngroups; gi++) {
         const int64_t b = gi / s->ngroups, r0 = gi % s->ngroups * GP;
+        const uint64_t *img = packed + b * s->h * s->w * kc;
         uint64_t *f = fields + gi * nw * GP;
         memset(f, 0, sizeof(uint64_t) * (size_t)(nw * GP));
+        int64_t oy = r0 / s->wo, ox = r0 % s->wo;
         for (int64_t i = 0; i < GP && r0 + i < s->plane; i++) {
-            const int64_t oy = (r0 + i) / s->wo, ox = (r0 + i) % s->wo;
+            if (small) {
+                gather_small(g, s, img, oy, ox, f + i);
+                if (++ox == s->wo) ox = 0, oy++;
+                continue;
+            }
             for (int64_t ky = 0; ky < g->kh; ky++) {
                 const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
                 if (iy < 0 || iy >= s->h) continue;
                 for (int64_t kx = 0; kx < g->kw; kx++) {
                     const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
                     if (ix < 0 || ix >= s->w) continue;
-                    const uint64_t *src = packed + ((b * s->h + iy) * s->w + ix) * kc;
-                    append_bits(f + i, (ky * g->kw + kx) * g->cin, src, g->cin);
+                    const uint64_t *src = img + (iy * s->w + ix) * kc;
+                    const int64_t t = ky * g->kw + kx, pos = t * cin;
+                    if (whole) {
+                        uint64_t *d = f + i + t * kc * GP;
+                        for (int64_t j = 0; j < kc; j++) d[j * GP] = src[j];
+                    } else {
+                        append_bits(f + i, pos, src, cin);
+                    }
                 }
             }
+            if (++ox == s->wo) ox = 0, oy++;
         }
     }
 }
@@ -515,8 +576,10 @@ static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, in
                                int32_t corr[LANES][GP]) {
     const ob_bconv_geom *g = &c->g;
     memset(corr, 0, sizeof(int32_t) * LANES * GP);
+    int64_t oy = r0 / s->wo, ox = r0 % s->wo - 1;
     for (int i = 0; i < np; i++) {
-        const int64_t oy = (r0 + i) / s->wo, ox = (r0 + i) % s->wo;
+        if (++ox == s->wo) ox = 0, oy++;
+        if (oy >= s->ylo && oy < s->yhi && ox >= s->xlo && ox < s->xhi) continue;
         for (int64_t ky = 0; ky < g->kh; ky++) {
             const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
             const int row_out = iy < 0 || iy >= s->h;
