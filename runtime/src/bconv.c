@@ -143,22 +143,20 @@ __attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t
     tile_portable_body(t);
 }
 
-/* The epilogue of the portable C, eight pixels a vector: pop[j] holds lane j's 8 counts. */
-__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(const Tile *t,
-                                                                              const __m256i pop[LANES]) {
-    const __m256i kbits = _mm256_set1_epi32(t->kbits);
-    const __m256i store = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->np),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int j = 0; j < LANES; j++) {
-        if (j >= t->nl) break;
-        __m256i dot = _mm256_sub_epi32(kbits, _mm256_add_epi32(pop[j], pop[j]));
-        if (t->corr) dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
-        const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
-        const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
-        if (t->np == GP)
-            _mm256_storeu_ps(t->out + j * t->plane, res);
-        else
-            _mm256_maskstore_ps(t->out + j * t->plane, store, res);
+/* The epilogue of the portable C for lane j, eight pixels a vector (pop: its 8 counts). */
+__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(const Tile *t, int j,
+                                                                              __m256i pop) {
+    if (j >= t->nl) return;
+    __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32(t->kbits), _mm256_add_epi32(pop, pop));
+    if (t->corr) dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
+    const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
+    const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
+    if (t->np == GP) {
+        _mm256_storeu_ps(t->out + j * t->plane, res);
+    } else {
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->np),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(t->out + j * t->plane, keep, res);
     }
 }
 
@@ -176,48 +174,51 @@ __attribute__((target("avx2"), always_inline)) static inline __m256i popcount_by
 __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                          2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    __m128i pop[2][LANES]; /* pixels 0-3 and 4-7 */
-    for (int half = 0; half < GP; half += 4) {
-        __m256i tot[LANES];
-        for (int j = 0; j < LANES; j++) tot[j] = zero;
+    int32_t pop[LANES][GP] = {{0}}; /* totals in memory: the 16 ymm registers hold the counts */
+    for (int part = 0; part < 4; part++) { /* 4 lanes x 4 pixels each: no register spills */
+        const int j0 = part / 2 * 4, i0 = part % 2 * 4;
         for (int64_t k0 = 0; k0 < t->nw; k0 += 31) {
             const int64_t k1 = k0 + 31 < t->nw ? k0 + 31 : t->nw;
-            __m256i acc[LANES];
-            for (int j = 0; j < LANES; j++) acc[j] = zero;
+            __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
             for (int64_t k = k0; k < k1; k++) {
-                const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + half));
-                const uint64_t *w = t->w + k * LANES;
-                for (int j = 0; j < LANES; j++) {
-                    const __m256i x = _mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[j]));
-                    acc[j] = _mm256_add_epi8(acc[j], popcount_bytes(x, lut, low));
-                }
+                const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + i0));
+                const uint64_t *w = t->w + k * LANES + j0;
+                acc0 = _mm256_add_epi8(acc0, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[0])), lut, low));
+                acc1 = _mm256_add_epi8(acc1, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[1])), lut, low));
+                acc2 = _mm256_add_epi8(acc2, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[2])), lut, low));
+                acc3 = _mm256_add_epi8(acc3, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[3])), lut, low));
             }
-            for (int j = 0; j < LANES; j++) tot[j] = _mm256_add_epi64(tot[j], _mm256_sad_epu8(acc[j], zero));
+            const __m256i acc[4] = {acc0, acc1, acc2, acc3};
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) { /* the 4 byte-count sums, as int32 */
+                const __m256i sums = _mm256_sad_epu8(acc[j], _mm256_setzero_si256());
+                const __m128i s32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sums, even));
+                __m128i *p = (__m128i *)(pop[j0 + j] + i0);
+                _mm_storeu_si128(p, _mm_add_epi32(_mm_loadu_si128(p), s32));
+            }
         }
-        for (int j = 0; j < LANES; j++) /* the low 32 bits of the 4 totals */
-            pop[half / 4][j] = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(tot[j], even));
     }
-    __m256i pop8[LANES];
-    for (int j = 0; j < LANES; j++) pop8[j] = _mm256_set_m128i(pop[1][j], pop[0][j]);
-    epilogue_avx2(t, pop8);
+#pragma GCC unroll 8
+    for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
 }
 
 /* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx512(const Tile *t) {
     __m512i acc[LANES];
+#pragma GCC unroll 8
     for (int j = 0; j < LANES; j++) acc[j] = _mm512_setzero_si512();
     for (int64_t k = 0; k < t->nw; k++) {
         const __m512i av = _mm512_loadu_si512((const void *)(t->a + k * GP));
         const uint64_t *w = t->w + k * LANES;
+#pragma GCC unroll 8
         for (int j = 0; j < LANES; j++)
             acc[j] = _mm512_add_epi64(
                 acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(av, _mm512_set1_epi64((long long)w[j]))));
     }
-    __m256i pop[LANES];
-    for (int j = 0; j < LANES; j++) pop[j] = _mm512_cvtepi64_epi32(acc[j]);
-    epilogue_avx2(t, pop);
+#pragma GCC unroll 8
+    for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm512_cvtepi64_epi32(acc[j]));
 }
 
 #endif /* OB_X86 */
