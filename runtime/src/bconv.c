@@ -513,40 +513,83 @@ static void append_bits(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t
     }
 }
 
-/* The field of output pixel (oy, ox) when cin < 64: the taps' bits go into a register word,
- * stored when full, so no word is read back (a tap adds cin bits: at most one word boundary). */
-static void gather_small(const ob_bconv_geom *g, const Shape *s, const uint64_t *img, int64_t oy,
-                         int64_t ox, uint64_t *d) {
-    const int cin = g->cin;
-    uint64_t cur = 0;
+/* The fields of a group of 8 output pixels in one output row (oy; columns ox0 ..) when cin < 64
+ * or cin is a multiple of 64, the 8 pixels at once: pixel i's tap (ky, kx) is input row
+ * oy sh - ph + ky dh, column (ox0 + i) sw - pw + kx dw, so for a tap the pixels inside the
+ * input are a range [lo, hi) and, at stride 1 with cin <= 64, 8 consecutive words: each step is
+ * the same copy or shift on 8 words (vectorized by the compiler). Out-of-bounds taps are 0.
+ * With cin < 64 the taps' bits go into a register word stored when full (a tap adds cin bits:
+ * at most one word boundary), so nothing is read back. */
+INLINE void gather_row_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img,
+                                  int64_t oy, int64_t ox0, uint64_t *f) {
+    const ob_bconv_geom *g = &c->g;
+    const int64_t kc = c->kc, cin = g->cin, h = s->h, w = s->w, sw = g->sw, step = sw * kc;
+    const int64_t iy0 = oy * g->sh - g->ph, ix0 = ox0 * sw - g->pw;
+    uint64_t cur[GP] = {0}, v[GP];
     int shift = 0;
     for (int64_t ky = 0; ky < g->kh; ky++) {
-        const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-        const int row_in = iy >= 0 && iy < s->h;
+        const int64_t iy = iy0 + ky * g->dh;
+        const int row_in = iy >= 0 && iy < h;
         for (int64_t kx = 0; kx < g->kw; kx++) {
-            const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-            const uint64_t v = row_in && ix >= 0 && ix < s->w ? img[iy * s->w + ix] : 0;
-            cur |= v << shift;
-            shift += cin;
-            if (shift >= 64) {
-                *d = cur;
-                d += GP;
-                shift -= 64;
-                cur = shift ? v >> (cin - shift) : 0;
+            const int64_t bx = ix0 + kx * g->dw; /* input column of pixel 0 */
+            int64_t lo = bx >= 0 ? 0 : (-bx + sw - 1) / sw;
+            int64_t hi = w - 1 - bx >= 0 ? (w - 1 - bx) / sw + 1 : 0;
+            if (hi > GP) hi = GP;
+            if (!row_in || lo > hi) lo = hi = 0;
+            const int64_t at = (iy * w + bx) * kc; /* pixel 0's word: read only within [lo, hi) */
+            for (int64_t j = 0; j < kc; j++) {
+                if (lo == 0 && hi == GP) {
+                    for (int i = 0; i < GP; i++) v[i] = img[at + i * step + j];
+                } else {
+                    for (int i = 0; i < GP; i++) v[i] = 0;
+                    for (int64_t i = lo; i < hi; i++) v[i] = img[at + i * step + j];
+                }
+                if (cin >= 64) {
+                    memcpy(f, v, sizeof v);
+                    f += GP;
+                    continue;
+                }
+                for (int i = 0; i < GP; i++) cur[i] |= v[i] << shift;
+                shift += (int)cin;
+                if (shift >= 64) {
+                    memcpy(f, cur, sizeof cur);
+                    f += GP;
+                    shift -= 64;
+                    for (int i = 0; i < GP; i++) cur[i] = shift ? v[i] >> (cin - shift) : 0;
+                }
             }
         }
     }
-    if (shift) *d = cur;
+    if (shift) memcpy(f, cur, sizeof cur);
 }
 
+typedef void (*gather_group_fn)(const ob_bconv *c, const Shape *s, const uint64_t *img,
+                                int64_t oy, int64_t ox0, uint64_t *f);
+
+static void gather_group_portable(const ob_bconv *c, const Shape *s, const uint64_t *img,
+                                  int64_t oy, int64_t ox0, uint64_t *f) {
+    gather_row_group_body(c, s, img, oy, ox0, f);
+}
+
+#ifdef OB_X86
+__attribute__((target("avx2"))) static void gather_group_avx2(const ob_bconv *c, const Shape *s,
+                                                             const uint64_t *img, int64_t oy,
+                                                             int64_t ox0, uint64_t *f) {
+    gather_row_group_body(c, s, img, oy, ox0, f);
+}
+#endif
+
 /* The receptive fields of every group of output pixels, densely packed (out-of-bounds taps and
- * the pixels past the end of the last group left 0). Whole words are copied when cin is a
- * multiple of 64; a tap of fewer than 64 channels is one shifted word, at most two halves. */
+ * the pixels past the end of the last group are 0). The per-pixel path ors the bits in with
+ * append_bits, which copies whole words when a tap starts on a word boundary. */
 static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *packed,
                           uint64_t *fields, int threads) {
     const ob_bconv_geom *g = &c->g;
     const int64_t ngroups = s->n * s->ngroups, kc = c->kc, nw = c->nw, cin = g->cin;
-    const int whole = cin % 64 == 0, small = cin < 64;
+    gather_group_fn group = gather_group_portable;
+#ifdef OB_X86
+    if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512) group = gather_group_avx2;
+#endif
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -555,28 +598,21 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
         const int64_t b = gi / s->ngroups, r0 = gi % s->ngroups * GP;
         const uint64_t *img = packed + b * s->h * s->w * kc;
         uint64_t *f = fields + gi * nw * GP;
-        memset(f, 0, sizeof(uint64_t) * (size_t)(nw * GP));
         int64_t oy = r0 / s->wo, ox = r0 % s->wo;
+        if ((cin < 64 || cin % 64 == 0) && ox + GP <= s->wo) {
+            group(c, s, img, oy, ox, f);
+            continue;
+        }
+        /* a group across output rows, or other channel counts: one pixel at a time */
+        memset(f, 0, sizeof(uint64_t) * (size_t)(nw * GP));
         for (int64_t i = 0; i < GP && r0 + i < s->plane; i++) {
-            if (small) {
-                gather_small(g, s, img, oy, ox, f + i);
-                if (++ox == s->wo) ox = 0, oy++;
-                continue;
-            }
             for (int64_t ky = 0; ky < g->kh; ky++) {
                 const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
                 if (iy < 0 || iy >= s->h) continue;
                 for (int64_t kx = 0; kx < g->kw; kx++) {
                     const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
                     if (ix < 0 || ix >= s->w) continue;
-                    const uint64_t *src = img + (iy * s->w + ix) * kc;
-                    const int64_t t = ky * g->kw + kx, pos = t * cin;
-                    if (whole) {
-                        uint64_t *d = f + i + t * kc * GP;
-                        for (int64_t j = 0; j < kc; j++) d[j * GP] = src[j];
-                    } else {
-                        append_bits(f + i, pos, src, cin);
-                    }
+                    append_bits(f + i, (ky * g->kw + kx) * cin, img + (iy * s->w + ix) * kc, cin);
                 }
             }
             if (++ox == s->wo) ox = 0, oy++;

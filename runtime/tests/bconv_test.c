@@ -199,6 +199,13 @@ int main(int argc, char **argv) {
         {3, 1, 1, {300, 10, 1, 1, 1, 1, 0, 0, 1, 1}, 1},   {1, 12, 12, {16, 16, 3, 3, 1, 1, 2, 2, 2, 2}, 1},
     };
     for (size_t i = 0; i < sizeof resnet / sizeof resnet[0]; i++) cases += run_case(&resnet[i]);
+    /* wide rows: groups of 8 output pixels inside one row, with and without border taps */
+    for (int i = 0; i < 7; i++)
+        for (int v = 0; v < 4; v++) {
+            const int s = 1 + v % 2, d = 1 + v / 2, k = 1 + 2 * ((i + v) % 3);
+            Case t = {1, 4 + v, 30 + 3 * i, {cins[i], 9 + i, k, 3, s, s, v % 3, v, d, d}, v % 2};
+            cases += run_case(&t);
+        }
     for (int r = 0; r < random_cases; r++) {
         const int ksz[] = {1, 3, 5, 7};
         Case t = {rand_int(1, 2), rand_int(1, 12), rand_int(1, 12),
