@@ -6,7 +6,7 @@
  * Built and run by tests/test_bconv_kernels.py (with -fsanitize=address,undefined, and for
  * aarch64 under qemu when a cross compiler is installed).
  */
-#include "bconv.h"
+#include "../src/bconv.h"
 
 #include <math.h>
 #include <stdio.h>
