@@ -1,0 +1,147 @@
+/* The interpreter: the nodes in file order over one arena planned at load (load.c: plan).
+ *
+ * Arena of a batch of n: [values: n * value_floats floats][scratch: the largest op's]. Value
+ * k + 1 (node k's output) is at n * nodes[k].offset floats; value 0 is the caller's input. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "ops.h"
+
+size_t ob_node_scratch_bytes(const onebit_model *m, const ob_node *nd, int n) {
+    const ob_shape x = ob_value_shape(m, nd->inputs[0]);
+    if (nd->op == OP_CONV2D) {
+        const size_t floats = ob_conv2d_scratch_floats(x.c, nd->ia[6], &nd->win, nd->out);
+        return floats > SIZE_MAX / sizeof(float) ? SIZE_MAX : floats * sizeof(float);
+    }
+    if (nd->op == OP_BCONV2D) {
+        const size_t bytes = ob_bconv_scratch_bytes(nd->bconv, n, x.h, x.w);
+        return bytes == 0 ? SIZE_MAX : bytes;
+    }
+    return 0;
+}
+
+static size_t values_bytes(const onebit_model *m, int n) {
+    return ((size_t)n * m->value_floats * sizeof(float) + OB_ALIGN - 1) / OB_ALIGN * OB_ALIGN;
+}
+
+int ob_arena_bytes(const onebit_model *m, int n, size_t *bytes) {
+    /* value_floats <= n_nodes * 2^26 < 2^40, so n * value_floats * 4 fits below 2^63 */
+    if ((uint64_t)n * m->value_floats > (SIZE_MAX - OB_ALIGN) / sizeof(float) / 2) return 1;
+    size_t scratch = 0;
+    for (int k = 0; k < m->n_nodes; k++) {
+        const size_t s = ob_node_scratch_bytes(m, &m->nodes[k], n);
+        if (s > scratch) scratch = s;
+    }
+    const size_t values = values_bytes(m, n);
+    if (scratch > SIZE_MAX - values - OB_ALIGN) return 1;
+    *bytes = (values + scratch + OB_ALIGN - 1) / OB_ALIGN * OB_ALIGN;
+    return 0;
+}
+
+int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len) {
+    size_t need;
+    if (ob_arena_bytes(m, n, &need))
+        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "a batch of %d overflows the arena's size", n);
+    if (need <= m->arena_bytes) return ONEBIT_OK;
+    free(m->arena);
+    m->arena_bytes = 0;
+    m->arena = aligned_alloc(OB_ALIGN, need);
+    if (m->arena == NULL)
+        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory for the %zu MiB arena of a batch of %d",
+                       need >> 20, n);
+    m->arena_bytes = need;
+    return ONEBIT_OK;
+}
+
+int onebit_run(onebit_model *m, const float *input, int n, float *output, char *err,
+               size_t err_len) {
+    if (err != NULL && err_len > 0) err[0] = '\0';
+    if (m == NULL || input == NULL || output == NULL || n < 1)
+        return ob_fail(err, err_len, ONEBIT_E_ARG,
+                       "onebit_run: needs a model, input and output and a batch n >= 1 (n is %d)",
+                       n);
+    const int rc = ob_arena_reserve(m, n, err, err_len);
+    if (rc) return rc;
+    float *values = m->arena;
+    void *scratch = (char *)m->arena + values_bytes(m, n);
+    const int threads = m->threads;
+    for (int k = 0; k < m->n_nodes; k++) {
+        const ob_node *nd = &m->nodes[k];
+        const float *in[OB_MAX_INPUTS];
+        ob_shape s[OB_MAX_INPUTS];
+        for (int i = 0; i < nd->n_inputs; i++) {
+            const int v = nd->inputs[i];
+            in[i] = v == 0 ? input : values + (size_t)n * m->nodes[v - 1].offset;
+            s[i] = ob_value_shape(m, v);
+        }
+        const float *x = in[0];
+        const ob_shape xs = s[0], ys = nd->out;
+        float *y = values + (size_t)n * nd->offset;
+        const size_t count = (size_t)n * xs.c * xs.h * xs.w;
+        const float *t0 = nd->t[0] ? nd->t[0]->data : NULL;
+        const float *t1 = nd->t[1] ? nd->t[1]->data : NULL;
+        switch (nd->op) {
+        case OP_CONV2D:
+            ob_conv2d(x, n, xs, t0, t1, nd->ia[6], &nd->win, ys, y, scratch, threads);
+            break;
+        case OP_BCONV2D:
+            ob_bconv_run(nd->bconv, x, n, xs.h, xs.w, y, scratch, threads);
+            break;
+        case OP_LINEAR:
+            ob_linear(x, n, xs.c, t0, t1, ys.c, y, threads);
+            break;
+        case OP_AFFINE:
+            ob_affine(x, n, xs, t0, t1, y);
+            break;
+        case OP_ADD:
+            ob_add(x, in[1], count, y);
+            break;
+        case OP_MUL:
+            ob_mul(x, in[1], n, xs, s[1].h * s[1].w, y);
+            break;
+        case OP_RELU:
+            ob_relu(x, count, y);
+            break;
+        case OP_SIGMOID:
+            ob_sigmoid(x, count, y);
+            break;
+        case OP_HARDTANH:
+            ob_hardtanh(x, count, nd->fa[0], nd->fa[1], y);
+            break;
+        case OP_PRELU:
+            ob_prelu(x, n, xs, t0, (int)nd->t[0]->dims[0], y);
+            break;
+        case OP_LEAKY_CLIP:
+            ob_leaky_clip(x, count, y);
+            break;
+        case OP_MAXPOOL2D:
+            ob_maxpool2d(x, n, xs, &nd->win, ys, y);
+            break;
+        case OP_AVGPOOL2D:
+            ob_avgpool2d(x, n, xs, &nd->win, nd->ia[7], ys, y);
+            break;
+        case OP_GLOBAL_AVGPOOL:
+            ob_global_avgpool(x, n, xs, y);
+            break;
+        case OP_FLATTEN:
+            memcpy(y, x, sizeof(float) * count);
+            break;
+        case OP_CONCAT:
+            ob_concat(in, s, nd->n_inputs, n, y);
+            break;
+        case OP_CHANNEL_SHUFFLE:
+            ob_channel_shuffle(x, n, xs, nd->ia[0], y);
+            break;
+        case OP_SUBSAMPLE_PAD:
+            ob_subsample_pad(x, n, xs, nd->ia[0], nd->ia[1], nd->ia[2], ys, y);
+            break;
+        case OP_RESCALE_HW:
+            ob_rescale_hw(x, n, xs, t0, y);
+            break;
+        }
+    }
+    const ob_node *last = &m->nodes[m->n_nodes - 1];
+    memcpy(output, values + (size_t)n * last->offset, sizeof(float) * (size_t)n * m->num_classes);
+    return ONEBIT_OK;
+}

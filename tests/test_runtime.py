@@ -1,0 +1,804 @@
+"""The C runtime (runtime/) against PyTorch: every op of the graph format, chains of ops, the
+onebit-run CLI, and hostile files (truncated, flipped, edited and re-checksummed, fuzzed under
+AddressSanitizer) that must give an error, never a crash or a hang.
+
+The runtime is built here with make into a temporary folder (OpenMP on), so the tests run the
+sources of this checkout; ``onebit.deploy.runtime`` loads it through ONEBIT_RUNTIME_LIB.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onebit.data.spec import InputSpec
+from onebit.deploy import graph
+from onebit.deploy.graph import CRC_FROM, HEADER, NODE_SIZE, TENSOR_SIZE, InputRecord, Node
+from onebit.deploy.packing import pack_weight
+from onebit.deploy.runtime import LIBRARY_ENV, Runtime
+from onebit.errors import ExportError
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME = ROOT / "runtime"
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["nice", "make", "-s", "-C", str(RUNTIME), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    """runtime/ built with OpenMP into a temporary folder; the binding loads its library."""
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        pytest.skip("make and a C compiler are needed to build runtime/")
+    out = tmp_path_factory.mktemp("runtime-build")
+    done = _make(f"BUILD={out}", "OPENMP=1")
+    assert done.returncode == 0, done.stderr
+    saved = os.environ.get(LIBRARY_ENV)
+    os.environ[LIBRARY_ENV] = str(out / "libonebit.so")
+    yield out
+    if saved is None:
+        del os.environ[LIBRARY_ENV]
+    else:
+        os.environ[LIBRARY_ENV] = saved
+
+
+@pytest.fixture(autouse=True)
+def _library(build):
+    yield
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def run_graph(nodes: list[Node], tensors: dict[str, np.ndarray], x: np.ndarray, size: int):
+    """The graph of ``nodes`` then a flatten, run on ``x``: the last node's output, flattened to
+    (N, size)."""
+    nodes = [*nodes, Node("flatten", [len(nodes)])]
+    data = graph.graph_bytes(nodes, tensors, InputRecord(*x.shape[1:], size), {})
+    with Runtime.from_bytes(data) as rt:
+        return rt(x)
+
+
+def check(nodes, tensors, x: np.ndarray, want: torch.Tensor, tol: float = 1e-5) -> None:
+    """The runtime's output of ``nodes`` on ``x`` is ``want`` (tol 0: equal)."""
+    want = want.detach().reshape(len(x), -1).numpy()
+    got = run_graph(nodes, tensors, x, want.shape[1])
+    if tol == 0:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------- ops
+
+CONV_ATTRS = ("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
+
+
+def conv_attrs(stride=1, pad=0, dil=1) -> dict[str, int]:
+    """The conv attributes; each of stride, pad, dil an int or an (h, w) pair."""
+
+    def pair(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    return dict(zip(CONV_ATTRS, (*pair(stride), *pair(pad), *pair(dil)), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "pad", "dil", "groups", "bias"),
+    [
+        (3, 8, (3, 3), 1, 1, 1, 1, True),
+        (4, 6, (3, 3), 2, 1, 1, 2, True),
+        (6, 6, (3, 3), 1, 1, 1, 6, False),  # depthwise
+        (5, 7, (3, 1), (2, 1), (0, 1), 1, 1, True),
+        (4, 4, (3, 3), 1, 2, 2, 1, True),  # dilation
+        (8, 5, (1, 1), 1, 0, 1, 1, False),  # pointwise: no im2col
+        (3, 4, (5, 5), 3, 2, 1, 1, True),
+        (70, 33, (3, 3), 1, 1, 1, 1, True),  # edge tiles of the GEMM
+    ],
+)
+def test_conv2d(cin, cout, k, stride, pad, dil, groups, bias):
+    x, w, b = rand(2, cin, 9, 10), rand(cout, cin // groups, *k, seed=1), rand(cout, seed=2)
+    attrs = conv_attrs(stride, pad, dil) | {"groups": groups}
+    slots = {"weight": "w", "bias": "b"} if bias else {"weight": "w"}
+    a = attrs
+    want = F.conv2d(
+        torch.from_numpy(x),
+        torch.from_numpy(w),
+        torch.from_numpy(b) if bias else None,
+        stride=(a["stride_h"], a["stride_w"]),
+        padding=(a["pad_h"], a["pad_w"]),
+        dilation=(a["dil_h"], a["dil_w"]),
+        groups=groups,
+    )
+    check([Node("conv2d", [0], slots, attrs)], {"w": w, "b": b}, x, want, 1e-4)
+
+
+def bconv_reference(x, sign_w, scale, bias, act_bias, stride, pad, dil) -> torch.Tensor:
+    """sign(x + act_bias) (sign(0) = +1) convolved with the +-1 weights, zero padding, then
+    dot * scale + bias: the bconv2d op as graph.py defines it."""
+    shifted = torch.from_numpy(x)
+    if act_bias is not None:
+        shifted = shifted + torch.from_numpy(act_bias)[:, None, None]
+    a = torch.where(shifted >= 0, 1.0, -1.0)
+    dot = F.conv2d(a, torch.from_numpy(sign_w), stride=stride, padding=pad, dilation=dil)
+    return dot * torch.from_numpy(scale)[:, None, None] + torch.from_numpy(bias)[:, None, None]
+
+
+def bconv_tensors(cin: int, cout: int, kh: int, kw: int, seed: int = 0):
+    """+-1 weights (cout, cin, kh, kw), their packed bits (graph.py's layout), scale, bias."""
+    sign_w = np.where(rand(cout, cin, kh, kw, seed=seed) < 0, -1.0, 1.0).astype(np.float32)
+    bits = pack_weight(torch.from_numpy(sign_w < 0)).numpy().view(np.uint64)
+    return sign_w, bits, rand(cout, seed=seed + 1), rand(cout, seed=seed + 2)
+
+
+BCONV_SLOTS = {"weight_bits": "w", "out_scale": "s", "out_bias": "b"}
+
+
+@pytest.mark.parametrize("cin", [3, 16, 65, 130])
+@pytest.mark.parametrize(
+    ("k", "stride", "pad", "dil", "act"),
+    [
+        (3, 1, 1, 1, False),
+        (3, 2, 1, 1, True),
+        (3, 1, 2, 2, True),  # dilation
+        (1, 1, 0, 1, True),  # 1x1
+        (1, 2, 0, 1, False),
+        (3, 1, 0, 1, False),  # no padding
+    ],
+)
+def test_bconv2d_equals_sign_conv(cin, k, stride, pad, dil, act):
+    x = rand(2, cin, 7, 9, seed=cin)
+    x[0, 0, 0, :3] = 0.0  # sign(0) = +1
+    sign_w, bits, scale, bias = bconv_tensors(cin, 12, k, k, seed=cin + k)
+    act_bias = rand(cin, seed=5) if act else None
+    tensors = {"w": bits, "s": scale, "b": bias}
+    slots = dict(BCONV_SLOTS)
+    if act:
+        x[1, :, 1, 1] = -act_bias  # x + act_bias = 0 exactly
+        tensors["a"], slots["act_bias"] = act_bias, "a"
+    want = bconv_reference(x, sign_w, scale, bias, act_bias, stride, pad, dil)
+    # integer dot products, then the same two float roundings: equal, not just close
+    check([Node("bconv2d", [0], slots, conv_attrs(stride, pad, dil))], tensors, x, want, 0)
+
+
+def test_binary_linear_is_a_1x1_bconv_on_a_vector():
+    x = rand(4, 100, 1, 1)
+    sign_w, bits, scale, bias = bconv_tensors(100, 10, 1, 1)
+    signs = torch.from_numpy(np.where(x[:, :, 0, 0] >= 0, 1.0, -1.0).astype(np.float32))
+    dot = signs @ torch.from_numpy(sign_w[:, :, 0, 0]).T
+    want = dot * torch.from_numpy(scale) + torch.from_numpy(bias)
+    node = Node("bconv2d", [0], BCONV_SLOTS, conv_attrs())
+    check([node], {"w": bits, "s": scale, "b": bias}, x, want, 0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_after_flatten(bias):
+    x, w, b = rand(3, 4, 3, 5), rand(7, 60, seed=1), rand(7, seed=2)
+    slots = {"weight": "w", "bias": "b"} if bias else {"weight": "w"}
+    t_bias = torch.from_numpy(b) if bias else None
+    want = F.linear(torch.from_numpy(x).flatten(1), torch.from_numpy(w), t_bias)
+    check([Node("flatten", [0]), Node("linear", [1], slots)], {"w": w, "b": b}, x, want)
+
+
+@pytest.mark.parametrize("slots", [{"scale": "s", "bias": "b"}, {"scale": "s"}, {"bias": "b"}, {}])
+def test_affine(slots):
+    x, s, b = rand(2, 5, 4, 3), rand(5, seed=1), rand(5, seed=2)
+    want = torch.from_numpy(x)
+    if "scale" in slots:
+        want = want * torch.from_numpy(s)[:, None, None]
+    if "bias" in slots:
+        want = want + torch.from_numpy(b)[:, None, None]
+    check([Node("affine", [0], slots)], {"s": s, "b": b}, x, want, 1e-6)
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_add_and_mul_of_two_values(op):
+    x, s, b = rand(2, 3, 4, 5), rand(3, seed=1), rand(3, seed=2)
+    t = torch.from_numpy(x)
+    other = t * torch.from_numpy(s)[:, None, None] + torch.from_numpy(b)[:, None, None]
+    nodes = [Node("affine", [0], {"scale": "s", "bias": "b"}), Node(op, [0, 1])]
+    check(nodes, {"s": s, "b": b}, x, t + other if op == "add" else t * other, 1e-6)
+
+
+def test_mul_broadcasts_an_n_c_1_1_value():
+    x = rand(2, 3, 4, 5)
+    t = torch.from_numpy(x)
+    nodes = [Node("global_avgpool", [0]), Node("mul", [0, 1])]
+    check(nodes, {}, x, t * t.mean((2, 3), keepdim=True))
+
+
+def leaky_clip(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(-1, 1) + 0.1 * (t - t.clamp(-1, 1))
+
+
+@pytest.mark.parametrize(
+    ("op", "fattr", "torch_fn"),
+    [
+        ("relu", {}, torch.relu),
+        ("sigmoid", {}, torch.sigmoid),
+        ("hardtanh", {"min_val": -0.5, "max_val": 0.75}, lambda t: F.hardtanh(t, -0.5, 0.75)),
+        ("leaky_clip", {}, leaky_clip),
+    ],
+)
+def test_elementwise(op, fattr, torch_fn):
+    x = rand(2, 3, 4, 5) * 2
+    check([Node(op, [0], fattr=fattr)], {}, x, torch_fn(torch.from_numpy(x)), 1e-6)
+
+
+@pytest.mark.parametrize("n_slopes", [1, 4])
+def test_prelu(n_slopes):
+    x, slope = rand(2, 4, 3, 3), rand(n_slopes, seed=1)
+    want = F.prelu(torch.from_numpy(x), torch.from_numpy(slope))
+    check([Node("prelu", [0], {"slope": "a"})], {"a": slope}, x, want, 1e-6)
+
+
+POOL_ATTRS = ("kh", "kw", "stride_h", "stride_w", "pad_h", "pad_w", "ceil_mode")
+POOLS = [  # POOL_ATTRS
+    (2, 2, 2, 2, 0, 0, 0),
+    (3, 3, 2, 2, 1, 1, 0),
+    (3, 3, 2, 2, 1, 1, 1),
+    (3, 2, 2, 3, 0, 1, 1),
+    (2, 2, 2, 2, 1, 1, 1),
+    (3, 3, 1, 1, 1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("side", [6, 7])
+def test_maxpool2d(pool, side):
+    kh, kw, sh, sw, ph, pw, ceil = pool
+    x = rand(2, 3, side, side + 1)
+    want = F.max_pool2d(torch.from_numpy(x), (kh, kw), (sh, sw), (ph, pw), ceil_mode=bool(ceil))
+    check([Node("maxpool2d", [0], iattr=dict(zip(POOL_ATTRS, pool, strict=True)))], {}, x, want, 0)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("side", [6, 7])
+def test_avgpool2d(pool, count_include_pad, side):
+    kh, kw, sh, sw, ph, pw, ceil = pool
+    x = rand(2, 3, side, side + 1)
+    want = F.avg_pool2d(
+        torch.from_numpy(x),
+        (kh, kw),
+        (sh, sw),
+        (ph, pw),
+        ceil_mode=bool(ceil),
+        count_include_pad=bool(count_include_pad),
+    )
+    attrs = dict(zip(POOL_ATTRS, pool, strict=True)) | {"count_include_pad": count_include_pad}
+    check([Node("avgpool2d", [0], iattr=attrs)], {}, x, want, 1e-6)
+
+
+def test_global_avgpool_and_flatten():
+    x = rand(3, 5, 4, 6)
+    check([Node("global_avgpool", [0])], {}, x, torch.from_numpy(x).mean((2, 3)), 1e-6)
+    check([], {}, x, torch.from_numpy(x), 0)
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_concat(count):
+    x = rand(2, 3, 4, 5)
+    t = torch.from_numpy(x)
+    ops = [("relu", torch.relu), ("sigmoid", torch.sigmoid), ("leaky_clip", leaky_clip)][
+        : count - 1
+    ]
+    nodes = [*(Node(op, [0]) for op, _ in ops), Node("concat", list(range(count)))]
+    check(nodes, {}, x, torch.cat([t, *(fn(t) for _, fn in ops)], 1), 1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+def test_channel_shuffle(groups):
+    x = rand(2, 6, 3, 2)
+    want = torch.from_numpy(x).view(2, groups, 6 // groups, 3, 2).transpose(1, 2)
+    check([Node("channel_shuffle", [0], iattr={"groups": groups})], {}, x, want, 0)
+
+
+@pytest.mark.parametrize(
+    ("sh", "sw", "before", "after"), [(2, 2, 2, 2), (1, 3, 0, 3), (2, 1, 1, 0)]
+)
+def test_subsample_pad(sh, sw, before, after):
+    x = rand(2, 3, 7, 6)
+    attrs = {"stride_h": sh, "stride_w": sw, "pad_before": before, "pad_after": after}
+    want = F.pad(torch.from_numpy(x)[:, :, ::sh, ::sw], (0, 0, 0, 0, before, after))
+    check([Node("subsample_pad", [0], iattr=attrs)], {}, x, want, 0)
+
+
+def test_rescale_hw():
+    x, scale = rand(2, 3, 4, 5), rand(1, 3, 4, 5, seed=1)
+    want = torch.from_numpy(x) * torch.from_numpy(scale)
+    check([Node("rescale_hw", [0], {"scale": "s"})], {"s": scale}, x, want, 0)
+
+
+# ---------------------------------------------------------------------------------- chains
+
+
+def residual_net(channels: int = 16, classes: int = 10):
+    """A small binary ResNet-like graph and its PyTorch forward: float stem, two binary
+    residual blocks (one downsampling through subsample_pad), concat, shuffle, pools, a
+    linear head. Values are reused across the skip connections, so the arena plan matters."""
+    c = channels
+    t = {
+        "stem_w": rand(c, 3, 3, 3, seed=1) * 0.3,
+        "stem_s": rand(c, seed=2),
+        "stem_b": rand(c, seed=3),
+        "prelu": np.abs(rand(c, seed=4)) * 0.2,
+        "head_w": rand(classes, 2 * c, seed=5) * 0.2,
+        "head_b": rand(classes, seed=6),
+    }
+    signs = {}
+    for i, cin in enumerate((c, c)):
+        sign_w, bits, scale, bias = bconv_tensors(cin, c, 3, 3, seed=10 + i)
+        signs[i] = sign_w
+        t |= {
+            f"b{i}_w": bits,
+            f"b{i}_s": np.abs(scale) * 0.1,
+            f"b{i}_b": bias,
+            f"b{i}_a": rand(cin, seed=20 + i) * 0.1,
+        }
+    conv = conv_attrs(pad=1)
+    avgpool = dict(zip(POOL_ATTRS, (2, 2, 2, 2, 0, 0, 1), strict=True)) | {"count_include_pad": 0}
+
+    def bslots(i: int) -> dict[str, str]:
+        return {"weight_bits": f"b{i}_w", "out_scale": f"b{i}_s", "out_bias": f"b{i}_b"} | {
+            "act_bias": f"b{i}_a"
+        }
+
+    nodes = [
+        Node("conv2d", [0], {"weight": "stem_w"}, conv | {"groups": 1}),  # 1
+        Node("affine", [1], {"scale": "stem_s", "bias": "stem_b"}),  # 2
+        Node("bconv2d", [2], bslots(0), conv),  # 3
+        Node("add", [3, 2]),  # 4
+        Node("prelu", [4], {"slope": "prelu"}),  # 5
+        Node("bconv2d", [5], bslots(1), conv | {"stride_h": 2, "stride_w": 2}),  # 6
+        Node("avgpool2d", [5], iattr=avgpool),  # 7
+        Node("add", [6, 7]),  # 8
+        Node("hardtanh", [8], fattr={"min_val": -1.0, "max_val": 1.0}),  # 9
+        Node("maxpool2d", [5], iattr=dict(zip(POOL_ATTRS, (3, 3, 2, 2, 1, 1, 0), strict=True))),
+        Node("concat", [9, 10]),  # 11
+        Node("channel_shuffle", [11], iattr={"groups": 2}),  # 12
+        Node("global_avgpool", [12]),  # 13
+        Node("flatten", [13]),  # 14
+        Node("linear", [14], {"weight": "head_w", "bias": "head_b"}),  # 15
+    ]
+
+    def forward(x: np.ndarray) -> torch.Tensor:
+        g = {k: torch.from_numpy(v) for k, v in t.items() if v.dtype == np.float32}
+        v = F.conv2d(torch.from_numpy(x), g["stem_w"], padding=1)
+        v2 = v * g["stem_s"][:, None, None] + g["stem_b"][:, None, None]
+        v3 = bconv_reference(v2.numpy(), signs[0], t["b0_s"], t["b0_b"], t["b0_a"], 1, 1, 1)
+        v5 = F.prelu(v3 + v2, g["prelu"])
+        v6 = bconv_reference(v5.numpy(), signs[1], t["b1_s"], t["b1_b"], t["b1_a"], 2, 1, 1)
+        v7 = F.avg_pool2d(v5, 2, 2, ceil_mode=True, count_include_pad=False)
+        v9 = F.hardtanh(v6 + v7)
+        v10 = F.max_pool2d(v5, 3, 2, 1)
+        v11 = torch.cat([v9, v10], 1)
+        v12 = v11.view(-1, 2, c, *v11.shape[2:]).transpose(1, 2).reshape(v11.shape)
+        return F.linear(v12.mean((2, 3)), g["head_w"], g["head_b"])
+
+    return nodes, t, forward
+
+
+def test_residual_chain_equals_pytorch_for_every_batch_and_kernel():
+    nodes, tensors, forward = residual_net()
+    data = graph.graph_bytes(nodes, tensors, InputRecord(3, 9, 9, 10), {"name": "chain"})
+    x = rand(5, 3, 9, 9, seed=7)
+    want = forward(x).numpy()
+    with Runtime.from_bytes(data) as rt:
+        # batch 1 (the arena of the load), then a larger batch grows it, then a smaller reuses it
+        for n in (1, 5, 2):
+            np.testing.assert_allclose(rt(x[:n]), want[:n], rtol=1e-4, atol=1e-4)
+        first = rt(x)
+        for kernel in ("portable", "auto"):
+            rt.set_kernel(kernel)
+            np.testing.assert_array_equal(rt(x), first)
+        rt.set_threads(2)
+        np.testing.assert_array_equal(rt(x), first)
+
+
+def test_input_record_and_errors_of_the_binding(tmp_path):
+    record = InputRecord(1, 32, 32, 10, "pad", 28, 28, (0.2860,), (0.3530,))
+    _, rt = cli_model(tmp_path, record)
+    with rt:
+        assert rt.input_shape == (1, 32, 32) and rt.num_outputs == 10
+        got = rt.input_record
+        assert (got.transform, got.raw_height, got.raw_width) == ("pad", 28, 28)
+        np.testing.assert_allclose(got.mean + got.std, (0.2860, 0.3530), rtol=1e-6)
+        with pytest.raises(ExportError, match="no-such-kernel"):
+            rt.set_kernel("no-such-kernel")
+        with pytest.raises(ExportError, match="threads 0"):
+            rt.set_threads(0)
+        with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+            rt(np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(ExportError, match="closed"):
+        rt(np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ExportError, match=r"missing\.onebit"):
+        Runtime.load(tmp_path / "missing.onebit")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def cli_model(
+    tmp_path: Path, record: InputRecord, name: str = "model.onebit"
+) -> tuple[Path, Runtime]:
+    """residual_net with a stride-2 stem for ``record``'s channels, written to a file."""
+    nodes, tensors, _ = residual_net(classes=record.num_classes)
+    nodes[0] = Node("conv2d", [0], {"weight": "w1"}, conv_attrs(2, 1) | {"groups": 1})
+    tensors["w1"] = rand(16, record.channels, 3, 3) * 0.5
+    path = tmp_path / name
+    graph.write_graph(path, nodes, tensors, record, {})
+    return path, Runtime.load(path)
+
+
+def onebit_run(build: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(build / "onebit-run"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    head = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(head + array.astype(np.uint8).tobytes())
+
+
+def expected_classes(rt: Runtime, spec: InputSpec, images: np.ndarray, k: int = 1) -> np.ndarray:
+    """The top-k classes of the runtime on InputSpec.preprocess's input (torch.topk's order)."""
+    logits = torch.from_numpy(rt(spec.preprocess(images).numpy()))
+    return logits.topk(k, 1).indices.numpy()
+
+
+def test_cli_on_idx_and_npy_files_equals_preprocess_then_runtime(build, tmp_path):
+    record = InputRecord(1, 32, 32, 10, "pad", 28, 28, (0.2860,), (0.3530,))
+    spec = InputSpec(1, 32, (0.2860,), (0.3530,), "pad", 28)
+    model, rt = cli_model(tmp_path, record)
+    images = np.random.default_rng(0).integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    labels = np.random.default_rng(1).integers(0, 10, 37).astype(np.uint8)
+    want = expected_classes(rt, spec, images)[:, 0]
+    write_idx(tmp_path / "images.idx", images)
+    write_idx(tmp_path / "labels.idx", labels)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "float.npy", images[:, None].astype(np.float32) / 255)  # (N, C, H, W)
+    np.save(tmp_path / "labels.npy", labels.astype(np.int64))
+    (tmp_path / "images.raw").write_bytes(images.tobytes())
+    for source, extra in (
+        ("images.idx", ["--batch", "8"]),
+        ("images.npy", []),
+        ("float.npy", ["--batch", "5", "--threads", "2"]),
+        ("images.raw", ["--raw", "37", "--kernel", "portable"]),
+    ):
+        done = onebit_run(build, model, tmp_path / source, *extra)
+        assert done.returncode == 0, done.stderr
+        assert [int(line) for line in done.stdout.split()] == want.tolist(), source
+
+    hits = int((want == labels).sum())
+    for labels_file in ("labels.idx", "labels.npy"):
+        done = onebit_run(build, model, tmp_path / "images.idx", "--labels", tmp_path / labels_file)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"top-1 {100 * hits / 37:.2f}% ({hits}/37)\n"
+
+    top3 = expected_classes(rt, spec, images, 3)
+    done = onebit_run(build, model, tmp_path / "images.idx", "--top", "3")
+    assert [list(map(int, line.split())) for line in done.stdout.splitlines()] == top3.tolist()
+
+    done = onebit_run(build, model, tmp_path / "images.idx", "--bench", "3", "--batch", "16")
+    assert done.returncode == 0, done.stderr
+    assert "batch 16:" in done.stdout and "ms per image" in done.stdout
+
+
+def test_cli_on_nhwc_npy_of_a_three_channel_model(build, tmp_path):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    model, rt = cli_model(tmp_path, InputRecord(3, 12, 12, 7, "none", 0, 0, mean, std))
+    images = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    done = onebit_run(build, model, tmp_path / "images.npy")
+    assert done.returncode == 0, done.stderr
+    want = expected_classes(rt, InputSpec(3, 12, mean, std), images)[:, 0]
+    assert [int(line) for line in done.stdout.split()] == want.tolist()
+
+
+def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
+    model, _ = cli_model(tmp_path, InputRecord(1, 32, 32, 10, "pad", 28, 28, (0.5,), (0.5,)))
+    images = np.zeros((2, 28, 28), np.uint8)
+    write_idx(tmp_path / "images.idx", images)
+    (tmp_path / "images.idx.gz").write_bytes(gzip.compress((tmp_path / "images.idx").read_bytes()))
+    np.save(tmp_path / "big.npy", np.zeros((2, 33, 33), np.uint8))
+    (tmp_path / "junk.onebit").write_bytes(b"not a model at all")
+    crop, _ = cli_model(tmp_path, InputRecord(1, 32, 32, 10, "resize_crop"), "crop.onebit")
+    cases = [
+        ((model, tmp_path / "images.idx.gz"), "gzip-compressed: decompress it first"),
+        ((model, tmp_path / "big.npy"), "larger than the model's 32x32"),
+        ((tmp_path / "junk.onebit", tmp_path / "images.idx"), "fewer than the 152-byte header"),
+        ((model, tmp_path / "missing.idx"), "No such file"),
+        ((model, tmp_path / "images.idx", "--labels", tmp_path / "images.idx"), "labels must be"),
+        ((model, tmp_path / "images.idx", "--raw", "3"), "raw images"),
+        ((model, tmp_path / "images.idx", "--kernel", "nope"), "--kernel nope"),
+        ((model, tmp_path / "images.idx", "--batch", "0"), "--batch needs an integer"),
+        ((model, tmp_path / "images.idx", "--frobnicate"), "unknown option --frobnicate"),
+        ((crop, tmp_path / "images.idx"), "resize and centre-crop them to 32x32 first"),
+    ]
+    for args, message in cases:
+        done = onebit_run(build, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        first = done.stderr.splitlines()[0]
+        assert first.startswith("onebit-run: error: ") and message in first, (args, first)
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def small_graph() -> bytes:
+    """A graph with every kind of table entry the edits below touch: a float conv, a bconv
+    with act_bias, pools, a concat and a linear head."""
+    nodes, tensors, _ = residual_net(channels=8, classes=4)
+    return graph.graph_bytes(nodes, tensors, InputRecord(3, 8, 8, 4), {"name": "small"})
+
+
+def rechecksum(data: bytearray) -> bytes:
+    struct.pack_into("<I", data, 24, zlib.crc32(data[CRC_FROM:]))
+    return bytes(data)
+
+
+def edit(data: bytes, offset: int, fmt: str, value) -> bytes:
+    """``data`` with one field set and the crc32 recomputed: only the field's check can catch it."""
+    out = bytearray(data)
+    struct.pack_into("<" + fmt, out, offset, value)
+    return rechecksum(out)
+
+
+# graph.py's HEADER, TENSOR and NODE fields in order with their struct codes; the asserts below
+# check that they spell graph.py's formats, so the offsets the edits use are the file's
+HEADER_FIELDS = [
+    *[("magic", "8s"), ("version", "I"), ("header_size", "I"), ("file_size", "Q")],
+    *[("crc32", "I"), ("reserved", "I"), ("n_tensors", "I"), ("n_nodes", "I")],
+    *[("tensor_offset", "Q"), ("node_offset", "Q"), ("meta_offset", "Q"), ("meta_size", "Q")],
+    *[("data_offset", "Q"), ("data_size", "Q"), ("in_c", "I"), ("in_h", "I"), ("in_w", "I")],
+    *[("transform", "I"), ("raw_h", "I"), ("raw_w", "I"), ("num_classes", "I")],
+    *[("reserved2", "I"), ("mean", "4f"), ("std", "4f")],
+]
+TENSOR_FIELDS = [("dtype", "I"), ("ndim", "I"), ("dims", "4I"), ("offset", "Q"), ("nbytes", "Q")]
+NODE_FIELDS = [("op", "I"), ("n_inputs", "I"), ("inputs", "4i"), ("tensors", "6i")]
+NODE_FIELDS += [("iattr", "12i"), ("fattr", "4f"), ("reserved", "4I")]
+
+
+def offsets(fields: list[tuple[str, str]], struct_: struct.Struct) -> dict[str, int]:
+    assert "<" + "".join(code for _, code in fields) == struct_.format
+    return {
+        name: struct.calcsize("<" + "".join(c for _, c in fields[:i]))
+        for i, (name, _) in enumerate(fields)
+    }
+
+
+H = offsets(HEADER_FIELDS, HEADER)
+T = offsets(TENSOR_FIELDS, graph.TENSOR)
+N = offsets(NODE_FIELDS, graph.NODE)
+
+
+def header(data: bytes, name: str) -> int:
+    code = dict(HEADER_FIELDS)[name]
+    return struct.unpack_from("<" + code, data, H[name])[0]
+
+
+def node_field(data: bytes, k: int, field: str, i: int = 0) -> int:
+    """Offset of a field of node k (item i of an array field)."""
+    return header(data, "node_offset") + k * NODE_SIZE + N[field] + 4 * i
+
+
+def tensor_field(data: bytes, i: int, field: str, d: int = 0) -> int:
+    """Offset of a field of tensor i (item d of dims)."""
+    return header(data, "tensor_offset") + i * TENSOR_SIZE + T[field] + 4 * d
+
+
+def refused(data: bytes, match: str) -> None:
+    with pytest.raises(ExportError, match=match):
+        Runtime.from_bytes(data).close()
+
+
+def test_small_graph_loads_and_runs():
+    with Runtime.from_bytes(small_graph()) as rt:
+        assert rt(rand(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_truncated_files_are_refused():
+    data = small_graph()
+    for length in [*range(0, 200), *range(200, len(data), 97), len(data) - 1]:
+        refused(data[:length], "header|file has")
+
+
+def test_flipped_bits_are_refused():
+    data = small_graph()
+    rng = np.random.default_rng(0)
+    for position in rng.integers(0, len(data) * 8, 300):
+        flipped = bytearray(data)
+        flipped[position // 8] ^= 1 << (position % 8)
+        refused(bytes(flipped), ".")  # crc32, or the header field (magic, sizes) it hit
+
+
+def tensor_ids(data: bytes) -> dict[str, int]:
+    import json
+
+    at = header(data, "meta_offset")
+    meta = json.loads(data[at : at + header(data, "meta_size")])
+    return {name: i for i, name in enumerate(meta["tensors"])}
+
+
+def test_edited_and_rechecksummed_files_are_refused():
+    d = small_graph()
+    h = {name: header(d, name) for name in ("n_tensors", "data_offset", "data_size")}
+    ids = tensor_ids(d)
+    stem, bits = ids["stem_w"], ids["b0_w"]
+    cases = [
+        # header
+        (edit(d, H["version"], "I", 3), "version 3"),
+        (edit(d, H["header_size"], "I", 160), "header_size"),
+        (edit(d, H["n_nodes"], "I", 0), "nodes"),
+        (edit(d, H["n_nodes"], "I", 2**31), "nodes"),
+        (edit(d, H["n_tensors"], "I", h["n_tensors"] + 1), "tensor table|node table"),
+        (edit(d, H["tensor_offset"], "Q", 2**63), "tensor table"),
+        (edit(d, H["node_offset"], "Q", len(d)), "node table"),
+        (edit(d, H["meta_size"], "Q", 2**64 - 1), "meta"),
+        (edit(d, H["data_offset"], "Q", h["data_offset"] - 1), "data section"),
+        (edit(d, H["data_size"], "Q", h["data_size"] + 64), "data section"),
+        (edit(d, H["in_h"], "I", 2**30), "input"),
+        (edit(d, H["in_c"], "I", 0), "input"),
+        (edit(d, H["in_c"], "I", 4), "weight has 3 input channels, its input has 4"),
+        (edit(d, H["in_h"], "I", 2**20), "limit"),
+        (edit(d, H["transform"], "I", 9), "transform"),
+        (edit(d, H["transform"], "I", 1), "raw size"),
+        (edit(d, H["num_classes"], "I", 5), "the header says"),
+        (edit(d, H["std"], "f", 0.0), "std"),
+        (edit(d, H["std"], "f", float("nan")), "std"),
+        # tensors
+        (edit(d, tensor_field(d, stem, "dims", 0), "I", 2**31), "dim 0"),
+        (edit(d, tensor_field(d, stem, "dims", 3), "I", 0), "dim 3"),
+        (edit(d, tensor_field(d, stem, "ndim", 0), "I", 5), "dims"),
+        (edit(d, tensor_field(d, stem, "dtype"), "I", 7), "dtype 7"),
+        (edit(d, tensor_field(d, stem, "dtype"), "I", 3), "nbytes|i32"),
+        (edit(d, tensor_field(d, stem, "nbytes"), "Q", 2**62), "nbytes"),
+        (edit(d, tensor_field(d, stem, "offset"), "Q", h["data_size"]), "data section"),
+        (edit(d, tensor_field(d, stem, "offset"), "Q", 2**64 - 64), "data section"),
+        (edit(d, tensor_field(d, stem, "offset"), "Q", 4), "aligned"),
+        (edit(d, tensor_field(d, bits, "dims", 3), "I", 2), "words per tap|nbytes"),
+        # nodes
+        (edit(d, node_field(d, 0, "op"), "I", 0), "op code 0"),
+        (edit(d, node_field(d, 3, "op"), "I", 20), "op code 20"),
+        (edit(d, node_field(d, 3, "op"), "I", 2**31), "op code"),
+        (edit(d, node_field(d, 3, "op"), "I", 2), "2 inputs, it takes 1 to 1"),
+        (edit(d, node_field(d, 1, "op"), "I", 2), r"\(bconv2d\): its tensor out_bias is missing"),
+        (edit(d, node_field(d, 3, "n_inputs"), "I", 5), "5 inputs"),
+        (edit(d, node_field(d, 3, "n_inputs"), "I", 0), "0 inputs"),
+        (edit(d, node_field(d, 3, "inputs", 1), "i", -1), "value -1"),
+        (edit(d, node_field(d, 3, "inputs", 1), "i", 4), "value 4"),  # itself: a cycle
+        (edit(d, node_field(d, 3, "inputs", 1), "i", 2**31 - 1), "reads only values 0 to 3"),
+        (edit(d, node_field(d, 3, "inputs", 2), "i", 0), "unused input"),
+        (edit(d, node_field(d, 0, "tensors", 0), "i", h["n_tensors"]), "the file has"),
+        (edit(d, node_field(d, 0, "tensors", 0), "i", -2), "tensor -2"),
+        (edit(d, node_field(d, 0, "tensors", 0), "i", -1), "missing"),
+        (edit(d, node_field(d, 0, "tensors", 0), "i", bits), "weight is u64"),
+        (edit(d, node_field(d, 0, "tensors", 1), "i", ids["head_w"]), r"bias is f32 \(4, 16\)"),
+        (edit(d, node_field(d, 0, "tensors", 2), "i", 0), "tensor slot 2"),
+        (edit(d, node_field(d, 2, "tensors", 1), "i", ids["head_b"]), "out_scale is f32 \\(4\\)"),
+        (edit(d, node_field(d, 0, "iattr", 0), "i", 0), "stride_h is 0"),
+        (edit(d, node_field(d, 0, "iattr", 1), "i", -1), "stride_w is -1"),
+        (edit(d, node_field(d, 0, "iattr", 2), "i", -1), "pad_h is -1"),
+        (edit(d, node_field(d, 0, "iattr", 4), "i", 0), "dil_h is 0"),
+        (edit(d, node_field(d, 0, "iattr", 6), "i", 0), "groups is 0"),
+        (edit(d, node_field(d, 0, "iattr", 6), "i", 2), "groups 2 does not divide"),
+        (edit(d, node_field(d, 0, "iattr", 2), "i", 2**20), "pad_h"),
+        (edit(d, node_field(d, 0, "iattr", 4), "i", 9), "does not fit"),
+        (edit(d, node_field(d, 6, "iattr", 0), "i", 0), "kh is 0"),
+        (edit(d, node_field(d, 6, "iattr", 4), "i", 2), "pad_h is 2"),
+        (edit(d, node_field(d, 6, "iattr", 6), "i", 2), "ceil_mode"),
+        (edit(d, node_field(d, 6, "iattr", 7), "i", -1), "count_include_pad"),
+        (edit(d, node_field(d, 8, "fattr", 0), "f", float("nan")), "min_val"),
+        (edit(d, node_field(d, 8, "fattr", 0), "f", 5.0), "min_val"),
+        (edit(d, node_field(d, 11, "iattr", 0), "i", 3), "groups 3"),
+        (edit(d, node_field(d, 3, "inputs", 1), "i", 6), "value 6|one shape"),
+    ]
+    wrong = []
+    for i, (data, message) in enumerate(cases):
+        try:
+            Runtime.from_bytes(data).close()
+            wrong.append(f"case {i} ({message}): loaded")
+        except ExportError as err:
+            if not re.search(message, str(err)):
+                wrong.append(f"case {i} ({message}): {err}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_bconv_padding_bits_must_be_zero():
+    d = small_graph()
+    offset = (
+        header(d, "data_offset")
+        + struct.unpack_from("<Q", d, tensor_field(d, tensor_ids(d)["b0_w"], "offset"))[0]
+    )
+    refused(edit(d, offset + 7, "B", 0x80), "bits set past its 8 input channels")
+
+
+def _asan_works(tmp: Path) -> bool:
+    source = tmp / "probe.c"
+    source.write_text("int main(void) { return 0; }\n")
+    done = subprocess.run(
+        ["cc", "-fsanitize=address,undefined", str(source), "-o", str(tmp / "probe")],
+        capture_output=True,
+    )
+    return done.returncode == 0 and subprocess.run([str(tmp / "probe")]).returncode == 0
+
+
+def mutations(data: bytes, count: int, seed: int = 0) -> list[bytes]:
+    """Files made from ``data``: truncations, random bytes and random 32-bit values written into
+    the header, tables and data, re-checksummed so they reach the loader's checks."""
+    rng = np.random.default_rng(seed)
+    tables = header(data, "meta_offset")
+    out = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            out.append(data[: int(rng.integers(0, len(data)))])
+            continue
+        buf = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(CRC_FROM, tables if kind < 3 else len(data) - 4)) & ~3
+            if kind == 1:
+                value = int(
+                    rng.choice([0, 1, 2, 3, 7, 8, 64, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1])
+                )
+            else:
+                value = int(rng.integers(0, 2**32))
+            struct.pack_into("<I", buf, at, value)
+        out.append(rechecksum(buf))
+    return out
+
+
+def test_fuzzed_files_under_address_sanitizer(tmp_path):
+    if not _asan_works(tmp_path):
+        pytest.skip("this C compiler cannot build and run with -fsanitize=address,undefined")
+    asan = tmp_path / "asan"
+    done = _make("asan", f"ASAN_BUILD={asan}")
+    assert done.returncode == 0, done.stderr
+    seeds = [
+        small_graph(),
+        graph.graph_bytes(*residual_net(channels=70, classes=3)[:2], InputRecord(3, 5, 5, 3), {}),
+    ]
+    files = []
+    for s, data in enumerate(seeds):
+        for i, case in enumerate([data, *mutations(data, 150, seed=s)]):
+            files.append(tmp_path / f"case{s}_{i}.onebit")
+            files[-1].write_bytes(case)
+    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+    done = subprocess.run(
+        [str(asan / "fuzz_load"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Sanitizer" not in done.stderr and "runtime error" not in done.stderr
+    status = dict(line.split(" ", 1)[::-1] for line in done.stdout.splitlines())
+    assert len(status) == len(files)
+    assert status[str(files[0])] == "ONEBIT_OK" and status[str(files[151])] == "ONEBIT_OK"
+    truncated = [str(f) for f in files if int(f.stem.split("_")[1]) % 4 == 1]
+    assert all(status[f] != "ONEBIT_OK" for f in truncated)
