@@ -271,7 +271,7 @@ def _eval_deployed(args: argparse.Namespace) -> int:
     apply_overrides(values, args.set)
     loaders = build_loaders(data_config(values["data"]), torch.device("cpu"), train=False)
     result = evaluate(runtime, loaders.eval)
-    accuracy = runtime.header.get("accuracy", {})
+    accuracy = runtime.meta.get("accuracy") or {}
     stored = ""
     if "val_top1" in accuracy:
         stored = f"; the trained model at export: {accuracy['val_top1']:.2f}%"

@@ -1,7 +1,7 @@
 """Deployment: export a trained BNN to one bit-packed file, run it with xnor-popcount kernels.
 
     onebit.deploy.export(model, "model.onebit")        # the network as a graph of ops
-    rt = onebit.deploy.load("model.onebit")            # CPU runtime (C kernels, OpenMP)
+    rt = onebit.deploy.load("model.onebit")            # the C runtime (runtime/), numpy in/out
     logits = rt(images)                                # equals model.eval()(images)
 
 See docs/deploy.md for the file format, the kernels and the measured speed.
@@ -10,7 +10,6 @@ See docs/deploy.md for the file format, the kernels and the measured speed.
 from onebit.deploy.engine import (
     KERNEL_ENV,
     DeployedModel,
-    PackedConv2d,
     available_kernels,
     load,
     select_kernel,
@@ -20,7 +19,6 @@ from onebit.deploy.export import export, export_graph
 __all__ = [
     "KERNEL_ENV",
     "DeployedModel",
-    "PackedConv2d",
     "available_kernels",
     "export",
     "export_graph",
