@@ -1,8 +1,9 @@
-"""Builds the C kernels of onebit.deploy and onebit.quant, and the C runtime (no torch needed
-at build time).
+"""Builds the C runtime of onebit.deploy (runtime/, also built alone by `make -C runtime`) and
+the fused binarizer kernels of onebit.quant (no torch needed at build time).
 
-Everything else about the package is in pyproject.toml. The extension is optional: without a
-C compiler the install still succeeds and onebit falls back to its pure-PyTorch paths.
+Everything else about the package is in pyproject.toml. Both are optional: without a C
+compiler the install still succeeds; training falls back to its pure-PyTorch paths, and
+onebit.deploy.load says how to build the runtime.
 """
 
 from glob import glob
@@ -19,13 +20,6 @@ setup(
             "onebit.deploy._runtime",
             sources=RUNTIME_SOURCES,
             include_dirs=["runtime/include"],
-            extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off"],
-            extra_link_args=["-fopenmp"],
-            optional=True,
-        ),
-        Extension(
-            "onebit.deploy._kernels",
-            sources=["src/onebit/deploy/kernels/bitconv.c"],
             extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off"],
             extra_link_args=["-fopenmp"],
             optional=True,

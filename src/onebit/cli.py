@@ -246,7 +246,7 @@ def _recalibrated(model, config, steps: int, device, amp=None):
 
 
 def _eval_deployed(args: argparse.Namespace) -> int:
-    """``onebit eval FILE.onebit``: the packed engine's top-1 / top-5 on the dataset its
+    """``onebit eval FILE.onebit``: the C runtime's top-1 / top-5 on the dataset its
     header names, beside the trained model's figures stored at export."""
     import torch
 
@@ -279,7 +279,7 @@ def _eval_deployed(args: argparse.Namespace) -> int:
     print(
         f"val_loss {result['val_loss']:.4f}  val_top1 {result['val_top1']:.2f}%  "
         f"val_top5 {result['val_top5']:.2f}%  ({loaders.eval.num_samples} images, {args.run}, "
-        f"packed engine, kernel {runtime.kernel}{stored})"
+        f"C runtime, kernel {runtime.kernel}{stored})"
     )
     return 0
 
@@ -337,7 +337,7 @@ def add_eval(sub) -> None:
     p.add_argument(
         "run",
         help="a run directory (its best.safetensors), a .safetensors checkpoint, or a .onebit "
-        "file (run by the packed engine on the dataset its header names)",
+        "file (run by the C runtime on the dataset it names)",
     )
     _add_run_overrides(p)
     p.add_argument(
@@ -440,7 +440,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"BatchNorm statistics re-estimated from {after['batches']} training batches: "
             f"test top-1 {before['val_top1']:.2f}% stored -> {after['val_top1']:.2f}% "
-            f"recalibrated, {deployed['val_top1']:.2f}% through the packed engine "
+            f"recalibrated, {deployed['val_top1']:.2f}% through the C runtime "
             f"({loaders.eval.num_samples} images; --no-recalibrate keeps the stored ones)"
         )
     return 0
@@ -454,7 +454,7 @@ def add_export(sub) -> None:
         "onebit.deploy.load). SOURCE is a run directory or checkpoint of `onebit train`, or, "
         "with --model, a .safetensors state dict of that registry model. The BatchNorm "
         "statistics of a run are first re-estimated from its training data (the test top-1 "
-        "before, after and through the packed engine is printed).",
+        "before, after and through the C runtime is printed).",
     )
     p.add_argument("source", help="run directory / checkpoint, or a state dict with --model")
     p.add_argument("out", help="output file, e.g. model.onebit")
@@ -520,7 +520,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     print(f"threads: {torch.get_num_threads()}; best of repeated calls over {args.min_time} s, ms")
     if not args.no_layers:
-        print("\nResNet-18 binary 3x3 convs: PyTorch fp32 vs packed layer (binarize + pack + conv)")
+        print("\nResNet-18 binary 3x3 convs: PyTorch fp32 vs the runtime (binarize + pack + conv)")
         rows = bench.conv_rows(batches=args.batch, min_time=args.min_time, kernel=args.kernel)
         print(bench.format_conv_rows(rows))
     models = bench.DEFAULT_MODELS if args.models is None else args.models
@@ -545,7 +545,9 @@ def add_bench(sub) -> None:
     p.add_argument(
         "--threads", type=_positive(int), help="threads (default: torch.get_num_threads())"
     )
-    p.add_argument("--kernel", help="avx512, avx2 or portable (default: the best available)")
+    p.add_argument(
+        "--kernel", help="avx512, avx2, neon or portable (default: the best this CPU runs)"
+    )
     p.add_argument(
         "--min-time",
         type=_positive(float, zero=True),

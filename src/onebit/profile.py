@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from onebit.nn import BATCHNORMS
 from onebit.nn.binary import BinaryLayer, is_binary
 
 
@@ -187,28 +188,25 @@ def layer_bits(module: nn.Module) -> str:
 
 
 def deployed_bytes(module: nn.Module) -> int:
-    """Bytes of ``module``'s own tensors in a file written by ``onebit.deploy.export``.
+    """Bytes of ``module``'s own tensors in a graph file written by ``onebit.deploy.export``
+    (their data: the file also aligns each tensor to 64 bytes and holds its op tables).
 
-    A binarized weight is packed 1 bit each per output channel along (kh, kw, cin), each tap's
-    channels rounded up to whole 64-bit words, plus the fp32 per-channel vectors stored with
-    it (see onebit.deploy.format); every other parameter and persistent buffer (BatchNorm
-    running statistics included) takes 4 bytes per float (the file stores fp32) or its
-    dtype's size. BatchNorm folding is not counted: a BatchNorm folded into the binary layer
-    before it is absent from the file.
+    A 1w1a layer (a ``bconv2d`` node) stores its weight signs 1 bit each, per output channel
+    along (kh, kw, cin), each tap's channels rounded up to whole 64-bit words, and fp32
+    ``out_scale`` and ``out_bias`` per output channel (alpha and bias folded in), plus
+    ``act_bias`` per input channel where it binarizes sign(x + b). A BatchNorm is a per-channel
+    fp32 scale and shift (BatchNorm folding into the binary layer before it is not counted).
+    Every other parameter and persistent buffer takes 4 bytes per float (the file stores fp32).
     """
     own = {k: v for k, v in module.state_dict(keep_vars=True).items() if "." not in k}
-    if not (is_binary(module) and module.weight_spec is not None):
+    if isinstance(module, BATCHNORMS) and module.running_mean is not None:
+        return 2 * 4 * module.num_features
+    if not (is_binary(module) and module.weight_spec is not None and module.act_spec is not None):
         return sum(_file_bytes(t) for t in own.values())
-    from onebit.deploy.export import describe
-
-    desc = describe("layer", module)
-    layer = sum(
-        math.prod(shape) * (8 if name.endswith(".weight_bits") else 4)
-        for name, shape in desc.tensor_shapes().items()
-    )
-    # a packed layer's alpha, bias and act_bias live in its out_scale / out_bias / act_bias
-    rest = {} if desc.mode == "packed" else {k: v for k, v in own.items() if k != "weight"}
-    return layer + sum(_file_bytes(t) for t in rest.values())
+    weight = module.weight
+    cout, cin, taps = weight.shape[0], weight.shape[1], math.prod(weight.shape[2:])
+    act_bias = getattr(module, "act_bias", None)
+    return cout * taps * -(-cin // 64) * 8 + 2 * 4 * cout + (4 * cin if act_bias is not None else 0)
 
 
 def _file_bytes(t: torch.Tensor) -> int:

@@ -1,8 +1,8 @@
-"""Speed and size of the deployed engine against PyTorch fp32, measured in one process.
+"""Speed and size of the C runtime against PyTorch fp32, measured in one process.
 
 ``onebit bench`` and ``benchmarks/kernel_speed.py`` print these tables. Every time is the
 best of repeated calls over ``min_time`` seconds (after warm-up), with
-``torch.get_num_threads()`` threads for PyTorch and the kernels alike.
+``torch.get_num_threads()`` threads for PyTorch and the runtime alike.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from onebit.deploy.engine import PackedConv2d, load, select_kernel
+from onebit.deploy.engine import load, select_kernel
 from onebit.deploy.export import export
-from onebit.deploy.format import LayerDesc
+from onebit.deploy.graph import InputRecord, Node, graph_bytes
 from onebit.deploy.packing import pack_weight
-from onebit.errors import ConfigError
+from onebit.deploy.runtime import Runtime
 
 # (channels, height = width) of ResNet-18's binary 3x3 convs, stride 1, padding 1
 RESNET18_CONVS = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -47,21 +48,36 @@ def best_time(fn: Callable[[], object], min_time: float) -> float:
 
 @dataclass
 class ConvRow:
-    """One binary 3x3 conv shape: PyTorch fp32 vs the packed layer (ms), per memory format."""
+    """One binary 3x3 conv shape: PyTorch fp32 (ms, per memory format) vs the runtime's bconv2d
+    node (binarize + pack the input, xnor-popcount conv, scale/bias epilogue: what a deployed
+    layer does per call)."""
 
     channels: int
     size: int
     batch: int
     torch_nchw: float
     torch_nhwc: float
-    onebit_nchw: float
-    onebit_nhwc: float
-    pack_nhwc: float  # binarize + pack of the input alone, included in onebit_nhwc
+    onebit: float
 
     @property
     def ratio(self) -> float:
-        """Best PyTorch time / best onebit time."""
-        return min(self.torch_nchw, self.torch_nhwc) / min(self.onebit_nchw, self.onebit_nhwc)
+        """Best PyTorch time / onebit time."""
+        return min(self.torch_nchw, self.torch_nhwc) / self.onebit
+
+
+def bconv_graph(channels: int, size: int, weight: torch.Tensor) -> bytes:
+    """A graph file of one binary 3x3 conv (stride 1, padding 1) of ``weight``'s signs (its
+    output flattened: a graph ends in (N, outputs, 1, 1))."""
+    attrs = {"stride_h": 1, "stride_w": 1, "pad_h": 1, "pad_w": 1, "dil_h": 1, "dil_w": 1}
+    slots = {"weight_bits": "w", "out_scale": "s", "out_bias": "b"}
+    tensors = {
+        "w": pack_weight(weight < 0).numpy().view(np.uint64),
+        "s": np.ones(channels, np.float32),
+        "b": np.zeros(channels, np.float32),
+    }
+    nodes = [Node("bconv2d", [0], slots, attrs, name="bench"), Node("flatten", [1], name="out")]
+    record = InputRecord(channels, size, size, channels * size * size)
+    return graph_bytes(nodes, tensors, record, {})
 
 
 def conv_rows(
@@ -70,48 +86,25 @@ def conv_rows(
     min_time: float = 0.5,
     kernel: str | None = None,
 ) -> list[ConvRow]:
-    """Time PyTorch's fp32 3x3 conv and the packed layer (input binarize + pack + xnor-popcount
-    conv + scale/bias epilogue, what a deployed layer does per call) on each shape."""
+    """Time PyTorch's fp32 3x3 conv and the runtime's binary conv on each shape, both at
+    ``torch.get_num_threads()`` threads."""
     kernel = select_kernel(kernel)
-    if kernel == "reference":
-        raise ConfigError(
-            "the conv benchmark times the C kernels; pick one of avx512, avx2, portable"
-        )
     rows = []
     for channels, size in shapes:
         weight = torch.randn(channels, channels, 3, 3)
-        desc = LayerDesc(
-            name="bench",
-            kind="conv2d",
-            mode="packed",
-            in_channels=channels,
-            out_channels=channels,
-            kernel_size=(3, 3),
-            stride=(1, 1),
-            padding=(1, 1),
-            dilation=(1, 1),
-            groups=1,
-            act="ste",
-            weight="xnor",
-            act_bias=False,
-            bn=None,
-        )
-        ones, zeros = torch.ones(channels), torch.zeros(channels)
-        layer = PackedConv2d(desc, pack_weight(weight < 0), ones, zeros, None, kernel)
+        runtime = Runtime.from_bytes(bconv_graph(channels, size, weight), where="bench")
+        runtime.set_kernel(kernel)
+        if torch.get_num_threads() > 1:
+            runtime.set_threads(torch.get_num_threads())
         for batch in batches:
             x = torch.randn(batch, channels, size, size)
             xl = x.contiguous(memory_format=torch.channels_last)
             torch_conv = partial(F.conv2d, weight=weight, padding=1)
-            calls = [
-                partial(torch_conv, x),
-                partial(torch_conv, xl),
-                partial(layer, x),
-                partial(layer, xl),
-                partial(layer.pack_input, xl),
-            ]
+            calls = [partial(torch_conv, x), partial(torch_conv, xl), partial(runtime, x.numpy())]
             with torch.no_grad():
                 times = [best_time(call, min_time) for call in calls]
             rows.append(ConvRow(channels, size, batch, *(1e3 * t for t in times)))
+        runtime.close()
     return rows
 
 
@@ -155,7 +148,7 @@ def model_rows(
             ckpt, packed = Path(tmp, "model.safetensors"), Path(tmp, "model.onebit")
             save_file({k: v.contiguous() for k, v in binary.state_dict().items()}, ckpt)
             export(binary, packed)
-            deployed = load(packed, kernel=kernel)
+            deployed = load(packed, kernel=kernel, threads=torch.get_num_threads())
             for batch in batches:
                 x = torch.randn(batch, *default_input_size(name))
                 # each network at its faster memory format (NCHW or channels-last), as the
@@ -164,8 +157,9 @@ def model_rows(
                 with torch.no_grad():
                     times = [
                         min(best_time(partial(m, xi), min_time) for xi in inputs)
-                        for m in (twin, binary, deployed)
+                        for m in (twin, binary)
                     ]
+                    times.append(best_time(partial(deployed, x.numpy()), min_time))
                 sizes = (ckpt.stat().st_size, packed.stat().st_size)
                 rows.append(ModelRow(name, batch, *(1e3 * t for t in times), *sizes))
     return rows
@@ -185,17 +179,14 @@ def format_conv_rows(rows: Sequence[ConvRow]) -> str:
         "batch",
         "torch NCHW",
         "torch NHWC",
-        "onebit NCHW",
-        "onebit NHWC",
-        "(pack)",
+        "onebit",
         "speedup",
     ]
     body = [
         [
             f"{r.channels}x{r.size}x{r.size}",
             str(r.batch),
-            *(f"{t:.3f}" for t in (r.torch_nchw, r.torch_nhwc, r.onebit_nchw, r.onebit_nhwc)),
-            f"{r.pack_nhwc:.3f}",
+            *(f"{t:.3f}" for t in (r.torch_nchw, r.torch_nhwc, r.onebit)),
             f"{r.ratio:.1f}x",
         ]
         for r in rows

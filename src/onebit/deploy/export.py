@@ -53,7 +53,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from onebit.data.spec import InputSpec
-from onebit.deploy.format import LayerDesc
 from onebit.deploy.graph import VERSION, InputRecord, Node, read_graph, write_graph
 from onebit.deploy.packing import pack_weight
 from onebit.errors import ExportError, OneBitError
@@ -75,60 +74,6 @@ from onebit.quant.binarizers import sign
 # --------------------------------------------------------------------------- binary layers
 # What a binary layer computes, for the graph and for format 1's layer descriptions (which
 # engine.py and onebit.profile still read).
-
-
-def binary_weight_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
-    """The (name, layer) pairs of ``model`` whose weight is binarized, in module order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, BinaryLayer) and m.weight_spec is not None
-    ]
-
-
-def geometry(layer: nn.Module) -> dict[str, Any]:
-    """The shape entries of a binary layer's LayerDesc (a linear is a 1x1 conv on a 1x1 image).
-
-    A string padding ("same"/"valid", user models only) is recorded as (0, 0): such a layer
-    runs in ``mode="float"`` with the module's own padding.
-    """
-    if isinstance(layer, BinaryLinear):
-        one = (1, 1)
-        return {
-            "kind": "linear",
-            "in_channels": layer.in_features,
-            "out_channels": layer.out_features,
-            "kernel_size": one,
-            "stride": one,
-            "padding": (0, 0),
-            "dilation": one,
-            "groups": 1,
-        }
-    padding = layer.padding if isinstance(layer.padding, tuple) else (0, 0)
-    return {
-        "kind": "conv2d",
-        "in_channels": layer.in_channels,
-        "out_channels": layer.out_channels,
-        "kernel_size": tuple(layer.kernel_size),
-        "stride": tuple(layer.stride),
-        "padding": tuple(padding),
-        "dilation": tuple(layer.dilation),
-        "groups": layer.groups,
-    }
-
-
-def describe(name: str, layer: BinaryLayer, bn: str | None = None) -> LayerDesc:
-    """The LayerDesc of a binary-weight layer (``bn``: the BatchNorm folded into it)."""
-    mode = "packed" if kernel_can_run(layer) else "float"
-    return LayerDesc(
-        name=name,
-        mode=mode,
-        act=layer.act_spec.name if layer.act_spec is not None else None,
-        weight=layer.weight_spec.name,
-        act_bias=mode == "packed" and getattr(layer, "act_bias", None) is not None,
-        bn=bn if mode == "packed" else None,
-        **geometry(layer),
-    )
 
 
 def kernel_can_run(layer: BinaryLayer) -> bool:
