@@ -31,8 +31,8 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
 void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
              const float *bias, float *C, int ldc, int threads) {
     (void)threads; /* the BLAS has its own */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f,
-                C, ldc);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C,
+                ldc);
     if (bias)
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] += bias[i];
@@ -78,8 +78,8 @@ GEMM_CLONES static void gemm_full_tile(int K, const float *A, int lda, const flo
 }
 
 /* An edge tile, mr <= MR rows by nr <= NR columns, in the same order of sums. */
-static void gemm_edge_tile(int mr, int nr, int K, const float *A, int lda, const float *B,
-                           int ldb, const float *bias, float *C, int ldc) {
+static void gemm_edge_tile(int mr, int nr, int K, const float *A, int lda, const float *B, int ldb,
+                           const float *bias, float *C, int ldc) {
     float acc[MR][NR] = {{0}};
     for (int k = 0; k < K; k++) {
         const float *b = B + (size_t)k * ldb;
@@ -172,8 +172,8 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads) {
     (void)threads;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, weight, in,
-                0.0f, y, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, weight, in, 0.0f,
+                y, out);
     if (bias)
         for (int img = 0; img < n; img++)
             for (int o = 0; o < out; o++) y[(size_t)img * out + o] += bias[o];
@@ -207,8 +207,7 @@ void ob_linear(const float *x, int n, int in, const float *weight, const float *
 
 /* ------------------------------------------------------------------------- element-wise */
 
-void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias,
-               float *y) {
+void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias, float *y) {
     const size_t plane = (size_t)s.h * s.w;
     for (int img = 0; img < n; img++) {
         for (int c = 0; c < s.c; c++) {
@@ -284,8 +283,7 @@ static void window(int o, int k, int s, int p, int in, int *lo, int *hi) {
 }
 
 /* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
-void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out,
-                  float *y) {
+void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y) {
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *src = x + nc * in.h * in.w;
         float *dst = y + nc * out.h * out.w;
