@@ -543,13 +543,14 @@ def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
         ((model, tmp_path / "images.idx", "--kernel", "nope"), "--kernel nope"),
         ((model, tmp_path / "images.idx", "--batch", "0"), "--batch needs an integer"),
         ((model, tmp_path / "images.idx", "--frobnicate"), "unknown option --frobnicate"),
+        ((model,), "a model and an images file are needed"),
         ((crop, tmp_path / "images.idx"), "resize and centre-crop them to 32x32 first"),
     ]
     for args, message in cases:
         done = onebit_run(build, *args)
         assert done.returncode == 2, (args, done.stderr)
-        first = done.stderr.splitlines()[0]
-        assert first.startswith("onebit-run: error: ") and message in first, (args, first)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("onebit-run: error: ") and message in line, (args, line)
 
 
 def test_cli_cross_built_for_aarch64_agrees_under_qemu(build, tmp_path):

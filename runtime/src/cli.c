@@ -314,7 +314,7 @@ int main(int argc, char **argv) {
         }
         if (strncmp(arg, "--", 2) != 0) {
             if (images_path != NULL)
-                die("one model and one images file, got also %s\n%s", arg, USAGE);
+                die("one model and one images file, got also %s (see --help)", arg);
             *(model_path == NULL ? &model_path : &images_path) = arg;
             continue;
         }
@@ -333,11 +333,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(arg, "--raw"))
             raw = parse_int(arg, value, 1, INT_MAX);
         else
-            die("unknown option %s\n%s", arg, USAGE);
+            die("unknown option %s (see --help)", arg);
         i++;
     }
     if (model_path == NULL || images_path == NULL)
-        die("a model and an images file are needed\n%s", USAGE);
+        die("a model and an images file are needed (see --help)");
 
     char err[512];
     onebit_model *m;
