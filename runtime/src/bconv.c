@@ -460,21 +460,24 @@ int ob_bconv_out_hw(const ob_bconv *c, int h, int w, int *ho, int *wo) {
 /* a * b, or 0 if either is 0 or the product overflows size_t (a scratch of 0 is invalid) */
 static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ? 0 : a * b; }
 
-/* Words of packed input and of fields; 0 and 0 on overflow. */
-static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields) {
+/* Words of packed input, of fields and of border tables (int32 pairs); all 0 on overflow. */
+static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields,
+                          size_t *tables) {
     *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
     *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
-    if (*packed == 0 || *fields == 0) *packed = *fields = 0;
+    *tables = mul_size((size_t)(s->ho + s->wo), (size_t)c->ncb * LANES / 2);
+    if (*packed == 0 || *fields == 0 || *tables == 0) *packed = *fields = *tables = 0;
 }
 
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
     Shape s;
-    size_t packed, fields;
+    size_t packed, fields, tables;
     if (c == NULL || shape_of(c, n, h, w, &s) < 0) return 0;
-    scratch_words(c, &s, &packed, &fields);
-    const size_t words = packed + fields, bytes = mul_size(words, 8);
-    if (packed == 0 || words < packed || bytes == 0 || bytes > SIZE_MAX - 2 * ALIGN) return 0;
-    return bytes + 2 * ALIGN; /* the fields start on a cache line too */
+    scratch_words(c, &s, &packed, &fields, &tables);
+    const size_t words = packed + fields + tables, bytes = mul_size(words, 8);
+    if (packed == 0 || words < packed || words < fields || bytes == 0 || bytes > SIZE_MAX - 3 * ALIGN)
+        return 0;
+    return bytes + 3 * ALIGN; /* each part starts on a cache line */
 }
 
 static void *align_up(void *p) {
@@ -611,23 +614,58 @@ static int is_border(const Shape *s, int64_t r) {
     return oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi;
 }
 
-/* corr[j][i] = sum of the tap sums of the taps of plane pixel r0 + i that lie in the padding. */
-static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, int64_t r0, int np,
+static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {
+    const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+    return iy < 0 || iy >= s->h;
+}
+
+static int col_out(const ob_bconv_geom *g, const Shape *s, int64_t ox, int64_t kx) {
+    const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
+    return ix < 0 || ix >= s->w;
+}
+
+/* Border tables, [ho][ncb * LANES] and [wo][ncb * LANES]: for output row oy the tap sums of the
+ * taps whose input row lies in the padding (all their columns), for column ox alike. */
+static void border_tables(const ob_bconv *c, const Shape *s, int32_t *rows, int32_t *cols) {
+    const ob_bconv_geom *g = &c->g;
+    const int64_t L = (int64_t)c->ncb * LANES;
+    memset(rows, 0, sizeof(int32_t) * (size_t)(s->ho * L));
+    memset(cols, 0, sizeof(int32_t) * (size_t)(s->wo * L));
+    for (int64_t cb = 0; cb < c->ncb; cb++)
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                for (int64_t oy = 0; oy < s->ho; oy++)
+                    if (row_out(g, s, oy, ky))
+                        for (int j = 0; j < LANES; j++) rows[oy * L + cb * LANES + j] += ts[j];
+                for (int64_t ox = 0; ox < s->wo; ox++)
+                    if (col_out(g, s, ox, kx))
+                        for (int j = 0; j < LANES; j++) cols[ox * L + cb * LANES + j] += ts[j];
+            }
+}
+
+/* corr[j][i]: the tap sums of the taps of plane pixel r0 + i that lie in the padding, i.e. its
+ * row's and column's table entries less the taps counted in both (out in row and column). */
+static void border_corrections(const ob_bconv *c, const Shape *s, const int32_t *rows,
+                               const int32_t *cols, int64_t cb, int64_t r0, int np,
                                int32_t corr[LANES][GP]) {
     const ob_bconv_geom *g = &c->g;
+    const int64_t L = (int64_t)c->ncb * LANES;
     memset(corr, 0, sizeof(int32_t) * LANES * GP);
     int64_t oy = r0 / s->wo, ox = r0 % s->wo - 1;
     for (int i = 0; i < np; i++) {
         if (++ox == s->wo) ox = 0, oy++;
-        if (oy >= s->ylo && oy < s->yhi && ox >= s->xlo && ox < s->xhi) continue;
+        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
+        if (!row_border && !col_border) continue;
+        const int32_t *r = rows + oy * L + cb * LANES, *cl = cols + ox * L + cb * LANES;
+        for (int j = 0; j < LANES; j++) corr[j][i] = r[j] + cl[j];
+        if (!row_border || !col_border) continue;
         for (int64_t ky = 0; ky < g->kh; ky++) {
-            const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-            const int row_out = iy < 0 || iy >= s->h;
+            if (!row_out(g, s, oy, ky)) continue;
             for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-                if (!row_out && ix >= 0 && ix < s->w) continue;
+                if (!col_out(g, s, ox, kx)) continue;
                 const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int j = 0; j < LANES; j++) corr[j][i] += ts[j];
+                for (int j = 0; j < LANES; j++) corr[j][i] -= ts[j];
             }
         }
     }
@@ -636,16 +674,19 @@ static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, in
 void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float *y, void *scratch,
                   int threads) {
     Shape s;
-    size_t packed_words, field_words;
+    size_t packed_words, field_words, table_words;
     if (c == NULL || x == NULL || y == NULL || scratch == NULL || shape_of(c, n, h, w, &s) < 0)
         return;
-    scratch_words(c, &s, &packed_words, &field_words);
+    scratch_words(c, &s, &packed_words, &field_words, &table_words);
     if (packed_words == 0) return;
     if (threads < 1) threads = 1;
     uint64_t *packed = (uint64_t *)align_up(scratch);
     uint64_t *fields = (uint64_t *)align_up(packed + packed_words);
+    int32_t *rows = (int32_t *)align_up(fields + field_words);
+    int32_t *cols = rows + s.ho * c->ncb * LANES;
     pack_input(c, &s, x, packed, threads);
     gather_fields(c, &s, packed, fields, threads);
+    border_tables(c, &s, rows, cols);
 
     const tile_fn tile = variant_tile(c->variant);
     const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
@@ -680,7 +721,7 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
                 t.out = y + (b * cout + cb * LANES) * s.plane + r0;
                 t.corr = NULL;
                 if (border[gi - g0]) {
-                    border_corrections(c, &s, cb, r0, t.np, corr);
+                    border_corrections(c, &s, rows, cols, cb, r0, t.np, corr);
                     t.corr = &corr[0][0];
                 }
                 tile(&t);
