@@ -2,8 +2,9 @@
 onebit-run CLI, and hostile files (truncated, flipped, edited and re-checksummed, fuzzed under
 AddressSanitizer) that must give an error, never a crash or a hang.
 
-The runtime is built here with make into a temporary folder (OpenMP on), so the tests run the
-sources of this checkout; ``onebit.deploy.runtime`` loads it through ONEBIT_RUNTIME_LIB.
+The runtime is built here with make into a temporary folder, so the tests run the sources of
+this checkout; ``onebit.deploy.runtime`` loads it through ONEBIT_RUNTIME_LIB. The make flags are
+ONEBIT_TEST_RUNTIME_MAKE's (default "OPENMP=1"; "CBLAS=1" or "" test those builds).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from onebit.errors import ExportError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ROOT / "runtime"
+MAKE_FLAGS = os.environ.get("ONEBIT_TEST_RUNTIME_MAKE", "OPENMP=1").split()
+THREADS = 2 if "OPENMP=1" in MAKE_FLAGS else 1
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
@@ -44,11 +47,11 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
-    """runtime/ built with OpenMP into a temporary folder; the binding loads its library."""
+    """runtime/ built into a temporary folder; the binding loads its library."""
     if shutil.which("make") is None or shutil.which("cc") is None:
         pytest.skip("make and a C compiler are needed to build runtime/")
     out = tmp_path_factory.mktemp("runtime-build")
-    done = _make(f"BUILD={out}", "OPENMP=1")
+    done = _make(f"BUILD={out}", *MAKE_FLAGS)
     assert done.returncode == 0, done.stderr
     saved = os.environ.get(LIBRARY_ENV)
     os.environ[LIBRARY_ENV] = str(out / "libonebit.so")
@@ -410,7 +413,7 @@ def test_residual_chain_equals_pytorch_for_every_batch_and_kernel():
         for kernel in ("portable", "auto"):
             rt.set_kernel(kernel)
             np.testing.assert_array_equal(rt(x), first)
-        rt.set_threads(2)
+        rt.set_threads(THREADS)
         np.testing.assert_array_equal(rt(x), first)
 
 
@@ -426,6 +429,9 @@ def test_input_record_and_errors_of_the_binding(tmp_path):
             rt.set_kernel("no-such-kernel")
         with pytest.raises(ExportError, match="threads 0"):
             rt.set_threads(0)
+        if THREADS == 1:
+            with pytest.raises(ExportError, match="no OpenMP"):
+                rt.set_threads(2)
         with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
             rt(np.zeros((2, 3, 32, 32), np.float32))
     with pytest.raises(ExportError, match="closed"):
@@ -486,7 +492,7 @@ def test_cli_on_idx_and_npy_files_equals_preprocess_then_runtime(build, tmp_path
     for source, extra in (
         ("images.idx", ["--batch", "8"]),
         ("images.npy", []),
-        ("float.npy", ["--batch", "5", "--threads", "2"]),
+        ("float.npy", ["--batch", "5", "--threads", str(THREADS)]),
         ("images.raw", ["--raw", "37", "--kernel", "portable"]),
     ):
         done = onebit_run(build, model, tmp_path / source, *extra)
@@ -537,13 +543,37 @@ def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
         ((model, tmp_path / "images.idx", "--kernel", "nope"), "--kernel nope"),
         ((model, tmp_path / "images.idx", "--batch", "0"), "--batch needs an integer"),
         ((model, tmp_path / "images.idx", "--frobnicate"), "unknown option --frobnicate"),
+        ((model,), "a model and an images file are needed"),
         ((crop, tmp_path / "images.idx"), "resize and centre-crop them to 32x32 first"),
     ]
     for args, message in cases:
         done = onebit_run(build, *args)
         assert done.returncode == 2, (args, done.stderr)
-        first = done.stderr.splitlines()[0]
-        assert first.startswith("onebit-run: error: ") and message in first, (args, first)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("onebit-run: error: ") and message in line, (args, line)
+
+
+def test_cli_cross_built_for_aarch64_agrees_under_qemu(build, tmp_path):
+    cross, qemu = "aarch64-linux-gnu-gcc", "qemu-aarch64"
+    if shutil.which(cross) is None or shutil.which(qemu) is None:
+        pytest.skip(f"needs {cross} and {qemu} (apt-get install gcc-aarch64-linux-gnu qemu-user)")
+    arm = tmp_path / "aarch64"
+    done = _make(f"CC={cross}", f"BUILD={arm}", f"{arm}/onebit-run")
+    assert done.returncode == 0, done.stderr
+    model, _ = cli_model(tmp_path, InputRecord(1, 32, 32, 10, "pad", 28, 28, (0.5,), (0.5,)))
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "images.idx", images)
+    want = onebit_run(build, model, tmp_path / "images.idx", "--top", "2").stdout
+    for kernel in ("neon", "portable"):
+        args = [model, tmp_path / "images.idx", "--top", "2", "--kernel", kernel]
+        done = subprocess.run(
+            [qemu, "-L", "/usr/aarch64-linux-gnu", str(arm / "onebit-run"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == want, kernel
 
 
 # ----------------------------------------------------------------------------- hostile files

@@ -39,9 +39,9 @@ enum {
 enum { ONEBIT_TRANSFORM_NONE = 0, ONEBIT_TRANSFORM_PAD = 1, ONEBIT_TRANSFORM_RESIZE_CROP = 2 };
 
 typedef struct {
-    int transform;     /* ONEBIT_TRANSFORM_* */
-    int raw_h, raw_w;  /* side of the raw images for "pad", else 0 */
-    float mean[4];     /* per channel, for the first min(C, 4) channels */
+    int transform;    /* ONEBIT_TRANSFORM_* */
+    int raw_h, raw_w; /* side of the raw images for "pad", else 0 */
+    float mean[4];    /* per channel, for the first min(C, 4) channels */
     float std[4];
 } onebit_input_record;
 

@@ -9,13 +9,14 @@
  * field is 3 words, not 9 words of 16 useful bits). Layouts (little-endian 64-bit words):
  *   weights   [ceil(cout / 8)][nw][8]    8 output channels ("lanes") interleaved, at prepare
  *   tap sums  [ceil(cout / 8)][kh kw][8] sum over cin of the +-1 weights of a tap
- *   scratch   packed input [n][h][w][ceil(cin / 64)], then the fields of groups of 8
+ *   scratch   packed input with a zero border as wide as the padding,
+ *             [n][h + 2 ph][w + 2 pw][ceil(cin / 64)], then the fields of groups of 8
  *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8]
  * A tile is one group x one block: 8 pixels x 8 output channels, so a SIMD register holds the
  * same word of 8 (avx512), 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each
  * output channel's 8 results are consecutive floats of its NCHW plane.
  *
- * A padded tap is packed as 0 bits (+1); an output pixel whose field crosses the border then
+ * A padded tap reads the border's 0 bits (+1); an output pixel whose field crosses it then
  * subtracts the tap sums of its out-of-bounds taps, which gives exactly the zero padding of the
  * float model (a padded tap adds 0 there, +1 * w here).
  *
@@ -416,6 +417,7 @@ const char *ob_kernel_name(int variant) {
 
 typedef struct {
     int64_t n, h, w, ho, wo, plane; /* plane = ho * wo */
+    int64_t hp, wp;                 /* the padded input, h + 2 ph, w + 2 pw */
     int64_t ngroups;                /* groups per image, ceil(plane / GP) */
     int64_t ylo, yhi, xlo, xhi;     /* output rows / columns whose taps all lie inside */
 } Shape;
@@ -436,7 +438,7 @@ static int shape_of(const ob_bconv *c, int n, int h, int w, Shape *s) {
     const int64_t hp = (int64_t)h + 2 * g->ph, wp = (int64_t)w + 2 * g->pw;
     const int64_t span_h = (int64_t)g->dh * (g->kh - 1), span_w = (int64_t)g->dw * (g->kw - 1);
     if (span_h >= hp || span_w >= wp) return -1;
-    s->n = n, s->h = h, s->w = w;
+    s->n = n, s->h = h, s->w = w, s->hp = hp, s->wp = wp;
     s->ho = (hp - span_h - 1) / g->sh + 1;
     s->wo = (wp - span_w - 1) / g->sw + 1;
     if (s->ho > INT32_MAX || s->wo > INT32_MAX) return -1;
@@ -458,21 +460,24 @@ int ob_bconv_out_hw(const ob_bconv *c, int h, int w, int *ho, int *wo) {
 /* a * b, or 0 if either is 0 or the product overflows size_t (a scratch of 0 is invalid) */
 static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ? 0 : a * b; }
 
-/* Words of packed input and of fields; 0 and 0 on overflow. */
-static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields) {
-    *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->h), (size_t)s->w), (size_t)c->kc);
+/* Words of packed input, of fields and of border tables (int32 pairs); all 0 on overflow. */
+static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields,
+                          size_t *tables) {
+    *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
     *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
-    if (*packed == 0 || *fields == 0) *packed = *fields = 0;
+    *tables = mul_size((size_t)(s->ho + s->wo), (size_t)c->ncb * LANES / 2);
+    if (*packed == 0 || *fields == 0 || *tables == 0) *packed = *fields = *tables = 0;
 }
 
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
     Shape s;
-    size_t packed, fields;
+    size_t packed, fields, tables;
     if (c == NULL || shape_of(c, n, h, w, &s) < 0) return 0;
-    scratch_words(c, &s, &packed, &fields);
-    const size_t words = packed + fields, bytes = mul_size(words, 8);
-    if (packed == 0 || words < packed || bytes == 0 || bytes > SIZE_MAX - 2 * ALIGN) return 0;
-    return bytes + 2 * ALIGN; /* the fields start on a cache line too */
+    scratch_words(c, &s, &packed, &fields, &tables);
+    const size_t words = packed + fields + tables, bytes = mul_size(words, 8);
+    if (packed == 0 || words < packed || words < fields || bytes == 0 || bytes > SIZE_MAX - 3 * ALIGN)
+        return 0;
+    return bytes + 3 * ALIGN; /* each part starts on a cache line */
 }
 
 static void *align_up(void *p) {
@@ -481,82 +486,89 @@ static void *align_up(void *p) {
 
 /* ------------------------------------------------------------------------------------ run */
 
-/* The packed input: row (b, y) of the image into packed[b][y][0..w). */
+/* The packed input with a border of zero words (+1) as wide as the padding, [n][hp][wp][kc]:
+ * every tap of every output pixel is then a valid address (a padded tap reads +1 bits, which
+ * the border correction takes back out). */
 static void pack_input(const ob_bconv *c, const Shape *s, const float *x, uint64_t *packed,
                        int threads) {
-    const int64_t rows = s->n * s->h, cin = c->g.cin, plane = s->h * s->w;
+    const ob_bconv_geom *g = &c->g;
+    const int64_t rows = s->n * s->hp, cin = g->cin, plane = s->h * s->w, kc = c->kc;
     const pack_row_fn pack_row = variant_pack(c->variant);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t b = r / s->h, y = r % s->h;
-        pack_row(x + b * cin * plane + y * s->w, plane, c->act_bias, cin, s->w, c->kc,
-                 packed + r * s->w * c->kc);
-    }
-}
-
-/* Ors the nbits bits of src (whole words, bits past nbits 0) into the field whose word j is at
- * dst[j * GP], starting at bit pos. */
-static void append_bits(uint64_t *dst, int64_t pos, const uint64_t *src, int64_t nbits) {
-    const int shift = (int)(pos & 63);
-    uint64_t *d = dst + (pos >> 6) * GP;
-    for (int64_t j = 0; j * 64 < nbits; j++) {
-        if (shift == 0) {
-            d[j * GP] = src[j];
+        const int64_t b = r / s->hp, y = r % s->hp - g->ph;
+        uint64_t *dst = packed + r * s->wp * kc;
+        if (y < 0 || y >= s->h) {
+            memset(dst, 0, sizeof(uint64_t) * (size_t)(s->wp * kc));
             continue;
         }
-        d[j * GP] |= src[j] << shift;
-        if (shift + (nbits - j * 64 < 64 ? nbits - j * 64 : 64) > 64)
-            d[(j + 1) * GP] |= src[j] >> (64 - shift);
+        memset(dst, 0, sizeof(uint64_t) * (size_t)(g->pw * kc));
+        memset(dst + (g->pw + s->w) * kc, 0, sizeof(uint64_t) * (size_t)(g->pw * kc));
+        pack_row(x + b * cin * plane + y * s->w, plane, c->act_bias, cin, s->w, kc,
+                 dst + g->pw * kc);
     }
 }
 
-/* The fields of a group of 8 output pixels in one output row (oy; columns ox0 ..) when cin < 64
- * or cin is a multiple of 64, the 8 pixels at once: pixel i's tap (ky, kx) is input row
- * oy sh - ph + ky dh, column (ox0 + i) sw - pw + kx dw, so for a tap the pixels inside the
- * input are a range [lo, hi) and, at stride 1 with cin <= 64, 8 consecutive words: each step is
- * the same copy or shift on 8 words (vectorized by the compiler). Out-of-bounds taps are 0.
- * With cin < 64 the taps' bits go into a register word stored when full (a tap adds cin bits:
- * at most one word boundary), so nothing is read back. */
-INLINE void gather_row_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img,
-                                  int64_t oy, int64_t ox0, uint64_t *f) {
+/* One tap-word of the 8 pixels into the field bit stream: pixel i's word is img[at + i] when
+ * contig, else img[at + off[i]]; nb bits of it (the rest 0) go at bit `shift` of the current
+ * words cur, which are stored to *f once full. Loads, shifts and stores are the same for the 8
+ * pixels (the compiler vectorizes them) and nothing is read back. */
+INLINE void put_word(const uint64_t *img, int64_t at, const int64_t off[GP], int contig, int nb,
+                     uint64_t cur[GP], int *shift, uint64_t **f) {
+#define OB_LOAD(i) (contig ? img[at + (i)] : img[at + off[i]])
+    const int sh = *shift, ns = sh + nb - 64; /* ns >= 0: the words are full, ns bits spill */
+    if (ns < 0) {
+        for (int i = 0; i < GP; i++) cur[i] |= OB_LOAD(i) << sh;
+        *shift = sh + nb;
+        return;
+    }
+    uint64_t *d = *f;
+    if (ns == 0) {
+        for (int i = 0; i < GP; i++) {
+            d[i] = cur[i] | OB_LOAD(i) << sh;
+            cur[i] = 0;
+        }
+    } else {
+        for (int i = 0; i < GP; i++) {
+            const uint64_t v = OB_LOAD(i);
+            d[i] = cur[i] | v << sh;
+            cur[i] = v >> (nb - ns);
+        }
+    }
+#undef OB_LOAD
+    *f = d + GP;
+    *shift = ns;
+}
+
+/* The fields of one group of 8 output pixels (plane pixels r0 ..; those past the plane read
+ * the image's first pixel, their outputs are not stored), as a bit stream over the taps and their words. When
+ * the 8 pixels lie in one output row at stride 1 with one word per tap, a tap's 8 words are
+ * consecutive: one vector load. */
+INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
+                              uint64_t *f) {
     const ob_bconv_geom *g = &c->g;
-    const int64_t kc = c->kc, cin = g->cin, h = s->h, w = s->w, sw = g->sw, step = sw * kc;
-    const int64_t iy0 = oy * g->sh - g->ph, ix0 = ox0 * sw - g->pw;
-    uint64_t cur[GP] = {0}, v[GP];
+    const int64_t kc = c->kc, wp = s->wp;
+    int64_t off[GP], oy = r0 / s->wo, ox = r0 % s->wo;
+    for (int i = 0; i < GP; i++) {
+        off[i] = r0 + i < s->plane ? (oy * g->sh * wp + ox * g->sw) * kc : 0;
+        if (++ox == s->wo) ox = 0, oy++;
+    }
+    const int contig = kc == 1 && g->sw == 1 && off[GP - 1] == off[0] + GP - 1;
+    const int last_bits = g->cin - 64 * (int)(kc - 1);
+    uint64_t cur[GP] = {0};
     int shift = 0;
     for (int64_t ky = 0; ky < g->kh; ky++) {
-        const int64_t iy = iy0 + ky * g->dh;
-        const int row_in = iy >= 0 && iy < h;
         for (int64_t kx = 0; kx < g->kw; kx++) {
-            const int64_t bx = ix0 + kx * g->dw; /* input column of pixel 0 */
-            int64_t lo = bx >= 0 ? 0 : (-bx + sw - 1) / sw;
-            int64_t hi = w - 1 - bx >= 0 ? (w - 1 - bx) / sw + 1 : 0;
-            if (hi > GP) hi = GP;
-            if (!row_in || lo > hi) lo = hi = 0;
-            const int64_t at = (iy * w + bx) * kc; /* pixel 0's word: read only within [lo, hi) */
+            const int64_t tap = (ky * g->dh * wp + kx * g->dw) * kc;
             for (int64_t j = 0; j < kc; j++) {
-                if (lo == 0 && hi == GP) {
-                    for (int i = 0; i < GP; i++) v[i] = img[at + i * step + j];
-                } else {
-                    for (int i = 0; i < GP; i++) v[i] = 0;
-                    for (int64_t i = lo; i < hi; i++) v[i] = img[at + i * step + j];
-                }
-                if (cin >= 64) {
-                    memcpy(f, v, sizeof v);
-                    f += GP;
-                    continue;
-                }
-                for (int i = 0; i < GP; i++) cur[i] |= v[i] << shift;
-                shift += (int)cin;
-                if (shift >= 64) {
-                    memcpy(f, cur, sizeof cur);
-                    f += GP;
-                    shift -= 64;
-                    for (int i = 0; i < GP; i++) cur[i] = shift ? v[i] >> (cin - shift) : 0;
-                }
+                const int nb = j == kc - 1 ? last_bits : 64;
+                if (contig)
+                    put_word(img, off[0] + tap, off, 1, nb, cur, &shift, &f);
+                else
+                    put_word(img, tap + j, off, 0, nb, cur, &shift, &f);
             }
         }
     }
@@ -564,28 +576,25 @@ INLINE void gather_row_group_body(const ob_bconv *c, const Shape *s, const uint6
 }
 
 typedef void (*gather_group_fn)(const ob_bconv *c, const Shape *s, const uint64_t *img,
-                                int64_t oy, int64_t ox0, uint64_t *f);
+                                int64_t r0, uint64_t *f);
 
 static void gather_group_portable(const ob_bconv *c, const Shape *s, const uint64_t *img,
-                                  int64_t oy, int64_t ox0, uint64_t *f) {
-    gather_row_group_body(c, s, img, oy, ox0, f);
+                                  int64_t r0, uint64_t *f) {
+    gather_group_body(c, s, img, r0, f);
 }
 
 #ifdef OB_X86
 __attribute__((target("avx2"))) static void gather_group_avx2(const ob_bconv *c, const Shape *s,
-                                                             const uint64_t *img, int64_t oy,
-                                                             int64_t ox0, uint64_t *f) {
-    gather_row_group_body(c, s, img, oy, ox0, f);
+                                                             const uint64_t *img, int64_t r0,
+                                                             uint64_t *f) {
+    gather_group_body(c, s, img, r0, f);
 }
 #endif
 
-/* The receptive fields of every group of output pixels, densely packed (out-of-bounds taps and
- * the pixels past the end of the last group are 0). The per-pixel path ors the bits in with
- * append_bits, which copies whole words when a tap starts on a word boundary. */
+/* The receptive fields of every group of output pixels, [n][ngroups][nw][GP]. */
 static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *packed,
                           uint64_t *fields, int threads) {
-    const ob_bconv_geom *g = &c->g;
-    const int64_t ngroups = s->n * s->ngroups, kc = c->kc, nw = c->nw, cin = g->cin;
+    const int64_t ngroups = s->n * s->ngroups, nw = c->nw;
     gather_group_fn group = gather_group_portable;
 #ifdef OB_X86
     if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512) group = gather_group_avx2;
@@ -595,28 +604,8 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t gi = 0; gi < ngroups; gi++) {
-        const int64_t b = gi / s->ngroups, r0 = gi % s->ngroups * GP;
-        const uint64_t *img = packed + b * s->h * s->w * kc;
-        uint64_t *f = fields + gi * nw * GP;
-        int64_t oy = r0 / s->wo, ox = r0 % s->wo;
-        if ((cin < 64 || cin % 64 == 0) && ox + GP <= s->wo) {
-            group(c, s, img, oy, ox, f);
-            continue;
-        }
-        /* a group across output rows, or other channel counts: one pixel at a time */
-        memset(f, 0, sizeof(uint64_t) * (size_t)(nw * GP));
-        for (int64_t i = 0; i < GP && r0 + i < s->plane; i++) {
-            for (int64_t ky = 0; ky < g->kh; ky++) {
-                const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-                if (iy < 0 || iy >= s->h) continue;
-                for (int64_t kx = 0; kx < g->kw; kx++) {
-                    const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-                    if (ix < 0 || ix >= s->w) continue;
-                    append_bits(f + i, (ky * g->kw + kx) * cin, img + (iy * s->w + ix) * kc, cin);
-                }
-            }
-            if (++ox == s->wo) ox = 0, oy++;
-        }
+        const int64_t b = gi / s->ngroups;
+        group(c, s, packed + b * s->hp * s->wp * c->kc, gi % s->ngroups * GP, fields + gi * nw * GP);
     }
 }
 
@@ -625,23 +614,58 @@ static int is_border(const Shape *s, int64_t r) {
     return oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi;
 }
 
-/* corr[j][i] = sum of the tap sums of the taps of plane pixel r0 + i that lie in the padding. */
-static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, int64_t r0, int np,
+static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {
+    const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
+    return iy < 0 || iy >= s->h;
+}
+
+static int col_out(const ob_bconv_geom *g, const Shape *s, int64_t ox, int64_t kx) {
+    const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
+    return ix < 0 || ix >= s->w;
+}
+
+/* Border tables, [ho][ncb * LANES] and [wo][ncb * LANES]: for output row oy the tap sums of the
+ * taps whose input row lies in the padding (all their columns), for column ox alike. */
+static void border_tables(const ob_bconv *c, const Shape *s, int32_t *rows, int32_t *cols) {
+    const ob_bconv_geom *g = &c->g;
+    const int64_t L = (int64_t)c->ncb * LANES;
+    memset(rows, 0, sizeof(int32_t) * (size_t)(s->ho * L));
+    memset(cols, 0, sizeof(int32_t) * (size_t)(s->wo * L));
+    for (int64_t cb = 0; cb < c->ncb; cb++)
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                for (int64_t oy = 0; oy < s->ho; oy++)
+                    if (row_out(g, s, oy, ky))
+                        for (int j = 0; j < LANES; j++) rows[oy * L + cb * LANES + j] += ts[j];
+                for (int64_t ox = 0; ox < s->wo; ox++)
+                    if (col_out(g, s, ox, kx))
+                        for (int j = 0; j < LANES; j++) cols[ox * L + cb * LANES + j] += ts[j];
+            }
+}
+
+/* corr[j][i]: the tap sums of the taps of plane pixel r0 + i that lie in the padding, i.e. its
+ * row's and column's table entries less the taps counted in both (out in row and column). */
+static void border_corrections(const ob_bconv *c, const Shape *s, const int32_t *rows,
+                               const int32_t *cols, int64_t cb, int64_t r0, int np,
                                int32_t corr[LANES][GP]) {
     const ob_bconv_geom *g = &c->g;
+    const int64_t L = (int64_t)c->ncb * LANES;
     memset(corr, 0, sizeof(int32_t) * LANES * GP);
     int64_t oy = r0 / s->wo, ox = r0 % s->wo - 1;
     for (int i = 0; i < np; i++) {
         if (++ox == s->wo) ox = 0, oy++;
-        if (oy >= s->ylo && oy < s->yhi && ox >= s->xlo && ox < s->xhi) continue;
+        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
+        if (!row_border && !col_border) continue;
+        const int32_t *r = rows + oy * L + cb * LANES, *cl = cols + ox * L + cb * LANES;
+        for (int j = 0; j < LANES; j++) corr[j][i] = r[j] + cl[j];
+        if (!row_border || !col_border) continue;
         for (int64_t ky = 0; ky < g->kh; ky++) {
-            const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
-            const int row_out = iy < 0 || iy >= s->h;
+            if (!row_out(g, s, oy, ky)) continue;
             for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t ix = ox * g->sw - g->pw + kx * g->dw;
-                if (!row_out && ix >= 0 && ix < s->w) continue;
+                if (!col_out(g, s, ox, kx)) continue;
                 const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int j = 0; j < LANES; j++) corr[j][i] += ts[j];
+                for (int j = 0; j < LANES; j++) corr[j][i] -= ts[j];
             }
         }
     }
@@ -650,16 +674,19 @@ static void border_corrections(const ob_bconv *c, const Shape *s, int64_t cb, in
 void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float *y, void *scratch,
                   int threads) {
     Shape s;
-    size_t packed_words, field_words;
+    size_t packed_words, field_words, table_words;
     if (c == NULL || x == NULL || y == NULL || scratch == NULL || shape_of(c, n, h, w, &s) < 0)
         return;
-    scratch_words(c, &s, &packed_words, &field_words);
+    scratch_words(c, &s, &packed_words, &field_words, &table_words);
     if (packed_words == 0) return;
     if (threads < 1) threads = 1;
     uint64_t *packed = (uint64_t *)align_up(scratch);
     uint64_t *fields = (uint64_t *)align_up(packed + packed_words);
+    int32_t *rows = (int32_t *)align_up(fields + field_words);
+    int32_t *cols = rows + s.ho * c->ncb * LANES;
     pack_input(c, &s, x, packed, threads);
     gather_fields(c, &s, packed, fields, threads);
+    border_tables(c, &s, rows, cols);
 
     const tile_fn tile = variant_tile(c->variant);
     const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
@@ -694,7 +721,7 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
                 t.out = y + (b * cout + cb * LANES) * s.plane + r0;
                 t.corr = NULL;
                 if (border[gi - g0]) {
-                    border_corrections(c, &s, cb, r0, t.np, corr);
+                    border_corrections(c, &s, rows, cols, cb, r0, t.np, corr);
                     t.corr = &corr[0][0];
                 }
                 tile(&t);

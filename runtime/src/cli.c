@@ -84,7 +84,8 @@ static void parse_idx(const char *path, const uint8_t *b, size_t size, array *a)
     uint64_t count = 1;
     for (int i = 0; i < ndim; i++) {
         a->dims[i] = be32(b + 4 + 4 * i);
-        if (a->dims[i] < 1 || a->dims[i] > INT_MAX) die("%s: dim %d is %lld", path, i, (long long)a->dims[i]);
+        if (a->dims[i] < 1 || a->dims[i] > INT_MAX)
+            die("%s: dim %d is %lld", path, i, (long long)a->dims[i]);
         count *= (uint64_t)a->dims[i];
         if (count > SIZE_MAX / 8) die("%s: too large", path);
     }
@@ -110,7 +111,8 @@ static void parse_npy(const char *path, const uint8_t *b, size_t size, array *a)
     const char *descr = strstr(header, "'descr':"), *order = strstr(header, "'fortran_order':");
     const char *shape = strstr(header, "'shape':");
     if (descr == NULL || order == NULL || shape == NULL) die("%s: a malformed .npy header", path);
-    if (strncmp(order + 16, " False", 6) != 0) die("%s: a Fortran-order array; save it in C order", path);
+    if (strncmp(order + 16, " False", 6) != 0)
+        die("%s: a Fortran-order array; save it in C order", path);
     descr = strchr(descr + 8, '\'');
     size_t item = 0;
     if (descr && (!strncmp(descr, "'|u1'", 5) || !strncmp(descr, "'<u1'", 5)))
@@ -133,7 +135,8 @@ static void parse_npy(const char *path, const uint8_t *b, size_t size, array *a)
         if (*p == ')') break;
         char *end;
         const long long d = strtoll(p, &end, 10);
-        if (end == p || d < 1 || d > INT_MAX || a->ndim == 4) die("%s: unsupported shape in the .npy header", path);
+        if (end == p || d < 1 || d > INT_MAX || a->ndim == 4)
+            die("%s: unsupported shape in the .npy header", path);
         a->dims[a->ndim++] = d;
         count *= (uint64_t)d;
         if (count > SIZE_MAX / 8) die("%s: too large", path);
@@ -262,6 +265,11 @@ static void preprocess(const images *im, int64_t first, int n, const input_info 
 
 /* ---------------------------------------------------------------------------------- main */
 
+static const char *need(const char *flag, const char *value) {
+    if (value == NULL) die("%s needs a value", flag);
+    return value;
+}
+
 static long parse_int(const char *flag, const char *s, long lo, long hi) {
     char *end;
     errno = 0;
@@ -299,26 +307,37 @@ int main(int argc, char **argv) {
     const char *model_path = NULL, *images_path = NULL, *labels_path = NULL, *kernel = NULL;
     long threads = 1, batch = 64, bench = 0, top = 1, raw = 0;
     for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *arg = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
             fputs(USAGE, stdout);
             return 0;
         }
-        if (!strcmp(arg, "--labels")) labels_path = next;
-        else if (!strcmp(arg, "--kernel")) kernel = next;
-        else if (!strcmp(arg, "--threads")) threads = parse_int(arg, next, 1, 1024);
-        else if (!strcmp(arg, "--batch")) batch = parse_int(arg, next, 1, 1 << 20);
-        else if (!strcmp(arg, "--bench")) bench = parse_int(arg, next, 1, 1 << 20);
-        else if (!strcmp(arg, "--top")) top = parse_int(arg, next, 1, 1 << 20);
-        else if (!strcmp(arg, "--raw")) raw = parse_int(arg, next, 1, INT_MAX);
-        else if (arg[0] == '-' && arg[1] == '-') die("unknown option %s\n%s", arg, USAGE);
-        else if (model_path == NULL) { model_path = arg; continue; }
-        else if (images_path == NULL) { images_path = arg; continue; }
-        else die("one model and one images file, got also %s\n%s", arg, USAGE);
-        if (next == NULL) die("%s needs a value", arg);
+        if (strncmp(arg, "--", 2) != 0) {
+            if (images_path != NULL)
+                die("one model and one images file, got also %s (see --help)", arg);
+            *(model_path == NULL ? &model_path : &images_path) = arg;
+            continue;
+        }
+        if (!strcmp(arg, "--labels"))
+            labels_path = need(arg, value);
+        else if (!strcmp(arg, "--kernel"))
+            kernel = need(arg, value);
+        else if (!strcmp(arg, "--threads"))
+            threads = parse_int(arg, value, 1, 1024);
+        else if (!strcmp(arg, "--batch"))
+            batch = parse_int(arg, value, 1, 1 << 20);
+        else if (!strcmp(arg, "--bench"))
+            bench = parse_int(arg, value, 1, 1 << 20);
+        else if (!strcmp(arg, "--top"))
+            top = parse_int(arg, value, 1, 1 << 20);
+        else if (!strcmp(arg, "--raw"))
+            raw = parse_int(arg, value, 1, INT_MAX);
+        else
+            die("unknown option %s (see --help)", arg);
         i++;
     }
-    if (model_path == NULL || images_path == NULL) die("a model and an images file are needed\n%s", USAGE);
+    if (model_path == NULL || images_path == NULL)
+        die("a model and an images file are needed (see --help)");
 
     char err[512];
     onebit_model *m;
@@ -327,7 +346,8 @@ int main(int argc, char **argv) {
     if (rc == ONEBIT_E_UNSUPPORTED)
         die("--threads %ld: this build has no OpenMP (build with make OPENMP=1)", threads);
     if (kernel && onebit_set_kernel(m, kernel))
-        die("--kernel %s: not a kernel this build and CPU run (auto, portable, avx2, avx512, neon)", kernel);
+        die("--kernel %s: not a kernel this build and CPU run (auto, portable, avx2, avx512, neon)",
+            kernel);
     input_info in;
     onebit_input_shape(m, &in.c, &in.h, &in.w);
     onebit_get_input_record(m, &in.rec);
@@ -359,12 +379,15 @@ int main(int argc, char **argv) {
     if (labels_path) {
         label_bytes = read_all(labels_path, &size);
         read_array(labels_path, label_bytes, size, &la);
-        if (la.ndim != 1 || la.kind == 'f') die("%s: labels must be a 1-d integer array", labels_path);
+        if (la.ndim != 1 || la.kind == 'f')
+            die("%s: labels must be a 1-d integer array", labels_path);
         if (la.dims[0] != im.n)
-            die("%s: %lld labels for %lld images", labels_path, (long long)la.dims[0], (long long)im.n);
+            die("%s: %lld labels for %lld images", labels_path, (long long)la.dims[0],
+                (long long)im.n);
         labels = xmalloc(sizeof(int64_t) * (size_t)im.n);
         for (int64_t i = 0; i < im.n; i++)
-            labels[i] = la.kind == 'u' ? ((const uint8_t *)la.data)[i] : ((const int64_t *)la.data)[i];
+            labels[i] =
+                la.kind == 'u' ? ((const uint8_t *)la.data)[i] : ((const int64_t *)la.data)[i];
     }
 
     if (batch > im.n) batch = im.n;
@@ -386,7 +409,8 @@ int main(int argc, char **argv) {
         const double median = ms[bench / 2];
         printf("batch %ld: %.3f ms per batch, %.4f ms per image (median of %ld; kernel %s, %ld "
                "thread%s)\n",
-               batch, median, median / batch, bench, onebit_kernel(m), threads, threads > 1 ? "s" : "");
+               batch, median, median / batch, bench, onebit_kernel(m), threads,
+               threads > 1 ? "s" : "");
         free(ms);
     } else {
         int64_t hits1 = 0, hitsk = 0;
@@ -406,7 +430,8 @@ int main(int argc, char **argv) {
             }
         }
         if (labels) {
-            printf("top-1 %.2f%% (%lld/%lld)\n", 100.0 * hits1 / im.n, (long long)hits1, (long long)im.n);
+            printf("top-1 %.2f%% (%lld/%lld)\n", 100.0 * hits1 / im.n, (long long)hits1,
+                   (long long)im.n);
             if (top > 1)
                 printf("top-%ld %.2f%% (%lld/%lld)\n", top, 100.0 * hitsk / im.n, (long long)hitsk,
                        (long long)im.n);

@@ -30,7 +30,9 @@ static uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static uint64_t rd64(const uint8_t *p) {
+    return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
+}
 
 static int32_t rdi32(const uint8_t *p) {
     const uint32_t u = rd32(p);
@@ -111,7 +113,9 @@ static const op_spec OPS[OP_COUNT] = {
     [OP_RESCALE_HW] = {"rescale_hw", 1, 1, {"scale"}},
 };
 
-const char *ob_op_name(int op) { return op > 0 && op < OP_COUNT ? OPS[op].name : "op?"; }
+const char *ob_op_name(int op) {
+    return op > 0 && op < OP_COUNT ? OPS[op].name : "op?";
+}
 
 static int n_slots(int op) {
     int n = 0;
@@ -126,7 +130,9 @@ static const char *slot_name(int op, int slot, char *buf, size_t len) {
     return buf;
 }
 
-ob_shape ob_value_shape(const onebit_model *m, int v) { return v == 0 ? m->in : m->nodes[v - 1].out; }
+ob_shape ob_value_shape(const onebit_model *m, int v) {
+    return v == 0 ? m->in : m->nodes[v - 1].out;
+}
 
 /* ------------------------------------------------------------------------- node checking */
 
@@ -174,8 +180,8 @@ static int want_tensor(const check_ctx *c, int s, int dtype, int ndim, const int
 
 static int want_attr(const check_ctx *c, const char *name, int64_t v, int64_t lo, int64_t hi) {
     if (v >= lo && v <= hi) return ONEBIT_OK;
-    return node_fail(c, ONEBIT_E_FORMAT, "%s is %lld, it must be in %lld..%lld", name,
-                     (long long)v, (long long)lo, (long long)hi);
+    return node_fail(c, ONEBIT_E_FORMAT, "%s is %lld, it must be in %lld..%lld", name, (long long)v,
+                     (long long)lo, (long long)hi);
 }
 
 /* The output shape of a conv or pool from the attributes in node->win; E_SHAPE if the window
@@ -256,7 +262,8 @@ static int infer(const check_ctx *c) {
                              groups, x.c, (long long)oc);
         if (w->dims[1] * groups != x.c) {
             if (groups == 1)
-                return node_fail(c, ONEBIT_E_SHAPE, "weight has %lld input channels, its input has %d",
+                return node_fail(c, ONEBIT_E_SHAPE,
+                                 "weight has %lld input channels, its input has %d",
                                  (long long)w->dims[1], x.c);
             return node_fail(c, ONEBIT_E_SHAPE,
                              "weight has %lld input channels per group, its input has %d in %d "
@@ -294,10 +301,10 @@ static int infer(const check_ctx *c) {
     }
     case OP_LINEAR: {
         if (x.h != 1 || x.w != 1)
-            return node_fail(c, ONEBIT_E_SHAPE,
-                             "takes an (N, C, 1, 1) input, its input is (N, %d, %d, %d): flatten it "
-                             "first",
-                             x.c, x.h, x.w);
+            return node_fail(
+                c, ONEBIT_E_SHAPE,
+                "takes an (N, C, 1, 1) input, its input is (N, %d, %d, %d): flatten it first", x.c,
+                x.h, x.w);
         if ((rc = want_tensor(c, 0, OB_F32, 2, (const int64_t[]){-1, -1}))) return rc;
         const ob_tensor *w = nd->t[0];
         oc = w->dims[0], oh = ow = 1;
@@ -325,8 +332,8 @@ static int infer(const check_ctx *c) {
         const int vector = nd->op == OP_MUL && b.c == x.c && b.h == 1 && b.w == 1;
         if (!same && !vector)
             return node_fail(c, ONEBIT_E_SHAPE,
-                             "its inputs are (N, %d, %d, %d) and (N, %d, %d, %d): %s", x.c, x.h, x.w,
-                             b.c, b.h, b.w,
+                             "its inputs are (N, %d, %d, %d) and (N, %d, %d, %d): %s", x.c, x.h,
+                             x.w, b.c, b.h, b.w,
                              nd->op == OP_ADD ? "they must be of one shape"
                                               : "the second must be of the first's shape or "
                                                 "(N, C, 1, 1)");
@@ -417,8 +424,8 @@ static int parse_node(onebit_model *m, int k, const uint8_t *p, char *err, size_
             return node_fail(&c, ONEBIT_E_FORMAT, "unused input %d is %d, it must be -1", i, v);
         if (i < nd->n_inputs && (v < 0 || v > k))
             return node_fail(&c, ONEBIT_E_FORMAT,
-                             "input %d is value %d: node %d reads only values 0 to %d (the input and "
-                             "earlier nodes)",
+                             "input %d is value %d: node %d reads only values 0 to %d (the input "
+                             "and earlier nodes)",
                              i, v, k, k);
     }
     const int slots = n_slots(nd->op);
@@ -459,16 +466,16 @@ static int parse_tensor(onebit_model *m, int i, const uint8_t *p, uint64_t data_
         return ob_fail(err, err_len, ONEBIT_E_FORMAT,
                        "tensor %d: dtype %u is not f32 (1), u64 (2) or i32 (3)", i, dtype);
     if (ndim < 1 || ndim > 4)
-        return ob_fail(err, err_len, ONEBIT_E_FORMAT, "tensor %d: %u dims, it must have 1 to 4",
-                       i, ndim);
+        return ob_fail(err, err_len, ONEBIT_E_FORMAT, "tensor %d: %u dims, it must have 1 to 4", i,
+                       ndim);
     t->dtype = (int)dtype, t->ndim = (int)ndim;
     uint64_t count = 1;
     for (int d = 0; d < 4; d++) {
         const uint32_t dim = rd32(p + 8 + 4 * d);
         if (d < t->ndim ? dim < 1 || dim > OB_MAX_DIM : dim != 1)
             return ob_fail(err, err_len, ONEBIT_E_FORMAT,
-                           "tensor %d: dim %d is %u, it must be 1 to %d (1 past its %d dims)", i,
-                           d, dim, OB_MAX_DIM, t->ndim);
+                           "tensor %d: dim %d is %u, it must be 1 to %d (1 past its %d dims)", i, d,
+                           dim, OB_MAX_DIM, t->ndim);
         t->dims[d] = dim;
         if (!mul_u64(count, dim, &count))
             return ob_fail(err, err_len, ONEBIT_E_FORMAT, "tensor %d: its size overflows", i);
@@ -514,8 +521,8 @@ static int check_header(const uint8_t *b, size_t size, sections *s, char *err, s
         return ob_fail(err, err_len, ONEBIT_E_FORMAT, "header_size is %u, it must be %d",
                        rd32(b + 12), OB_HEADER_SIZE);
     if (rd32(b + 28) != 0) /* outside the checksum: must be 0, so no bit of a file goes unchecked */
-        return ob_fail(err, err_len, ONEBIT_E_FORMAT, "the reserved header field is %u, it must be 0",
-                       rd32(b + 28));
+        return ob_fail(err, err_len, ONEBIT_E_FORMAT,
+                       "the reserved header field is %u, it must be 0", rd32(b + 28));
     if (rd64(b + 16) != size)
         return ob_fail(err, err_len, ONEBIT_E_FORMAT,
                        "the header says %llu bytes, the file has %zu (truncated or extended)",
@@ -542,8 +549,8 @@ static int check_header(const uint8_t *b, size_t size, sections *s, char *err, s
          s->node_offset},
         {"node table", s->node_offset, (uint64_t)s->n_nodes * OB_NODE_SIZE,
          s->tensor_offset + (uint64_t)s->n_tensors * OB_TENSOR_SIZE, s->meta_offset},
-        {"meta", s->meta_offset, s->meta_size,
-         s->node_offset + (uint64_t)s->n_nodes * OB_NODE_SIZE, s->data_offset},
+        {"meta", s->meta_offset, s->meta_size, s->node_offset + (uint64_t)s->n_nodes * OB_NODE_SIZE,
+         s->data_offset},
         {"data section", s->data_offset, s->data_size, s->meta_offset + s->meta_size, size},
     };
     for (int i = 0; i < 4; i++) {
@@ -553,8 +560,7 @@ static int check_header(const uint8_t *b, size_t size, sections *s, char *err, s
             start + len > parts[i].to)
             return ob_fail(err, err_len, ONEBIT_E_FORMAT,
                            "the %s [%llu, +%llu) is not inside the file's %zu bytes in order",
-                           parts[i].name, (unsigned long long)start, (unsigned long long)len,
-                           size);
+                           parts[i].name, (unsigned long long)start, (unsigned long long)len, size);
     }
     if (s->data_offset % OB_ALIGN || s->data_offset + s->data_size != size)
         return ob_fail(err, err_len, ONEBIT_E_FORMAT,
@@ -582,8 +588,7 @@ static int parse_input_record(onebit_model *m, const uint8_t *b, char *err, size
                        raw_w, h, w);
     if (raw_h > OB_MAX_DIM || raw_w > OB_MAX_DIM)
         return ob_fail(err, err_len, ONEBIT_E_FORMAT, "raw size %ux%u is too large", raw_h, raw_w);
-    if (classes < 1)
-        return ob_fail(err, err_len, ONEBIT_E_FORMAT, "num_classes is 0");
+    if (classes < 1) return ob_fail(err, err_len, ONEBIT_E_FORMAT, "num_classes is 0");
     m->in = (ob_shape){(int)c, (int)h, (int)w};
     m->num_classes = (int)classes;
     m->record.transform = (int)transform;
@@ -618,7 +623,7 @@ static int plan(onebit_model *m, char *err, size_t err_len) {
     for (int k = 0; k < m->n_nodes; k++)
         for (int i = 0; i < m->nodes[k].n_inputs; i++) last_use[m->nodes[k].inputs[i]] = k;
     last_use[nv - 1] = m->n_nodes; /* the output is read after the last node */
-    int n_live = 0;           /* live values sorted by offset */
+    int n_live = 0;                /* live values sorted by offset */
     size_t top = 0;
     for (int k = 0; k < m->n_nodes; k++) {
         int kept = 0;
@@ -668,8 +673,8 @@ static int prepare_bconvs(onebit_model *m, int variant, ob_bconv **out) {
                                   nd->t[3] ? nd->t[3]->data : NULL, variant);
         int ho = 0, wo = 0;
         const ob_shape x = ob_value_shape(m, nd->inputs[0]);
-        if (out[k] != NULL && (ob_bconv_out_hw(out[k], x.h, x.w, &ho, &wo) || ho != nd->out.h ||
-                               wo != nd->out.w)) {
+        if (out[k] != NULL &&
+            (ob_bconv_out_hw(out[k], x.h, x.w, &ho, &wo) || ho != nd->out.h || wo != nd->out.w)) {
             for (int i = 0; i <= k; i++) ob_bconv_free(out[i]);
             return ONEBIT_E_SHAPE; /* the kernel and the loader disagree: a bug */
         }
@@ -696,8 +701,8 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
                        (unsigned long long)s.data_size);
     memcpy(m->data, b + s.data_offset, (size_t)s.data_size);
     for (int i = 0; i < m->n_tensors; i++)
-        if ((rc = parse_tensor(m, i, b + s.tensor_offset + (size_t)i * OB_TENSOR_SIZE,
-                               s.data_size, err, err_len)))
+        if ((rc = parse_tensor(m, i, b + s.tensor_offset + (size_t)i * OB_TENSOR_SIZE, s.data_size,
+                               err, err_len)))
             return rc;
     for (int k = 0; k < m->n_nodes; k++)
         if ((rc = parse_node(m, k, b + s.node_offset + (size_t)k * OB_NODE_SIZE, err, err_len)))
@@ -711,7 +716,8 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
     if ((rc = plan(m, err, err_len))) return rc;
     m->kernel = ob_kernel_variant("auto");
     if (m->kernel < 0)
-        return ob_fail(err, err_len, ONEBIT_E_UNSUPPORTED, "no binary conv kernel runs on this CPU");
+        return ob_fail(err, err_len, ONEBIT_E_UNSUPPORTED,
+                       "no binary conv kernel runs on this CPU");
     ob_bconv **kernels = calloc((size_t)m->n_nodes, sizeof(ob_bconv *));
     rc = kernels ? prepare_bconvs(m, m->kernel, kernels) : ONEBIT_E_NOMEM;
     if (rc) {
@@ -764,8 +770,7 @@ int onebit_load_file(const char *path, onebit_model **out, char *err, size_t err
     void *data = malloc(size > 0 ? (size_t)size : 1);
     if (data == NULL) {
         fclose(f);
-        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "%s: out of memory for %ld bytes", path,
-                       size);
+        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "%s: out of memory for %ld bytes", path, size);
     }
     const size_t got = fread(data, 1, (size_t)size, f);
     const int failed = ferror(f);
@@ -801,7 +806,9 @@ void onebit_get_input_record(const onebit_model *m, onebit_input_record *out) {
     if (m != NULL && out != NULL) *out = m->record;
 }
 
-int onebit_num_outputs(const onebit_model *m) { return m ? m->num_classes : 0; }
+int onebit_num_outputs(const onebit_model *m) {
+    return m ? m->num_classes : 0;
+}
 
 int onebit_set_threads(onebit_model *m, int threads) {
     if (m == NULL || threads < 1 || threads > 1024) return ONEBIT_E_ARG;
@@ -832,14 +839,18 @@ int onebit_set_kernel(onebit_model *m, const char *name) {
     return ONEBIT_OK;
 }
 
-const char *onebit_kernel(const onebit_model *m) { return m ? ob_kernel_name(m->kernel) : ""; }
+const char *onebit_kernel(const onebit_model *m) {
+    return m ? ob_kernel_name(m->kernel) : "";
+}
 
-const char *onebit_version(void) { return "0.1.0"; }
+const char *onebit_version(void) {
+    return "0.1.0";
+}
 
 const char *onebit_status_name(int status) {
     static const char *const names[] = {
-        "ONEBIT_OK",          "ONEBIT_E_IO",    "ONEBIT_E_FORMAT", "ONEBIT_E_VERSION",
-        "ONEBIT_E_CHECKSUM",  "ONEBIT_E_UNSUPPORTED", "ONEBIT_E_SHAPE", "ONEBIT_E_NOMEM",
-        "ONEBIT_E_ARG"};
+        "ONEBIT_OK",        "ONEBIT_E_IO",       "ONEBIT_E_FORMAT",
+        "ONEBIT_E_VERSION", "ONEBIT_E_CHECKSUM", "ONEBIT_E_UNSUPPORTED",
+        "ONEBIT_E_SHAPE",   "ONEBIT_E_NOMEM",    "ONEBIT_E_ARG"};
     return status >= 0 && status <= ONEBIT_E_ARG ? names[status] : "ONEBIT_E_?";
 }

@@ -22,17 +22,17 @@
 #endif
 
 /* The file format (graph.py: HEADER, TENSOR, NODE, ALIGN, MAX_*). */
-#define OB_MAGIC "ONEBITGR"
-#define OB_VERSION 2
+#define OB_MAGIC       "ONEBITGR"
+#define OB_VERSION     2
 #define OB_HEADER_SIZE 152
 #define OB_TENSOR_SIZE 40
-#define OB_NODE_SIZE 128
-#define OB_CRC_FROM 32
-#define OB_ALIGN 64
-#define OB_MAX_INPUTS 4
+#define OB_NODE_SIZE   128
+#define OB_CRC_FROM    32
+#define OB_ALIGN       64
+#define OB_MAX_INPUTS  4
 #define OB_MAX_TENSORS 6
-#define OB_MAX_IATTR 12
-#define OB_MAX_FATTR 4
+#define OB_MAX_IATTR   12
+#define OB_MAX_FATTR   4
 
 enum { OB_F32 = 1, OB_U64 = 2, OB_I32 = 3 };
 
@@ -61,12 +61,12 @@ enum {
 };
 
 /* Limits that keep a hostile file from making the runtime allocate or loop without bound. */
-#define OB_MAX_NODES (1 << 14)
+#define OB_MAX_NODES        (1 << 14)
 #define OB_MAX_TENSOR_COUNT (1 << 16)
-#define OB_MAX_DIM (1 << 24)             /* a tensor or value dimension */
-#define OB_MAX_ATTR (1 << 16)            /* a kernel side, stride, padding, dilation, group count */
+#define OB_MAX_DIM          (1 << 24)    /* a tensor or value dimension */
+#define OB_MAX_ATTR         (1 << 16)    /* a kernel side, stride, padding, dilation, group count */
 #define OB_MAX_VALUE_FLOATS (1u << 26)   /* one value at batch 1 (256 MiB) */
-#define OB_MAX_ARENA_BYTES (1ull << 29)  /* the arena at batch 1 (512 MiB) */
+#define OB_MAX_ARENA_BYTES  (1ull << 29) /* the arena at batch 1 (512 MiB) */
 
 typedef struct {
     int dtype, ndim;
@@ -86,14 +86,14 @@ typedef struct {
 
 typedef struct {
     int op, n_inputs;
-    int inputs[OB_MAX_INPUTS];           /* value ids: 0 the graph input, k + 1 node k */
-    const ob_tensor *t[OB_MAX_TENSORS];  /* by slot, NULL where absent */
+    int inputs[OB_MAX_INPUTS];          /* value ids: 0 the graph input, k + 1 node k */
+    const ob_tensor *t[OB_MAX_TENSORS]; /* by slot, NULL where absent */
     int32_t ia[OB_MAX_IATTR];
     float fa[OB_MAX_FATTR];
     ob_shape out;
-    ob_window win;                       /* conv and pool ops */
-    size_t offset;                       /* of its value in the arena, floats per image */
-    ob_bconv *bconv;                     /* bconv2d: the prepared kernel */
+    ob_window win;   /* conv and pool ops */
+    size_t offset;   /* of its value in the arena, floats per image */
+    ob_bconv *bconv; /* bconv2d: the prepared kernel */
 } ob_node;
 
 struct onebit_model {
@@ -103,9 +103,9 @@ struct onebit_model {
     int n_tensors, n_nodes;
     ob_tensor *tensors;
     ob_node *nodes;
-    void *data;            /* the file's data section (64-byte aligned); tensors point in it */
-    size_t value_floats;   /* the values' part of the arena, floats per image */
-    void *arena;           /* values (n * value_floats floats), then the ops' scratch */
+    void *data;          /* the file's data section (64-byte aligned); tensors point in it */
+    size_t value_floats; /* the values' part of the arena, floats per image */
+    void *arena;         /* values (n * value_floats floats), then the ops' scratch */
     size_t arena_bytes;
     int threads, kernel;
 };

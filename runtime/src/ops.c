@@ -27,28 +27,65 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
 
 /* ---------------------------------------------------------------------------------- gemm */
 
-#define MR 4  /* rows of C per tile */
+#ifdef ONEBIT_CBLAS
+void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+             const float *bias, float *C, int ldc, int threads) {
+    (void)threads; /* the BLAS has its own */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C,
+                ldc);
+    if (bias)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] += bias[i];
+}
+#else
+#define MR 6  /* rows of C per tile */
 #define NR 16 /* columns of C per tile: a K x NR panel of B is reused by every row tile */
 
-/* One MR x NR tile (or a smaller edge tile) of C = A B + bias, summed over k in order. */
-static void gemm_tile(int mr, int nr, int K, const float *A, int lda, const float *B, int ldb,
-                      const float *bias, float *C, int ldc) {
-    float acc[MR][NR] = {{0}};
-    if (mr == MR && nr == NR) {
-        for (int k = 0; k < K; k++) {
-            const float *b = B + (size_t)k * ldb;
-            for (int i = 0; i < MR; i++) {
-                const float a = A[(size_t)i * lda + k];
-                for (int j = 0; j < NR; j++) acc[i][j] += a * b[j];
-            }
+/* Eight floats in a vector register (GCC / clang vector extensions): 8 lanes of AVX, two SSE or
+ * NEON registers. Rows of B are loaded through memcpy, so no alignment is assumed. */
+typedef float vf8 __attribute__((vector_size(32)));
+
+/* On x86-64 Linux the full tile is also compiled for AVX2 and picked at run time (ifunc), so
+ * the portable build keeps its twelve accumulators in the sixteen ymm registers. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define GEMM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GEMM_CLONES
+#endif
+
+/* A full MR x NR tile of C = A B + bias: per k, two vectors of B's row times each row's A. */
+GEMM_CLONES static void gemm_full_tile(int K, const float *A, int lda, const float *B, int ldb,
+                                       const float *bias, float *C, int ldc) {
+    vf8 acc[MR][2];
+    memset(acc, 0, sizeof acc);
+    for (int k = 0; k < K; k++) {
+        vf8 b0, b1;
+        memcpy(&b0, B + (size_t)k * ldb, sizeof b0);
+        memcpy(&b1, B + (size_t)k * ldb + 8, sizeof b1);
+        for (int i = 0; i < MR; i++) {
+            const float a = A[(size_t)i * lda + k];
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
         }
-    } else {
-        for (int k = 0; k < K; k++) {
-            const float *b = B + (size_t)k * ldb;
-            for (int i = 0; i < mr; i++) {
-                const float a = A[(size_t)i * lda + k];
-                for (int j = 0; j < nr; j++) acc[i][j] += a * b[j];
-            }
+    }
+    for (int i = 0; i < MR; i++) {
+        const float b = bias ? bias[i] : 0.0f;
+        for (int j = 0; j < NR; j++) {
+            const float v = acc[i][j / 8][j % 8];
+            C[(size_t)i * ldc + j] = bias ? v + b : v;
+        }
+    }
+}
+
+/* An edge tile, mr <= MR rows by nr <= NR columns, in the same order of sums. */
+static void gemm_edge_tile(int mr, int nr, int K, const float *A, int lda, const float *B, int ldb,
+                           const float *bias, float *C, int ldc) {
+    float acc[MR][NR] = {{0}};
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        for (int i = 0; i < mr; i++) {
+            const float a = A[(size_t)i * lda + k];
+            for (int j = 0; j < nr; j++) acc[i][j] += a * b[j];
         }
     }
     for (int i = 0; i < mr; i++)
@@ -58,14 +95,6 @@ static void gemm_tile(int mr, int nr, int K, const float *A, int lda, const floa
 
 void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
              const float *bias, float *C, int ldc, int threads) {
-#ifdef ONEBIT_CBLAS
-    (void)threads;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f,
-                C, ldc);
-    if (bias)
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] += bias[i];
-#else
     (void)threads; /* without OpenMP */
     const int mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
     /* row tiles vary fastest, so consecutive tiles of a thread share their B panel */
@@ -73,11 +102,15 @@ void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int l
     for (int64_t t = 0; t < (int64_t)mt * nt; t++) {
         const int i0 = (int)(t % mt) * MR, j0 = (int)(t / mt) * NR;
         const int mr = M - i0 < MR ? M - i0 : MR, nr = N - j0 < NR ? N - j0 : NR;
-        gemm_tile(mr, nr, K, A + (size_t)i0 * lda, lda, B + j0, ldb, bias ? bias + i0 : NULL,
-                  C + (size_t)i0 * ldc + j0, ldc);
+        const float *a = A + (size_t)i0 * lda, *b = bias ? bias + i0 : NULL;
+        float *c = C + (size_t)i0 * ldc + j0;
+        if (mr == MR && nr == NR)
+            gemm_full_tile(K, a, lda, B + j0, ldb, b, c, ldc);
+        else
+            gemm_edge_tile(mr, nr, K, a, lda, B + j0, ldb, b, c, ldc);
     }
-#endif
 }
+#endif
 
 /* -------------------------------------------------------------------------------- conv2d */
 
@@ -135,6 +168,17 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
 
 /* ---------------------------------------------------------------------------------- linear */
 
+#ifdef ONEBIT_CBLAS
+void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
+               float *y, int threads) {
+    (void)threads;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, weight, in, 0.0f,
+                y, out);
+    if (bias)
+        for (int img = 0; img < n; img++)
+            for (int o = 0; o < out; o++) y[(size_t)img * out + o] += bias[o];
+}
+#else
 /* Eight partial sums, so the loop vectorises without -ffast-math. */
 static float dot(const float *a, const float *b, int len) {
     float part[8] = {0};
@@ -149,14 +193,6 @@ static float dot(const float *a, const float *b, int len) {
 
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads) {
-#ifdef ONEBIT_CBLAS
-    (void)threads;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, weight, in,
-                0.0f, y, out);
-    if (bias)
-        for (int img = 0; img < n; img++)
-            for (int o = 0; o < out; o++) y[(size_t)img * out + o] += bias[o];
-#else
     (void)threads; /* without OpenMP */
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (int o = 0; o < out; o++) {
@@ -166,13 +202,12 @@ void ob_linear(const float *x, int n, int in, const float *weight, const float *
             y[(size_t)img * out + o] = bias ? s + bias[o] : s;
         }
     }
-#endif
 }
+#endif
 
 /* ------------------------------------------------------------------------- element-wise */
 
-void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias,
-               float *y) {
+void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias, float *y) {
     const size_t plane = (size_t)s.h * s.w;
     for (int img = 0; img < n; img++) {
         for (int c = 0; c < s.c; c++) {
@@ -248,8 +283,7 @@ static void window(int o, int k, int s, int p, int in, int *lo, int *hi) {
 }
 
 /* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
-void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out,
-                  float *y) {
+void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y) {
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *src = x + nc * in.h * in.w;
         float *dst = y + nc * out.h * out.w;

@@ -48,8 +48,8 @@ int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len) {
     m->arena_bytes = 0;
     m->arena = aligned_alloc(OB_ALIGN, need);
     if (m->arena == NULL)
-        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory for the %zu MiB arena of a batch of %d",
-                       need >> 20, n);
+        return ob_fail(err, err_len, ONEBIT_E_NOMEM,
+                       "out of memory for the %zu MiB arena of a batch of %d", need >> 20, n);
     m->arena_bytes = need;
     return ONEBIT_OK;
 }
