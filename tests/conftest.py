@@ -38,6 +38,32 @@ def onebit_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def write_format_1(path: Path, imports: list[str] | None = None) -> Path:
+    """A format-1 ``.onebit`` file as onebit wrote it before graph files: a safetensors
+    container whose metadata holds the JSON header (which named the modules to import at load,
+    ``imports``) and its SHA-256. Returns ``path``."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    header = {
+        "format": "onebit-deploy",
+        "version": 1,
+        "model": {"name": "resnet20", "options": {"in_chans": 1}},
+        "fp_dtype": "float32",
+        "layers": [],
+        "folded": [],
+        "input": None,
+    }
+    if imports is not None:
+        header["imports"] = imports
+    text = json.dumps(header, sort_keys=True)
+    metadata = {"onebit": text, "onebit_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    save_file({"conv1.weight": torch.zeros(16, 1, 3, 3)}, str(path), metadata=metadata)
+    return path
+
+
 def write_cifar(root, name: str, per_file: int = 6, seed: int = 0):
     """Write a tiny CIFAR-10/100 folder in the official on-disk format (Python-2 style pickles:
     dicts with bytes keys, b'data' a uint8 (N, 3072) array, labels a list). Returns the folder."""

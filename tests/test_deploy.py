@@ -1,10 +1,13 @@
-"""Export to .onebit and the deployed engine: equivalence with the trained model, file checks,
-kernel selection and the CLI."""
+"""Export to a .onebit graph file and the deployed model (the C runtime through
+``onebit.deploy.load``): equivalence with the trained model, what export refuses, file checks,
+kernel selection, raw-image prediction and the CLI."""
 
 import gzip
 import json
 import random
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +17,46 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import onebit
+from conftest import write_format_1
 from onebit import deploy
 from onebit.cli import main
+from onebit.data import InputSpec
 from onebit.deploy import engine
-from onebit.deploy import format as fmt
-from onebit.errors import ConfigError, ExportError
+from onebit.deploy.graph import (
+    CRC_FROM,
+    HEADER,
+    NODE_SIZE,
+    InputRecord,
+    Node,
+    graph_bytes,
+    read_graph,
+)
+from onebit.deploy.runtime import Runtime
+from onebit.errors import ExportError
 from onebit.nn import BATCHNORMS, LearnableBias
 from onebit.nn.binary import BinaryLayer
 from onebit.profile import deployed_bytes
 from onebit.quant import METHODS
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+FMNIST_SPEC = InputSpec(1, 32, (0.2860,), (0.3530,))
 
-# Every model family, at its default method. The ImageNet families (resnet18, birealnet18,
-# reactnet_a, real2binary18, ...) join this list when they are in the registry.
+# src bug (runtime/src/load.c, ops.c): graph.py lets subsample_pad's pads be negative (channels
+# removed, as F.pad: the exporter writes them for channel slices and splits, FIRNet's), the C
+# runtime refuses them at load ("pad_after is -16, it must be in 0..65536")
+NEGATIVE_PAD = pytest.mark.xfail(
+    strict=True,
+    raises=ExportError,
+    reason="src bug: the C runtime refuses subsample_pad with negative pads, which graph.py "
+    "allows and export writes for FIRNet's channel slices",
+)
+
+
+def firnet_xfail(cases: list[tuple[str, dict]]) -> list:
+    return [pytest.param(*c, marks=NEGATIVE_PAD) if c[0].startswith("firnet") else c for c in cases]
+
+
+# Every CIFAR-scale model family, at its default method.
 FAMILIES = [
     ("resnet20", {}),
     ("resnet18_cifar", {}),
@@ -37,7 +66,7 @@ FAMILIES = [
 ]
 # ImageNet-scale families, fed 32x32 Fashion-MNIST (stem and pooling still apply); their deep
 # full-precision residual streams (learnable shifts, RPReLU) are not dyadic, so they are
-# checked to fp32 rounding rather than bit for bit
+# checked to fp32 rounding
 IMAGENET_FAMILIES = [
     ("resnet18", {}),
     ("resnet18", {"structure": "bireal"}),
@@ -70,9 +99,9 @@ def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
 
     ``dyadic=True`` then rounds every BatchNorm's affine map and every weight scale to values
     whose products and sums are exact in fp32 (var + eps a power of 4, gamma and alpha powers
-    of two, means and betas multiples of 1/16): the folded ``dot * scale + bias`` and
-    PyTorch's BatchNorm of the conv output are then the same number, not just close, so the
-    engine must reproduce the model bit for bit, sign flips at exact zeros included.
+    of two, means and betas multiples of 1/16): the folded ``dot * out_scale + out_bias`` and
+    PyTorch's BatchNorm of the binary conv's output are then the same number, not just close,
+    so each bconv2d must reproduce its layer bit for bit, sign flips at exact zeros included.
     """
     model = onebit.create_model(name, in_chans=1, **options)
     for m in model.modules():
@@ -102,119 +131,161 @@ def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name,options", FAMILIES + METHOD_CASES)
-def test_engine_equals_model_bit_for_bit(name, options, tmp_path):
+def assert_logits_close(out, expected, rtol: float = 1e-5) -> None:
+    """Logits within fp32 rounding of the model's (the runtime's float convs sum in another
+    order than PyTorch's) and the very same argmax."""
+    out, expected = torch.as_tensor(out), expected.detach()
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=rtol * scale)
+    assert torch.equal(out.argmax(1), expected.argmax(1))
+
+
+@torch.no_grad()
+def check_binary_layers(model: nn.Module, path: Path, x: torch.Tensor, exact: bool) -> int:
+    """Run each bconv2d node of the file alone (a one-node graph) on the input its layer got in
+    the model: the output equals the layer's output, or its BatchNorm's where the export folded
+    one (``exact``: bit for bit, else to fp32 rounding). Returns the number of nodes checked."""
+    nodes, tensors, _, meta = read_graph(path.read_bytes(), str(path))
+    bconvs = [n for n in nodes if n.op == "bconv2d"]
+    names = {n.name for n in bconvs}
+    assert names == set(meta["packed"])
+    seen, keep = {}, []  # keep: the hooked tensors stay alive, so their ids stay theirs
+
+    def hook(name):
+        def record(module, args, output):
+            keep.extend([args[0], output])
+            seen[name] = (id(args[0]), args[0].clone(), id(output), output.clone())
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    handles += [model.get_submodule(n).register_forward_hook(hook(n)) for n in meta["folded"]]
+    model(x)
+    for h in handles:
+        h.remove()
+    after = {}
+    for bn in meta["folded"]:  # the packed layer whose output the BatchNorm reads
+        layer = [n for n in names if seen[n][2] == seen[bn][0]]
+        assert len(layer) == 1, bn
+        after[layer[0]] = seen[bn][3]
+    assert len(after) == len(meta["folded"])
+    for node in bconvs:
+        _, given, _, output = seen[node.name]
+        want = after.get(node.name, output)
+        given = given.reshape(len(x), given.shape[1], *given.shape[2:], *[1] * (4 - given.dim()))
+        one = [Node("bconv2d", [0], node.tensors, node.iattr), Node("flatten", [1])]
+        used = {name: tensors[name] for name in node.tensors.values()}
+        record = InputRecord(*given.shape[1:], want[0].numel())
+        with Runtime.from_bytes(graph_bytes(one, used, record, {})) as rt:
+            got = torch.from_numpy(rt(given.numpy())).reshape(want.shape)
+        if exact:
+            assert torch.equal(got, want), node.name
+        else:
+            scale = float(want.abs().max())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale, msg=node.name)
+    return len(bconvs)
+
+
+def graph_ops(path: Path) -> list[Node]:
+    return read_graph(path.read_bytes(), str(path))[0]
+
+
+@pytest.mark.parametrize("name,options", firnet_xfail(FAMILIES + METHOD_CASES))
+def test_deployed_model_equals_the_model(name, options, tmp_path, one_thread):
+    """The argmax is the model's and the logits agree to fp32 rounding; every bconv2d, fed its
+    layer's input, is that layer followed by its (folded) BatchNorm bit for bit."""
     model = trained_like(name, options)
-    header = deploy.export(model, tmp_path / "m.onebit")
-    runtime = deploy.load(tmp_path / "m.onebit")
+    path = tmp_path / "m.onebit"
+    meta = deploy.export(model, path)
+    deployed = deploy.load(path)
     x = fashion_mnist(16)
     with torch.no_grad():
         expected = model(x)
-    out = runtime(x)
-    assert torch.equal(out, expected)
-    assert torch.equal(out.argmax(1), expected.argmax(1))
-    binary = [m for m in model.modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
-    packed = [m for m in runtime.modules() if isinstance(m, deploy.PackedConv2d)]
-    assert len(packed) == len(binary) > 0
-    assert header["folded"]  # BatchNorm folding really happened
-    assert not any(
-        isinstance(m, BATCHNORMS) and n in header["folded"]
-        for n, m in runtime.network.named_modules()
-    )
+    out = deployed(x)  # a torch batch in, a torch batch out
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert_logits_close(out, expected)
+    numpy_out = deployed(x.numpy())  # numpy in, numpy out: the same numbers
+    assert isinstance(numpy_out, np.ndarray) and np.array_equal(numpy_out, out.numpy())
+    binary = [
+        n for n, m in model.named_modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"
+    ]
+    assert sorted(meta["packed"]) == sorted(binary) and binary
+    assert meta["folded"]  # BatchNorm folding really happened
+    nodes = graph_ops(path)
+    assert not any(n.op == "affine" and n.name in meta["folded"] for n in nodes)
+    assert check_binary_layers(model, path, x[:4], exact=True) == len(binary)
 
 
-@pytest.mark.parametrize("name,options", IMAGENET_FAMILIES)
-def test_engine_runs_imagenet_families_to_float_rounding(name, options, tmp_path):
+@pytest.mark.parametrize("name,options", firnet_xfail(IMAGENET_FAMILIES))
+def test_imagenet_families_at_small_input(name, options, tmp_path, one_thread):
     model = trained_like(name, options)
-    deploy.export(model, tmp_path / "m.onebit")
-    runtime = deploy.load(tmp_path / "m.onebit")
-    x = fashion_mnist(16)
-    with torch.no_grad():
-        expected = model(x)
-    out = runtime(x)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
-    assert torch.equal(out.argmax(1), expected.argmax(1))
-    binary = [m for m in model.modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
-    packed = [m for m in runtime.modules() if isinstance(m, deploy.PackedConv2d)]
-    assert len(packed) == len(binary) > 0
-
-
-@pytest.mark.parametrize("name", ["resnet18_cifar", "firnet20"])
-def test_folded_layers_match_with_raw_batchnorm_statistics(name, tmp_path):
-    """With unrounded statistics, each packed layer (BatchNorm folded) fed the model's own
-    input reproduces the model's conv -> BatchNorm output to fp32 rounding; end to end the
-    logits agree to float tolerance and the argmax is identical."""
-    model = trained_like(name, {"method": "xnor"}, dyadic=False)
-    header = deploy.export(model, tmp_path / "m.onebit")
-    runtime = deploy.load(tmp_path / "m.onebit")
-    inputs, outputs = {}, {}
-    for desc in runtime.layers:
-        layer, after = model.get_submodule(desc.name), model.get_submodule(desc.bn or desc.name)
-        layer.register_forward_pre_hook(lambda m, a, n=desc.name: inputs.update({n: a[0]}))
-        after.register_forward_hook(lambda m, a, o, n=desc.name: outputs.update({n: o}))
+    meta = deploy.export(model, tmp_path / "m.onebit", input_spec=FMNIST_SPEC)
+    deployed = deploy.load(tmp_path / "m.onebit")
     x = fashion_mnist(8)
     with torch.no_grad():
         expected = model(x)
-    assert len(header["folded"]) == len(runtime.layers)
+    assert_logits_close(deployed(x), expected, rtol=1e-4)
+    binary = [
+        n for n, m in model.named_modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"
+    ]
+    assert sorted(meta["packed"]) == sorted(binary) and binary
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", pytest.param("firnet20", marks=NEGATIVE_PAD)])
+def test_folded_layers_match_with_raw_batchnorm_statistics(name, tmp_path, one_thread):
+    """With unrounded statistics, each bconv2d (BatchNorm folded) fed the model's own input
+    reproduces the model's conv -> BatchNorm output to fp32 rounding; end to end the logits
+    agree to float tolerance and the argmax is identical."""
+    model = trained_like(name, {"method": "xnor"}, dyadic=False)
+    meta = deploy.export(model, tmp_path / "m.onebit")
+    x = fashion_mnist(8)
+    assert check_binary_layers(model, tmp_path / "m.onebit", x, exact=False) == len(meta["folded"])
     with torch.no_grad():
-        for desc in runtime.layers:
-            got = runtime.network.get_submodule(desc.name)(inputs[desc.name])
-            want = outputs[desc.name]
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
-    out = runtime(x)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
-    assert torch.equal(out.argmax(1), expected.argmax(1))
+        expected = model(x)
+    assert_logits_close(deploy.load(tmp_path / "m.onebit")(x), expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bits", ["1w32a", "32w1a"])
-def test_partly_binary_layers_run_in_float(bits, tmp_path):
-    model = trained_like("resnet20", {"bits": bits}, dyadic=False)
-    header = deploy.export(model, tmp_path / "m.onebit")
-    runtime = deploy.load(tmp_path / "m.onebit")
-    assert [layer["mode"] for layer in header["layers"]] == (
-        ["float"] * 18 if bits == "1w32a" else []
-    )
+def test_binary_weights_with_real_activations_run_as_float_convs(tmp_path, one_thread):
+    """1w32a: every binary layer is a float conv of its sign x scale weights; 32w1a (binary
+    inputs, real weights) has no op of the runtime and is refused with one line."""
+    model = trained_like("resnet20", {"bits": "1w32a"}, dyadic=False)
+    meta = deploy.export(model, tmp_path / "m.onebit")
+    assert meta["packed"] == [] and len(meta["float_binary"]) == 18
+    assert not any(n.op == "bconv2d" for n in graph_ops(tmp_path / "m.onebit"))
     x = fashion_mnist(4)
     with torch.no_grad():
-        assert torch.equal(runtime(x), model(x))
-
-
-def test_fp16_file_rounds_only_the_full_precision_parts(tmp_path):
-    model = trained_like("resnet18_cifar", {})
-    deploy.export(model, tmp_path / "32.onebit")
-    header = deploy.export(model, tmp_path / "16.onebit", fp16=True)
-    assert header["fp_dtype"] == "float16"
-    _, layers, tensors = fmt.read(tmp_path / "16.onebit")
-    layer_tensors = {name for d in layers for name in d.tensor_shapes()}
-    fp_tensors = {k: v for k, v in tensors.items() if k not in layer_tensors}
-    assert all(v.dtype in (torch.float16, torch.int64) for v in fp_tensors.values())
-    assert all(tensors[k].dtype in (torch.float32, torch.int64) for k in layer_tensors)
-    half = sum(v.numel() * 2 for v in fp_tensors.values() if v.dtype == torch.float16)
-    size32, size16 = ((tmp_path / f).stat().st_size for f in ("32.onebit", "16.onebit"))
-    assert size32 - size16 == pytest.approx(half, abs=4096)  # header sizes differ a little
-    # the engine is then exactly the model with those parameters rounded to fp16
-    state = model.state_dict()
-    with torch.no_grad():
-        for key, value in fp_tensors.items():
-            if value.dtype == torch.float16:
-                state[key].copy_(state[key].half().float())
-    x = fashion_mnist(8)
-    with torch.no_grad():
         expected = model(x)
-    assert torch.equal(deploy.load(tmp_path / "16.onebit")(x), expected)
+    # real activations through 18 float convs and hardtanh: fp32 rounding grows (the
+    # reference interpreter, PyTorch convs too, is as far from the model)
+    assert_logits_close(deploy.load(tmp_path / "m.onebit")(x), expected, rtol=5e-3)
+    model = onebit.create_model("resnet20", in_chans=1, bits="32w1a")
+    with pytest.raises(ExportError) as err:
+        deploy.export(model, tmp_path / "a.onebit")
+    assert "BinaryConv2d 32w1a" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "a.onebit").exists()
+
+
+def test_fp16_export_is_refused(tmp_path):
+    """The graph file stores full-precision tensors as fp32 only (format 1's fp16 files are
+    gone): export says so in one line and writes nothing."""
+    model = onebit.create_model("resnet20", in_chans=1)
+    with pytest.raises(ExportError, match="fp32 only") as err:
+        deploy.export(model, tmp_path / "m.onebit", fp16=True)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "m.onebit").exists()
 
 
 class SmallNet(nn.Module):
-    def __init__(self):
+    def __init__(self, groups: int = 1):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1),
             nn.BatchNorm2d(16),
-            nn.ReLU(),
+            nn.Hardtanh(),
             nn.Conv2d(16, 70, 3, stride=2, padding=1),
             nn.BatchNorm2d(70),
             nn.Hardtanh(),
-            nn.Conv2d(70, 32, 3, padding=1, groups=2),
+            nn.Conv2d(70, 32, 3, padding=1, groups=groups),
             nn.BatchNorm2d(32),
             nn.Hardtanh(),
         )
@@ -226,98 +297,87 @@ class SmallNet(nn.Module):
         return self.head(self.features(x))
 
 
-def binarized_small_net() -> nn.Module:
+def binarized_small_net(groups: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    model = onebit.binarize(SmallNet(), method="reactnet")
+    model = onebit.binarize(SmallNet(groups), method="reactnet")
     model.train()
     with torch.no_grad():
         model(fashion_mnist(32))
     return model.eval()
 
 
-def test_binarized_user_model_needs_an_instance_to_load(tmp_path):
+def test_binarized_user_model_loads_from_the_file_alone(tmp_path, one_thread):
+    """No model instance is needed to load: the file is the network (its class is only named
+    in the meta). A binary linear's BatchNorm1d is folded as a conv's BatchNorm2d."""
     model = binarized_small_net()
-    header = deploy.export(model, tmp_path / "m.onebit")
-    modes = {layer["name"]: (layer["mode"], layer["bn"]) for layer in header["layers"]}
-    assert modes == {
-        "features.3": ("packed", "features.4"),
-        "features.6": ("float", None),  # groups=2: PyTorch runs it with the unpacked weights
-        "head.1": ("packed", "head.2"),  # a binary linear, BatchNorm1d folded
-    }
-    with pytest.raises(ExportError, match="model=an instance"):
-        deploy.load(tmp_path / "m.onebit")
-    runtime = deploy.load(tmp_path / "m.onebit", model=binarized_small_net())
+    meta = deploy.export(model, tmp_path / "m.onebit", input_spec=FMNIST_SPEC)
+    assert meta["packed"] == ["features.3", "features.6", "head.1"]
+    assert meta["folded"] == ["features.4", "features.7", "head.2"]
+    assert meta["model"]["name"] is None and meta["model"]["class"].endswith("SmallNet")
+    deployed = deploy.load(tmp_path / "m.onebit")
     x = fashion_mnist(8)
     with torch.no_grad():
         expected = model(x)
-    out = runtime(x)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
-    with pytest.raises(ExportError, match="does not match this model"):
-        deploy.load(tmp_path / "m.onebit", model=onebit.create_model("resnet20", in_chans=1))
+    assert_logits_close(deployed(x), expected, rtol=1e-4)
+    assert check_binary_layers(model, tmp_path / "m.onebit", x, exact=False) == 3
+    # a grouped 1w1a conv has no runtime op: refused with one line naming the layer
+    with pytest.raises(ExportError, match=r"^cannot export features\.6 .*groups 2") as err:
+        deploy.export(binarized_small_net(groups=2), tmp_path / "g.onebit", input_spec=FMNIST_SPEC)
+    assert "\n" not in str(err.value) and not (tmp_path / "g.onebit").exists()
 
 
-def test_untraceable_model_exports_without_folding(tmp_path):
+def test_untraceable_model_is_refused_with_one_line(tmp_path):
+    """Format 1 fell back to an unfolded export that needed the model class at load; a graph
+    file needs the traced graph, so export refuses and writes nothing."""
+
     class Branchy(SmallNet):
         def forward(self, x):
             if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
                 x = x * 1.0
             return super().forward(x)
 
-    torch.manual_seed(0)
     model = onebit.binarize(Branchy(), method="xnor").eval()
-    with pytest.warns(UserWarning, match="not folded"):
-        header = deploy.export(model, tmp_path / "m.onebit")
-    assert header["folded"] == []
-    torch.manual_seed(0)
-    runtime = deploy.load(tmp_path / "m.onebit", model=onebit.binarize(Branchy(), method="xnor"))
-    x = fashion_mnist(4)
-    with torch.no_grad():
-        torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ExportError, match=r"torch\.fx cannot trace its forward") as err:
+        deploy.export(model, tmp_path / "m.onebit", input_spec=FMNIST_SPEC)
+    assert "\n" not in str(err.value) and not (tmp_path / "m.onebit").exists()
+
+
+# --------------------------------------------------------------------------- kernels
 
 
 def test_each_kernel_and_the_env_variable(tmp_path, monkeypatch):
-    model = trained_like("firnet20", {})
+    model = trained_like("resnet18_cifar", {"method": "reactnet"})
     deploy.export(model, tmp_path / "m.onebit")
-    x = fashion_mnist(8)
-    outputs = {
-        k: deploy.load(tmp_path / "m.onebit", kernel=k)(x) for k in deploy.available_kernels()
-    }
-    assert all(torch.equal(o, outputs["reference"]) for o in outputs.values())
-    monkeypatch.setenv(deploy.KERNEL_ENV, "reference")
-    assert deploy.load(tmp_path / "m.onebit").kernel == "reference"
+    x = fashion_mnist(8).numpy()
+    kernels = deploy.available_kernels()
+    assert kernels[-1] == "portable" and set(kernels) <= set(engine.KERNELS)
+    outputs = {k: deploy.load(tmp_path / "m.onebit", kernel=k)(x) for k in kernels}
+    assert all(np.array_equal(o, outputs["portable"]) for o in outputs.values())
+    assert deploy.load(tmp_path / "m.onebit").kernel == kernels[0]  # auto: the best
+    threaded = deploy.load(tmp_path / "m.onebit", threads=2)
+    assert np.array_equal(threaded(x), outputs["portable"])
+    monkeypatch.setenv(deploy.KERNEL_ENV, "portable")
+    assert deploy.load(tmp_path / "m.onebit").kernel == "portable"
+    assert deploy.load(tmp_path / "m.onebit", kernel=kernels[0]).kernel == kernels[0]
     monkeypatch.setenv(deploy.KERNEL_ENV, "fastest")
-    with pytest.raises(ConfigError, match=r"'fastest'.*not one of"):
+    with pytest.raises(ExportError, match=r"unknown kernel 'fastest' \(from ONEBIT_KERNEL\)"):
         deploy.load(tmp_path / "m.onebit")
+    with pytest.raises(ExportError, match=r"unknown kernel 'reference' \(from kernel=\)"):
+        deploy.load(tmp_path / "m.onebit", kernel="reference")
 
 
-def test_a_kernel_the_cpu_lacks_is_refused(monkeypatch):
-    class NoAvx512:
-        @staticmethod
-        def variants():
-            return [("portable", True), ("avx2", True), ("avx512", False)]
-
-    monkeypatch.setattr(engine, "_kernels", NoAvx512)
-    assert deploy.available_kernels() == ["avx2", "portable", "reference"]
+def test_a_kernel_the_cpu_lacks_is_refused(tmp_path, monkeypatch):
+    deploy.export(onebit.create_model("resnet20", in_chans=1), tmp_path / "m.onebit")
+    lacking = [k for k in engine.KERNELS if k not in deploy.available_kernels()]
+    for kernel in lacking:  # neon on x86-64, the x86 ones on aarch64
+        with pytest.raises(ExportError, match=f"kernel '{kernel}' does not run on this CPU") as e:
+            deploy.load(tmp_path / "m.onebit", kernel=kernel)
+        assert "\n" not in str(e.value)
+    # a CPU without AVX-512: auto takes AVX2, and AVX-512 is refused naming what runs
+    monkeypatch.setattr(engine, "available_kernels", lambda: ["avx2", "portable"])
     assert deploy.select_kernel("auto") == "avx2"
-    with pytest.raises(ConfigError, match="'avx512' cannot run here"):
+    with pytest.raises(ExportError, match=r"'avx512' does not run on .*available here: avx2, port"):
         deploy.select_kernel("avx512")
-
-
-def test_without_the_extension_the_reference_path_runs_with_a_warning(tmp_path, monkeypatch):
-    model = trained_like("resnet20", {})
-    deploy.export(model, tmp_path / "m.onebit")
-    x = fashion_mnist(4)
-    compiled = deploy.load(tmp_path / "m.onebit")(x)
-    monkeypatch.setattr(engine, "_kernels", None)
-    monkeypatch.setattr(
-        engine, "_KERNELS_MISSING", "the C extension is not built (test)", raising=False
-    )
-    with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
-        runtime = deploy.load(tmp_path / "m.onebit")
-    assert runtime.kernel == "reference"
-    assert torch.equal(runtime(x), compiled)
-    with pytest.raises(ConfigError, match="not built"):
-        deploy.load(tmp_path / "m.onebit", kernel="avx2")
 
 
 # ----------------------------------------------------------------------------- the file
@@ -331,77 +391,96 @@ def reactnet_file(tmp_path_factory):
     return path
 
 
+def with_crc(data: bytes | bytearray) -> bytes:
+    """``data`` with its checksum recomputed: a file another tool wrote, sealed but wrong."""
+    data = bytearray(data)
+    data[24:28] = struct.pack("<I", zlib.crc32(bytes(data[CRC_FROM:])))
+    return bytes(data)
+
+
 def test_fuzzed_files_raise_one_line_export_errors(reactnet_file, tmp_path):
-    """Truncations and bit flips anywhere: an ExportError naming the file, or (a flip the
-    format tolerates) a model with the very same output. Never another exception."""
+    """Truncations and bit flips anywhere: an ExportError of one line naming the file, never
+    another exception (the checksum catches every flip); bytes appended too."""
     data = reactnet_file.read_bytes()
-    header_end = 8 + int.from_bytes(data[:8], "little")
     x = fashion_mnist(2)
-    expected = deploy.load(reactnet_file)(x)
     rng = random.Random(0)
-    cases = [data[: rng.randrange(len(data))] for _ in range(60)]
-    for _ in range(120):
+    cases = [data[: rng.randrange(len(data))] for _ in range(40)]
+    for _ in range(80):
         flipped = bytearray(data)
-        pos = rng.randrange(header_end) if len(cases) % 2 else rng.randrange(len(data))
+        pos = rng.randrange(HEADER.size) if len(cases) % 2 else rng.randrange(len(data))
         flipped[pos] ^= 1 << rng.randrange(8)
         cases.append(bytes(flipped))
+    cases += [data + b"\0" * 64, with_crc(data + b"\0" * 64)]
     path = tmp_path / "fuzzed.onebit"
-    errors = 0
     for case in cases:
         path.write_bytes(case)
-        try:
-            out = deploy.load(path)(x)
-        except ExportError as err:
-            errors += 1
-            assert str(path) in str(err) and "\n" not in str(err)
-        else:
-            assert torch.equal(out, expected)
-    assert errors >= len(cases) - 5
+        with pytest.raises(ExportError) as err:
+            deploy.load(path)(x)
+        assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
-def test_wrong_version_and_foreign_files(reactnet_file, tmp_path):
-    header, _, tensors = fmt.read(reactnet_file)
-    fmt.write(tmp_path / "v2.onebit", {**header, "version": 2}, tensors)
-    with pytest.raises(ExportError, match="format version 2, this onebit reads version 1"):
-        deploy.load(tmp_path / "v2.onebit")
+def test_wrong_version_foreign_and_format_1_files(reactnet_file, tmp_path):
+    data = bytearray(reactnet_file.read_bytes())
+    data[8:12] = struct.pack("<I", 3)
+    (tmp_path / "v3.onebit").write_bytes(with_crc(data))
+    with pytest.raises(ExportError, match="format version 3, this onebit reads 2; export"):
+        deploy.load(tmp_path / "v3.onebit")
+    # format 1 (safetensors with a onebit header, as onebit wrote before graph files)
+    write_format_1(tmp_path / "old.onebit")
+    with pytest.raises(ExportError) as err:
+        deploy.load(tmp_path / "old.onebit")
+    assert str(err.value) == (
+        f"{tmp_path / 'old.onebit'}: a format-1 .onebit file (safetensors, from an older onebit);"
+        " this onebit runs graph files (format 2): export the model again with "
+        "`onebit export RUN FILE`"
+    )
     save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
-    with pytest.raises(ExportError, match="without a onebit header"):
-        deploy.load(tmp_path / "plain.safetensors")
-    with pytest.raises(ExportError, match="no such file"):
-        deploy.load(tmp_path / "missing.onebit")
     (tmp_path / "text.onebit").write_text("hello")
-    with pytest.raises(ExportError, match="not a readable onebit file"):
-        deploy.load(tmp_path / "text.onebit")
+    (tmp_path / "empty.onebit").write_bytes(b"")
+    for name in ("plain.safetensors", "text.onebit", "empty.onebit"):
+        with pytest.raises(ExportError, match=r"not a \.onebit file$"):
+            deploy.load(tmp_path / name)
+    with pytest.raises(ExportError, match=r"missing\.onebit: cannot read it"):
+        deploy.load(tmp_path / "missing.onebit")
 
 
 def test_consistent_checksum_but_invalid_content_is_refused(reactnet_file, tmp_path):
-    """A file written by another tool with a valid checksum is still checked in full."""
-    header, layers, tensors = fmt.read(reactnet_file)
-    name = layers[0].name
-    bad = dict(tensors)
-    bad[f"{name}.weight_bits"] = tensors[f"{name}.weight_bits"] | (1 << 40)  # past 16 channels
-    fmt.write(tmp_path / "tail.onebit", header, bad)
-    with pytest.raises(ExportError, match="bits past its channels"):
-        deploy.load(tmp_path / "tail.onebit")
-    bad = {k: v for k, v in tensors.items() if k != f"{name}.out_scale"}
-    fmt.write(tmp_path / "missing.onebit", header, bad)
-    with pytest.raises(ExportError, match="out_scale is missing or has the wrong shape"):
-        deploy.load(tmp_path / "missing.onebit")
-    wrong = json.loads(json.dumps(header))
-    wrong["layers"][0]["stride"] = [1, 1, 1]
-    fmt.write(tmp_path / "stride.onebit", wrong, tensors)
-    with pytest.raises(ExportError, match="stride is not a pair"):
-        deploy.load(tmp_path / "stride.onebit")
-    wrong = json.loads(json.dumps(header))
-    wrong["layers"][0]["in_channels"] = 80
-    fmt.write(tmp_path / "cin.onebit", wrong, tensors)
-    with pytest.raises(ExportError, match="weight_bits is missing or has the wrong shape"):
-        deploy.load(tmp_path / "cin.onebit")
-    assert not list(tmp_path.glob(".*.tmp"))  # writes go through a temporary file
+    """A file written by another tool with a valid checksum is still checked in full: by
+    read_graph (the meta) and by the runtime (the packed bits, every node)."""
+    data = reactnet_file.read_bytes()
+    nodes, tensors, record, meta = read_graph(data, "m")
+    meta = {k: v for k, v in meta.items() if k not in ("nodes", "tensors")}
+    first = next(n for n in nodes if n.op == "bconv2d")  # 16 input channels of 64 bits
+    bits = np.array(tensors[first.tensors["weight_bits"]])
+    bits[0, 0, 0, 0] |= np.uint64(1 << 40)
+    bad = graph_bytes(nodes, {**tensors, first.tensors["weight_bits"]: bits}, record, meta)
+    cases = [(bad, "bits set past its 16 input channels")]
+    fields = HEADER.unpack_from(data)
+    node_offset, meta_offset, meta_size = fields[9], fields[10], fields[11]
+    k = nodes.index(first)
+    itself = bytearray(data)  # the node reads its own output: a cycle
+    itself[node_offset + k * NODE_SIZE + 8 : node_offset + k * NODE_SIZE + 12] = struct.pack(
+        "<i", k + 1
+    )
+    cases.append((with_crc(itself), "reads a value not computed before it"))
+    renamed = json.loads(data[meta_offset : meta_offset + meta_size])
+    renamed["tensors"] = renamed["tensors"][1:]
+    short = json.dumps(renamed, separators=(",", ":")).encode()
+    short += b" " * (meta_size - len(short))  # the same length: only the names are wrong
+    cases.append((with_crc(data[:meta_offset] + short + data[meta_offset + meta_size :]), None))
+    path = tmp_path / "bad.onebit"
+    for i, (case, message) in enumerate(cases):
+        path.write_bytes(case)
+        with pytest.raises(ExportError) as err:
+            deploy.load(path)
+        text = str(err.value)
+        assert text.startswith(str(path)) and "\n" not in text, i
+        assert message is None or message in text, text
+    assert "do not match the tables" in text
 
 
 def test_profile_deployed_bytes_matches_the_file(tmp_path):
-    """Without folding (nothing to fold here), the file's tensors take exactly the bytes
+    """Without folding (no BatchNorm), the file's tensors hold exactly the bytes
     onebit.profile.deployed_bytes counts for the model's modules."""
     model = onebit.binarize(
         nn.Sequential(
@@ -415,16 +494,19 @@ def test_profile_deployed_bytes_matches_the_file(tmp_path):
         method="recu",
         keep_last=False,
     )
-    deploy.export(model, tmp_path / "m.onebit")
-    _, _, tensors = fmt.read(tmp_path / "m.onebit")
-    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    meta = deploy.export(
+        model, tmp_path / "m.onebit", input_spec=InputSpec(3, 8, (0,) * 3, (1,) * 3)
+    )
+    assert len(meta["packed"]) == 3
+    _, tensors, _, _ = read_graph((tmp_path / "m.onebit").read_bytes(), "m")
+    stored = sum(t.nbytes for t in tensors.values())
     assert stored == sum(deployed_bytes(m) for m in model.modules())
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_export_state_dict_then_load(tmp_path, capsys):
+def test_cli_export_state_dict_then_load(tmp_path, capsys, one_thread):
     model = trained_like("vgg_small", {"method": "recu"}, dyadic=False)
     save_file(model.state_dict(), tmp_path / "state.safetensors")
     argv = [
@@ -437,18 +519,25 @@ def test_cli_export_state_dict_then_load(tmp_path, capsys):
         "recu",
         "--in-chans",
         "1",
-        "--fp16",
     ]
     assert main(argv) == 0
     assert "5 packed binary layers" in capsys.readouterr().out
-    runtime = deploy.load(tmp_path / "m.onebit")
-    assert runtime.header["model"]["options"]["method"] == "recu"
+    deployed = deploy.load(tmp_path / "m.onebit")
+    assert deployed.meta["model"]["options"]["method"] == "recu"
+    x = fashion_mnist(4)
+    with torch.no_grad():
+        expected = model(x)
+    assert_logits_close(deployed(x), expected, rtol=1e-4)
     assert main([*argv[:5], "--method", "recu"]) == 2  # in_chans 3: the state dict does not fit
     err = capsys.readouterr().err
     assert "does not match model 'vgg_small'" in err and err.count("\n") == 1
+    assert main([*argv[:2], str(tmp_path / "h.onebit"), *argv[3:], "--fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "fp32 only" in err and err.count("\n") == 1
+    assert not (tmp_path / "h.onebit").exists()
 
 
-def test_cli_export_of_a_training_run_equals_the_trained_model(tmp_path, capsys):
+def test_cli_export_of_a_training_run_equals_the_trained_model(tmp_path, capsys, one_thread):
     from onebit.config import load_config
     from onebit.train import RunDir, Trainer, load_model
 
@@ -463,14 +552,13 @@ def test_cli_export_of_a_training_run_equals_the_trained_model(tmp_path, capsys)
     deployed = deploy.load(tmp_path / "m.onebit")
     x = fashion_mnist(16)
     with torch.no_grad():
-        expected, got = trained(x), deployed(x)
-    assert torch.equal(got.argmax(1), expected.argmax(1))
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+        expected = trained(x)
+    assert_logits_close(deployed(x), expected, rtol=1e-4)
     assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "n.onebit")]) == 2
     assert not (tmp_path / "n.onebit").exists()
 
 
-def test_cli_bench_prints_both_tables(capsys):
+def test_cli_bench_prints_both_tables(capsys, one_thread):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert main(["bench", "--models", "resnet20", "--batch", "1", "--min-time", "0"]) == 0
@@ -508,73 +596,107 @@ def fmnist_export(tmp_path_factory):
 
 def test_predict_takes_raw_fashion_mnist_images(fmnist_export):
     """uint8 28x28 test images straight from the dataset files: predict pads and normalises
-    them as training did (zero pad to 32, mean 0.2860, std 0.3530); the header names the
+    them as training did (zero pad to 32, mean 0.2860, std 0.3530); the file names the
     classes."""
     from onebit.data import load_fashion_mnist
 
     _, file = fmnist_export
-    runtime = deploy.load(file)
-    assert runtime.input_spec.dataset == "fashion_mnist" and runtime.input_spec.raw_size == 28
-    assert runtime.class_names[9] == "Ankle boot"
+    deployed = deploy.load(file)
+    assert deployed.input_spec.dataset == "fashion_mnist" and deployed.input_spec.raw_size == 28
+    assert deployed.class_names[9] == "Ankle boot"
     images, labels = load_fashion_mnist(None, "test")
     images, labels = images[:200], labels[:200]  # (200, 1, 28, 28) uint8
-    predicted = runtime.predict(images)
+    predicted = deployed.predict(images, batch_size=64)
+    assert isinstance(predicted, np.ndarray) and predicted.dtype == np.int64
     padded = torch.nn.functional.pad(images.float() / 255, (2, 2, 2, 2))
-    assert torch.equal(predicted, runtime((padded - 0.2860) / 0.3530).argmax(1))
-    assert (predicted == labels).float().mean() > 0.3  # trained: far above chance (10%)
+    assert np.array_equal(predicted, deployed((padded - 0.2860) / 0.3530).argmax(1).numpy())
+    assert (predicted == labels.numpy()).mean() > 0.3  # trained: far above chance (10%)
     # one image in any of the layouts: (H, W) uint8, (H, W) float in [0, 1], numpy
     one = images[0, 0]
-    assert runtime.predict(one).tolist() == predicted[:1].tolist()
-    assert runtime.predict(one.float() / 255).tolist() == predicted[:1].tolist()
-    assert runtime.predict(one.numpy()).tolist() == predicted[:1].tolist()
+    assert deployed.predict(one).tolist() == predicted[:1].tolist()
+    assert deployed.predict(one.float() / 255).tolist() == predicted[:1].tolist()
+    assert deployed.predict(one.numpy()).tolist() == predicted[:1].tolist()
 
 
 def test_wrong_inputs_are_clear_value_errors(fmnist_export):
-    runtime = deploy.load(fmnist_export[1])
-    expected = r"takes a float batch \(N, 1, 32, 32\) normalised as"
-    with pytest.raises(ValueError, match=expected + r".*got 3 channels"):
-        runtime(torch.zeros(2, 3, 32, 32))
+    deployed = deploy.load(fmnist_export[1])
+    expected = r"takes float batches \(N, 1, 32, 32\), a float batch .* normalised as"
+    with pytest.raises(ValueError, match=expected + r".*got shape \(2, 3, 32, 32\)"):
+        deployed(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match=expected + r".*got \(1, 32, 32\)"):
-        runtime(torch.zeros(1, 32, 32))
-    with pytest.raises(ValueError, match=expected):
-        runtime(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="cannot run a batch of shape \\(1, 1, 2, 2\\)"):
-        runtime(torch.zeros(1, 1, 2, 2))
+        deployed(torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match=expected + r".*predict\(images\) takes raw images"):
+        deployed(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=expected + r".*got shape \(1, 1, 2, 2\)"):
+        deployed(np.zeros((1, 1, 2, 2), np.float32))
     with pytest.raises(ValueError, match="do not have the model's 1 channel"):
-        runtime.predict(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+        deployed.predict(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match="larger than the model's 32x32"):
-        runtime.predict(torch.zeros(40, 40, dtype=torch.uint8))
+        deployed.predict(torch.zeros(40, 40, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8 or float"):
-        runtime.predict(torch.zeros(28, 28, dtype=torch.int32))
+        deployed.predict(torch.zeros(28, 28, dtype=torch.int32))
 
 
 def test_eval_of_a_deployed_file_equals_the_trained_model(fmnist_export, capsys):
-    """`onebit eval FILE.onebit` runs the packed engine on the dataset its header names and
-    shows the trained model's figure stored at export: equal (fp32 export)."""
+    """`onebit eval FILE.onebit` runs the runtime on the dataset the file names and shows the
+    trained model's figure stored at export: equal."""
     _, file = fmnist_export
     assert main(["eval", str(file), "--set", "data.eval_subset=500"]) == 0
     out = capsys.readouterr().out
     deployed = float(out.split("val_top1 ")[1].split("%")[0])
     trained = float(out.split("at export: ")[1].split("%")[0])
-    assert deployed == trained and "500 images" in out and "packed engine" in out
+    assert deployed == trained and "500 images" in out and "kernel " in out
     assert main(["eval", str(file), "--set", "optim.lr=0.1"]) == 2
     assert "only data.* keys" in capsys.readouterr().err
 
 
-def test_input_spec_in_the_header_is_validated(tmp_path):
+def rewritten(path: Path, **changes) -> bytes:
+    """The file at ``path`` written again with meta entries changed (a valid checksum)."""
+    nodes, tensors, record, meta = read_graph(path.read_bytes(), str(path))
+    meta = {k: v for k, v in meta.items() if k not in ("nodes", "tensors")}
+    return graph_bytes(nodes, dict(tensors), record, {**meta, **changes})
+
+
+def test_input_spec_in_the_file_is_validated(tmp_path):
     model = onebit.create_model("resnet20", method="recu", in_chans=1)
-    header = deploy.export(model, tmp_path / "ok.onebit")
-    assert header["input"]["dataset"] == "fashion_mnist"  # the registry default for 1 channel
+    meta = deploy.export(model, tmp_path / "ok.onebit")
+    assert meta["input"]["dataset"] == "fashion_mnist"  # the registry default for 1 channel
+    good = meta["input"]
     for bad in (
-        {**header["input"], "channels": "1"},
-        {**header["input"], "mean": [0.1, 0.2]},
-        {**header["input"], "std": [0.0]},
-        {**header["input"], "transform": "warp"},
-        {**header["input"], "class_names": [1, 2]},
-        {**header["input"], "extra": 1},
+        {**good, "channels": "1"},
+        {**good, "mean": [0.1, 0.2]},
+        {**good, "std": [0.0]},
+        {**good, "transform": "warp"},
+        {**good, "class_names": [1, 2]},
+        {**good, "extra": 1},
         [1, 2],
     ):
-        h, _, tensors = fmt.read(tmp_path / "ok.onebit")
-        fmt.write(tmp_path / "bad.onebit", {**h, "input": bad}, tensors)
+        (tmp_path / "bad.onebit").write_bytes(rewritten(tmp_path / "ok.onebit", input=bad))
         with pytest.raises(ExportError, match="input spec is malformed"):
+            deploy.load(tmp_path / "bad.onebit")
+    (tmp_path / "none.onebit").write_bytes(rewritten(tmp_path / "ok.onebit", input=None))
+    deployed = deploy.load(tmp_path / "none.onebit")  # no spec: batches only
+    assert deployed.input_spec is None and deployed.class_names is None
+    assert deployed(np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="has no input spec"):
+        deployed.predict(np.zeros((28, 28), np.uint8))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug: deploy.load does not check the meta's input spec against the header's "
+    "input record (channels, size, transform, raw size, mean, std); predict and the C CLI "
+    "then disagree, or predict fails with a shape error",
+)
+def test_input_spec_that_contradicts_the_input_record_is_refused(tmp_path):
+    deploy.export(onebit.create_model("resnet20", in_chans=1), tmp_path / "ok.onebit")
+    good = read_graph((tmp_path / "ok.onebit").read_bytes(), "ok")[3]["input"]
+    for bad in (
+        {**good, "size": 28},
+        {**good, "mean": [0.5]},
+        {**good, "transform": "none", "raw_size": None},
+        {**good, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3},
+    ):
+        (tmp_path / "bad.onebit").write_bytes(rewritten(tmp_path / "ok.onebit", input=bad))
+        with pytest.raises(ExportError, match="input"):
             deploy.load(tmp_path / "bad.onebit")
