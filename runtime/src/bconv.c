@@ -609,11 +609,6 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
     }
 }
 
-static int is_border(const Shape *s, int64_t r) {
-    const int64_t oy = r / s->wo, ox = r % s->wo;
-    return oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi;
-}
-
 static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {
     const int64_t iy = oy * g->sh - g->ph + ky * g->dh;
     return iy < 0 || iy >= s->h;
@@ -625,41 +620,71 @@ static int col_out(const ob_bconv_geom *g, const Shape *s, int64_t ox, int64_t k
 }
 
 /* Border tables, [ho][ncb * LANES] and [wo][ncb * LANES]: for output row oy the tap sums of the
- * taps whose input row lies in the padding (all their columns), for column ox alike. */
+ * taps whose input row lies in the padding (all their columns), for column ox alike (only the
+ * border rows and columns are nonzero). */
 static void border_tables(const ob_bconv *c, const Shape *s, int32_t *rows, int32_t *cols) {
     const ob_bconv_geom *g = &c->g;
     const int64_t L = (int64_t)c->ncb * LANES;
     memset(rows, 0, sizeof(int32_t) * (size_t)(s->ho * L));
     memset(cols, 0, sizeof(int32_t) * (size_t)(s->wo * L));
-    for (int64_t cb = 0; cb < c->ncb; cb++)
+    for (int64_t oy = 0; oy < s->ho; oy++) {
+        if (oy == s->ylo) oy = s->yhi; /* the interior rows have no padded tap */
+        if (oy >= s->ho) break;
         for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int64_t oy = 0; oy < s->ho; oy++)
-                    if (row_out(g, s, oy, ky))
+            if (row_out(g, s, oy, ky))
+                for (int64_t cb = 0; cb < c->ncb; cb++)
+                    for (int64_t kx = 0; kx < g->kw; kx++) {
+                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
                         for (int j = 0; j < LANES; j++) rows[oy * L + cb * LANES + j] += ts[j];
-                for (int64_t ox = 0; ox < s->wo; ox++)
-                    if (col_out(g, s, ox, kx))
+                    }
+    }
+    for (int64_t ox = 0; ox < s->wo; ox++) {
+        if (ox == s->xlo) ox = s->xhi;
+        if (ox >= s->wo) break;
+        for (int64_t kx = 0; kx < g->kw; kx++)
+            if (col_out(g, s, ox, kx))
+                for (int64_t cb = 0; cb < c->ncb; cb++)
+                    for (int64_t ky = 0; ky < g->kh; ky++) {
+                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
                         for (int j = 0; j < LANES; j++) cols[ox * L + cb * LANES + j] += ts[j];
-            }
+                    }
+    }
 }
 
-/* corr[j][i]: the tap sums of the taps of plane pixel r0 + i that lie in the padding, i.e. its
- * row's and column's table entries less the taps counted in both (out in row and column). */
+/* The border pixels of a group: their index in it, output row and column, and whether they have
+ * taps out in both row and column (whose tap sums both tables hold). */
+typedef struct {
+    int count, i[GP], corner[GP];
+    int64_t oy[GP], ox[GP];
+} Border;
+
+static void group_border(const Shape *s, int64_t r0, int np, Border *bd) {
+    int64_t oy = r0 / s->wo, ox = r0 % s->wo;
+    bd->count = 0;
+    for (int i = 0; i < np; i++) {
+        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
+        if (row_border || col_border) {
+            bd->i[bd->count] = i, bd->oy[bd->count] = oy, bd->ox[bd->count] = ox;
+            bd->corner[bd->count++] = row_border && col_border;
+        }
+        if (++ox == s->wo) ox = 0, oy++;
+    }
+}
+
+/* corr[j][i]: the tap sums of the taps of border pixel i that lie in the padding: its row's and
+ * column's table entries, less the taps out in both. */
 static void border_corrections(const ob_bconv *c, const Shape *s, const int32_t *rows,
-                               const int32_t *cols, int64_t cb, int64_t r0, int np,
+                               const int32_t *cols, const Border *bd, int64_t cb,
                                int32_t corr[LANES][GP]) {
     const ob_bconv_geom *g = &c->g;
     const int64_t L = (int64_t)c->ncb * LANES;
     memset(corr, 0, sizeof(int32_t) * LANES * GP);
-    int64_t oy = r0 / s->wo, ox = r0 % s->wo - 1;
-    for (int i = 0; i < np; i++) {
-        if (++ox == s->wo) ox = 0, oy++;
-        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
-        if (!row_border && !col_border) continue;
+    for (int k = 0; k < bd->count; k++) {
+        const int i = bd->i[k];
+        const int64_t oy = bd->oy[k], ox = bd->ox[k];
         const int32_t *r = rows + oy * L + cb * LANES, *cl = cols + ox * L + cb * LANES;
         for (int j = 0; j < LANES; j++) corr[j][i] = r[j] + cl[j];
-        if (!row_border || !col_border) continue;
+        if (!bd->corner[k]) continue;
         for (int64_t ky = 0; ky < g->kh; ky++) {
             if (!row_out(g, s, oy, ky)) continue;
             for (int64_t kx = 0; kx < g->kw; kx++) {
@@ -698,11 +723,10 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
         const int64_t g0 = item / nitems_cb * ITEM_G, cb0 = item % nitems_cb * ITEM_CB;
         const int64_t g1 = g0 + ITEM_G < ngroups ? g0 + ITEM_G : ngroups;
         const int64_t cb1 = cb0 + ITEM_CB < c->ncb ? cb0 + ITEM_CB : c->ncb;
-        int border[ITEM_G];
+        Border border[ITEM_G];
         for (int64_t gi = g0; gi < g1; gi++) {
             const int64_t r0 = gi % s.ngroups * GP;
-            border[gi - g0] = is_border(&s, r0) || is_border(&s, r0 + GP - 1 < s.plane ? r0 + GP - 1 : s.plane - 1) ||
-                              (r0 / s.wo != (r0 + GP - 1) / s.wo); /* a group crossing rows */
+            group_border(&s, r0, s.plane - r0 < GP ? (int)(s.plane - r0) : GP, &border[gi - g0]);
         }
         for (int64_t cb = cb0; cb < cb1; cb++) {
             Tile t;
@@ -720,8 +744,8 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
                 t.a = fields + gi * nw * GP;
                 t.out = y + (b * cout + cb * LANES) * s.plane + r0;
                 t.corr = NULL;
-                if (border[gi - g0]) {
-                    border_corrections(c, &s, rows, cols, cb, r0, t.np, corr);
+                if (border[gi - g0].count) {
+                    border_corrections(c, &s, rows, cols, &border[gi - g0], cb, corr);
                     t.corr = &corr[0][0];
                 }
                 tile(&t);
