@@ -33,7 +33,10 @@ double ob_bench_seconds(int variant, int n, int cin, int cout, int h, int w, int
         wbits[i] = s;
         if (cin % 64 && i % kc == kc - 1) wbits[i] &= ((uint64_t)1 << (cin % 64)) - 1;
     }
-    for (int i = 0; i < cout; i++) scale[i] = 0.01f * (float)(i % 7 + 1), bias[i] = 0.1f * (float)(i % 5);
+    for (int i = 0; i < cout; i++) {
+        scale[i] = 0.01f * (float)(i % 7 + 1);
+        bias[i] = 0.1f * (float)(i % 5);
+    }
     for (size_t i = 0; i < nx; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         x[i] = (float)(int64_t)(s >> 40) / (float)(1 << 23) - 1.0f;

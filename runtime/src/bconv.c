@@ -11,7 +11,8 @@
  *   tap sums  [ceil(cout / 8)][kh kw][8] sum over cin of the +-1 weights of a tap
  *   scratch   packed input with a zero border as wide as the padding,
  *             [n][h + 2 ph][w + 2 pw][ceil(cin / 64)], then the fields of groups of 8
- *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8]
+ *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8], then
+ *             the border tables [ho + wo][ceil(cout / 8) * 8] int32
  * A tile is one group x one block: 8 pixels x 8 output channels, so a SIMD register holds the
  * same word of 8 (avx512), 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each
  * output channel's 8 results are consecutive floats of its NCHW plane.
@@ -145,11 +146,12 @@ __attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t
 }
 
 /* The epilogue of the portable C for lane j, eight pixels a vector (pop: its 8 counts). */
-__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(const Tile *t, int j,
-                                                                              __m256i pop) {
+__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(
+    const Tile *t, int j, __m256i pop) {
     if (j >= t->nl) return;
     __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32(t->kbits), _mm256_add_epi32(pop, pop));
-    if (t->corr) dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
+    if (t->corr)
+        dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
     const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
     const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
     if (t->np == GP) {
@@ -169,6 +171,12 @@ __attribute__((target("avx2"), always_inline)) static inline __m256i popcount_by
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
+/* Byte counts of the 4 pixels' words av XOR the broadcast weight word w. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i xor_count_avx2(
+    __m256i av, uint64_t w, __m256i lut, __m256i low) {
+    return popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w)), lut, low);
+}
+
 /* AVX2: a ymm holds one word of 4 pixels; per half group, 8 byte-count accumulators (one per
  * lane) over chunks of at most 31 words (31 * 8 < 256), summed into 64-bit totals with
  * vpsadbw after each chunk. */
@@ -186,10 +194,10 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
             for (int64_t k = k0; k < k1; k++) {
                 const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + i0));
                 const uint64_t *w = t->w + k * LANES + j0;
-                acc0 = _mm256_add_epi8(acc0, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[0])), lut, low));
-                acc1 = _mm256_add_epi8(acc1, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[1])), lut, low));
-                acc2 = _mm256_add_epi8(acc2, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[2])), lut, low));
-                acc3 = _mm256_add_epi8(acc3, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[3])), lut, low));
+                acc0 = _mm256_add_epi8(acc0, xor_count_avx2(av, w[0], lut, low));
+                acc1 = _mm256_add_epi8(acc1, xor_count_avx2(av, w[1], lut, low));
+                acc2 = _mm256_add_epi8(acc2, xor_count_avx2(av, w[2], lut, low));
+                acc3 = _mm256_add_epi8(acc3, xor_count_avx2(av, w[3], lut, low));
             }
             const __m256i acc[4] = {acc0, acc1, acc2, acc3};
 #pragma GCC unroll 4
@@ -202,7 +210,8 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
         }
     }
 #pragma GCC unroll 8
-    for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
+    for (int j = 0; j < LANES; j++)
+        epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
 }
 
 /* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
@@ -215,8 +224,8 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx
         const uint64_t *w = t->w + k * LANES;
 #pragma GCC unroll 8
         for (int j = 0; j < LANES; j++)
-            acc[j] = _mm512_add_epi64(
-                acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(av, _mm512_set1_epi64((long long)w[j]))));
+            acc[j] = _mm512_add_epi64(acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(
+                                                  av, _mm512_set1_epi64((long long)w[j]))));
     }
 #pragma GCC unroll 8
     for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm512_cvtepi64_epi32(acc[j]));
@@ -225,6 +234,11 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx
 #endif /* OB_X86 */
 
 #ifdef OB_NEON
+
+/* Byte counts of 2 pixels' words a XOR the weight word in both halves of w. */
+INLINE uint8x16_t xor_count_neon(uint64x2_t a, uint64x2_t w) {
+    return vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a, w)));
+}
 
 /* NEON: a q register holds one word of 2 pixels; 8 pixels x 4 lanes of byte counts (vcntq_u8)
  * accumulate in 16 registers over chunks of at most 31 words, then widen pairwise
@@ -246,10 +260,10 @@ static void tile_neon(const Tile *t) {
                 const uint64x2_t a2 = vld1q_u64(a + 4), a3 = vld1q_u64(a + 6);
                 for (int j = 0; j < 4; j++) {
                     const uint64x2_t wv = vld1q_dup_u64(w + j);
-                    acc[j][0] = vaddq_u8(acc[j][0], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a0, wv))));
-                    acc[j][1] = vaddq_u8(acc[j][1], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a1, wv))));
-                    acc[j][2] = vaddq_u8(acc[j][2], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a2, wv))));
-                    acc[j][3] = vaddq_u8(acc[j][3], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a3, wv))));
+                    acc[j][0] = vaddq_u8(acc[j][0], xor_count_neon(a0, wv));
+                    acc[j][1] = vaddq_u8(acc[j][1], xor_count_neon(a1, wv));
+                    acc[j][2] = vaddq_u8(acc[j][2], xor_count_neon(a2, wv));
+                    acc[j][3] = vaddq_u8(acc[j][3], xor_count_neon(a3, wv));
                 }
             }
             for (int j = 0; j < 4; j++)
@@ -463,7 +477,8 @@ static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ?
 /* Words of packed input, of fields and of border tables (int32 pairs); all 0 on overflow. */
 static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields,
                           size_t *tables) {
-    *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
+    *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp),
+                       (size_t)c->kc);
     *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
     *tables = mul_size((size_t)(s->ho + s->wo), (size_t)c->ncb * LANES / 2);
     if (*packed == 0 || *fields == 0 || *tables == 0) *packed = *fields = *tables = 0;
@@ -475,7 +490,8 @@ size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
     if (c == NULL || shape_of(c, n, h, w, &s) < 0) return 0;
     scratch_words(c, &s, &packed, &fields, &tables);
     const size_t words = packed + fields + tables, bytes = mul_size(words, 8);
-    if (packed == 0 || words < packed || words < fields || bytes == 0 || bytes > SIZE_MAX - 3 * ALIGN)
+    if (packed == 0 || words < packed || words < fields || bytes == 0 ||
+        bytes > SIZE_MAX - 3 * ALIGN)
         return 0;
     return bytes + 3 * ALIGN; /* each part starts on a cache line */
 }
@@ -544,9 +560,9 @@ INLINE void put_word(const uint64_t *img, int64_t at, const int64_t off[GP], int
 }
 
 /* The fields of one group of 8 output pixels (plane pixels r0 ..; those past the plane read
- * the image's first pixel, their outputs are not stored), as a bit stream over the taps and their words. When
- * the 8 pixels lie in one output row at stride 1 with one word per tap, a tap's 8 words are
- * consecutive: one vector load. */
+ * the image's first pixel, their outputs are not stored), as a bit stream over the taps and
+ * their words. When the 8 pixels lie in one output row at stride 1 with one word per tap, a
+ * tap's 8 words are consecutive: one vector load. */
 INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
                               uint64_t *f) {
     const ob_bconv_geom *g = &c->g;
@@ -605,7 +621,8 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
 #endif
     for (int64_t gi = 0; gi < ngroups; gi++) {
         const int64_t b = gi / s->ngroups;
-        group(c, s, packed + b * s->hp * s->wp * c->kc, gi % s->ngroups * GP, fields + gi * nw * GP);
+        const uint64_t *img = packed + b * s->hp * s->wp * c->kc;
+        group(c, s, img, gi % s->ngroups * GP, fields + gi * nw * GP);
     }
 }
 
@@ -662,7 +679,8 @@ static void group_border(const Shape *s, int64_t r0, int np, Border *bd) {
     int64_t oy = r0 / s->wo, ox = r0 % s->wo;
     bd->count = 0;
     for (int i = 0; i < np; i++) {
-        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
+        const int row_border = oy < s->ylo || oy >= s->yhi;
+        const int col_border = ox < s->xlo || ox >= s->xhi;
         if (row_border || col_border) {
             bd->i[bd->count] = i, bd->oy[bd->count] = oy, bd->ox[bd->count] = ox;
             bd->corner[bd->count++] = row_border && col_border;
@@ -715,7 +733,8 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
 
     const tile_fn tile = variant_tile(c->variant);
     const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
-    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G, nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
+    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G;
+    const int64_t nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
@@ -782,7 +801,8 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     /* one block: struct, weights, tap sums, scale, bias, act_bias, each cache-line aligned */
     const size_t sizes[] = {sizeof(ob_bconv), sizeof(uint64_t) * (size_t)(ncb * nw * LANES),
                             sizeof(int32_t) * (size_t)(ncb * ntaps * LANES),
-                            sizeof(float) * (size_t)(ncb * LANES), sizeof(float) * (size_t)(ncb * LANES),
+                            sizeof(float) * (size_t)(ncb * LANES),
+                            sizeof(float) * (size_t)(ncb * LANES),
                             sizeof(float) * (size_t)g->cin};
     size_t total = ALIGN;
     for (int i = 0; i < 6; i++) total += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
