@@ -417,6 +417,21 @@ def test_residual_chain_equals_pytorch_for_every_batch_and_kernel():
         np.testing.assert_array_equal(rt(x), first)
 
 
+def test_a_batch_of_several_chunks_equals_pytorch():
+    """Three live values of 16 x 48 x 48 floats (432 KiB an image): a batch of 7 runs as chunks
+    of 4 and 3 images (run.c: CHUNK_BYTES), each chunk's values at its own offsets."""
+    x, w, b = rand(7, 3, 48, 48), rand(16, 3, 3, 3, seed=1), rand(16, seed=2)
+    t = torch.from_numpy(x)
+    nodes = [
+        Node("conv2d", [0], {"weight": "w", "bias": "b"}, conv_attrs(1, 1) | {"groups": 1}),
+        Node("relu", [1]),
+        Node("add", [1, 2]),
+        Node("global_avgpool", [3]),
+    ]
+    v = F.conv2d(t, torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    check(nodes, {"w": w, "b": b}, x, (v + v.relu()).mean((2, 3)), 1e-4)
+
+
 def test_input_record_and_errors_of_the_binding(tmp_path):
     record = InputRecord(1, 32, 32, 10, "pad", 28, 28, (0.2860,), (0.3530,))
     _, rt = cli_model(tmp_path, record)
