@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onebit.data.spec import InputSpec
 from onebit.deploy import graph
@@ -289,6 +291,43 @@ def test_avgpool2d(pool, count_include_pad, side):
     )
     attrs = dict(zip(POOL_ATTRS, pool, strict=True)) | {"count_include_pad": count_include_pad}
     check([Node("avgpool2d", [0], iattr=attrs)], {}, x, want, 1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    op=st.sampled_from(["maxpool2d", "avgpool2d", "conv2d"]),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    flag=st.booleans(),  # ceil_mode / count_include_pad / dilation 2
+)
+def test_windows_agree_with_pytorch_or_both_refuse(op, h, w, k, stride, pad, flag):
+    """Any window on any small input: the runtime computes what PyTorch computes, and refuses
+    what PyTorch refuses (a window that does not fit, padding over half the window)."""
+    x = rand(2, 3, h, w)
+    t = torch.from_numpy(x)
+    if op == "conv2d":
+        weight = rand(4, 3, *k, seed=1)
+        dil = (2, 1) if flag else (1, 1)
+        node = Node("conv2d", [0], {"weight": "w"}, conv_attrs(stride, pad, dil) | {"groups": 1})
+        call = lambda: F.conv2d(t, torch.from_numpy(weight), None, stride, pad, dil)  # noqa: E731
+    else:
+        attrs = dict(zip(POOL_ATTRS, (*k, *stride, *pad, int(flag)), strict=True))
+        if op == "avgpool2d":
+            attrs["count_include_pad"] = int(not flag)
+            call = lambda: F.avg_pool2d(t, k, stride, pad, flag, not flag)  # noqa: E731
+        else:
+            call = lambda: F.max_pool2d(t, k, stride, pad, ceil_mode=flag)  # noqa: E731
+        node, weight = Node(op, [0], iattr=attrs), None
+    try:
+        want = call()
+    except RuntimeError:
+        with pytest.raises(ExportError, match=r"does not fit|pad_"):
+            run_graph([node], {"w": weight} if weight is not None else {}, x, 1)
+        return
+    check([node], {"w": weight} if weight is not None else {}, x, want, 1e-5)
 
 
 def test_global_avgpool_and_flatten():
