@@ -13,6 +13,7 @@ from setuptools import Extension, setup
 # The C runtime as a plain shared library (no PyInit: onebit.deploy.runtime loads it with
 # ctypes); the CLI's main is left out.
 RUNTIME_SOURCES = sorted(set(glob("runtime/src/*.c")) - {"runtime/src/cli.c"})
+RUNTIME_FLAGS = ["-ffp-contract=off", "-fno-trapping-math"]  # why: runtime/Makefile
 
 setup(
     ext_modules=[
@@ -20,7 +21,7 @@ setup(
             "onebit.deploy._runtime",
             sources=RUNTIME_SOURCES,
             include_dirs=["runtime/include"],
-            extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off"],
+            extra_compile_args=["-O3", "-std=c11", "-fopenmp", *RUNTIME_FLAGS],
             extra_link_args=["-fopenmp"],
             optional=True,
         ),

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onebit.data.spec import InputSpec
 from onebit.deploy import graph
@@ -291,6 +293,43 @@ def test_avgpool2d(pool, count_include_pad, side):
     check([Node("avgpool2d", [0], iattr=attrs)], {}, x, want, 1e-6)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    op=st.sampled_from(["maxpool2d", "avgpool2d", "conv2d"]),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    flag=st.booleans(),  # ceil_mode / count_include_pad / dilation 2
+)
+def test_windows_agree_with_pytorch_or_both_refuse(op, h, w, k, stride, pad, flag):
+    """Any window on any small input: the runtime computes what PyTorch computes, and refuses
+    what PyTorch refuses (a window that does not fit, padding over half the window)."""
+    x = rand(2, 3, h, w)
+    t = torch.from_numpy(x)
+    if op == "conv2d":
+        weight = rand(4, 3, *k, seed=1)
+        dil = (2, 1) if flag else (1, 1)
+        node = Node("conv2d", [0], {"weight": "w"}, conv_attrs(stride, pad, dil) | {"groups": 1})
+        call = lambda: F.conv2d(t, torch.from_numpy(weight), None, stride, pad, dil)  # noqa: E731
+    else:
+        attrs = dict(zip(POOL_ATTRS, (*k, *stride, *pad, int(flag)), strict=True))
+        if op == "avgpool2d":
+            attrs["count_include_pad"] = int(not flag)
+            call = lambda: F.avg_pool2d(t, k, stride, pad, flag, not flag)  # noqa: E731
+        else:
+            call = lambda: F.max_pool2d(t, k, stride, pad, ceil_mode=flag)  # noqa: E731
+        node, weight = Node(op, [0], iattr=attrs), None
+    try:
+        want = call()
+    except RuntimeError:
+        with pytest.raises(ExportError, match=r"does not fit|pad_"):
+            run_graph([node], {"w": weight} if weight is not None else {}, x, 1)
+        return
+    check([node], {"w": weight} if weight is not None else {}, x, want, 1e-5)
+
+
 def test_global_avgpool_and_flatten():
     x = rand(3, 5, 4, 6)
     check([Node("global_avgpool", [0])], {}, x, torch.from_numpy(x).mean((2, 3)), 1e-6)
@@ -415,6 +454,21 @@ def test_residual_chain_equals_pytorch_for_every_batch_and_kernel():
             np.testing.assert_array_equal(rt(x), first)
         rt.set_threads(THREADS)
         np.testing.assert_array_equal(rt(x), first)
+
+
+def test_a_batch_of_several_chunks_equals_pytorch():
+    """Three live values of 16 x 48 x 48 floats (432 KiB an image): a batch of 7 runs as chunks
+    of 4 and 3 images (run.c: CHUNK_BYTES), each chunk's values at its own offsets."""
+    x, w, b = rand(7, 3, 48, 48), rand(16, 3, 3, 3, seed=1), rand(16, seed=2)
+    t = torch.from_numpy(x)
+    nodes = [
+        Node("conv2d", [0], {"weight": "w", "bias": "b"}, conv_attrs(1, 1) | {"groups": 1}),
+        Node("relu", [1]),
+        Node("add", [1, 2]),
+        Node("global_avgpool", [3]),
+    ]
+    v = F.conv2d(t, torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    check(nodes, {"w": w, "b": b}, x, (v + v.relu()).mean((2, 3)), 1e-4)
 
 
 def test_input_record_and_errors_of_the_binding(tmp_path):

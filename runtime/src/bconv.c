@@ -11,7 +11,8 @@
  *   tap sums  [ceil(cout / 8)][kh kw][8] sum over cin of the +-1 weights of a tap
  *   scratch   packed input with a zero border as wide as the padding,
  *             [n][h + 2 ph][w + 2 pw][ceil(cin / 64)], then the fields of groups of 8
- *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8]
+ *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8], then
+ *             the border tables [ho + wo][ceil(cout / 8) * 8] int32
  * A tile is one group x one block: 8 pixels x 8 output channels, so a SIMD register holds the
  * same word of 8 (avx512), 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each
  * output channel's 8 results are consecutive floats of its NCHW plane.
@@ -46,11 +47,11 @@
 #include <arm_neon.h>
 #endif
 
-#define LANES 8    /* output channels per weight block */
-#define GP 8       /* output pixels per group */
-#define ALIGN 64   /* bytes: every array starts on a cache line */
-#define ITEM_G 4   /* groups per work item: their fields stay in L1 across the item's blocks */
-#define ITEM_CB 8  /* weight blocks per work item */
+#define LANES 8   /* output channels per weight block */
+#define GP 8      /* output pixels per group */
+#define ALIGN 64  /* bytes: every array starts on a cache line */
+#define ITEM_G 4  /* groups per work item: their fields stay in L1 across the item's blocks */
+#define ITEM_CB 8 /* weight blocks per work item */
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -73,15 +74,15 @@ struct ob_bconv {
 /* ------------------------------------------------------------------------------------ tiles */
 
 typedef struct {
-    const uint64_t *a;         /* the group's fields, [nw][GP] */
-    const uint64_t *w;         /* the block's weights, [nw][LANES] */
+    const uint64_t *a; /* the group's fields, [nw][GP] */
+    const uint64_t *w; /* the block's weights, [nw][LANES] */
     int64_t nw;
-    const int32_t *corr;       /* [LANES][GP] border corrections, or NULL when all are 0 */
+    const int32_t *corr; /* [LANES][GP] border corrections, or NULL when all are 0 */
     int32_t kbits;
     const float *scale, *bias; /* the block's LANES */
     float *out;                /* output of lane 0, pixel 0; lane j at out + j * plane */
     int64_t plane;
-    int nl, np;                /* valid lanes (output channels), valid pixels */
+    int nl, np; /* valid lanes (output channels), valid pixels */
 } Tile;
 
 typedef void (*tile_fn)(const Tile *t);
@@ -103,7 +104,8 @@ INLINE void epilogue(const Tile *t, int32_t pop[LANES][GP]) {
         if (t->np == GP)
             memcpy(o, res, sizeof res);
         else
-            for (int i = 0; i < t->np; i++) o[i] = res[i];
+            for (int i = 0; i < t->np; i++)
+                o[i] = res[i];
     }
 }
 
@@ -131,7 +133,8 @@ INLINE void tile_portable_body(const Tile *t) {
         pop[6][i] = (int32_t)c6, pop[7][i] = (int32_t)c7;
     }
     for (int i = t->np; i < GP; i++)
-        for (int j = 0; j < LANES; j++) pop[j][i] = 0;
+        for (int j = 0; j < LANES; j++)
+            pop[j][i] = 0;
     epilogue(t, pop);
 }
 
@@ -145,36 +148,44 @@ __attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t
 }
 
 /* The epilogue of the portable C for lane j, eight pixels a vector (pop: its 8 counts). */
-__attribute__((target("avx2"), always_inline)) static inline void epilogue_avx2(const Tile *t, int j,
-                                                                              __m256i pop) {
-    if (j >= t->nl) return;
+__attribute__((target("avx2"), always_inline)) static inline void
+epilogue_avx2(const Tile *t, int j, __m256i pop) {
+    if (j >= t->nl)
+        return;
     __m256i dot = _mm256_sub_epi32(_mm256_set1_epi32(t->kbits), _mm256_add_epi32(pop, pop));
-    if (t->corr) dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
+    if (t->corr)
+        dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
     const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
     const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
     if (t->np == GP) {
         _mm256_storeu_ps(t->out + j * t->plane, res);
     } else {
-        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(t->np),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i keep =
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(t->np), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         _mm256_maskstore_ps(t->out + j * t->plane, keep, res);
     }
 }
 
 /* Per-byte popcount of x with two 4-bit table lookups (vpshufb). */
-__attribute__((target("avx2"), always_inline)) static inline __m256i popcount_bytes(
-    __m256i x, __m256i lut, __m256i low) {
+__attribute__((target("avx2"), always_inline)) static inline __m256i
+popcount_bytes(__m256i x, __m256i lut, __m256i low) {
     const __m256i lo = _mm256_and_si256(x, low);
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+/* Byte counts of the 4 pixels' words av XOR the broadcast weight word w. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i
+xor_count_avx2(__m256i av, uint64_t w, __m256i lut, __m256i low) {
+    return popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w)), lut, low);
 }
 
 /* AVX2: a ymm holds one word of 4 pixels; per half group, 8 byte-count accumulators (one per
  * lane) over chunks of at most 31 words (31 * 8 < 256), summed into 64-bit totals with
  * vpsadbw after each chunk. */
 __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
-                                         2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
+                                         1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     int32_t pop[LANES][GP] = {{0}}; /* totals in memory: the 16 ymm registers hold the counts */
@@ -186,10 +197,10 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
             for (int64_t k = k0; k < k1; k++) {
                 const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + i0));
                 const uint64_t *w = t->w + k * LANES + j0;
-                acc0 = _mm256_add_epi8(acc0, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[0])), lut, low));
-                acc1 = _mm256_add_epi8(acc1, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[1])), lut, low));
-                acc2 = _mm256_add_epi8(acc2, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[2])), lut, low));
-                acc3 = _mm256_add_epi8(acc3, popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w[3])), lut, low));
+                acc0 = _mm256_add_epi8(acc0, xor_count_avx2(av, w[0], lut, low));
+                acc1 = _mm256_add_epi8(acc1, xor_count_avx2(av, w[1], lut, low));
+                acc2 = _mm256_add_epi8(acc2, xor_count_avx2(av, w[2], lut, low));
+                acc3 = _mm256_add_epi8(acc3, xor_count_avx2(av, w[3], lut, low));
             }
             const __m256i acc[4] = {acc0, acc1, acc2, acc3};
 #pragma GCC unroll 4
@@ -202,29 +213,37 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
         }
     }
 #pragma GCC unroll 8
-    for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
+    for (int j = 0; j < LANES; j++)
+        epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
 }
 
 /* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx512(const Tile *t) {
     __m512i acc[LANES];
 #pragma GCC unroll 8
-    for (int j = 0; j < LANES; j++) acc[j] = _mm512_setzero_si512();
+    for (int j = 0; j < LANES; j++)
+        acc[j] = _mm512_setzero_si512();
     for (int64_t k = 0; k < t->nw; k++) {
         const __m512i av = _mm512_loadu_si512((const void *)(t->a + k * GP));
         const uint64_t *w = t->w + k * LANES;
 #pragma GCC unroll 8
         for (int j = 0; j < LANES; j++)
-            acc[j] = _mm512_add_epi64(
-                acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(av, _mm512_set1_epi64((long long)w[j]))));
+            acc[j] = _mm512_add_epi64(acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(
+                                                  av, _mm512_set1_epi64((long long)w[j]))));
     }
 #pragma GCC unroll 8
-    for (int j = 0; j < LANES; j++) epilogue_avx2(t, j, _mm512_cvtepi64_epi32(acc[j]));
+    for (int j = 0; j < LANES; j++)
+        epilogue_avx2(t, j, _mm512_cvtepi64_epi32(acc[j]));
 }
 
 #endif /* OB_X86 */
 
 #ifdef OB_NEON
+
+/* Byte counts of 2 pixels' words a XOR the weight word in both halves of w. */
+INLINE uint8x16_t xor_count_neon(uint64x2_t a, uint64x2_t w) {
+    return vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a, w)));
+}
 
 /* NEON: a q register holds one word of 2 pixels; 8 pixels x 4 lanes of byte counts (vcntq_u8)
  * accumulate in 16 registers over chunks of at most 31 words, then widen pairwise
@@ -234,22 +253,24 @@ static void tile_neon(const Tile *t) {
     for (int jh = 0; jh < LANES; jh += 4) {
         uint64x2_t tot[4][4];
         for (int j = 0; j < 4; j++)
-            for (int q = 0; q < 4; q++) tot[j][q] = vdupq_n_u64(0);
+            for (int q = 0; q < 4; q++)
+                tot[j][q] = vdupq_n_u64(0);
         for (int64_t k0 = 0; k0 < t->nw; k0 += 31) {
             const int64_t k1 = k0 + 31 < t->nw ? k0 + 31 : t->nw;
             uint8x16_t acc[4][4];
             for (int j = 0; j < 4; j++)
-                for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_u8(0);
+                for (int q = 0; q < 4; q++)
+                    acc[j][q] = vdupq_n_u8(0);
             for (int64_t k = k0; k < k1; k++) {
                 const uint64_t *a = t->a + k * GP, *w = t->w + k * LANES + jh;
                 const uint64x2_t a0 = vld1q_u64(a), a1 = vld1q_u64(a + 2);
                 const uint64x2_t a2 = vld1q_u64(a + 4), a3 = vld1q_u64(a + 6);
                 for (int j = 0; j < 4; j++) {
                     const uint64x2_t wv = vld1q_dup_u64(w + j);
-                    acc[j][0] = vaddq_u8(acc[j][0], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a0, wv))));
-                    acc[j][1] = vaddq_u8(acc[j][1], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a1, wv))));
-                    acc[j][2] = vaddq_u8(acc[j][2], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a2, wv))));
-                    acc[j][3] = vaddq_u8(acc[j][3], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(a3, wv))));
+                    acc[j][0] = vaddq_u8(acc[j][0], xor_count_neon(a0, wv));
+                    acc[j][1] = vaddq_u8(acc[j][1], xor_count_neon(a1, wv));
+                    acc[j][2] = vaddq_u8(acc[j][2], xor_count_neon(a2, wv));
+                    acc[j][3] = vaddq_u8(acc[j][3], xor_count_neon(a3, wv));
                 }
             }
             for (int j = 0; j < 4; j++)
@@ -305,7 +326,8 @@ static void pack_row_portable(const float *src, int64_t plane, const float *bias
                     word[p + 4] |= (uint64_t)(uint32_t)m1[p] << half;
                 }
             }
-            for (int p = 0; p < 8; p++) words[(x0 + p) * kc + g] = word[p];
+            for (int p = 0; p < 8; p++)
+                words[(x0 + p) * kc + g] = word[p];
         }
         for (; x0 < w; x0++) {
             uint64_t m = 0;
@@ -336,7 +358,8 @@ __attribute__((target("avx2"))) static void pack_row_avx2(const float *src, int6
                     const __m256 v = _mm256_add_ps(_mm256_loadu_ps(s), _mm256_set1_ps(b));
                     mask[k] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NGE_UQ));
                 } else {
-                    for (int64_t p = 0; p < np; p++) mask[k] |= (uint8_t)(!(s[p] + b >= 0.0f) << p);
+                    for (int64_t p = 0; p < np; p++)
+                        mask[k] |= (uint8_t)(!(s[p] + b >= 0.0f) << p);
                 }
             }
             __m256i lo = _mm256_loadu_si256((const __m256i *)mask);
@@ -361,51 +384,62 @@ static const char *const NAMES[] = {"portable", "avx2", "avx512", "neon"};
 #define NVARIANTS 4
 
 static int variant_runnable(int v) {
-    if (v == OB_KERNEL_PORTABLE) return 1;
+    if (v == OB_KERNEL_PORTABLE)
+        return 1;
 #ifdef OB_X86
     __builtin_cpu_init();
-    if (v == OB_KERNEL_AVX2) return __builtin_cpu_supports("avx2");
+    if (v == OB_KERNEL_AVX2)
+        return __builtin_cpu_supports("avx2");
     if (v == OB_KERNEL_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vpopcntdq");
 #endif
 #ifdef OB_NEON
-    if (v == OB_KERNEL_NEON) return 1;
+    if (v == OB_KERNEL_NEON)
+        return 1;
 #endif
     return 0;
 }
 
 static tile_fn variant_tile(int v) {
 #ifdef OB_X86
-    if (v == OB_KERNEL_AVX2) return tile_avx2;
-    if (v == OB_KERNEL_AVX512) return tile_avx512;
+    if (v == OB_KERNEL_AVX2)
+        return tile_avx2;
+    if (v == OB_KERNEL_AVX512)
+        return tile_avx512;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("popcnt")) return tile_portable_popcnt;
+    if (__builtin_cpu_supports("popcnt"))
+        return tile_portable_popcnt;
 #endif
 #ifdef OB_NEON
-    if (v == OB_KERNEL_NEON) return tile_neon;
+    if (v == OB_KERNEL_NEON)
+        return tile_neon;
 #endif
     return tile_portable;
 }
 
 static pack_row_fn variant_pack(int v) {
 #ifdef OB_X86
-    if (v == OB_KERNEL_AVX2 || v == OB_KERNEL_AVX512) return pack_row_avx2;
+    if (v == OB_KERNEL_AVX2 || v == OB_KERNEL_AVX512)
+        return pack_row_avx2;
 #endif
     (void)v;
     return pack_row_portable;
 }
 
 int ob_kernel_variant(const char *name) {
-    if (name == NULL) return -1;
+    if (name == NULL)
+        return -1;
     if (strcmp(name, "auto") == 0) {
         const int order[] = {OB_KERNEL_AVX512, OB_KERNEL_AVX2, OB_KERNEL_NEON, OB_KERNEL_PORTABLE};
         for (int i = 0; i < NVARIANTS; i++)
-            if (variant_runnable(order[i])) return order[i];
+            if (variant_runnable(order[i]))
+                return order[i];
         return -1;
     }
     for (int v = 0; v < NVARIANTS; v++)
-        if (strcmp(name, NAMES[v]) == 0) return variant_runnable(v) ? v : -1;
+        if (strcmp(name, NAMES[v]) == 0)
+            return variant_runnable(v) ? v : -1;
     return -1;
 }
 
@@ -428,20 +462,25 @@ static void interior(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, i
     const int64_t last = in - 1 + p - (k - 1) * d; /* o * s <= last */
     *lo = (p + s - 1) / s;
     *hi = last >= 0 ? last / s + 1 : 0;
-    if (*hi > out) *hi = out;
-    if (*lo > *hi) *lo = *hi;
+    if (*hi > out)
+        *hi = out;
+    if (*lo > *hi)
+        *lo = *hi;
 }
 
 static int shape_of(const ob_bconv *c, int n, int h, int w, Shape *s) {
-    if (n < 1 || h < 1 || w < 1) return -1;
+    if (n < 1 || h < 1 || w < 1)
+        return -1;
     const ob_bconv_geom *g = &c->g;
     const int64_t hp = (int64_t)h + 2 * g->ph, wp = (int64_t)w + 2 * g->pw;
     const int64_t span_h = (int64_t)g->dh * (g->kh - 1), span_w = (int64_t)g->dw * (g->kw - 1);
-    if (span_h >= hp || span_w >= wp) return -1;
+    if (span_h >= hp || span_w >= wp)
+        return -1;
     s->n = n, s->h = h, s->w = w, s->hp = hp, s->wp = wp;
     s->ho = (hp - span_h - 1) / g->sh + 1;
     s->wo = (wp - span_w - 1) / g->sw + 1;
-    if (s->ho > INT32_MAX || s->wo > INT32_MAX) return -1;
+    if (s->ho > INT32_MAX || s->wo > INT32_MAX)
+        return -1;
     s->plane = s->ho * s->wo;
     s->ngroups = (s->plane + GP - 1) / GP;
     interior(h, s->ho, g->kh, g->sh, g->ph, g->dh, &s->ylo, &s->yhi);
@@ -451,7 +490,8 @@ static int shape_of(const ob_bconv *c, int n, int h, int w, Shape *s) {
 
 int ob_bconv_out_hw(const ob_bconv *c, int h, int w, int *ho, int *wo) {
     Shape s;
-    if (c == NULL || shape_of(c, 1, h, w, &s) < 0) return -1;
+    if (c == NULL || shape_of(c, 1, h, w, &s) < 0)
+        return -1;
     *ho = (int)s.ho;
     *wo = (int)s.wo;
     return 0;
@@ -463,19 +503,23 @@ static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ?
 /* Words of packed input, of fields and of border tables (int32 pairs); all 0 on overflow. */
 static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields,
                           size_t *tables) {
-    *packed = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
+    *packed =
+        mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
     *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
     *tables = mul_size((size_t)(s->ho + s->wo), (size_t)c->ncb * LANES / 2);
-    if (*packed == 0 || *fields == 0 || *tables == 0) *packed = *fields = *tables = 0;
+    if (*packed == 0 || *fields == 0 || *tables == 0)
+        *packed = *fields = *tables = 0;
 }
 
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
     Shape s;
     size_t packed, fields, tables;
-    if (c == NULL || shape_of(c, n, h, w, &s) < 0) return 0;
+    if (c == NULL || shape_of(c, n, h, w, &s) < 0)
+        return 0;
     scratch_words(c, &s, &packed, &fields, &tables);
     const size_t words = packed + fields + tables, bytes = mul_size(words, 8);
-    if (packed == 0 || words < packed || words < fields || bytes == 0 || bytes > SIZE_MAX - 3 * ALIGN)
+    if (packed == 0 || words < packed || words < fields || bytes == 0 ||
+        bytes > SIZE_MAX - 3 * ALIGN)
         return 0;
     return bytes + 3 * ALIGN; /* each part starts on a cache line */
 }
@@ -521,7 +565,8 @@ INLINE void put_word(const uint64_t *img, int64_t at, const int64_t off[GP], int
 #define OB_LOAD(i) (contig ? img[at + (i)] : img[at + off[i]])
     const int sh = *shift, ns = sh + nb - 64; /* ns >= 0: the words are full, ns bits spill */
     if (ns < 0) {
-        for (int i = 0; i < GP; i++) cur[i] |= OB_LOAD(i) << sh;
+        for (int i = 0; i < GP; i++)
+            cur[i] |= OB_LOAD(i) << sh;
         *shift = sh + nb;
         return;
     }
@@ -544,9 +589,9 @@ INLINE void put_word(const uint64_t *img, int64_t at, const int64_t off[GP], int
 }
 
 /* The fields of one group of 8 output pixels (plane pixels r0 ..; those past the plane read
- * the image's first pixel, their outputs are not stored), as a bit stream over the taps and their words. When
- * the 8 pixels lie in one output row at stride 1 with one word per tap, a tap's 8 words are
- * consecutive: one vector load. */
+ * the image's first pixel, their outputs are not stored), as a bit stream over the taps and
+ * their words. When the 8 pixels lie in one output row at stride 1 with one word per tap, a
+ * tap's 8 words are consecutive: one vector load. */
 INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
                               uint64_t *f) {
     const ob_bconv_geom *g = &c->g;
@@ -554,7 +599,8 @@ INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t 
     int64_t off[GP], oy = r0 / s->wo, ox = r0 % s->wo;
     for (int i = 0; i < GP; i++) {
         off[i] = r0 + i < s->plane ? (oy * g->sh * wp + ox * g->sw) * kc : 0;
-        if (++ox == s->wo) ox = 0, oy++;
+        if (++ox == s->wo)
+            ox = 0, oy++;
     }
     const int contig = kc == 1 && g->sw == 1 && off[GP - 1] == off[0] + GP - 1;
     const int last_bits = g->cin - 64 * (int)(kc - 1);
@@ -572,11 +618,12 @@ INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t 
             }
         }
     }
-    if (shift) memcpy(f, cur, sizeof cur);
+    if (shift)
+        memcpy(f, cur, sizeof cur);
 }
 
-typedef void (*gather_group_fn)(const ob_bconv *c, const Shape *s, const uint64_t *img,
-                                int64_t r0, uint64_t *f);
+typedef void (*gather_group_fn)(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
+                                uint64_t *f);
 
 static void gather_group_portable(const ob_bconv *c, const Shape *s, const uint64_t *img,
                                   int64_t r0, uint64_t *f) {
@@ -584,9 +631,8 @@ static void gather_group_portable(const ob_bconv *c, const Shape *s, const uint6
 }
 
 #ifdef OB_X86
-__attribute__((target("avx2"))) static void gather_group_avx2(const ob_bconv *c, const Shape *s,
-                                                             const uint64_t *img, int64_t r0,
-                                                             uint64_t *f) {
+__attribute__((target("avx2"))) static void
+gather_group_avx2(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0, uint64_t *f) {
     gather_group_body(c, s, img, r0, f);
 }
 #endif
@@ -597,7 +643,8 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
     const int64_t ngroups = s->n * s->ngroups, nw = c->nw;
     gather_group_fn group = gather_group_portable;
 #ifdef OB_X86
-    if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512) group = gather_group_avx2;
+    if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512)
+        group = gather_group_avx2;
 #endif
     (void)threads;
 #ifdef _OPENMP
@@ -605,13 +652,9 @@ static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *pac
 #endif
     for (int64_t gi = 0; gi < ngroups; gi++) {
         const int64_t b = gi / s->ngroups;
-        group(c, s, packed + b * s->hp * s->wp * c->kc, gi % s->ngroups * GP, fields + gi * nw * GP);
+        const uint64_t *img = packed + b * s->hp * s->wp * c->kc;
+        group(c, s, img, gi % s->ngroups * GP, fields + gi * nw * GP);
     }
-}
-
-static int is_border(const Shape *s, int64_t r) {
-    const int64_t oy = r / s->wo, ox = r % s->wo;
-    return oy < s->ylo || oy >= s->yhi || ox < s->xlo || ox >= s->xhi;
 }
 
 static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {
@@ -625,47 +668,90 @@ static int col_out(const ob_bconv_geom *g, const Shape *s, int64_t ox, int64_t k
 }
 
 /* Border tables, [ho][ncb * LANES] and [wo][ncb * LANES]: for output row oy the tap sums of the
- * taps whose input row lies in the padding (all their columns), for column ox alike. */
+ * taps whose input row lies in the padding (all their columns), for column ox alike (only the
+ * border rows and columns are nonzero). */
 static void border_tables(const ob_bconv *c, const Shape *s, int32_t *rows, int32_t *cols) {
     const ob_bconv_geom *g = &c->g;
     const int64_t L = (int64_t)c->ncb * LANES;
     memset(rows, 0, sizeof(int32_t) * (size_t)(s->ho * L));
     memset(cols, 0, sizeof(int32_t) * (size_t)(s->wo * L));
-    for (int64_t cb = 0; cb < c->ncb; cb++)
+    for (int64_t oy = 0; oy < s->ho; oy++) {
+        if (oy == s->ylo)
+            oy = s->yhi; /* the interior rows have no padded tap */
+        if (oy >= s->ho)
+            break;
         for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int64_t oy = 0; oy < s->ho; oy++)
-                    if (row_out(g, s, oy, ky))
-                        for (int j = 0; j < LANES; j++) rows[oy * L + cb * LANES + j] += ts[j];
-                for (int64_t ox = 0; ox < s->wo; ox++)
-                    if (col_out(g, s, ox, kx))
-                        for (int j = 0; j < LANES; j++) cols[ox * L + cb * LANES + j] += ts[j];
-            }
+            if (row_out(g, s, oy, ky))
+                for (int64_t cb = 0; cb < c->ncb; cb++)
+                    for (int64_t kx = 0; kx < g->kw; kx++) {
+                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                        for (int j = 0; j < LANES; j++)
+                            rows[oy * L + cb * LANES + j] += ts[j];
+                    }
+    }
+    for (int64_t ox = 0; ox < s->wo; ox++) {
+        if (ox == s->xlo)
+            ox = s->xhi;
+        if (ox >= s->wo)
+            break;
+        for (int64_t kx = 0; kx < g->kw; kx++)
+            if (col_out(g, s, ox, kx))
+                for (int64_t cb = 0; cb < c->ncb; cb++)
+                    for (int64_t ky = 0; ky < g->kh; ky++) {
+                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                        for (int j = 0; j < LANES; j++)
+                            cols[ox * L + cb * LANES + j] += ts[j];
+                    }
+    }
 }
 
-/* corr[j][i]: the tap sums of the taps of plane pixel r0 + i that lie in the padding, i.e. its
- * row's and column's table entries less the taps counted in both (out in row and column). */
+/* The border pixels of a group: their index in it, output row and column, and whether they have
+ * taps out in both row and column (whose tap sums both tables hold). */
+typedef struct {
+    int count, i[GP], corner[GP];
+    int64_t oy[GP], ox[GP];
+} Border;
+
+static void group_border(const Shape *s, int64_t r0, int np, Border *bd) {
+    int64_t oy = r0 / s->wo, ox = r0 % s->wo;
+    bd->count = 0;
+    for (int i = 0; i < np; i++) {
+        const int row_border = oy < s->ylo || oy >= s->yhi;
+        const int col_border = ox < s->xlo || ox >= s->xhi;
+        if (row_border || col_border) {
+            bd->i[bd->count] = i, bd->oy[bd->count] = oy, bd->ox[bd->count] = ox;
+            bd->corner[bd->count++] = row_border && col_border;
+        }
+        if (++ox == s->wo)
+            ox = 0, oy++;
+    }
+}
+
+/* corr[j][i]: the tap sums of the taps of border pixel i that lie in the padding: its row's and
+ * column's table entries, less the taps out in both. */
 static void border_corrections(const ob_bconv *c, const Shape *s, const int32_t *rows,
-                               const int32_t *cols, int64_t cb, int64_t r0, int np,
+                               const int32_t *cols, const Border *bd, int64_t cb,
                                int32_t corr[LANES][GP]) {
     const ob_bconv_geom *g = &c->g;
     const int64_t L = (int64_t)c->ncb * LANES;
     memset(corr, 0, sizeof(int32_t) * LANES * GP);
-    int64_t oy = r0 / s->wo, ox = r0 % s->wo - 1;
-    for (int i = 0; i < np; i++) {
-        if (++ox == s->wo) ox = 0, oy++;
-        const int row_border = oy < s->ylo || oy >= s->yhi, col_border = ox < s->xlo || ox >= s->xhi;
-        if (!row_border && !col_border) continue;
+    for (int k = 0; k < bd->count; k++) {
+        const int i = bd->i[k];
+        const int64_t oy = bd->oy[k], ox = bd->ox[k];
         const int32_t *r = rows + oy * L + cb * LANES, *cl = cols + ox * L + cb * LANES;
-        for (int j = 0; j < LANES; j++) corr[j][i] = r[j] + cl[j];
-        if (!row_border || !col_border) continue;
+        for (int j = 0; j < LANES; j++)
+            corr[j][i] = r[j] + cl[j];
+        if (!bd->corner[k])
+            continue;
         for (int64_t ky = 0; ky < g->kh; ky++) {
-            if (!row_out(g, s, oy, ky)) continue;
+            if (!row_out(g, s, oy, ky))
+                continue;
             for (int64_t kx = 0; kx < g->kw; kx++) {
-                if (!col_out(g, s, ox, kx)) continue;
+                if (!col_out(g, s, ox, kx))
+                    continue;
                 const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int j = 0; j < LANES; j++) corr[j][i] -= ts[j];
+                for (int j = 0; j < LANES; j++)
+                    corr[j][i] -= ts[j];
             }
         }
     }
@@ -678,8 +764,10 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
     if (c == NULL || x == NULL || y == NULL || scratch == NULL || shape_of(c, n, h, w, &s) < 0)
         return;
     scratch_words(c, &s, &packed_words, &field_words, &table_words);
-    if (packed_words == 0) return;
-    if (threads < 1) threads = 1;
+    if (packed_words == 0)
+        return;
+    if (threads < 1)
+        threads = 1;
     uint64_t *packed = (uint64_t *)align_up(scratch);
     uint64_t *fields = (uint64_t *)align_up(packed + packed_words);
     int32_t *rows = (int32_t *)align_up(fields + field_words);
@@ -690,7 +778,8 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
 
     const tile_fn tile = variant_tile(c->variant);
     const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
-    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G, nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
+    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G;
+    const int64_t nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
@@ -698,11 +787,10 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
         const int64_t g0 = item / nitems_cb * ITEM_G, cb0 = item % nitems_cb * ITEM_CB;
         const int64_t g1 = g0 + ITEM_G < ngroups ? g0 + ITEM_G : ngroups;
         const int64_t cb1 = cb0 + ITEM_CB < c->ncb ? cb0 + ITEM_CB : c->ncb;
-        int border[ITEM_G];
+        Border border[ITEM_G];
         for (int64_t gi = g0; gi < g1; gi++) {
             const int64_t r0 = gi % s.ngroups * GP;
-            border[gi - g0] = is_border(&s, r0) || is_border(&s, r0 + GP - 1 < s.plane ? r0 + GP - 1 : s.plane - 1) ||
-                              (r0 / s.wo != (r0 + GP - 1) / s.wo); /* a group crossing rows */
+            group_border(&s, r0, s.plane - r0 < GP ? (int)(s.plane - r0) : GP, &border[gi - g0]);
         }
         for (int64_t cb = cb0; cb < cb1; cb++) {
             Tile t;
@@ -720,8 +808,8 @@ void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float 
                 t.a = fields + gi * nw * GP;
                 t.out = y + (b * cout + cb * LANES) * s.plane + r0;
                 t.corr = NULL;
-                if (border[gi - g0]) {
-                    border_corrections(c, &s, rows, cols, cb, r0, t.np, corr);
+                if (border[gi - g0].count) {
+                    border_corrections(c, &s, rows, cols, &border[gi - g0], cb, corr);
                     t.corr = &corr[0][0];
                 }
                 tile(&t);
@@ -745,25 +833,32 @@ static void append_bits_dense(uint64_t *dst, int64_t pos, const uint64_t *src, i
 
 ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const float *out_scale,
                            const float *out_bias, const float *act_bias, int variant) {
-    if (g == NULL || wbits == NULL || out_scale == NULL || out_bias == NULL) return NULL;
+    if (g == NULL || wbits == NULL || out_scale == NULL || out_bias == NULL)
+        return NULL;
     if (g->cin < 1 || g->cout < 1 || g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 ||
         g->dh < 1 || g->dw < 1 || g->ph < 0 || g->pw < 0)
         return NULL;
-    if (variant < 0 || variant >= NVARIANTS || !variant_runnable(variant)) return NULL;
+    if (variant < 0 || variant >= NVARIANTS || !variant_runnable(variant))
+        return NULL;
     const int64_t ntaps = (int64_t)g->kh * g->kw;
-    if (ntaps >= ((int64_t)1 << 30) || ntaps * g->cin >= ((int64_t)1 << 30)) return NULL;
+    if (ntaps >= ((int64_t)1 << 30) || ntaps * g->cin >= ((int64_t)1 << 30))
+        return NULL;
     const int64_t kc = (g->cin + 63) / 64, kbits = ntaps * g->cin, nw = (kbits + 63) / 64;
     const int64_t ncb = (g->cout + LANES - 1) / LANES;
 
     /* one block: struct, weights, tap sums, scale, bias, act_bias, each cache-line aligned */
-    const size_t sizes[] = {sizeof(ob_bconv), sizeof(uint64_t) * (size_t)(ncb * nw * LANES),
+    const size_t sizes[] = {sizeof(ob_bconv),
+                            sizeof(uint64_t) * (size_t)(ncb * nw * LANES),
                             sizeof(int32_t) * (size_t)(ncb * ntaps * LANES),
-                            sizeof(float) * (size_t)(ncb * LANES), sizeof(float) * (size_t)(ncb * LANES),
+                            sizeof(float) * (size_t)(ncb * LANES),
+                            sizeof(float) * (size_t)(ncb * LANES),
                             sizeof(float) * (size_t)g->cin};
     size_t total = ALIGN;
-    for (int i = 0; i < 6; i++) total += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
+    for (int i = 0; i < 6; i++)
+        total += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
     void *block = calloc(1, total);
-    if (block == NULL) return NULL;
+    if (block == NULL)
+        return NULL;
     char *p = (char *)align_up(block);
     void *parts[6];
     for (int i = 0; i < 6; i++) {
@@ -801,15 +896,18 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
             memcpy(tap, wbits + (co * ntaps + t) * kc, sizeof(uint64_t) * (size_t)kc);
             tap[kc - 1] &= last_mask; /* bits past cin would count against every pixel */
             int32_t neg = 0;
-            for (int64_t i = 0; i < kc; i++) neg += __builtin_popcountll(tap[i]);
+            for (int64_t i = 0; i < kc; i++)
+                neg += __builtin_popcountll(tap[i]);
             c->tapsum[(cb * ntaps + t) * LANES + j] = g->cin - 2 * neg;
             append_bits_dense(field, t * g->cin, tap, g->cin);
         }
-        for (int64_t k = 0; k < nw; k++) c->w[(cb * nw + k) * LANES + j] = field[k];
+        for (int64_t k = 0; k < nw; k++)
+            c->w[(cb * nw + k) * LANES + j] = field[k];
         c->scale[co] = out_scale[co];
         c->bias[co] = out_bias[co];
     }
-    if (act_bias != NULL) memcpy(c->act_bias, act_bias, sizeof(float) * (size_t)g->cin);
+    if (act_bias != NULL)
+        memcpy(c->act_bias, act_bias, sizeof(float) * (size_t)g->cin);
     free(field);
     free(tap);
     return c;
@@ -820,5 +918,6 @@ const ob_bconv_geom *ob_bconv_geometry(const ob_bconv *c) { return c ? &c->g : N
 int ob_bconv_variant(const ob_bconv *c) { return c ? c->variant : -1; }
 
 void ob_bconv_free(ob_bconv *c) {
-    if (c != NULL) free(c->block);
+    if (c != NULL)
+        free(c->block);
 }

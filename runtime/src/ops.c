@@ -282,24 +282,38 @@ static void window(int o, int k, int s, int p, int in, int *lo, int *hi) {
     *hi = end > in ? in : end;
 }
 
+/* The output columns [*lo, *hi) whose tap kx (stride s, padding p) falls inside a row of w. */
+static void tap_columns(int kx, int s, int p, int w, int ow, int *lo, int *hi) {
+    const int first = p - kx, last = w - 1 + p - kx; /* ox * s in [first, last] */
+    *lo = first <= 0 ? 0 : (first + s - 1) / s;
+    *hi = last < 0 ? 0 : last / s + 1;
+    if (*hi > ow) *hi = ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* Both pools fill an output row tap by tap: for each input row of the windows and each kx, one
+ * branch-free pass over the output columns (PyTorch's per-window loop branches on every
+ * compare). Each output still sees its taps in PyTorch's order, rows outer, columns inner. */
+
 /* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
 void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y) {
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *src = x + nc * in.h * in.w;
-        float *dst = y + nc * out.h * out.w;
         for (int oy = 0; oy < out.h; oy++) {
+            float *dst = y + (nc * out.h + oy) * out.w;
+            for (int ox = 0; ox < out.w; ox++) dst[ox] = -INFINITY;
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            for (int ox = 0; ox < out.w; ox++) {
-                int x0, x1;
-                window(ox, k->kw, k->sw, k->pw, in.w, &x0, &x1);
-                float m = -INFINITY;
-                for (int iy = y0; iy < y1; iy++)
-                    for (int ix = x0; ix < x1; ix++) {
-                        const float v = src[(size_t)iy * in.w + ix];
-                        if (v > m || isnan(v)) m = v;
+            for (int iy = y0; iy < y1; iy++) {
+                const float *row = src + (size_t)iy * in.w;
+                for (int kx = 0; kx < k->kw; kx++) {
+                    int lo, hi;
+                    tap_columns(kx, k->sw, k->pw, in.w, out.w, &lo, &hi);
+                    for (int ox = lo; ox < hi; ox++) {
+                        const float v = row[ox * k->sw + kx - k->pw];
+                        dst[ox] = v > dst[ox] || v != v ? v : dst[ox];
                     }
-                dst[(size_t)oy * out.w + ox] = m;
+                }
             }
         }
     }
@@ -311,22 +325,28 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
                   ob_shape out, float *y) {
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *src = x + nc * in.h * in.w;
-        float *dst = y + nc * out.h * out.w;
         for (int oy = 0; oy < out.h; oy++) {
-            const int ys = oy * k->sh - k->ph;
-            const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
+            float *dst = y + (nc * out.h + oy) * out.w;
+            for (int ox = 0; ox < out.w; ox++) dst[ox] = 0.0f;
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
+            for (int iy = y0; iy < y1; iy++) {
+                const float *row = src + (size_t)iy * in.w;
+                for (int kx = 0; kx < k->kw; kx++) {
+                    int lo, hi;
+                    tap_columns(kx, k->sw, k->pw, in.w, out.w, &lo, &hi);
+                    for (int ox = lo; ox < hi; ox++) dst[ox] += row[ox * k->sw + kx - k->pw];
+                }
+            }
+            const int ys = oy * k->sh - k->ph;
+            const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
             for (int ox = 0; ox < out.w; ox++) {
                 const int xs = ox * k->sw - k->pw;
                 const int xe = xs + k->kw < in.w + k->pw ? xs + k->kw : in.w + k->pw;
                 int x0, x1;
                 window(ox, k->kw, k->sw, k->pw, in.w, &x0, &x1);
-                float sum = 0.0f;
-                for (int iy = y0; iy < y1; iy++)
-                    for (int ix = x0; ix < x1; ix++) sum += src[(size_t)iy * in.w + ix];
                 const int count = count_include_pad ? (ye - ys) * (xe - xs) : (y1 - y0) * (x1 - x0);
-                dst[(size_t)oy * out.w + ox] = count > 0 ? sum / (float)count : 0.0f;
+                dst[ox] = count > 0 ? dst[ox] / (float)count : 0.0f;
             }
         }
     }

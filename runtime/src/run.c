@@ -54,15 +54,8 @@ int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len) {
     return ONEBIT_OK;
 }
 
-int onebit_run(onebit_model *m, const float *input, int n, float *output, char *err,
-               size_t err_len) {
-    if (err != NULL && err_len > 0) err[0] = '\0';
-    if (m == NULL || input == NULL || output == NULL || n < 1)
-        return ob_fail(err, err_len, ONEBIT_E_ARG,
-                       "onebit_run: needs a model, input and output and a batch n >= 1 (n is %d)",
-                       n);
-    const int rc = ob_arena_reserve(m, n, err, err_len);
-    if (rc) return rc;
+/* The nodes on n images, whose arena is reserved. */
+static void run_nodes(onebit_model *m, const float *input, int n, float *output) {
     float *values = m->arena;
     void *scratch = (char *)m->arena + values_bytes(m, n);
     const int threads = m->threads;
@@ -143,5 +136,29 @@ int onebit_run(onebit_model *m, const float *input, int n, float *output, char *
     }
     const ob_node *last = &m->nodes[m->n_nodes - 1];
     memcpy(output, values + (size_t)n * last->offset, sizeof(float) * (size_t)n * m->num_classes);
+}
+
+/* A batch runs in chunks whose values fit about this many bytes: every op streams its input and
+ * output through the cache, and a batch of 64 whole values runs from memory (2.4x slower per
+ * image than chunks of 1 to 4 on a ResNet-20 of 64 channels). */
+#define CHUNK_BYTES (2u << 20)
+
+int onebit_run(onebit_model *m, const float *input, int n, float *output, char *err,
+               size_t err_len) {
+    if (err != NULL && err_len > 0) err[0] = '\0';
+    if (m == NULL || input == NULL || output == NULL || n < 1)
+        return ob_fail(err, err_len, ONEBIT_E_ARG,
+                       "onebit_run: needs a model, input and output and a batch n >= 1 (n is %d)",
+                       n);
+    const size_t fit = CHUNK_BYTES / (m->value_floats * sizeof(float)); /* value_floats >= 16 */
+    const int chunk = fit < 1 ? 1 : fit < (size_t)n ? (int)fit : n;
+    const int rc = ob_arena_reserve(m, chunk, err, err_len);
+    if (rc) return rc;
+    const size_t in_floats = (size_t)m->in.c * m->in.h * m->in.w;
+    for (int first = 0; first < n; first += chunk) {
+        const int count = n - first < chunk ? n - first : chunk;
+        run_nodes(m, input + (size_t)first * in_floats, count,
+                  output + (size_t)first * m->num_classes);
+    }
     return ONEBIT_OK;
 }

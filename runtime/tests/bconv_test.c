@@ -27,9 +27,12 @@ static int rand_int(int lo, int hi) { return lo + (int)(rng() % (uint64_t)(hi - 
 /* Mostly uniform in [-1, 1), with exact zeros (sign(0) = +1), negative zeros and NaN (-1). */
 static float rand_input(void) {
     const int r = (int)(rng() % 64);
-    if (r == 0) return 0.0f;
-    if (r == 1) return -0.0f;
-    if (r == 2) return NAN;
+    if (r == 0)
+        return 0.0f;
+    if (r == 1)
+        return -0.0f;
+    if (r == 2)
+        return NAN;
     return (float)((double)(rng() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
@@ -53,7 +56,8 @@ static void reference(const Case *t, const float *x, const uint64_t *wbits, cons
                         for (int kx = 0; kx < g->kw; kx++) {
                             const int iy = oy * g->sh - g->ph + ky * g->dh;
                             const int ix = ox * g->sw - g->pw + kx * g->dw;
-                            if (iy < 0 || iy >= t->h || ix < 0 || ix >= t->w) continue;
+                            if (iy < 0 || iy >= t->h || ix < 0 || ix >= t->w)
+                                continue;
                             for (int ci = 0; ci < g->cin; ci++) {
                                 const float v = x[((b * g->cin + ci) * t->h + iy) * t->w + ix] +
                                                 (act_bias ? act_bias[ci] : 0.0f);
@@ -71,7 +75,8 @@ static void reference(const Case *t, const float *x, const uint64_t *wbits, cons
 static int failures = 0;
 
 static void check(int ok, const char *what, const Case *t) {
-    if (ok) return;
+    if (ok)
+        return;
     failures++;
     const ob_bconv_geom *g = &t->g;
     fprintf(stderr,
@@ -85,7 +90,8 @@ static int run_case(const Case *t) {
     const ob_bconv_geom *g = &t->g;
     const int kc = (g->cin + 63) / 64;
     const int hp = t->h + 2 * g->ph, wp = t->w + 2 * g->pw;
-    if (g->dh * (g->kh - 1) >= hp || g->dw * (g->kw - 1) >= wp) return 0;
+    if (g->dh * (g->kh - 1) >= hp || g->dw * (g->kw - 1) >= wp)
+        return 0;
     const int ho = (hp - g->dh * (g->kh - 1) - 1) / g->sh + 1;
     const int wo = (wp - g->dw * (g->kw - 1) - 1) / g->sw + 1;
     const size_t nx = (size_t)t->n * g->cin * t->h * t->w, ny = (size_t)t->n * g->cout * ho * wo;
@@ -99,30 +105,35 @@ static int run_case(const Case *t) {
         fprintf(stderr, "out of memory\n");
         exit(2);
     }
-    for (size_t i = 0; i < nx; i++) x[i] = rand_input();
+    for (size_t i = 0; i < nx; i++)
+        x[i] = rand_input();
     for (size_t i = 0; i < nwb; i++) {
         wbits[i] = rng();
         const int valid = g->cin - (int)(i % kc) * 64; /* bits past cin are 0 */
-        if (valid < 64) wbits[i] &= ((uint64_t)1 << valid) - 1;
+        if (valid < 64)
+            wbits[i] &= ((uint64_t)1 << valid) - 1;
     }
     for (int i = 0; i < g->cout; i++) {
         scale[i] = (float)(rng() % 1000) / 997.0f + 0.001f;
         bias[i] = (float)((int)(rng() % 2001) - 1000) / 313.0f;
     }
-    for (int i = 0; i < g->cin; i++) act_bias[i] = (float)((int)(rng() % 201) - 100) / 150.0f;
+    for (int i = 0; i < g->cin; i++)
+        act_bias[i] = (float)((int)(rng() % 201) - 100) / 150.0f;
     const float *ab = t->with_act_bias ? act_bias : NULL;
     reference(t, x, wbits, scale, bias, ab, ho, wo, ref);
 
     const char *names[] = {"portable", "avx2", "avx512", "neon"};
     for (int k = 0; k < 4; k++) {
         const int v = ob_kernel_variant(names[k]);
-        if (v < 0) continue;
+        if (v < 0)
+            continue;
         ob_bconv *c = ob_bconv_prepare(g, wbits, scale, bias, ab, v);
         check(c != NULL, "prepare", t);
-        if (c == NULL) continue;
+        if (c == NULL)
+            continue;
         int gho = 0, gwo = 0;
-        check(ob_bconv_out_hw(c, t->h, t->w, &gho, &gwo) == 0 && gho == ho && gwo == wo,
-              "out_hw", t);
+        check(ob_bconv_out_hw(c, t->h, t->w, &gho, &gwo) == 0 && gho == ho && gwo == wo, "out_hw",
+              t);
         const size_t bytes = ob_bconv_scratch_bytes(c, t->n, t->h, t->w);
         check(bytes > 0, "scratch size", t);
         void *scratch = malloc(bytes);
@@ -178,7 +189,8 @@ static void interface_checks(void) {
 
 int main(int argc, char **argv) {
     const int random_cases = argc > 1 ? atoi(argv[1]) : 300;
-    if (argc > 2) rng_state = strtoull(argv[2], NULL, 10);
+    if (argc > 2)
+        rng_state = strtoull(argv[2], NULL, 10);
     interface_checks();
     /* fixed cases: the channel counts around word boundaries, every kernel size, padding,
      * stride and dilation, the ResNet shapes */
@@ -188,17 +200,26 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 7; i++)
         for (int j = 0; j < 8; j++) {
             const int s = 1 + (i + j) % 2, p = (i + j) % 3, d = 1 + (j % 3 == 2);
-            Case t = {1 + (i + j) % 2, 9 + j, 7 + i, {cins[i], 1 + (i * 5 + j * 3) % 19, ks[j][0],
-                     ks[j][1], s, 3 - s, p, (p + 1) % 3, d, 3 - d}, (i + j) % 2};
+            Case t = {1 + (i + j) % 2,
+                      9 + j,
+                      7 + i,
+                      {cins[i], 1 + (i * 5 + j * 3) % 19, ks[j][0], ks[j][1], s, 3 - s, p,
+                       (p + 1) % 3, d, 3 - d},
+                      (i + j) % 2};
             cases += run_case(&t);
         }
     const Case resnet[] = {
-        {1, 32, 32, {16, 16, 3, 3, 1, 1, 1, 1, 1, 1}, 1},  {1, 16, 16, {32, 32, 3, 3, 1, 1, 1, 1, 1, 1}, 0},
-        {2, 8, 8, {64, 64, 3, 3, 1, 1, 1, 1, 1, 1}, 1},    {1, 14, 14, {128, 256, 3, 3, 2, 2, 1, 1, 1, 1}, 1},
-        {1, 7, 7, {512, 24, 3, 3, 1, 1, 1, 1, 1, 1}, 0},   {1, 9, 9, {64, 128, 1, 1, 2, 2, 0, 0, 1, 1}, 1},
-        {3, 1, 1, {300, 10, 1, 1, 1, 1, 0, 0, 1, 1}, 1},   {1, 12, 12, {16, 16, 3, 3, 1, 1, 2, 2, 2, 2}, 1},
+        {1, 32, 32, {16, 16, 3, 3, 1, 1, 1, 1, 1, 1}, 1},
+        {1, 16, 16, {32, 32, 3, 3, 1, 1, 1, 1, 1, 1}, 0},
+        {2, 8, 8, {64, 64, 3, 3, 1, 1, 1, 1, 1, 1}, 1},
+        {1, 14, 14, {128, 256, 3, 3, 2, 2, 1, 1, 1, 1}, 1},
+        {1, 7, 7, {512, 24, 3, 3, 1, 1, 1, 1, 1, 1}, 0},
+        {1, 9, 9, {64, 128, 1, 1, 2, 2, 0, 0, 1, 1}, 1},
+        {3, 1, 1, {300, 10, 1, 1, 1, 1, 0, 0, 1, 1}, 1},
+        {1, 12, 12, {16, 16, 3, 3, 1, 1, 2, 2, 2, 2}, 1},
     };
-    for (size_t i = 0; i < sizeof resnet / sizeof resnet[0]; i++) cases += run_case(&resnet[i]);
+    for (size_t i = 0; i < sizeof resnet / sizeof resnet[0]; i++)
+        cases += run_case(&resnet[i]);
     /* wide rows: groups of 8 output pixels inside one row, with and without border taps */
     for (int i = 0; i < 7; i++)
         for (int v = 0; v < 4; v++) {
@@ -208,18 +229,22 @@ int main(int argc, char **argv) {
         }
     for (int r = 0; r < random_cases; r++) {
         const int ksz[] = {1, 3, 5, 7};
-        Case t = {rand_int(1, 2), rand_int(1, 12), rand_int(1, 12),
+        Case t = {rand_int(1, 2),
+                  rand_int(1, 12),
+                  rand_int(1, 12),
                   {cins[rand_int(0, 6)], rand_int(1, 20), ksz[rand_int(0, 3)], ksz[rand_int(0, 3)],
                    rand_int(1, 2), rand_int(1, 2), rand_int(0, 2), rand_int(0, 2), rand_int(1, 2),
                    rand_int(1, 2)},
                   rand_int(0, 1)};
-        if (rng() % 4 == 0) t.g.cin = rand_int(1, 200);
+        if (rng() % 4 == 0)
+            t.g.cin = rand_int(1, 200);
         cases += run_case(&t);
     }
     const char *names[] = {"portable", "avx2", "avx512", "neon"};
     printf("bconv_test: %d cases, variants:", cases);
     for (int k = 0; k < 4; k++)
-        if (ob_kernel_variant(names[k]) >= 0) printf(" %s", names[k]);
+        if (ob_kernel_variant(names[k]) >= 0)
+            printf(" %s", names[k]);
     printf("; %d failure(s)\n", failures);
     return failures != 0;
 }
