@@ -1,6 +1,11 @@
 """A trained Fashion-MNIST ResNet-20, exported and run by the C runtime's own program
 (``onebit-run``, no Python in the process), gives the test top-1 of ``onebit eval`` of its
-checkpoint: the same images, the same count of right answers."""
+checkpoint.
+
+Not always to the image: the runtime's float arithmetic rounds differently from PyTorch's (a
+BatchNorm folded into out_scale / out_bias, no fused multiply-add), and a binary activation
+whose input is within a rounding of 0 takes the other sign, which moves that image's logits
+by up to ~1. Measured on this model: 1 of 4,000 test images changes its top class."""
 
 import re
 import shutil
@@ -78,5 +83,6 @@ def test_the_runtime_program_scores_the_checkpoints_test_top1(tmp_path):
     assert ran.returncode == 0, ran.stderr
     right = re.search(r"top-1 ([\d.]+)% \((\d+)/10000\)", ran.stdout)
     assert right is not None, ran.stdout
-    # eval prints the percentage to 2 decimals: 10000 images make that the exact count
-    assert int(right[2]) == round(top1 * 100), (ran.stdout, evaluated)
+    # eval prints the percentage to 2 decimals: 10000 images make that the exact count; a few
+    # images near a tie may change class (see the module's docstring)
+    assert abs(int(right[2]) - round(top1 * 100)) <= 5, (ran.stdout, evaluated)
