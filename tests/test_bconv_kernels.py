@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from onebit.deploy.packing import pack_weight
+from onebit.deploy.packing import pack_bits, pack_weight, tail_mask, unpack_bits, unpack_weight
 
 ROOT = Path(__file__).resolve().parent.parent
 BCONV = ROOT / "runtime/src/bconv.c"
@@ -52,6 +54,57 @@ def _openmp_works(tmp_path: Path) -> bool:
     probe = tmp_path / "omp.c"
     probe.write_text("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
     return subprocess.run([CC, "-fopenmp", str(probe), "-o", str(tmp_path / "omp")]).returncode == 0
+
+
+# ------------------------------------------------------------------- the packed layout
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 3), max_size=2),
+    length=st.integers(1, 200),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pack_unpack_round_trip(lead, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    negative = torch.rand(*lead, length, generator=g) < 0.5
+    words = pack_bits(negative)
+    assert words.shape == (*lead, (length + 63) // 64) and words.dtype == torch.int64
+    assert torch.equal(unpack_bits(words, length), negative)
+    # the bits past the last element are 0, as the kernels and the file checks require
+    assert not bool((words[..., -1] & tail_mask(length)).any())
+
+
+def test_pack_bit_order():
+    negative = torch.zeros(130, dtype=torch.bool)
+    negative[[0, 63, 64, 129]] = True
+    words = pack_bits(negative).tolist()
+    assert words == [1 - 2**63, 1, 2]  # bit 63 is the sign bit of the int64 word
+    assert tail_mask(130) == -(1 << 2) and tail_mask(128) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cout=st.integers(1, 9),
+    cin=st.integers(1, 140),
+    k=st.sampled_from([(1, 1), (3, 3), (1, 3)]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pack_weight_layout(cout, cin, k, seed):
+    """graph.py's bconv2d weight_bits: (cout, kh, kw, ceil(cin / 64)) words, bit c % 64 of
+    word c / 64 of tap (ky, kx) set for a negative weight."""
+    w = torch.randn(cout, cin, *k, generator=torch.Generator().manual_seed(seed))
+    words = pack_weight(w < 0)
+    assert words.shape == (cout, *k, (cin + 63) // 64)
+    assert torch.equal(unpack_weight(words, cin), w < 0)
+    ky, kx, c = k[0] - 1, k[1] - 1, cin - 1
+    bit = (words[0, ky, kx, c // 64] >> (c % 64)) & 1
+    assert bool(bit) == bool(w[0, c, ky, kx] < 0)
+    # a binary linear's weight (cout, cin) is a 1x1 tap
+    assert torch.equal(pack_weight(w[:, :, 0, 0] < 0), pack_weight(w[:, :, :1, :1] < 0))
+
+
+# ------------------------------------------------------------------------- the C kernels
 
 
 @needs_cc
@@ -133,6 +186,8 @@ def test_matches_pytorch_conv2d(bconv_lib, n, cin, cout, hw, k, stride, pad, dil
     g = torch.Generator().manual_seed(cin * 1000 + cout)
     x = torch.randn(n, cin, *hw, generator=g)
     x[0, 0, 0, :2] = 0.0  # sign(0) = +1
+    # as torch.where(x >= 0, 1, -1): -0.0 is +1, NaN and a negative denormal -1
+    x[-1, -1, -1, :3] = torch.tensor([float("nan"), -0.0, -1e-40])
     w = torch.randn(cout, cin, *k, generator=g)
     scale = torch.rand(cout, generator=g) + 0.01
     bias = torch.randn(cout, generator=g)

@@ -184,14 +184,55 @@ def test_bconv2d_equals_sign_conv(cin, k, stride, pad, dil, act):
     check([Node("bconv2d", [0], slots, conv_attrs(stride, pad, dil))], tensors, x, want, 0)
 
 
-def test_binary_linear_is_a_1x1_bconv_on_a_vector():
+@pytest.mark.parametrize("act", [False, True])
+def test_binary_linear_is_a_1x1_bconv_on_a_vector(act):
     x = rand(4, 100, 1, 1)
     sign_w, bits, scale, bias = bconv_tensors(100, 10, 1, 1)
-    signs = torch.from_numpy(np.where(x[:, :, 0, 0] >= 0, 1.0, -1.0).astype(np.float32))
+    tensors, slots = {"w": bits, "s": scale, "b": bias}, dict(BCONV_SLOTS)
+    shifted = x[:, :, 0, 0]
+    if act:  # RSign before a binary linear: sign(x + act_bias)
+        tensors["a"], slots["act_bias"] = rand(100, seed=3), "a"
+        shifted = shifted + tensors["a"]
+    signs = torch.from_numpy(np.where(shifted >= 0, 1.0, -1.0).astype(np.float32))
     dot = signs @ torch.from_numpy(sign_w[:, :, 0, 0]).T
     want = dot * torch.from_numpy(scale) + torch.from_numpy(bias)
-    node = Node("bconv2d", [0], BCONV_SLOTS, conv_attrs())
-    check([node], {"w": bits, "s": scale, "b": bias}, x, want, 0)
+    check([Node("bconv2d", [0], slots, conv_attrs())], tensors, x, want, 0)
+
+
+def kernels_here() -> list[str]:
+    """The binary conv kernels this build and CPU run (the runtime refuses the others)."""
+    probe = graph.graph_bytes([Node("relu", [0])], {}, InputRecord(1, 1, 1, 1), {})
+    found = []
+    with Runtime.from_bytes(probe) as rt:
+        for name in ("portable", "avx2", "avx512", "neon"):
+            try:
+                rt.set_kernel(name)
+            except ExportError:
+                continue
+            found.append(name)
+    return found
+
+
+def test_nan_and_signed_zero_binarize_as_the_reference_on_every_kernel():
+    """sign(x) as graph_ref and the float model compute it, torch.where(x >= 0, 1, -1): -0.0
+    and +0.0 are +1, NaN and a negative denormal are -1; a shift to exactly zero is +1."""
+    specials = [float("nan"), -0.0, 0.0, -1e-40, 1e-40, -1e-30, 1e-30]
+    x = np.array(specials * 19, np.float32)[:130].reshape(1, 130, 1, 1)
+    x = np.concatenate([x, np.roll(x, 3, axis=1)])
+    sign_w, bits, scale, bias = bconv_tensors(130, 9, 1, 1, seed=4)
+    act_bias = np.zeros(130, np.float32)
+    act_bias[::5] = -x[1, ::5, 0, 0]  # x + act_bias = +-0 or NaN there
+    for act in (None, act_bias):
+        tensors, slots = {"w": bits, "s": scale, "b": bias}, dict(BCONV_SLOTS)
+        if act is not None:
+            tensors["a"], slots["act_bias"] = act, "a"
+        want = bconv_reference(x, sign_w, scale, bias, act, 1, 0, 1).reshape(2, -1).numpy()
+        nodes = [Node("bconv2d", [0], slots, conv_attrs()), Node("flatten", [1])]
+        data = graph.graph_bytes(nodes, tensors, InputRecord(130, 1, 1, 9), {})
+        with Runtime.from_bytes(data) as rt:
+            for kernel in kernels_here():
+                rt.set_kernel(kernel)
+                np.testing.assert_array_equal(rt(x), want, err_msg=kernel)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -469,6 +510,27 @@ def test_a_batch_of_several_chunks_equals_pytorch():
     ]
     v = F.conv2d(t, torch.from_numpy(w), torch.from_numpy(b), padding=1)
     check(nodes, {"w": w, "b": b}, x, (v + v.relu()).mean((2, 3)), 1e-4)
+
+
+def test_any_memory_layout_of_the_input(tmp_path):
+    """A batch that is a view (NHWC data transposed to NCHW, a strided slice, a torch
+    channels_last tensor through deploy.load) gives the contiguous batch's output."""
+    from onebit.deploy import load
+
+    path, rt = cli_model(tmp_path, InputRecord(3, 12, 12, 5))
+    nhwc = rand(4, 12, 12, 3, seed=9)
+    x = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    want = rt(x)
+    np.testing.assert_array_equal(rt(nhwc.transpose(0, 3, 1, 2)), want)
+    strided = np.concatenate([nhwc, nhwc], axis=2).transpose(0, 3, 1, 2)[..., 1::2]
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(rt(strided), rt(np.ascontiguousarray(strided)))
+    deployed = load(path)
+    t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    assert not t.is_contiguous()
+    np.testing.assert_array_equal(deployed(t).numpy(), want)
+    rt.close()
+    deployed.close()
 
 
 def test_input_record_and_errors_of_the_binding(tmp_path):
