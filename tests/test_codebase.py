@@ -127,7 +127,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # The layers, lowest first: a module imports from its own layer or those below only.
 LAYERS = [
-    {"errors", "io", "machine", "user_code", "config"},
+    {"errors", "io", "machine", "user_code", "input_spec", "config"},
     {"quant"},
     {"nn"},
     {"models", "data"},

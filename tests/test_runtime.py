@@ -588,7 +588,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def expected_classes(rt: Runtime, spec: InputSpec, images: np.ndarray, k: int = 1) -> np.ndarray:
     """The top-k classes of the runtime on InputSpec.preprocess's input (torch.topk's order)."""
-    logits = torch.from_numpy(rt(spec.preprocess(images).numpy()))
+    logits = torch.from_numpy(rt(spec.preprocess(images)))
     return logits.topk(k, 1).indices.numpy()
 
 

@@ -4,7 +4,8 @@
     rt = onebit.deploy.load("model.onebit")            # the C runtime (runtime/), numpy in/out
     logits = rt(images)                                # equals model.eval()(images)
 
-See docs/deploy.md for the file format, the kernels and the measured speed.
+See docs/deploy.md for the file format, the kernels and the measured speed. Loading needs
+numpy, not PyTorch; exporting and ``onebit bench`` need PyTorch.
 """
 
 from onebit.deploy.engine import (
@@ -14,7 +15,12 @@ from onebit.deploy.engine import (
     load,
     select_kernel,
 )
-from onebit.deploy.export import export, export_graph
+
+try:
+    from onebit.deploy.export import export, export_graph
+except ModuleNotFoundError as _missing:  # a deployment target without PyTorch: load only
+    if _missing.name != "torch":
+        raise
 
 __all__ = [
     "KERNEL_ENV",

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from onebit.data.spec import InputSpec
 from onebit.deploy import format as fmt
 from onebit.deploy.graph import InputRecord, Node, graph_bytes, read_graph
 from onebit.deploy.runtime import Runtime
 from onebit.errors import ExportError
+from onebit.input_spec import InputSpec
 from onebit.user_code import import_modules
 
 KERNEL_ENV = "ONEBIT_KERNEL"

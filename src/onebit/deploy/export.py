@@ -52,10 +52,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onebit.data.spec import InputSpec
 from onebit.deploy.graph import VERSION, InputRecord, Node, read_graph, write_graph
 from onebit.deploy.packing import pack_weight
 from onebit.errors import ExportError, OneBitError
+from onebit.input_spec import InputSpec
 from onebit.models._common import grad_like_input
 from onebit.nn import (
     BATCHNORMS,

@@ -1,0 +1,186 @@
+"""What a model's input is and how raw images become it (like timm's ``pretrained_cfg``).
+
+A trained or exported model carries an :class:`InputSpec`: channels and side of the batch it
+takes, the normalisation, how a raw image is brought to that side (Fashion-MNIST's 28x28 is
+zero-padded to 32; image folders are resized and centre-cropped), the dataset and its class
+names. The export header stores it, so a deployed model can ``preprocess`` and ``predict``
+raw images on its own (:class:`onebit.deploy.DeployedModel`). numpy only (PyTorch just for
+the bilinear resize of "resize_crop"), so a deployment without PyTorch preprocesses too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from onebit.errors import ExportError
+
+TRANSFORMS = ("none", "pad", "resize_crop")
+# The evaluation resize of image folders: shorter side to size / 0.875, then a centre crop.
+CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input of a model and how to make it from raw images.
+
+    ``channels`` x ``size`` x ``size``: the float batch the network takes, normalised as
+    (x / 255 - mean) / std per channel. ``transform``: "pad" zero-pads raw images (of side
+    ``raw_size``) centred to ``size`` before normalising (Fashion-MNIST); "resize_crop"
+    resizes the shorter side to size / 0.875 and crops the centre (ImageNet evaluation);
+    "none" takes images of side ``size``. ``class_names``: index -> name, where known.
+    """
+
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    transform: str = "none"
+    raw_size: int | None = None
+    dataset: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> InputSpec:
+        """The spec in an export header; ExportError naming ``where`` if it is malformed."""
+
+        def bad(what: str) -> ExportError:
+            return ExportError(f"{where}: the header's input spec is malformed ({what})")
+
+        if not isinstance(data, dict):
+            raise bad("not a mapping")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise bad(f"unknown key {sorted(unknown)[0]!r}")
+        channels, size = data.get("channels"), data.get("size")
+        for name, value in (("channels", channels), ("size", size)):
+            if not _small_int(value) or value < 1:
+                raise bad(f"{name} must be a positive integer")
+        mean, std = data.get("mean"), data.get("std")
+        for name, values in (("mean", mean), ("std", std)):
+            if (
+                not isinstance(values, list)
+                or len(values) != channels
+                or not all(_finite(v) for v in values)
+            ):
+                raise bad(f"{name} must be {channels} numbers")
+        if not all(v > 0 for v in std):
+            raise bad("std must be positive")
+        transform = data.get("transform", "none")
+        if transform not in TRANSFORMS:
+            raise bad(f"transform must be one of {', '.join(TRANSFORMS)}")
+        raw_size = data.get("raw_size")
+        if raw_size is not None and (not _small_int(raw_size) or not 0 < raw_size <= size):
+            raise bad("raw_size must be a positive integer no larger than size")
+        dataset = data.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            raise bad("dataset must be a string")
+        names = data.get("class_names")
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+        ):
+            raise bad("class_names must be a list of strings")
+        return cls(
+            channels,
+            size,
+            tuple(float(v) for v in mean),
+            tuple(float(v) for v in std),
+            transform,
+            raw_size,
+            dataset,
+            None if names is None else tuple(names),
+        )
+
+    def describe(self) -> str:
+        """One phrase: the batch the network takes."""
+        return (
+            f"a float batch (N, {self.channels}, {self.size}, {self.size}) normalised as "
+            f"(x / 255 - {list(self.mean)}) / {list(self.std)}"
+        )
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """Raw images -> the normalised float32 batch (N, C, size, size), a numpy array.
+
+        ``images``: an array or tensor, uint8 in [0, 255] or float in [0, 1], shaped (H, W),
+        (N, H, W) (one channel), (C, H, W), (H, W, C), (N, C, H, W) or (N, H, W, C).
+        """
+        x = self._batch(np.asarray(images))
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255
+        elif x.dtype.kind == "f":
+            x = x.astype(np.float32)
+        else:
+            raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+        h, w = x.shape[-2:]
+        if self.transform == "pad" and (h, w) != (self.size, self.size):
+            if h > self.size or w > self.size:
+                raise ValueError(
+                    f"images of {h}x{w} are larger than the model's {self.size}x{self.size} "
+                    f"(raw images are {self.raw_size}x{self.raw_size}, zero-padded)"
+                )
+            top, left = (self.size - h) // 2, (self.size - w) // 2
+            pads = ((0, 0), (0, 0), (top, self.size - h - top), (left, self.size - w - left))
+            x = np.pad(x, pads)
+        elif self.transform == "resize_crop" or (h, w) != (self.size, self.size):
+            short = round(self.size / CROP_FRACTION) if self.transform == "resize_crop" else None
+            x = _resize_centre_crop(x, self.size, short)
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+    def _batch(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as (N, C, H, W), from any of the layouts :meth:`preprocess` accepts."""
+        c = self.channels
+        if x.ndim == 2 and c == 1:
+            return x[None, None]
+        if x.ndim == 3:
+            if x.shape[0] == c:
+                return x[None]
+            if x.shape[-1] == c and c > 1:
+                return x.transpose(2, 0, 1)[None]
+            if c == 1:
+                return x[:, None]
+        if x.ndim == 4:
+            if x.shape[1] == c:
+                return x
+            if x.shape[-1] == c:
+                return x.transpose(0, 3, 1, 2)
+        raise ValueError(
+            f"images of shape {tuple(x.shape)} do not have the model's {c} channel(s); give "
+            f"(H, W){', (N, H, W)' if c == 1 else ''}, (C, H, W), (H, W, C), (N, C, H, W) or "
+            "(N, H, W, C)"
+        )
+
+
+def _resize_centre_crop(x: np.ndarray, size: int, short: int | None) -> np.ndarray:
+    """Resize the shorter side to ``short`` (None: ``size``), then crop the centre square
+    (PyTorch's antialiased bilinear resize: the one step that needs PyTorch)."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ModuleNotFoundError:
+        raise ValueError(
+            f"resizing images to {size}x{size} needs PyTorch; give images of that size"
+        ) from None
+    h, w = x.shape[-2:]
+    scale = (short or size) / min(h, w)
+    new = (max(size, round(h * scale)), max(size, round(w * scale)))
+    t = F.interpolate(
+        torch.from_numpy(x), size=new, mode="bilinear", align_corners=False, antialias=True
+    )
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return t[..., top : top + size, left : left + size].numpy()
+
+
+def _small_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value < 2**31
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,53 @@
+"""A deployment target without PyTorch: ``import onebit`` gives ``onebit.deploy.load``, which
+runs a ``.onebit`` file with numpy arrays in and out (the C runtime through ctypes), and
+predicts what the model predicts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import onebit
+
+SCRIPT = """
+import json, sys
+sys.modules["torch"] = None  # as if PyTorch were not installed: importing it fails
+import numpy as np
+import onebit
+model = onebit.deploy.load(sys.argv[1])
+images = np.load(sys.argv[2])
+print(json.dumps({
+    "classes": model.predict(images).tolist(),
+    "logits": model(model.preprocess(images)).tolist(),
+    "api": sorted(onebit.__all__),
+}))
+"""
+
+
+def test_load_and_predict_without_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = onebit.create_model("resnet20", method="recu", num_classes=10, in_chans=1)
+    for _ in range(3):  # BatchNorm statistics of its own
+        model(torch.randn(8, 1, 32, 32))
+    model.eval()
+    path = tmp_path / "r20.onebit"
+    onebit.deploy.export(model, path)
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(path), str(tmp_path / "images.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["api"] == ["deploy", "errors"]
+    deployed = onebit.deploy.load(path)
+    x = deployed.preprocess(images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x))
+    np.testing.assert_allclose(got["logits"], expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert got["classes"] == expected.argmax(1).tolist()
