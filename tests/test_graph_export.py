@@ -1,6 +1,6 @@
 """Export to the graph file (format 2): every deployable zoo model and a binarize()d user model
-run by the reference interpreter equal the model; unsupported ops, format-1 files and
-corrupt files are one-line ExportErrors."""
+run by the reference interpreter and by the C runtime equal the model; unsupported ops,
+format-1 files and corrupt files are one-line ExportErrors."""
 
 import random
 import re
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import onebit
+from conftest import write_format_1
 from onebit import deploy
 from onebit.data import InputSpec
 from onebit.deploy import format as fmt
@@ -110,6 +111,9 @@ def check_export(model: nn.Module, size: int, path) -> tuple[dict, GraphReferenc
     scale = float(expected.abs().max())
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale)
     assert torch.equal(out.argmax(1), expected.argmax(1))
+    deployed = deploy.load(path)(x)  # the C runtime: the same to fp32 rounding
+    torch.testing.assert_close(deployed, expected, rtol=1e-4, atol=1e-4 * scale)
+    assert torch.equal(deployed.argmax(1), expected.argmax(1))
     vectors = ("scale", "bias", "slope", "out_scale", "out_bias", "act_bias")
     for node in reference.nodes:  # per-channel tensors are (C,) as the op table says
         if node.op != "rescale_hw":
@@ -122,10 +126,24 @@ def packable(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
 
 
-@pytest.mark.parametrize(
-    "name,options,size",
-    [(n, o, 32) for n, o in CIFAR + METHOD_CASES] + [(n, o, 64) for n, o in IMAGENET],
+# src bug (runtime/src/load.c, ops.c): graph.py lets subsample_pad's pads be negative (channels
+# removed, as F.pad), export writes them for channel slices and splits (FIRNet's, x[:, a:b]);
+# the reference runs them, the C runtime refuses them at load ("pad_after is -16, it must be
+# in 0..65536")
+NEGATIVE_PAD = pytest.mark.xfail(
+    strict=True,
+    raises=ExportError,
+    reason="src bug: the C runtime refuses subsample_pad with negative pads, which graph.py "
+    "allows and export writes for channel slices",
 )
+
+
+def zoo_cases() -> list:
+    cases = [(n, o, 32) for n, o in CIFAR + METHOD_CASES] + [(n, o, 64) for n, o in IMAGENET]
+    return [pytest.param(*c, marks=NEGATIVE_PAD) if c[0].startswith("firnet") else c for c in cases]
+
+
+@pytest.mark.parametrize("name,options,size", zoo_cases())
 def test_zoo_model_runs_from_its_graph_file(name, options, size, tmp_path, one_thread):
     torch.manual_seed(0)
     model = trained_like(onebit.create_model(name, num_classes=10, **options), size)
@@ -227,6 +245,7 @@ class EveryCall(nn.Module):
         return self.fc(self.drop(y.view(y.size(0), -1)))
 
 
+@NEGATIVE_PAD
 def test_user_model_calls_outside_the_zoo(tmp_path, one_thread):
     torch.manual_seed(0)
     model = onebit.binarize(EveryCall(), method="bireal", keep_first=True)
@@ -314,7 +333,7 @@ def test_what_export_refuses_is_one_line(tmp_path):
 
 def test_a_format_1_file_says_to_export_again(tmp_path):
     path = tmp_path / "old.onebit"
-    fmt.write(path, {"format": "onebit-deploy", "version": 1}, {"w": torch.zeros(2)})
+    write_format_1(path)
     message = "export the model again with `onebit export RUN FILE`"
     with pytest.raises(ExportError, match=message):
         fmt.check_format(path)

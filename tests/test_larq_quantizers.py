@@ -15,6 +15,7 @@ import torch.nn as nn
 import onebit
 from onebit import deploy, quant
 from onebit.config import load_config
+from onebit.data import InputSpec
 from onebit.errors import ExportError
 from onebit.nn import BinaryConv2d
 from onebit.train import Trainer, apply_quant_schedule
@@ -244,11 +245,12 @@ def test_swish_sign_is_one_bit_and_deploys(larq, tmp_path):
         nn.Flatten(),
         nn.Linear(8 * 36, 3),
     ).eval()
-    header = deploy.export(model, tmp_path / "m.onebit")
-    assert [d["mode"] for d in header["layers"]] == ["packed"]
-    runtime = deploy.load(tmp_path / "m.onebit", model=model)
+    spec = InputSpec(1, 6, (0.5,), (0.25,))
+    meta = deploy.export(model, tmp_path / "m.onebit", input_spec=spec)
+    assert meta["packed"] == ["1"]
+    deployed = deploy.load(tmp_path / "m.onebit")  # the file alone: no model, no import
     x = torch.randn(4, 1, 6, 6)
-    torch.testing.assert_close(runtime(x), model(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

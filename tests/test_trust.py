@@ -1,6 +1,7 @@
 """Only code the user chose runs (onebit.user_code): a recipe imports its modules from its own
-folder; a .onebit file, a run directory or a checkpoint imports nothing unless the user allows
-the modules it names (--import, imports=); the refusal is one line."""
+folder; a run directory or a checkpoint imports nothing unless the user allows the modules it
+names (--import, imports=), and the refusal is one line; a .onebit graph file is the network
+and imports nothing at all (a format-1 file, whose header named modules, is refused unread)."""
 
 import sys
 from pathlib import Path
@@ -8,10 +9,11 @@ from pathlib import Path
 import pytest
 
 import onebit
-from conftest import onebit_cli
+from conftest import onebit_cli, write_format_1
 from onebit.cli import main
 from onebit.config import load_config
 from onebit.data import data_config, dataset_input_spec
+from onebit.deploy.graph import graph_bytes, read_graph
 from onebit.errors import ConfigError, ImportNotAllowedError
 from onebit.train import RunDir, Trainer, load_model
 
@@ -32,29 +34,55 @@ HELPER = "from pathlib import Path\nPath(__file__).with_name('marker').write_tex
 
 
 def model_file(folder: Path, imports: list[str]) -> Path:
-    """A Fashion-MNIST ResNet-20 exported to FOLDER/m.onebit, its header naming ``imports``."""
+    """A Fashion-MNIST ResNet-20 exported to FOLDER/m.onebit (a graph file), its meta JSON
+    naming ``imports`` as a file from elsewhere might (export itself stores none)."""
     model = onebit.create_model("resnet20", in_chans=1, num_classes=10)
     spec = dataset_input_spec(data_config({"dataset": "fashion_mnist"}))
-    onebit.deploy.export(model, folder / "m.onebit", input_spec=spec, imports=imports)
-    return folder / "m.onebit"
+    path = folder / "m.onebit"
+    meta = onebit.deploy.export(model, path, input_spec=spec, imports=imports)
+    assert "imports" not in meta
+    nodes, tensors, record, meta = read_graph(path.read_bytes(), str(path))
+    meta = {k: v for k, v in meta.items() if k not in ("nodes", "tensors")}
+    path.write_bytes(graph_bytes(nodes, dict(tensors), record, {**meta, "imports": imports}))
+    assert read_graph(path.read_bytes(), str(path))[3]["imports"] == imports
+    return path
 
 
 def assert_refused(done, source: str, module: str) -> None:
     """Nothing but the one-line refusal, naming the file, the module and the flag."""
     assert done.returncode == 2 and done.stdout == ""
-    # (a warning may come first: the C kernels not built in a source checkout)
-    lines = [x for x in done.stderr.splitlines() if not x.startswith("onebit: warning: ")]
+    lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("onebit: error: ")
     assert f"{source} asks to import {module}: " in lines[0]
     assert f"pass --import {module} if you trust it" in lines[0]
 
 
 @pytest.mark.parametrize("module", ["this", "helper"])
-def test_a_model_file_imports_nothing_it_names(module, tmp_path):
+def test_a_format_1_file_naming_a_module_only_says_to_export_again(module, tmp_path):
+    """A format-1 file's header named modules that its loader imported; such a file is now
+    refused before anything is read from it: one line, nothing imported."""
+    (tmp_path / "helper.py").write_text(HELPER)
+    write_format_1(tmp_path / "m.onebit", imports=[module])
+    done = onebit_cli(tmp_path, "eval", "m.onebit")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        "onebit: error: m.onebit: a format-1 .onebit file (safetensors, from an older onebit); "
+        "this onebit runs graph files (format 2): export the model again with "
+        "`onebit export RUN FILE`\n"
+    )
+    assert ZEN not in done.stdout + done.stderr
+    assert not (tmp_path / "marker").exists()
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Fashion-MNIST test files")
+@pytest.mark.parametrize("module", ["this", "helper"])
+def test_a_graph_file_imports_nothing_its_meta_names(module, tmp_path):
+    """The file is the network: loading it imports nothing, whatever its meta JSON says."""
     (tmp_path / "helper.py").write_text(HELPER)
     model_file(tmp_path, [module])
-    done = onebit_cli(tmp_path, "eval", "m.onebit")
-    assert_refused(done, "m.onebit", module)
+    done = onebit_cli(tmp_path, "eval", "m.onebit", "--set", "data.eval_subset=32")
+    assert done.returncode == 0, done.stderr
+    assert "val_top1" in done.stdout and done.stderr == ""
     assert ZEN not in done.stdout + done.stderr
     assert not (tmp_path / "marker").exists()
 
@@ -70,20 +98,21 @@ def test_a_model_file_runs_the_module_the_user_allows(tmp_path):
     assert "val_top1" in done.stdout and (tmp_path / "marker").read_text() == "ran"
 
 
-def test_from_python_a_model_file_needs_its_modules_named(tmp_path, monkeypatch):
+def test_from_python_load_imports_only_what_the_caller_names(tmp_path, monkeypatch):
     (tmp_path / "trust_helper_py.py").write_text(HELPER)
     path = model_file(tmp_path, ["trust_helper_py"])
-    with pytest.raises(ImportNotAllowedError, match=r"m\.onebit asks to import trust_helper_py"):
-        onebit.deploy.load(path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable: only the file's naming it is not
+    deployed = onebit.deploy.load(path)  # the meta's imports are ignored
+    assert deployed.meta["imports"] == ["trust_helper_py"]
+    assert "trust_helper_py" not in sys.modules and not (tmp_path / "marker").exists()
     with pytest.raises(ConfigError, match="expected a list of module names, got 'trust_"):
         onebit.deploy.load(path, imports="trust_helper_py")  # not t, r, u, s, ...
     assert not (tmp_path / "marker").exists()
-    monkeypatch.syspath_prepend(str(tmp_path))
     try:
         onebit.deploy.load(path, imports=["trust_helper_py"])
         assert (tmp_path / "marker").read_text() == "ran"
         (tmp_path / "marker").unlink()
-        onebit.deploy.load(path)  # imported already: importing it again runs no code
+        onebit.deploy.load(path, imports=["trust_helper_py"])  # imported already: no code runs
         assert not (tmp_path / "marker").exists()
     finally:
         sys.modules.pop("trust_helper_py")
