@@ -728,6 +728,9 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
     }
     for (int k = 0; k < m->n_nodes; k++) m->nodes[k].bconv = kernels[k];
     free(kernels);
+    if (m->profile && ((m->prof_ns = calloc((size_t)m->n_nodes, sizeof(double))) == NULL ||
+                       (m->prof_min = calloc((size_t)m->n_nodes, sizeof(double))) == NULL))
+        return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory for the profile");
     size_t need;
     if (ob_arena_bytes(m, 1, &need) || need > OB_MAX_ARENA_BYTES)
         return ob_fail(err, err_len, ONEBIT_E_NOMEM,
@@ -746,6 +749,8 @@ int onebit_load_buffer(const void *data, size_t size, onebit_model **out, char *
     onebit_model *m = calloc(1, sizeof(onebit_model));
     if (m == NULL) return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory");
     m->threads = 1;
+    const char *profile = getenv("ONEBIT_PROFILE");
+    m->profile = profile != NULL && profile[0] != '\0' && strcmp(profile, "0") != 0;
     const int rc = load(data ? data : "", size, m, err, err_len);
     if (rc != ONEBIT_OK) {
         onebit_free(m);
@@ -786,6 +791,9 @@ int onebit_load_file(const char *path, onebit_model **out, char *err, size_t err
 
 void onebit_free(onebit_model *m) {
     if (m == NULL) return;
+    ob_profile_report(m);
+    free(m->prof_ns);
+    free(m->prof_min);
     for (int k = 0; m->nodes != NULL && k < m->n_nodes; k++) ob_bconv_free(m->nodes[k].bconv);
     free(m->nodes);
     free(m->tensors);

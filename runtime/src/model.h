@@ -108,6 +108,12 @@ struct onebit_model {
     void *arena;         /* values (n * value_floats floats), then the ops' scratch */
     size_t arena_bytes;
     int threads, kernel;
+    /* ONEBIT_PROFILE set (not "0") at load: every node is timed, and onebit_free prints the
+     * totals per op and per node to stderr (profile.c). */
+    int profile;
+    double *prof_ns;  /* [n_nodes] nanoseconds spent in each node over all runs */
+    double *prof_min; /* [n_nodes] the least ns per image of one chunk (a noisy machine's best) */
+    long prof_runs, prof_images, prof_chunk;
 };
 
 /* Bytes of scratch node needs for a batch of n (0 for most ops, SIZE_MAX if it overflows). */
@@ -120,6 +126,9 @@ int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len);
 ob_shape ob_value_shape(const onebit_model *m, int v);
 /* The op's name ("conv2d", ...), "op?" for an unknown code. */
 const char *ob_op_name(int op);
+/* Profiling (profile.c): the clock in ns; the report to stderr (at onebit_free). */
+double ob_now_ns(void);
+void ob_profile_report(const onebit_model *m);
 /* snprintf into err (which may be NULL); returns code. */
 int ob_fail(char *err, size_t err_len, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -54,13 +54,24 @@ int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len) {
     return ONEBIT_OK;
 }
 
+static void profile_node(onebit_model *m, int k, double ns, int n) {
+    m->prof_ns[k] += ns;
+    if (m->prof_min[k] == 0 || ns / n < m->prof_min[k]) m->prof_min[k] = ns / n;
+}
+
 /* The nodes on n images, whose arena is reserved. */
 static void run_nodes(onebit_model *m, const float *input, int n, float *output) {
     float *values = m->arena;
     void *scratch = (char *)m->arena + values_bytes(m, n);
     const int threads = m->threads;
+    double t_prev = m->profile ? ob_now_ns() : 0;
     for (int k = 0; k < m->n_nodes; k++) {
         const ob_node *nd = &m->nodes[k];
+        if (m->profile && k > 0) {
+            const double t = ob_now_ns();
+            profile_node(m, k - 1, t - t_prev, n);
+            t_prev = t;
+        }
         const float *in[OB_MAX_INPUTS];
         ob_shape s[OB_MAX_INPUTS];
         for (int i = 0; i < nd->n_inputs; i++) {
@@ -134,6 +145,11 @@ static void run_nodes(onebit_model *m, const float *input, int n, float *output)
             break;
         }
     }
+    if (m->profile) {
+        profile_node(m, m->n_nodes - 1, ob_now_ns() - t_prev, n);
+        m->prof_images += n;
+        m->prof_chunk = n > m->prof_chunk ? n : m->prof_chunk;
+    }
     const ob_node *last = &m->nodes[m->n_nodes - 1];
     memcpy(output, values + (size_t)n * last->offset, sizeof(float) * (size_t)n * m->num_classes);
 }
@@ -155,6 +171,7 @@ int onebit_run(onebit_model *m, const float *input, int n, float *output, char *
     const int rc = ob_arena_reserve(m, chunk, err, err_len);
     if (rc) return rc;
     const size_t in_floats = (size_t)m->in.c * m->in.h * m->in.w;
+    m->prof_runs++;
     for (int first = 0; first < n; first += chunk) {
         const int count = n - first < chunk ? n - first : chunk;
         run_nodes(m, input + (size_t)first * in_floats, count,
