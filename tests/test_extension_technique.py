@@ -290,4 +290,4 @@ def test_hooks_that_return_none_have_nothing_of_their_own(recorder, tmp_path, on
     assert [r["epoch"] for r in records] == [1, 2]
     model, _ = load_model(run.path)
     onebit.deploy.export(model, tmp_path / "m.onebit")
-    assert onebit.deploy.load(tmp_path / "m.onebit").header["model"]["name"] == "resnet20"
+    assert onebit.deploy.load(tmp_path / "m.onebit").meta["model"]["name"] == "resnet20"
