@@ -113,27 +113,28 @@ def test_user_module_trains_resumes_exports_and_deploys_from_the_command_line(tm
     again = onebit_cli(tmp_path, "train", "recipe.yaml", "--out", "run", "--resume")
     assert again.returncode == 0, again.stderr
     assert "resumed" in (tmp_path / "run/train.log").read_text()
-    # the run and the packed file name the module; it runs only when the user allows it
+    # the run names the module; it runs only when the user allows it
     refused = onebit_cli(tmp_path, "export", "run", "m.onebit")
     assert refused.returncode == 2 and "--import my_bnn if you trust it" in refused.stderr
-    # export (BN re-estimation, packed engine) and evaluation of the packed file
+    # export (BN re-estimation, the C runtime) and evaluation of the graph file
     exported = onebit_cli(tmp_path, "export", "run", "m.onebit", "--import", "my_bnn")
     assert exported.returncode == 0, exported.stderr
     wrote, figures = exported.stdout.splitlines()[-2:]
     # ResNet-20: 3 stages x 3 blocks x 2 binary 3x3 convs, the user's sign-like soft_sign packed,
     # each conv's BatchNorm folded in
     packed_layers = "18 packed binary layers, 0 other binary-weight layers, 18 BatchNorms folded"
-    assert wrote.startswith(f"wrote m.onebit: {packed_layers}"), wrote
+    assert wrote.startswith("wrote m.onebit: ") and packed_layers in wrote, wrote
     _, recalibrated, packed = re.findall(r"([\d.]+)% ", figures)
-    assert packed == recalibrated, figures  # the packed engine computes what the model does
-    evaluated = onebit_cli(tmp_path, "eval", "m.onebit", "--import", "my_bnn")
+    assert packed == recalibrated, figures  # the runtime computes what the model does
+    # the file is the network: it runs with the user's module gone, no --import
+    (tmp_path / "my_bnn.py").unlink()
+    evaluated = onebit_cli(tmp_path, "eval", "m.onebit")
     assert evaluated.returncode == 0, evaluated.stderr
-    # the whole Fashion-MNIST test split, through the packed engine; the export's figure kept
-    assert "(10000 images, m.onebit, packed engine" in evaluated.stdout, evaluated.stdout
+    # the whole Fashion-MNIST test split, through the runtime; the export's figure kept
+    assert "(10000 images, m.onebit, C runtime, kernel " in evaluated.stdout, evaluated.stdout
     at_export = f"the trained model at export: {recalibrated}% on 64 images"
     assert at_export in evaluated.stdout, evaluated.stdout
     # without the module there, the command line names what is missing in one line
-    (tmp_path / "my_bnn.py").unlink()
     missing = onebit_cli(tmp_path, "export", "run", "m2.onebit", "--import", "my_bnn")
     assert missing.returncode == 2
     assert "--import: cannot import 'my_bnn'" in missing.stderr
