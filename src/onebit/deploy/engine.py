@@ -85,6 +85,8 @@ class DeployedModel:
         self.path = path
         spec = meta.get("input")
         self.input_spec = None if spec is None else InputSpec.from_json(spec, path)
+        if self.input_spec is not None:
+            _check_spec(self.input_spec, runtime, path)
         self.class_names = self.input_spec.class_names if self.input_spec else None
 
     @property
@@ -146,6 +148,27 @@ class DeployedModel:
 
     def close(self) -> None:
         self.runtime.close()
+
+
+def _check_spec(spec: InputSpec, runtime: Runtime, path: str) -> None:
+    """The meta's input spec (what ``predict`` does) must say what the header's input record
+    (what the runtime and ``onebit-run`` do) says; ExportError if not."""
+    record = runtime.input_record
+    raw = spec.raw_size or 0
+    mine = (spec.channels, spec.size, spec.size, spec.transform)
+    theirs = (record.channels, record.height, record.width, record.transform)
+    pad_raw = (record.raw_height, record.raw_width) == (raw, raw) or spec.transform != "pad"
+    close = all(
+        abs(a - b) <= 1e-6 * max(1.0, abs(a))
+        for a, b in zip((*spec.mean, *spec.std), (*record.mean, *record.std), strict=False)
+    )
+    same_count = len(spec.mean) == len(record.mean)
+    if mine != theirs or not pad_raw or not close or not same_count:
+        raise ExportError(
+            f"{path}: its input spec ({spec.describe()}, transform {spec.transform}) "
+            "contradicts the input record the runtime reads; the file was edited or damaged: "
+            "export the model again"
+        )
 
 
 def load(

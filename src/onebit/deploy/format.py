@@ -46,7 +46,8 @@ def check_format(path: str | Path) -> None:
     except (ValueError, RecursionError):
         header = None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if isinstance(metadata, dict) and "onebit" in metadata:
+    # a format-1 file signs its header; a training checkpoint has none of that signature
+    if isinstance(metadata, dict) and "onebit_sha256" in metadata:
         raise ExportError(
             f"{path}: a format-1 .onebit file (safetensors, from an older onebit); this onebit "
             "runs graph files (format 2): export the model again with `onebit export RUN FILE`"
