@@ -86,69 +86,47 @@ def _bits_edited(state, tensors):
     state["config"]["model"]["bits"] = "1w32a"
 
 
-# src bug (onebit/deploy/format.py): check_format and is_deploy_file take any safetensors file
-# whose metadata has an "onebit" key for a format-1 .onebit file, but a training checkpoint
-# keeps its state under that key (format 1 also wrote "onebit_sha256", checkpoints never do):
-# `onebit eval CHECKPOINT.safetensors` prints the format-1 re-export line instead of evaluating
-CHECKPOINT_TAKEN_FOR_FORMAT_1 = pytest.mark.xfail(
-    strict=True,
-    reason="src bug: format.check_format / is_deploy_file take a training checkpoint (its "
-    "'onebit' metadata key) for a format-1 .onebit file, so `onebit eval FILE.safetensors` "
-    "refuses it with the re-export line",
-)
-
-
-def eval_xfail(cases: list[tuple]) -> list:
-    """The cases that run `onebit eval` on the checkpoint file, marked by the bug above."""
-    return [
-        pytest.param(*c, marks=CHECKPOINT_TAKEN_FOR_FORMAT_1) if "eval" in c[2] else c
-        for c in cases
-    ]
-
-
 @pytest.mark.parametrize(
     "edit,expected,commands",
-    eval_xfail(
-        [
-            (_set("progress.phase", "x"), "phase", ("eval", "resume")),
-            (_set("progress.phase", 5), "phase", ("eval", "resume")),
-            (_set("config.model.num_classes", "x"), "config", ("eval", "resume")),
-            (_set("config.model.in_chans", -3), "does not build a model", ("eval",)),
-            (_set("rng", KeyError), "no valid rng", ("resume",)),
-            (_set("rng.cpu", "!!!not base64"), "RNG state is damaged", ("resume",)),
-            (_set("rng.cpu", "AAAA"), "RNG state is damaged", ("resume",)),
-            (
-                _set("optimizers", [{"state": {"abc": {}}, "param_groups": []}]),
-                "optimizer",
-                ("resume",),
-            ),
-            (_set("progress.epoch", -1), "(epoch -1 is not between 0 and schedule", ("resume",)),
-            (_set("progress.epoch", 2), "(epoch 2 is not between 0 and schedule", ("resume",)),
-            (_set("progress.epoch", 0.5), "(epoch 0.5 is not an integer)", ("resume",)),
-            (_set("progress.epoch", True), "(epoch True is not an integer)", ("resume",)),
-            (_set("progress.step", -4), "(step -4 is negative)", ("resume",)),
-            (_set("progress.step", KeyError), "(step None is not an integer)", ("resume",)),
-            (
-                _set("progress.best_epoch", 3),
-                "(best_epoch 3 is not between 0 and epoch 1)",
-                ("resume",),
-            ),
-            (_set("progress.best_top1", "x"), "(best_top1 x is not a number)", ("resume",)),
-            (
-                _set("progress.best_top1", float("nan")),
-                "best_top1 nan is not a percentage",
-                ("resume",),
-            ),
-            (_set("progress.lr", 0.1), "(unknown key 'lr')", ("resume",)),
-            (_set("optimizers", "x"), "no valid optimizers", ("resume",)),
-            (_momentum_of_the_wrong_shape, "momentum_buffer of shape (3,)", ("resume",)),
-            (
-                _bits_edited,
-                "was trained as 1w1a, but the stored config builds it as 1w32a",
-                ("eval",),
-            ),
-        ]
-    ),
+    [
+        (_set("progress.phase", "x"), "phase", ("eval", "resume")),
+        (_set("progress.phase", 5), "phase", ("eval", "resume")),
+        (_set("config.model.num_classes", "x"), "config", ("eval", "resume")),
+        (_set("config.model.in_chans", -3), "does not build a model", ("eval",)),
+        (_set("rng", KeyError), "no valid rng", ("resume",)),
+        (_set("rng.cpu", "!!!not base64"), "RNG state is damaged", ("resume",)),
+        (_set("rng.cpu", "AAAA"), "RNG state is damaged", ("resume",)),
+        (
+            _set("optimizers", [{"state": {"abc": {}}, "param_groups": []}]),
+            "optimizer",
+            ("resume",),
+        ),
+        (_set("progress.epoch", -1), "(epoch -1 is not between 0 and schedule", ("resume",)),
+        (_set("progress.epoch", 2), "(epoch 2 is not between 0 and schedule", ("resume",)),
+        (_set("progress.epoch", 0.5), "(epoch 0.5 is not an integer)", ("resume",)),
+        (_set("progress.epoch", True), "(epoch True is not an integer)", ("resume",)),
+        (_set("progress.step", -4), "(step -4 is negative)", ("resume",)),
+        (_set("progress.step", KeyError), "(step None is not an integer)", ("resume",)),
+        (
+            _set("progress.best_epoch", 3),
+            "(best_epoch 3 is not between 0 and epoch 1)",
+            ("resume",),
+        ),
+        (_set("progress.best_top1", "x"), "(best_top1 x is not a number)", ("resume",)),
+        (
+            _set("progress.best_top1", float("nan")),
+            "best_top1 nan is not a percentage",
+            ("resume",),
+        ),
+        (_set("progress.lr", 0.1), "(unknown key 'lr')", ("resume",)),
+        (_set("optimizers", "x"), "no valid optimizers", ("resume",)),
+        (_momentum_of_the_wrong_shape, "momentum_buffer of shape (3,)", ("resume",)),
+        (
+            _bits_edited,
+            "was trained as 1w1a, but the stored config builds it as 1w32a",
+            ("eval",),
+        ),
+    ],
 )
 def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expected, commands):
     run = _damaged(trained, tmp_path, edit)
@@ -174,7 +152,6 @@ def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expe
         ({"onebit": json.dumps({"format": [1]})}, "checkpoint format"),
     ],
 )
-@CHECKPOINT_TAKEN_FOR_FORMAT_1
 def test_damaged_metadata_is_a_one_line_error(trained, tmp_path, capsys, metadata, expected):
     file = tmp_path / "x.safetensors"
     save_file(load_file(trained / "last.safetensors"), str(file), metadata=metadata)
@@ -183,7 +160,6 @@ def test_damaged_metadata_is_a_one_line_error(trained, tmp_path, capsys, metadat
     assert expected in err and err.count("\n") == 1, err
 
 
-@CHECKPOINT_TAKEN_FOR_FORMAT_1
 def test_eval_of_a_checkpoint_file_evaluates_it(trained, capsys):
     """A checkpoint file (not its run directory) is evaluated, not taken for a .onebit file."""
     from onebit.deploy.format import is_deploy_file

@@ -682,12 +682,6 @@ def test_input_spec_in_the_file_is_validated(tmp_path):
         deployed.predict(np.zeros((28, 28), np.uint8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: deploy.load does not check the meta's input spec against the header's "
-    "input record (channels, size, transform, raw size, mean, std); predict and the C CLI "
-    "then disagree, or predict fails with a shape error",
-)
 def test_input_spec_that_contradicts_the_input_record_is_refused(tmp_path):
     deploy.export(onebit.create_model("resnet20", in_chans=1), tmp_path / "ok.onebit")
     good = read_graph((tmp_path / "ok.onebit").read_bytes(), "ok")[3]["input"]
