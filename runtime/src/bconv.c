@@ -3,30 +3,38 @@
  * Bit convention: bit = 1 encodes -1, bit = 0 encodes +1. For two {-1,+1} vectors of K bits
  * packed this way, dot = K - 2 * popcount(a XOR w).
  *
- * The convolution is a binary GEMM over receptive fields packed densely along taps x channels:
- * bit t * cin + c of an output pixel's field is channel c of its tap t (taps in (ky, kx) order),
- * so a field of K = kh * kw * cin bits takes nw = ceil(K / 64) words whatever cin is (a 3x3x16
- * field is 3 words, not 9 words of 16 useful bits). Layouts (little-endian 64-bit words):
- *   weights   [ceil(cout / 8)][nw][8]    8 output channels ("lanes") interleaved, at prepare
- *   tap sums  [ceil(cout / 8)][kh kw][8] sum over cin of the +-1 weights of a tap
+ * The convolution is a binary GEMM over receptive fields. A field is kh row windows: the window
+ * of kernel row ky holds the kw taps of that row densely, bit kx * cin + c for channel c of tap
+ * kx, in nwr = ceil(kw * cin / 64) words (a 3-tap row of 16 channels is one word, of 64
+ * channels three). Windows depend only on the input row and the output column, so they are
+ * built once per input row and each output row reads kh of them in place. Layouts
+ * (little-endian 64-bit words):
+ *   weights   [ceil(cout / 8)][kh][nwr][8]  8 output channels ("lanes") interleaved
+ *   tap sums  [ceil(cout / 8)][kh kw][8]    sum over cin of the +-1 weights of a tap
  *   scratch   packed input with a zero border as wide as the padding,
- *             [n][h + 2 ph][w + 2 pw][ceil(cin / 64)], then the fields of groups of 8
- *             consecutive output pixels of one image, [n][ceil(ho wo / 8)][nw][8], then
- *             the border tables [ho + wo][ceil(cout / 8) * 8] int32
- * A tile is one group x one block: 8 pixels x 8 output channels, so a SIMD register holds the
- * same word of 8 (avx512), 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each
- * output channel's 8 results are consecutive floats of its NCHW plane.
+ *             [n][h + 2 ph][w + 2 pw][ceil(cin / 64)]; the row windows, [n][h + 2 ph][nwr][wo8]
+ *             (word r of the windows of output columns 0.. wo8 - 1 consecutive, wo8 = wo rounded
+ *             up to 8); the word offsets of a field from its first word [kh nwr]; and unless
+ *             ob_bconv_plan made them for this input size, the border corrections (below).
+ * A half-group is 8 consecutive output columns of one output row: word k of its 8 fields are 8
+ * consecutive words. A tile is two half-groups (in row-major order, so the pair may span two
+ * rows) x one block of 8 output channels: a SIMD register holds the same word of 8 (avx512),
+ * 4 (avx2) or 2 (neon) pixels, a weight word is broadcast, and each output channel's results
+ * are consecutive floats of its NCHW plane.
  *
  * A padded tap reads the border's 0 bits (+1); an output pixel whose field crosses it then
  * subtracts the tap sums of its out-of-bounds taps, which gives exactly the zero padding of the
- * float model (a padded tap adds 0 there, +1 * w here).
+ * float model (a padded tap adds 0 there, +1 * w here). These corrections depend on the row
+ * class of the output row (interior, or which border row) and the column: a table
+ * [row class][half-group column][block][8][8] int32 with a flag per (row class, column).
  *
  * The variants differ only in how a tile counts popcount(field XOR weights): "portable"
  * (__builtin_popcountll; on x86 the same C is also compiled with target("popcnt") and used where
  * the CPU has POPCNT), "avx2" (per-byte popcount with vpshufb nibble lookups, Mula et al. 2018),
  * "avx512" (vpopcntq of AVX512-VPOPCNTDQ), "neon" (vcntq_u8 and pairwise widening adds). The
  * counts are integers and every variant runs the same epilogue y = (float)dot * scale + bias
- * (two roundings, no FMA: build with -ffp-contract=off), so all give bit-identical outputs.
+ * (two roundings, no FMA: build with -ffp-contract=off), then the same fused element-wise ops
+ * (epilogue.h), so all give bit-identical outputs.
  */
 #include "bconv.h"
 
@@ -48,19 +56,23 @@
 #endif
 
 #define LANES 8   /* output channels per weight block */
-#define GP 8      /* output pixels per group */
+#define GP 8      /* output pixels per half-group */
 #define ALIGN 64  /* bytes: every array starts on a cache line */
-#define ITEM_G 4  /* groups per work item: their fields stay in L1 across the item's blocks */
+#define ITEM_P 2  /* pairs of half-groups per work item: their fields stay in L1 across blocks */
 #define ITEM_CB 8 /* weight blocks per work item */
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* the target of the avx512 variant's functions */
+#define AVX512 "avx512f,avx512bw,avx512vl,avx512vpopcntdq"
 
 struct ob_bconv {
     ob_bconv_geom g;
     int variant;
     int kc;          /* words per packed input pixel, ceil(cin / 64) */
     int ntaps;       /* kh * kw */
-    int nw;          /* words per receptive field, ceil(kbits / 64) */
+    int nwr;         /* words per row window, ceil(kw * cin / 64) */
+    int nw;          /* words per receptive field, kh * nwr */
     int ncb;         /* weight blocks, ceil(cout / LANES) */
     int32_t kbits;   /* ntaps * cin */
     uint64_t *w;     /* [ncb][nw][LANES] */
@@ -69,44 +81,64 @@ struct ob_bconv {
     float *bias;     /* [ncb * LANES] */
     float *act_bias; /* [cin], 0 when none was given */
     void *block;     /* the one allocation all of the above live in */
+    /* ob_bconv_plan: the border corrections of a plan_h x plan_w input (0 x 0: none) */
+    int plan_h, plan_w;
+    int32_t *plan_corr;
+    uint8_t *plan_flag;
 };
 
 /* ------------------------------------------------------------------------------------ tiles */
 
 typedef struct {
-    const uint64_t *a; /* the group's fields, [nw][GP] */
-    const uint64_t *w; /* the block's weights, [nw][LANES] */
+    const uint64_t *a;   /* the half-group's fields: word k of its 8 pixels at a + off[k] */
+    const int64_t *off;  /* [nw] */
+    const uint64_t *w;   /* the block's weights, [nw][LANES] */
     int64_t nw;
     const int32_t *corr; /* [LANES][GP] border corrections, or NULL when all are 0 */
     int32_t kbits;
     const float *scale, *bias; /* the block's LANES */
     float *out;                /* output of lane 0, pixel 0; lane j at out + j * plane */
     int64_t plane;
-    int nl, np; /* valid lanes (output channels), valid pixels */
+    int nl, np;            /* valid lanes (output channels), valid pixels (0: no half-group) */
+    const ob_epilogue *ep; /* fused element-wise ops, or NULL */
+    int64_t c0;            /* the channel of lane 0 */
+    size_t off_out;        /* out - y: the element offset of out in the output */
 } Tile;
 
-typedef void (*tile_fn)(const Tile *t);
+/* A tile: two half-groups of one block (t1->np may be 0: no second half-group). */
+typedef void (*tile_fn)(const Tile *t0, const Tile *t1);
+
+/* The tile's 8 lanes x GP outputs: the fused ops (if any), then the stores of the valid ones.
+ * Inlined into the portable and neon tiles. */
+INLINE void store_block(const Tile *t, ob_vf8 v[LANES]) {
+    if (t->ep)
+        ob_ep_block8(t->ep, t->c0, v, t->nl, t->off_out, t->plane, t->np);
+    for (int j = 0; j < t->nl; j++) {
+        float *o = t->out + j * t->plane;
+        if (t->np == GP)
+            memcpy(o, &v[j], sizeof v[j]);
+        else
+            for (int i = 0; i < t->np; i++)
+                o[i] = v[j][i];
+    }
+}
 
 /* dot = kbits - 2 pop - corr, y = (float)dot * scale + bias, per lane GP consecutive floats.
  * Inlined into every variant's tile (the compiler vectorizes it for that target; conversions,
- * products and sums are correctly rounded IEEE operations either way). */
+ * products and sums are correctly rounded IEEE operations either way). Lanes past nl have
+ * scale and bias 0. */
 INLINE void epilogue(const Tile *t, int32_t pop[LANES][GP]) {
-    for (int j = 0; j < t->nl; j++) {
-        float res[GP];
+    ob_vf8 v[LANES];
+    for (int j = 0; j < LANES; j++) {
         const float scale = t->scale[j], bias = t->bias[j];
         for (int i = 0; i < GP; i++) {
             const int32_t corr = t->corr ? t->corr[j * GP + i] : 0;
             const float d = (float)(t->kbits - 2 * pop[j][i] - corr);
             const float prod = d * scale;
-            res[i] = prod + bias;
+            v[j][i] = prod + bias;
         }
-        float *o = t->out + j * t->plane;
-        if (t->np == GP)
-            memcpy(o, res, sizeof res);
-        else
-            for (int i = 0; i < t->np; i++)
-                o[i] = res[i];
     }
+    store_block(t, v);
 }
 
 /* One pixel against the block's 8 lanes at a time: each loaded activation word is used 8 times
@@ -118,7 +150,7 @@ INLINE void tile_portable_body(const Tile *t) {
         uint64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, c6 = 0, c7 = 0;
         const uint64_t *a = t->a + i, *w = t->w;
         for (int64_t k = 0; k < nw; k++, w += LANES) {
-            const uint64_t av = a[k * GP];
+            const uint64_t av = a[t->off[k]];
             c0 += (uint64_t)__builtin_popcountll(av ^ w[0]);
             c1 += (uint64_t)__builtin_popcountll(av ^ w[1]);
             c2 += (uint64_t)__builtin_popcountll(av ^ w[2]);
@@ -138,16 +170,24 @@ INLINE void tile_portable_body(const Tile *t) {
     epilogue(t, pop);
 }
 
-static void tile_portable(const Tile *t) { tile_portable_body(t); }
+static void tile_portable(const Tile *t0, const Tile *t1) {
+    tile_portable_body(t0);
+    if (t1->np)
+        tile_portable_body(t1);
+}
 
 #ifdef OB_X86
 
 /* The same C with the POPCNT instruction (x86-64 baseline has none: a library call instead). */
-__attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t) {
-    tile_portable_body(t);
+__attribute__((target("popcnt"))) static void tile_portable_popcnt(const Tile *t0,
+                                                                   const Tile *t1) {
+    tile_portable_body(t0);
+    if (t1->np)
+        tile_portable_body(t1);
 }
 
-/* The epilogue of the portable C for lane j, eight pixels a vector (pop: its 8 counts). */
+/* The epilogue of the portable C for lane j, eight pixels a vector (pop: its 8 counts), the
+ * fused ops, and the store of the valid pixels. */
 __attribute__((target("avx2"), always_inline)) static inline void
 epilogue_avx2(const Tile *t, int j, __m256i pop) {
     if (j >= t->nl)
@@ -156,7 +196,9 @@ epilogue_avx2(const Tile *t, int j, __m256i pop) {
     if (t->corr)
         dot = _mm256_sub_epi32(dot, _mm256_loadu_si256((const __m256i *)(t->corr + j * GP)));
     const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(t->scale[j]));
-    const __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
+    __m256 res = _mm256_add_ps(prod, _mm256_set1_ps(t->bias[j]));
+    if (t->ep)
+        res = ob_ep_avx2(t->ep, t->c0 + j, res, t->off_out + (size_t)(j * t->plane), t->np);
     if (t->np == GP) {
         _mm256_storeu_ps(t->out + j * t->plane, res);
     } else {
@@ -183,7 +225,7 @@ xor_count_avx2(__m256i av, uint64_t w, __m256i lut, __m256i low) {
 /* AVX2: a ymm holds one word of 4 pixels; per half group, 8 byte-count accumulators (one per
  * lane) over chunks of at most 31 words (31 * 8 < 256), summed into 64-bit totals with
  * vpsadbw after each chunk. */
-__attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
+__attribute__((target("avx2"))) static void tile_avx2_half(const Tile *t) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2,
                                          1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
@@ -195,7 +237,8 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
             const int64_t k1 = k0 + 31 < t->nw ? k0 + 31 : t->nw;
             __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
             for (int64_t k = k0; k < k1; k++) {
-                const __m256i av = _mm256_loadu_si256((const __m256i *)(t->a + k * GP + i0));
+                const __m256i av =
+                    _mm256_loadu_si256((const __m256i *)(t->a + t->off[k] + i0));
                 const uint64_t *w = t->w + k * LANES + j0;
                 acc0 = _mm256_add_epi8(acc0, xor_count_avx2(av, w[0], lut, low));
                 acc1 = _mm256_add_epi8(acc1, xor_count_avx2(av, w[1], lut, low));
@@ -217,23 +260,72 @@ __attribute__((target("avx2"))) static void tile_avx2(const Tile *t) {
         epilogue_avx2(t, j, _mm256_loadu_si256((const __m256i *)pop[j]));
 }
 
-/* AVX-512: a zmm holds one word of the group's 8 pixels; the weight word is broadcast. */
-__attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) static void tile_avx512(const Tile *t) {
-    __m512i acc[LANES];
+__attribute__((target("avx2"))) static void tile_avx2(const Tile *t0, const Tile *t1) {
+    tile_avx2_half(t0);
+    if (t1->np)
+        tile_avx2_half(t1);
+}
+
+/* AVX-512: a zmm holds one word of a half-group's 8 pixels, two zmm the tile's 16; the weight
+ * word is broadcast. The epilogue runs on 16 floats of a lane at once. */
+__attribute__((target(AVX512))) static void tile_avx512(const Tile *t0, const Tile *t1) {
+    __m512i acc0[LANES], acc1[LANES];
 #pragma GCC unroll 8
     for (int j = 0; j < LANES; j++)
-        acc[j] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < t->nw; k++) {
-        const __m512i av = _mm512_loadu_si512((const void *)(t->a + k * GP));
-        const uint64_t *w = t->w + k * LANES;
+        acc0[j] = acc1[j] = _mm512_setzero_si512();
+    const uint64_t *a0 = t0->a, *a1 = t1->np ? t1->a : t0->a;
+    const int64_t *off = t0->off;
+    for (int64_t k = 0; k < t0->nw; k++) {
+        const __m512i av0 = _mm512_loadu_si512((const void *)(a0 + off[k]));
+        const __m512i av1 = _mm512_loadu_si512((const void *)(a1 + off[k]));
+        const uint64_t *w = t0->w + k * LANES;
 #pragma GCC unroll 8
-        for (int j = 0; j < LANES; j++)
-            acc[j] = _mm512_add_epi64(acc[j], _mm512_popcnt_epi64(_mm512_xor_si512(
-                                                  av, _mm512_set1_epi64((long long)w[j]))));
+        for (int j = 0; j < LANES; j++) {
+            const __m512i wv = _mm512_set1_epi64((long long)w[j]);
+            acc0[j] = _mm512_add_epi64(acc0[j], _mm512_popcnt_epi64(_mm512_xor_si512(av0, wv)));
+            acc1[j] = _mm512_add_epi64(acc1[j], _mm512_popcnt_epi64(_mm512_xor_si512(av1, wv)));
+        }
     }
+    const __mmask8 m0 = (__mmask8)((1u << t0->np) - 1), m1 = (__mmask8)((1u << t1->np) - 1);
+    const __m512i kbits = _mm512_set1_epi32(t0->kbits);
+    const __m256i zero = _mm256_setzero_si256();
+    __m512 v[LANES];
 #pragma GCC unroll 8
-    for (int j = 0; j < LANES; j++)
-        epilogue_avx2(t, j, _mm512_cvtepi64_epi32(acc[j]));
+    for (int j = 0; j < LANES; j++) { /* lanes past nl have scale and bias 0 */
+        const __m512i pop = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0[j])), _mm512_cvtepi64_epi32(acc1[j]),
+            1);
+        __m512i dot = _mm512_sub_epi32(kbits, _mm512_add_epi32(pop, pop));
+        if (t0->corr || t1->corr) {
+            const __m256i c0 =
+                t0->corr ? _mm256_loadu_si256((const __m256i *)(t0->corr + j * GP)) : zero;
+            const __m256i c1 =
+                t1->corr ? _mm256_loadu_si256((const __m256i *)(t1->corr + j * GP)) : zero;
+            dot = _mm512_sub_epi32(dot, _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1));
+        }
+        const __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(t0->scale[j]));
+        v[j] = _mm512_add_ps(prod, _mm512_set1_ps(t0->bias[j]));
+    }
+    if (t0->ep && t0->nl == LANES) /* inlined twice: without the lane checks, and with */
+        ob_ep_avx512(t0->ep, t0->c0, v, LANES, t0->off_out, m0, t1->off_out, m1, t0->plane);
+    else if (t0->ep)
+        ob_ep_avx512(t0->ep, t0->c0, v, t0->nl, t0->off_out, m0, t1->off_out, m1, t0->plane);
+    const int contig = t1->off_out == t0->off_out + GP;
+#pragma GCC unroll 8
+    for (int j = 0; j < LANES; j++) {
+        if (j >= t0->nl)
+            break;
+        if (contig) {
+            _mm512_mask_storeu_ps(t0->out + j * t0->plane, (__mmask16)(m0 | (unsigned)m1 << 8),
+                                  v[j]);
+        } else {
+            _mm256_mask_storeu_ps(t0->out + j * t0->plane, m0, _mm512_castps512_ps256(v[j]));
+            if (m1)
+                _mm256_mask_storeu_ps(
+                    t1->out + j * t1->plane, m1,
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)));
+        }
+    }
 }
 
 #endif /* OB_X86 */
@@ -248,7 +340,7 @@ INLINE uint8x16_t xor_count_neon(uint64x2_t a, uint64x2_t w) {
 /* NEON: a q register holds one word of 2 pixels; 8 pixels x 4 lanes of byte counts (vcntq_u8)
  * accumulate in 16 registers over chunks of at most 31 words, then widen pairwise
  * (vpaddlq_u8, vpaddlq_u16, vpadalq_u32) into 64-bit totals. */
-static void tile_neon(const Tile *t) {
+static void tile_neon_half(const Tile *t) {
     int32_t pop[LANES][GP];
     for (int jh = 0; jh < LANES; jh += 4) {
         uint64x2_t tot[4][4];
@@ -262,7 +354,7 @@ static void tile_neon(const Tile *t) {
                 for (int q = 0; q < 4; q++)
                     acc[j][q] = vdupq_n_u8(0);
             for (int64_t k = k0; k < k1; k++) {
-                const uint64_t *a = t->a + k * GP, *w = t->w + k * LANES + jh;
+                const uint64_t *a = t->a + t->off[k], *w = t->w + k * LANES + jh;
                 const uint64x2_t a0 = vld1q_u64(a), a1 = vld1q_u64(a + 2);
                 const uint64x2_t a2 = vld1q_u64(a + 4), a3 = vld1q_u64(a + 6);
                 for (int j = 0; j < 4; j++) {
@@ -286,9 +378,16 @@ static void tile_neon(const Tile *t) {
     epilogue(t, pop);
 }
 
+static void tile_neon(const Tile *t0, const Tile *t1) {
+    tile_neon_half(t0);
+    if (t1->np)
+        tile_neon_half(t1);
+}
+
 #endif /* OB_NEON */
 
 /* ------------------------------------------------------------------------------- packing */
+
 
 /* Bits of one input row of w pixels (channel c of pixel x at src[c * plane + x]) into kc words
  * per pixel: bit k of word g is !(x + bias >= 0) for channel 64 g + k (NaN gives 1, i.e. -1,
@@ -378,6 +477,45 @@ __attribute__((target("avx2"))) static void pack_row_avx2(const float *src, int6
 }
 #endif
 
+#ifdef OB_X86
+/* AVX-512: one compare gives a 16-bit mask of 16 pixels of a channel (mask[k]: bit p = pixel
+ * x0 + p of channel 64 g + k); pixel p's word is then the bit p of the 64 masks, two vptestmw. */
+__attribute__((target(AVX512))) static void pack_row_avx512(const float *src, int64_t plane,
+                                                            const float *bias, int64_t cin,
+                                                            int64_t w, int64_t kc,
+                                                            uint64_t *words) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t g = 0; g < kc; g++) {
+        const int64_t base = g * 64, nc = cin - base < 64 ? cin - base : 64;
+        uint16_t mask[64] __attribute__((aligned(64))) = {0};
+        for (int64_t x0 = 0; x0 < w; x0 += 16) {
+            const int64_t np = w - x0 < 16 ? w - x0 : 16;
+            const __mmask16 valid = (__mmask16)((1u << np) - 1);
+            for (int64_t k = 0; k < nc; k++) {
+                const __m512 v = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(valid, src + (base + k) * plane + x0),
+                    _mm512_set1_ps(bias[base + k]));
+                mask[k] = (uint16_t)_mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ);
+            }
+            const __m512i lo = _mm512_load_si512((const void *)mask);
+            if (nc <= 32) {
+                for (int64_t p = 0; p < np; p++)
+                    words[(x0 + p) * kc + g] =
+                        (uint32_t)_mm512_test_epi16_mask(lo, _mm512_set1_epi16((short)(1 << p)));
+            } else {
+                const __m512i hi = _mm512_load_si512((const void *)(mask + 32));
+                for (int64_t p = 0; p < np; p++) {
+                    const __m512i bit = _mm512_set1_epi16((short)(1 << p));
+                    words[(x0 + p) * kc + g] =
+                        (uint64_t)(uint32_t)_mm512_test_epi16_mask(lo, bit) |
+                        (uint64_t)(uint32_t)_mm512_test_epi16_mask(hi, bit) << 32;
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* ------------------------------------------------------------------------------ variants */
 
 static const char *const NAMES[] = {"portable", "avx2", "avx512", "neon"};
@@ -392,7 +530,7 @@ static int variant_runnable(int v) {
         return __builtin_cpu_supports("avx2");
     if (v == OB_KERNEL_AVX512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vpopcntdq");
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
 #endif
 #ifdef OB_NEON
     if (v == OB_KERNEL_NEON)
@@ -420,7 +558,9 @@ static tile_fn variant_tile(int v) {
 
 static pack_row_fn variant_pack(int v) {
 #ifdef OB_X86
-    if (v == OB_KERNEL_AVX2 || v == OB_KERNEL_AVX512)
+    if (v == OB_KERNEL_AVX512)
+        return pack_row_avx512;
+    if (v == OB_KERNEL_AVX2)
         return pack_row_avx2;
 #endif
     (void)v;
@@ -452,8 +592,11 @@ const char *ob_kernel_name(int variant) {
 typedef struct {
     int64_t n, h, w, ho, wo, plane; /* plane = ho * wo */
     int64_t hp, wp;                 /* the padded input, h + 2 ph, w + 2 pw */
-    int64_t ngroups;                /* groups per image, ceil(plane / GP) */
+    int64_t wo8, ngx;               /* output columns rounded up to GP, half-groups per row */
+    int64_t nhg, npairs;            /* half-groups per image (ho * ngx), tiles (pairs of them) */
+    int64_t rowstride;              /* words per input row of row windows, nwr * wo8 */
     int64_t ylo, yhi, xlo, xhi;     /* output rows / columns whose taps all lie inside */
+    int64_t nrc;                    /* row classes: 0 the interior rows, then each border row */
 } Shape;
 
 /* First output index whose first tap is inside, and one past the last whose last tap is. */
@@ -482,9 +625,14 @@ static int shape_of(const ob_bconv *c, int n, int h, int w, Shape *s) {
     if (s->ho > INT32_MAX || s->wo > INT32_MAX)
         return -1;
     s->plane = s->ho * s->wo;
-    s->ngroups = (s->plane + GP - 1) / GP;
+    s->wo8 = (s->wo + GP - 1) / GP * GP;
+    s->ngx = s->wo8 / GP;
+    s->nhg = s->ho * s->ngx;
+    s->npairs = (s->nhg + 1) / 2;
+    s->rowstride = (int64_t)c->nwr * s->wo8;
     interior(h, s->ho, g->kh, g->sh, g->ph, g->dh, &s->ylo, &s->yhi);
     interior(w, s->wo, g->kw, g->sw, g->pw, g->dw, &s->xlo, &s->xhi);
+    s->nrc = 1 + s->ylo + (s->ho - s->yhi);
     return 0;
 }
 
@@ -500,28 +648,36 @@ int ob_bconv_out_hw(const ob_bconv *c, int h, int w, int *ho, int *wo) {
 /* a * b, or 0 if either is 0 or the product overflows size_t (a scratch of 0 is invalid) */
 static size_t mul_size(size_t a, size_t b) { return a != 0 && b > SIZE_MAX / a ? 0 : a * b; }
 
-/* Words of packed input, of fields and of border tables (int32 pairs); all 0 on overflow. */
-static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *fields,
-                          size_t *tables) {
+/* int32 entries of the correction table (and bytes of its flags, nrc * ngx) */
+static size_t corr_entries(const ob_bconv *c, const Shape *s) {
+    return mul_size(mul_size((size_t)s->nrc, (size_t)s->ngx), (size_t)c->ncb * LANES * GP);
+}
+
+/* Words of packed input, of row windows, of offsets and of correction tables (with flags);
+ * all 0 on overflow. */
+static void scratch_words(const ob_bconv *c, const Shape *s, size_t *packed, size_t *windows,
+                          size_t *offs, size_t *tables) {
     *packed =
         mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->wp), (size_t)c->kc);
-    *fields = mul_size(mul_size(mul_size((size_t)s->n, (size_t)s->ngroups), (size_t)c->nw), GP);
-    *tables = mul_size((size_t)(s->ho + s->wo), (size_t)c->ncb * LANES / 2);
-    if (*packed == 0 || *fields == 0 || *tables == 0)
-        *packed = *fields = *tables = 0;
+    *windows = mul_size(mul_size((size_t)s->n, (size_t)s->hp), (size_t)s->rowstride);
+    *offs = (size_t)c->nw;
+    const size_t entries = corr_entries(c, s);
+    *tables = entries == 0 ? 0 : entries / 2 + (size_t)(s->nrc * s->ngx) / 8 + 1;
+    if (*packed == 0 || *windows == 0 || *tables == 0)
+        *packed = *windows = *tables = 0;
 }
 
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w) {
     Shape s;
-    size_t packed, fields, tables;
+    size_t packed, windows, offs, tables;
     if (c == NULL || shape_of(c, n, h, w, &s) < 0)
         return 0;
-    scratch_words(c, &s, &packed, &fields, &tables);
-    const size_t words = packed + fields + tables, bytes = mul_size(words, 8);
-    if (packed == 0 || words < packed || words < fields || bytes == 0 ||
-        bytes > SIZE_MAX - 3 * ALIGN)
+    scratch_words(c, &s, &packed, &windows, &offs, &tables);
+    const size_t words = packed + windows + offs + tables, bytes = mul_size(words, 8);
+    if (packed == 0 || words < packed || words < windows || words < tables || bytes == 0 ||
+        bytes > SIZE_MAX - 5 * ALIGN)
         return 0;
-    return bytes + 3 * ALIGN; /* each part starts on a cache line */
+    return bytes + 5 * ALIGN; /* each part starts on a cache line */
 }
 
 static void *align_up(void *p) {
@@ -556,105 +712,65 @@ static void pack_input(const ob_bconv *c, const Shape *s, const float *x, uint64
     }
 }
 
-/* One tap-word of the 8 pixels into the field bit stream: pixel i's word is img[at + i] when
- * contig, else img[at + off[i]]; nb bits of it (the rest 0) go at bit `shift` of the current
- * words cur, which are stored to *f once full. Loads, shifts and stores are the same for the 8
- * pixels (the compiler vectorizes them) and nothing is read back. */
-INLINE void put_word(const uint64_t *img, int64_t at, const int64_t off[GP], int contig, int nb,
-                     uint64_t cur[GP], int *shift, uint64_t **f) {
-#define OB_LOAD(i) (contig ? img[at + (i)] : img[at + off[i]])
-    const int sh = *shift, ns = sh + nb - 64; /* ns >= 0: the words are full, ns bits spill */
-    if (ns < 0) {
-        for (int i = 0; i < GP; i++)
-            cur[i] |= OB_LOAD(i) << sh;
-        *shift = sh + nb;
-        return;
-    }
-    uint64_t *d = *f;
-    if (ns == 0) {
-        for (int i = 0; i < GP; i++) {
-            d[i] = cur[i] | OB_LOAD(i) << sh;
-            cur[i] = 0;
-        }
-    } else {
-        for (int i = 0; i < GP; i++) {
-            const uint64_t v = OB_LOAD(i);
-            d[i] = cur[i] | v << sh;
-            cur[i] = v >> (nb - ns);
-        }
-    }
-#undef OB_LOAD
-    *f = d + GP;
-    *shift = ns;
-}
-
-/* The fields of one group of 8 output pixels (plane pixels r0 ..; those past the plane read
- * the image's first pixel, their outputs are not stored), as a bit stream over the taps and
- * their words. When the 8 pixels lie in one output row at stride 1 with one word per tap, a
- * tap's 8 words are consecutive: one vector load. */
-INLINE void gather_group_body(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
-                              uint64_t *f) {
+/* The row windows of one packed input row, [nwr][wo8] (columns past wo are 0): word j of tap
+ * kx is bits [kx cin + 64 j, + nb) of the stream, so it ors into one window word, or two when it
+ * crosses a word boundary. Each (tap, word) is one pass over the output columns with fixed
+ * shifts, which the compiler vectorizes (loads at stride sw * kc). */
+INLINE void windows_body(const ob_bconv *c, const Shape *s, const uint64_t *row, uint64_t *dst) {
     const ob_bconv_geom *g = &c->g;
-    const int64_t kc = c->kc, wp = s->wp;
-    int64_t off[GP], oy = r0 / s->wo, ox = r0 % s->wo;
-    for (int i = 0; i < GP; i++) {
-        off[i] = r0 + i < s->plane ? (oy * g->sh * wp + ox * g->sw) * kc : 0;
-        if (++ox == s->wo)
-            ox = 0, oy++;
-    }
-    const int contig = kc == 1 && g->sw == 1 && off[GP - 1] == off[0] + GP - 1;
+    const int64_t kc = c->kc, wo = s->wo, wo8 = s->wo8, step = (int64_t)g->sw * kc;
     const int last_bits = g->cin - 64 * (int)(kc - 1);
-    uint64_t cur[GP] = {0};
-    int shift = 0;
-    for (int64_t ky = 0; ky < g->kh; ky++) {
-        for (int64_t kx = 0; kx < g->kw; kx++) {
-            const int64_t tap = (ky * g->dh * wp + kx * g->dw) * kc;
-            for (int64_t j = 0; j < kc; j++) {
-                const int nb = j == kc - 1 ? last_bits : 64;
-                if (contig)
-                    put_word(img, off[0] + tap, off, 1, nb, cur, &shift, &f);
-                else
-                    put_word(img, tap + j, off, 0, nb, cur, &shift, &f);
+    memset(dst, 0, sizeof(uint64_t) * (size_t)(c->nwr * wo8));
+    for (int64_t kx = 0; kx < g->kw; kx++) {
+        for (int64_t j = 0; j < kc; j++) {
+            const int64_t pos = kx * g->cin + 64 * j;
+            const int nb = j == kc - 1 ? last_bits : 64, sh = (int)(pos % 64);
+            const uint64_t *src = row + kx * g->dw * kc + j;
+            uint64_t *d = dst + pos / 64 * wo8;
+            if (step == 1)
+                for (int64_t ox = 0; ox < wo; ox++)
+                    d[ox] |= src[ox] << sh;
+            else
+                for (int64_t ox = 0; ox < wo; ox++)
+                    d[ox] |= src[ox * step] << sh;
+            if (sh + nb > 64) { /* the high bits spill into the next word */
+                d += wo8;
+                for (int64_t ox = 0; ox < wo; ox++)
+                    d[ox] |= src[ox * step] >> (64 - sh);
             }
         }
     }
-    if (shift)
-        memcpy(f, cur, sizeof cur);
 }
 
-typedef void (*gather_group_fn)(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0,
-                                uint64_t *f);
+typedef void (*windows_fn)(const ob_bconv *c, const Shape *s, const uint64_t *row, uint64_t *dst);
 
-static void gather_group_portable(const ob_bconv *c, const Shape *s, const uint64_t *img,
-                                  int64_t r0, uint64_t *f) {
-    gather_group_body(c, s, img, r0, f);
+static void windows_portable(const ob_bconv *c, const Shape *s, const uint64_t *row,
+                             uint64_t *dst) {
+    windows_body(c, s, row, dst);
 }
 
 #ifdef OB_X86
-__attribute__((target("avx2"))) static void
-gather_group_avx2(const ob_bconv *c, const Shape *s, const uint64_t *img, int64_t r0, uint64_t *f) {
-    gather_group_body(c, s, img, r0, f);
+__attribute__((target("avx2"))) static void windows_avx2(const ob_bconv *c, const Shape *s,
+                                                          const uint64_t *row, uint64_t *dst) {
+    windows_body(c, s, row, dst);
 }
 #endif
 
-/* The receptive fields of every group of output pixels, [n][ngroups][nw][GP]. */
-static void gather_fields(const ob_bconv *c, const Shape *s, const uint64_t *packed,
-                          uint64_t *fields, int threads) {
-    const int64_t ngroups = s->n * s->ngroups, nw = c->nw;
-    gather_group_fn group = gather_group_portable;
+/* The row windows of every packed input row, [n][hp][nwr][wo8]. */
+static void build_windows(const ob_bconv *c, const Shape *s, const uint64_t *packed,
+                          uint64_t *windows, int threads) {
+    const int64_t rows = s->n * s->hp;
+    windows_fn fn = windows_portable;
 #ifdef OB_X86
     if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512)
-        group = gather_group_avx2;
+        fn = windows_avx2;
 #endif
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t gi = 0; gi < ngroups; gi++) {
-        const int64_t b = gi / s->ngroups;
-        const uint64_t *img = packed + b * s->hp * s->wp * c->kc;
-        group(c, s, img, gi % s->ngroups * GP, fields + gi * nw * GP);
-    }
+    for (int64_t r = 0; r < rows; r++)
+        fn(c, s, packed + r * s->wp * c->kc, windows + r * s->rowstride);
 }
 
 static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {
@@ -667,153 +783,141 @@ static int col_out(const ob_bconv_geom *g, const Shape *s, int64_t ox, int64_t k
     return ix < 0 || ix >= s->w;
 }
 
-/* Border tables, [ho][ncb * LANES] and [wo][ncb * LANES]: for output row oy the tap sums of the
- * taps whose input row lies in the padding (all their columns), for column ox alike (only the
- * border rows and columns are nonzero). */
-static void border_tables(const ob_bconv *c, const Shape *s, int32_t *rows, int32_t *cols) {
-    const ob_bconv_geom *g = &c->g;
-    const int64_t L = (int64_t)c->ncb * LANES;
-    memset(rows, 0, sizeof(int32_t) * (size_t)(s->ho * L));
-    memset(cols, 0, sizeof(int32_t) * (size_t)(s->wo * L));
-    for (int64_t oy = 0; oy < s->ho; oy++) {
-        if (oy == s->ylo)
-            oy = s->yhi; /* the interior rows have no padded tap */
-        if (oy >= s->ho)
-            break;
-        for (int64_t ky = 0; ky < g->kh; ky++)
-            if (row_out(g, s, oy, ky))
-                for (int64_t cb = 0; cb < c->ncb; cb++)
-                    for (int64_t kx = 0; kx < g->kw; kx++) {
-                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                        for (int j = 0; j < LANES; j++)
-                            rows[oy * L + cb * LANES + j] += ts[j];
-                    }
-    }
-    for (int64_t ox = 0; ox < s->wo; ox++) {
-        if (ox == s->xlo)
-            ox = s->xhi;
-        if (ox >= s->wo)
-            break;
-        for (int64_t kx = 0; kx < g->kw; kx++)
-            if (col_out(g, s, ox, kx))
-                for (int64_t cb = 0; cb < c->ncb; cb++)
-                    for (int64_t ky = 0; ky < g->kh; ky++) {
-                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                        for (int j = 0; j < LANES; j++)
-                            cols[ox * L + cb * LANES + j] += ts[j];
-                    }
-    }
+/* The row class of output row oy: 0 inside, else 1 + its index among the border rows. */
+static int64_t row_class(const Shape *s, int64_t oy) {
+    return oy < s->ylo ? 1 + oy : oy >= s->yhi ? 1 + s->ylo + (oy - s->yhi) : 0;
 }
 
-/* The border pixels of a group: their index in it, output row and column, and whether they have
- * taps out in both row and column (whose tap sums both tables hold). */
-typedef struct {
-    int count, i[GP], corner[GP];
-    int64_t oy[GP], ox[GP];
-} Border;
-
-static void group_border(const Shape *s, int64_t r0, int np, Border *bd) {
-    int64_t oy = r0 / s->wo, ox = r0 % s->wo;
-    bd->count = 0;
-    for (int i = 0; i < np; i++) {
-        const int row_border = oy < s->ylo || oy >= s->yhi;
-        const int col_border = ox < s->xlo || ox >= s->xhi;
-        if (row_border || col_border) {
-            bd->i[bd->count] = i, bd->oy[bd->count] = oy, bd->ox[bd->count] = ox;
-            bd->corner[bd->count++] = row_border && col_border;
-        }
-        if (++ox == s->wo)
-            ox = 0, oy++;
-    }
-}
-
-/* corr[j][i]: the tap sums of the taps of border pixel i that lie in the padding: its row's and
- * column's table entries, less the taps out in both. */
-static void border_corrections(const ob_bconv *c, const Shape *s, const int32_t *rows,
-                               const int32_t *cols, const Border *bd, int64_t cb,
-                               int32_t corr[LANES][GP]) {
+/* The correction table: corr [nrc][ngx][ncb][LANES][GP], for each row class and half-group
+ * column the tap sums of the taps of each pixel that lie in the padding; flag [nrc][ngx] is 1
+ * where any of them is nonzero. */
+static void corr_tables(const ob_bconv *c, const Shape *s, int32_t *corr, uint8_t *flag) {
     const ob_bconv_geom *g = &c->g;
-    const int64_t L = (int64_t)c->ncb * LANES;
-    memset(corr, 0, sizeof(int32_t) * LANES * GP);
-    for (int k = 0; k < bd->count; k++) {
-        const int i = bd->i[k];
-        const int64_t oy = bd->oy[k], ox = bd->ox[k];
-        const int32_t *r = rows + oy * L + cb * LANES, *cl = cols + ox * L + cb * LANES;
-        for (int j = 0; j < LANES; j++)
-            corr[j][i] = r[j] + cl[j];
-        if (!bd->corner[k])
-            continue;
-        for (int64_t ky = 0; ky < g->kh; ky++) {
-            if (!row_out(g, s, oy, ky))
+    const int64_t block = (int64_t)c->ncb * LANES * GP;
+    memset(corr, 0, sizeof(int32_t) * corr_entries(c, s));
+    memset(flag, 0, (size_t)(s->nrc * s->ngx));
+    for (int64_t rc = 0; rc < s->nrc; rc++) {
+        /* a row of the class: the first interior row, or the border row itself */
+        const int64_t oy = rc == 0 ? s->ylo : rc <= s->ylo ? rc - 1 : s->yhi + (rc - 1 - s->ylo);
+        if (rc == 0 && s->ylo == s->yhi)
+            continue; /* no interior rows */
+        for (int64_t ox = 0; ox < s->wo; ox++) {
+            if (rc == 0 && ox >= s->xlo && ox < s->xhi)
                 continue;
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                if (!col_out(g, s, ox, kx))
-                    continue;
-                const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
-                for (int j = 0; j < LANES; j++)
-                    corr[j][i] -= ts[j];
-            }
+            const int64_t gx = ox / GP, i = ox % GP;
+            int32_t *t = corr + (rc * s->ngx + gx) * block;
+            flag[rc * s->ngx + gx] = 1;
+            for (int64_t ky = 0; ky < g->kh; ky++)
+                for (int64_t kx = 0; kx < g->kw; kx++) {
+                    if (!row_out(g, s, oy, ky) && !col_out(g, s, ox, kx))
+                        continue;
+                    for (int64_t cb = 0; cb < c->ncb; cb++) {
+                        const int32_t *ts = c->tapsum + (cb * c->ntaps + ky * g->kw + kx) * LANES;
+                        for (int j = 0; j < LANES; j++)
+                            t[(cb * LANES + j) * GP + i] += ts[j];
+                    }
+                }
         }
     }
+}
+
+int ob_bconv_plan(ob_bconv *c, int h, int w) {
+    Shape s;
+    if (c == NULL || shape_of(c, 1, h, w, &s) < 0)
+        return -1;
+    free(c->plan_corr);
+    c->plan_h = c->plan_w = 0;
+    const size_t entries = corr_entries(c, &s);
+    c->plan_corr = entries ? malloc(sizeof(int32_t) * entries + (size_t)(s.nrc * s.ngx)) : NULL;
+    if (c->plan_corr == NULL)
+        return -1;
+    c->plan_flag = (uint8_t *)(c->plan_corr + entries);
+    corr_tables(c, &s, c->plan_corr, c->plan_flag);
+    c->plan_h = h, c->plan_w = w;
+    return 0;
 }
 
 void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float *y, void *scratch,
                   int threads) {
+    ob_bconv_run_ep(c, x, n, h, w, y, scratch, threads, NULL);
+}
+
+void ob_bconv_run_ep(const ob_bconv *c, const float *x, int n, int h, int w, float *y,
+                     void *scratch, int threads, const ob_epilogue *ep) {
     Shape s;
-    size_t packed_words, field_words, table_words;
+    size_t packed_words, window_words, off_words, table_words;
+    if (ep != NULL && ep->n == 0)
+        ep = NULL;
     if (c == NULL || x == NULL || y == NULL || scratch == NULL || shape_of(c, n, h, w, &s) < 0)
         return;
-    scratch_words(c, &s, &packed_words, &field_words, &table_words);
+    scratch_words(c, &s, &packed_words, &window_words, &off_words, &table_words);
     if (packed_words == 0)
         return;
     if (threads < 1)
         threads = 1;
     uint64_t *packed = (uint64_t *)align_up(scratch);
-    uint64_t *fields = (uint64_t *)align_up(packed + packed_words);
-    int32_t *rows = (int32_t *)align_up(fields + field_words);
-    int32_t *cols = rows + s.ho * c->ncb * LANES;
+    uint64_t *windows = (uint64_t *)align_up(packed + packed_words);
+    int64_t *off = (int64_t *)align_up(windows + window_words);
+    const int32_t *corr = c->plan_corr;
+    const uint8_t *flag = c->plan_flag;
+    if (c->plan_h != h || c->plan_w != w) {
+        int32_t *tables = (int32_t *)align_up(off + off_words);
+        uint8_t *flags = (uint8_t *)(tables + corr_entries(c, &s));
+        corr_tables(c, &s, tables, flags);
+        corr = tables, flag = flags;
+    }
+    const ob_bconv_geom *g = &c->g;
+    for (int64_t ky = 0; ky < g->kh; ky++)
+        for (int64_t r = 0; r < c->nwr; r++)
+            off[ky * c->nwr + r] = ky * g->dh * s.rowstride + r * s.wo8;
     pack_input(c, &s, x, packed, threads);
-    gather_fields(c, &s, packed, fields, threads);
-    border_tables(c, &s, rows, cols);
+    build_windows(c, &s, packed, windows, threads);
 
     const tile_fn tile = variant_tile(c->variant);
-    const int64_t nw = c->nw, cout = c->g.cout, ngroups = s.n * s.ngroups;
-    const int64_t nitems_g = (ngroups + ITEM_G - 1) / ITEM_G;
+    const int64_t nw = c->nw, cout = c->g.cout, block = (int64_t)c->ncb * LANES * GP;
+    const int64_t nitems_p = (s.npairs + ITEM_P - 1) / ITEM_P;
     const int64_t nitems_cb = (c->ncb + ITEM_CB - 1) / ITEM_CB;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t item = 0; item < nitems_g * nitems_cb; item++) {
-        const int64_t g0 = item / nitems_cb * ITEM_G, cb0 = item % nitems_cb * ITEM_CB;
-        const int64_t g1 = g0 + ITEM_G < ngroups ? g0 + ITEM_G : ngroups;
+    for (int64_t item = 0; item < s.n * nitems_p * nitems_cb; item++) {
+        const int64_t b = item / (nitems_p * nitems_cb), rest = item % (nitems_p * nitems_cb);
+        const int64_t p0 = rest / nitems_cb * ITEM_P, cb0 = rest % nitems_cb * ITEM_CB;
+        const int64_t p1 = p0 + ITEM_P < s.npairs ? p0 + ITEM_P : s.npairs;
         const int64_t cb1 = cb0 + ITEM_CB < c->ncb ? cb0 + ITEM_CB : c->ncb;
-        Border border[ITEM_G];
-        for (int64_t gi = g0; gi < g1; gi++) {
-            const int64_t r0 = gi % s.ngroups * GP;
-            group_border(&s, r0, s.plane - r0 < GP ? (int)(s.plane - r0) : GP, &border[gi - g0]);
+        Tile t[2 * ITEM_P];
+        const int32_t *corr_of[2 * ITEM_P];
+        size_t base[2 * ITEM_P]; /* the output offset of each half-group's first pixel, lane 0 */
+        for (int64_t hg = 2 * p0; hg < 2 * p1; hg++) {
+            const int64_t i = hg - 2 * p0;
+            Tile *th = &t[i];
+            th->off = off, th->nw = nw, th->kbits = c->kbits, th->plane = s.plane, th->ep = ep;
+            th->np = 0, th->a = NULL, th->out = NULL;
+            corr_of[i] = NULL, base[i] = 0;
+            if (hg >= s.nhg)
+                continue;
+            const int64_t oy = hg / s.ngx, gx = hg % s.ngx, rc = row_class(&s, oy);
+            th->a = windows + (b * s.hp + oy * g->sh) * s.rowstride + gx * GP;
+            th->np = s.wo - gx * GP < GP ? (int)(s.wo - gx * GP) : GP;
+            base[i] = (size_t)(b * cout * s.plane + oy * s.wo + gx * GP);
+            if (flag[rc * s.ngx + gx])
+                corr_of[i] = corr + (rc * s.ngx + gx) * block;
         }
         for (int64_t cb = cb0; cb < cb1; cb++) {
-            Tile t;
-            int32_t corr[LANES][GP];
-            t.w = c->w + cb * nw * LANES;
-            t.nw = nw;
-            t.kbits = c->kbits;
-            t.scale = c->scale + cb * LANES;
-            t.bias = c->bias + cb * LANES;
-            t.plane = s.plane;
-            t.nl = cout - cb * LANES < LANES ? (int)(cout - cb * LANES) : LANES;
-            for (int64_t gi = g0; gi < g1; gi++) {
-                const int64_t b = gi / s.ngroups, r0 = gi % s.ngroups * GP;
-                t.np = s.plane - r0 < GP ? (int)(s.plane - r0) : GP;
-                t.a = fields + gi * nw * GP;
-                t.out = y + (b * cout + cb * LANES) * s.plane + r0;
-                t.corr = NULL;
-                if (border[gi - g0].count) {
-                    border_corrections(c, &s, rows, cols, &border[gi - g0], cb, corr);
-                    t.corr = &corr[0][0];
-                }
-                tile(&t);
+            const int nl = cout - cb * LANES < LANES ? (int)(cout - cb * LANES) : LANES;
+            for (int64_t i = 0; i < 2 * (p1 - p0); i++) {
+                Tile *th = &t[i];
+                th->w = c->w + cb * nw * LANES;
+                th->scale = c->scale + cb * LANES;
+                th->bias = c->bias + cb * LANES;
+                th->nl = nl;
+                th->c0 = cb * LANES;
+                th->off_out = base[i] + (size_t)(cb * LANES * s.plane);
+                th->out = th->np ? y + th->off_out : NULL;
+                th->corr = corr_of[i] ? corr_of[i] + cb * LANES * GP : NULL;
             }
+            for (int64_t p = 0; p < p1 - p0; p++)
+                tile(&t[2 * p], &t[2 * p + 1]);
         }
     }
 }
@@ -843,7 +947,8 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     const int64_t ntaps = (int64_t)g->kh * g->kw;
     if (ntaps >= ((int64_t)1 << 30) || ntaps * g->cin >= ((int64_t)1 << 30))
         return NULL;
-    const int64_t kc = (g->cin + 63) / 64, kbits = ntaps * g->cin, nw = (kbits + 63) / 64;
+    const int64_t kc = (g->cin + 63) / 64, kbits = ntaps * g->cin;
+    const int64_t nwr = ((int64_t)g->kw * g->cin + 63) / 64, nw = g->kh * nwr;
     const int64_t ncb = (g->cout + LANES - 1) / LANES;
 
     /* one block: struct, weights, tap sums, scale, bias, act_bias, each cache-line aligned */
@@ -870,6 +975,7 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     c->variant = variant;
     c->kc = (int)kc;
     c->ntaps = (int)ntaps;
+    c->nwr = (int)nwr;
     c->nw = (int)nw;
     c->ncb = (int)ncb;
     c->kbits = (int32_t)kbits;
@@ -880,10 +986,10 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     c->act_bias = (float *)parts[5];
     c->block = block;
 
-    uint64_t *field = (uint64_t *)calloc((size_t)nw + 1, sizeof(uint64_t));
+    uint64_t *window = (uint64_t *)calloc((size_t)nwr + 1, sizeof(uint64_t));
     uint64_t *tap = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)kc);
-    if (field == NULL || tap == NULL) {
-        free(field);
+    if (window == NULL || tap == NULL) {
+        free(window);
         free(tap);
         free(block);
         return NULL;
@@ -891,24 +997,27 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     const uint64_t last_mask = g->cin % 64 ? ((uint64_t)1 << (g->cin % 64)) - 1 : ~(uint64_t)0;
     for (int64_t co = 0; co < g->cout; co++) {
         const int64_t cb = co / LANES, j = co % LANES;
-        memset(field, 0, sizeof(uint64_t) * (size_t)nw);
-        for (int64_t t = 0; t < ntaps; t++) {
-            memcpy(tap, wbits + (co * ntaps + t) * kc, sizeof(uint64_t) * (size_t)kc);
-            tap[kc - 1] &= last_mask; /* bits past cin would count against every pixel */
-            int32_t neg = 0;
-            for (int64_t i = 0; i < kc; i++)
-                neg += __builtin_popcountll(tap[i]);
-            c->tapsum[(cb * ntaps + t) * LANES + j] = g->cin - 2 * neg;
-            append_bits_dense(field, t * g->cin, tap, g->cin);
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            memset(window, 0, sizeof(uint64_t) * (size_t)(nwr + 1));
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t t = ky * g->kw + kx;
+                memcpy(tap, wbits + (co * ntaps + t) * kc, sizeof(uint64_t) * (size_t)kc);
+                tap[kc - 1] &= last_mask; /* bits past cin would count against every pixel */
+                int32_t neg = 0;
+                for (int64_t i = 0; i < kc; i++)
+                    neg += __builtin_popcountll(tap[i]);
+                c->tapsum[(cb * ntaps + t) * LANES + j] = g->cin - 2 * neg;
+                append_bits_dense(window, kx * g->cin, tap, g->cin);
+            }
+            for (int64_t r = 0; r < nwr; r++)
+                c->w[(cb * nw + ky * nwr + r) * LANES + j] = window[r];
         }
-        for (int64_t k = 0; k < nw; k++)
-            c->w[(cb * nw + k) * LANES + j] = field[k];
         c->scale[co] = out_scale[co];
         c->bias[co] = out_bias[co];
     }
     if (act_bias != NULL)
         memcpy(c->act_bias, act_bias, sizeof(float) * (size_t)g->cin);
-    free(field);
+    free(window);
     free(tap);
     return c;
 }
@@ -918,6 +1027,8 @@ const ob_bconv_geom *ob_bconv_geometry(const ob_bconv *c) { return c ? &c->g : N
 int ob_bconv_variant(const ob_bconv *c) { return c ? c->variant : -1; }
 
 void ob_bconv_free(ob_bconv *c) {
-    if (c != NULL)
+    if (c != NULL) {
+        free(c->plan_corr);
         free(c->block);
+    }
 }

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epilogue.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -50,6 +52,11 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
  * kernel does not fit the padded input. */
 int ob_bconv_out_hw(const ob_bconv *c, int h, int w, int *ho, int *wo);
 
+/* Optional, at load: makes the border corrections of an h x w input once, so that runs on
+ * inputs of that size do not recompute them in scratch. 0, or -1 on a bad size or no memory
+ * (the runs still work). */
+int ob_bconv_plan(ob_bconv *c, int h, int w);
+
 /* Bytes of scratch ob_bconv_run needs for an (n, cin, h, w) input (any alignment will do);
  * 0 if the input is invalid (see ob_bconv_out_hw) or the size overflows. */
 size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w);
@@ -59,6 +66,11 @@ size_t ob_bconv_scratch_bytes(const ob_bconv *c, int n, int h, int w);
  * (ob_bconv_out_hw / ob_bconv_scratch_bytes); run itself does nothing on an invalid input. */
 void ob_bconv_run(const ob_bconv *c, const float *x, int n, int h, int w, float *y, void *scratch,
                   int threads);
+
+/* The same, then the element-wise ops of ep (epilogue.h; NULL or none: as ob_bconv_run) on
+ * every output before it is stored; an add reads its other value at the output's offset. */
+void ob_bconv_run_ep(const ob_bconv *c, const float *x, int n, int h, int w, float *y,
+                     void *scratch, int threads, const ob_epilogue *ep);
 
 /* The geometry and variant c was prepared with. */
 const ob_bconv_geom *ob_bconv_geometry(const ob_bconv *c);

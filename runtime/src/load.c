@@ -605,6 +605,96 @@ static int parse_input_record(onebit_model *m, const uint8_t *b, char *err, size
     return ONEBIT_OK;
 }
 
+/* ---------------------------------------------------------------------------------- fuse */
+
+/* The ep op of element-wise node nd reading the chain's value v, or 0 if it cannot be fused. */
+static int ep_op_of(const ob_node *nd, int v, ob_ep_op *op, int *other) {
+    memset(op, 0, sizeof *op);
+    *other = -1;
+    switch (nd->op) {
+    case OP_AFFINE:
+        op->kind = OB_EP_AFFINE;
+        op->scale = nd->t[0] ? nd->t[0]->data : NULL;
+        op->bias = nd->t[1] ? nd->t[1]->data : NULL;
+        return 1;
+    case OP_ADD:
+        op->kind = OB_EP_ADD;
+        op->swap = nd->inputs[1] == v; /* the other value is the first operand */
+        *other = op->swap ? nd->inputs[0] : nd->inputs[1];
+        return 1;
+    case OP_RELU:
+        op->kind = OB_EP_RELU;
+        return 1;
+    case OP_HARDTANH:
+        op->kind = OB_EP_HARDTANH;
+        op->lo = nd->fa[0], op->hi = nd->fa[1];
+        return 1;
+    case OP_PRELU:
+        op->kind = OB_EP_PRELU;
+        op->scale = nd->t[0]->data;
+        op->n_slopes = (int)nd->t[0]->dims[0];
+        return 1;
+    case OP_LEAKY_CLIP:
+        op->kind = OB_EP_LEAKY_CLIP;
+        return 1;
+    }
+    return 0;
+}
+
+/* Chains conv2d / bconv2d -> element-wise ops (epilogue.h) where each value but the last has
+ * one reader, the next op of the chain: the last node runs the conv and the ops (at its place,
+ * where every input of the chain is computed), the others are skipped. */
+static int fuse(onebit_model *m) {
+    const int nv = m->n_nodes + 1;
+    int *readers = calloc((size_t)nv, sizeof(int)), *reader = calloc((size_t)nv, sizeof(int));
+    if (readers == NULL || reader == NULL) {
+        free(readers);
+        free(reader);
+        return ONEBIT_E_NOMEM;
+    }
+    for (int k = 0; k < m->n_nodes; k++) {
+        ob_node *nd = &m->nodes[k];
+        nd->run = 1, nd->exec = k, nd->ep.n = 0;
+        for (int i = 0; i < nd->n_inputs; i++) readers[nd->inputs[i]]++, reader[nd->inputs[i]] = k;
+    }
+    readers[nv - 1] += 2; /* the output is read after the last node: never fused away */
+    const char *env = getenv("ONEBIT_FUSE");
+    m->fused = 0;
+    for (int k = 0; k < m->n_nodes && !(env && strcmp(env, "0") == 0); k++) {
+        if (m->nodes[k].op != OP_CONV2D && m->nodes[k].op != OP_BCONV2D) continue;
+        ob_epilogue ep = {0};
+        int values[OB_EP_MAX], cur = k;
+        while (ep.n < OB_EP_MAX && readers[cur + 1] == 1) {
+            const ob_node *next = &m->nodes[reader[cur + 1]];
+            if (!next->run || next->exec != reader[cur + 1] ||
+                !ep_op_of(next, cur + 1, &ep.op[ep.n], &values[ep.n]))
+                break;
+            ep.n++;
+            cur = reader[cur + 1];
+        }
+        if (ep.n == 0) continue;
+        for (int v = k + 1; v <= cur; v = reader[v] + 1) m->nodes[v - 1].run = 0;
+        ob_node *last = &m->nodes[cur];
+        last->run = 1, last->exec = k, last->ep = ep;
+        memcpy(last->ep_value, values, sizeof values);
+        m->fused += ep.n;
+    }
+    free(readers);
+    free(reader);
+    return ONEBIT_OK;
+}
+
+/* The values node k reads when it runs: those of its op's node and of its epilogue's adds. */
+int ob_node_inputs(const onebit_model *m, int k, int *v) {
+    const ob_node *nd = &m->nodes[k], *op = &m->nodes[nd->exec];
+    if (!nd->run) return 0;
+    int n = 0;
+    for (int i = 0; i < op->n_inputs; i++) v[n++] = op->inputs[i];
+    for (int i = 0; i < nd->ep.n; i++)
+        if (nd->ep.op[i].kind == OB_EP_ADD) v[n++] = nd->ep_value[i];
+    return n;
+}
+
 /* ---------------------------------------------------------------------------------- plan */
 
 /* Places every value in the arena: value k + 1 (node k's output) takes the lowest gap free
@@ -620,8 +710,11 @@ static int plan(onebit_model *m, char *err, size_t err_len) {
         return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory planning the arena");
     }
     for (int v = 1; v < nv; v++) last_use[v] = v - 1;
-    for (int k = 0; k < m->n_nodes; k++)
-        for (int i = 0; i < m->nodes[k].n_inputs; i++) last_use[m->nodes[k].inputs[i]] = k;
+    for (int k = 0; k < m->n_nodes; k++) {
+        int in[OB_MAX_INPUTS + OB_EP_MAX];
+        const int n_in = ob_node_inputs(m, k, in);
+        for (int i = 0; i < n_in; i++) last_use[in[i]] = k;
+    }
     last_use[nv - 1] = m->n_nodes; /* the output is read after the last node */
     int n_live = 0;                /* live values sorted by offset */
     size_t top = 0;
@@ -631,6 +724,7 @@ static int plan(onebit_model *m, char *err, size_t err_len) {
             if (last_use[live[i]] >= k) live[kept++] = live[i];
         n_live = kept;
         ob_node *nd = &m->nodes[k];
+        if (!nd->run) continue; /* its value is never written */
         const size_t need = ((size_t)nd->out.c * nd->out.h * nd->out.w + 15) / 16 * 16;
         size_t at = 0;
         int pos = 0;
@@ -673,6 +767,10 @@ static int prepare_bconvs(onebit_model *m, int variant, ob_bconv **out) {
                                   nd->t[3] ? nd->t[3]->data : NULL, variant);
         int ho = 0, wo = 0;
         const ob_shape x = ob_value_shape(m, nd->inputs[0]);
+        if (out[k] != NULL && ob_bconv_plan(out[k], x.h, x.w) != 0) {
+            for (int i = 0; i <= k; i++) ob_bconv_free(out[i]);
+            return ONEBIT_E_NOMEM;
+        }
         if (out[k] != NULL &&
             (ob_bconv_out_hw(out[k], x.h, x.w, &ho, &wo) || ho != nd->out.h || wo != nd->out.w)) {
             for (int i = 0; i <= k; i++) ob_bconv_free(out[i]);
@@ -713,6 +811,7 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
                        "the last node's output is (N, %d, %d, %d), the header says (N, %d, 1, 1) "
                        "logits",
                        out.c, out.h, out.w, m->num_classes);
+    if ((rc = fuse(m))) return ob_fail(err, err_len, rc, "out of memory fusing the nodes");
     if ((rc = plan(m, err, err_len))) return rc;
     m->kernel = ob_kernel_variant("auto");
     if (m->kernel < 0)

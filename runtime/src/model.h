@@ -94,6 +94,14 @@ typedef struct {
     ob_window win;   /* conv and pool ops */
     size_t offset;   /* of its value in the arena, floats per image */
     ob_bconv *bconv; /* bconv2d: the prepared kernel */
+    /* Fusion (load.c: fuse): a conv2d or bconv2d followed by element-wise ops whose values have
+     * no other reader runs as one node at the place of the last op, with the ops as its
+     * epilogue; the conv and the ops before the last are skipped and their values never
+     * written. */
+    int run;                      /* 0: fused into a later node */
+    int exec;                     /* the node whose op runs here: itself, or the fused conv */
+    ob_epilogue ep;               /* the fused ops (ep.op[i].res is set per run) */
+    int ep_value[OB_EP_MAX];      /* an add's other value */
 } ob_node;
 
 struct onebit_model {
@@ -108,6 +116,7 @@ struct onebit_model {
     void *arena;         /* values (n * value_floats floats), then the ops' scratch */
     size_t arena_bytes;
     int threads, kernel;
+    int fused; /* nodes fused away (ONEBIT_FUSE=0 at load: none) */
     /* ONEBIT_PROFILE set (not "0") at load: every node is timed, and onebit_free prints the
      * totals per op and per node to stderr (profile.c). */
     int profile;
@@ -122,6 +131,9 @@ size_t ob_node_scratch_bytes(const onebit_model *m, const ob_node *node, int n);
 int ob_arena_bytes(const onebit_model *m, int n, size_t *bytes);
 /* Grows the arena to batch n if it is smaller (the only allocation of a run). */
 int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len);
+/* The values node k reads when it runs (its op's inputs and its epilogue's adds) into v, which
+ * has room for OB_MAX_INPUTS + OB_EP_MAX; 0 for a node fused away. */
+int ob_node_inputs(const onebit_model *m, int k, int *v);
 /* The shape of value v (0: the input). */
 ob_shape ob_value_shape(const onebit_model *m, int v);
 /* The op's name ("conv2d", ...), "op?" for an unknown code. */

@@ -152,7 +152,8 @@ static void im2col(const float *x, int cin, int h, int w, const ob_window *k, ob
 }
 
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads) {
+               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads,
+               const ob_epilogue *ep) {
     const int cin_g = in.c / groups, cout_g = out.c / groups;
     const int K = cin_g * k->kh * k->kw, P = out.h * out.w;
     for (int img = 0; img < n; img++) {
@@ -164,6 +165,9 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
                     y + ((size_t)img * out.c + (size_t)g * cout_g) * P, P, threads);
         }
     }
+    if (ep && ep->n)
+        for (size_t r = 0; r < (size_t)n * out.c; r++)
+            ob_ep_row(ep, (int64_t)(r % out.c), y + r * P, r * P, P);
 }
 
 /* ---------------------------------------------------------------------------------- linear */

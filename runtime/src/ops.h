@@ -16,7 +16,8 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode);
  * overflows). */
 size_t ob_conv2d_scratch_floats(int cin, int groups, const ob_window *k, ob_shape out);
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads);
+               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads,
+               const ob_epilogue *ep);
 /* y (n, out) = x (n, in) weight (out, in)^T + bias */
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads);

@@ -30,16 +30,18 @@ void ob_profile_report(const onebit_model *m) {
     double total = 0, total_min = 0, op_ns[OP_COUNT] = {0}, op_min[OP_COUNT] = {0};
     int op_nodes[OP_COUNT] = {0};
     for (int k = 0; k < m->n_nodes; k++) {
+        const int op = m->nodes[m->nodes[k].exec].op; /* a fused node counts as its conv */
+        if (!m->nodes[k].run) continue;
         total += m->prof_ns[k];
         total_min += m->prof_min[k];
-        op_ns[m->nodes[k].op] += m->prof_ns[k];
-        op_min[m->nodes[k].op] += m->prof_min[k];
-        op_nodes[m->nodes[k].op]++;
+        op_ns[op] += m->prof_ns[k];
+        op_min[op] += m->prof_min[k];
+        op_nodes[op]++;
     }
     fprintf(stderr,
             "onebit profile: %ld runs, %ld images (chunks of up to %ld), ms per image: mean %.4f, "
-            "sum of the nodes' best %.4f\n",
-            m->prof_runs, m->prof_images, m->prof_chunk, total / per, total_min / 1e6);
+            "sum of the nodes' best %.4f; %d element-wise nodes fused into convs\n",
+            m->prof_runs, m->prof_images, m->prof_chunk, total / per, total_min / 1e6, m->fused);
     int order[OP_COUNT], n_ops = 0;
     for (int op = 1; op < OP_COUNT; op++)
         if (op_nodes[op]) order[n_ops++] = op;
@@ -55,21 +57,30 @@ void ob_profile_report(const onebit_model *m) {
                 100 * op_min[order[i]] / total_min);
     int *idx = malloc(sizeof(int) * (size_t)m->n_nodes);
     if (idx == NULL) return;
-    for (int k = 0; k < m->n_nodes; k++) idx[k] = k;
+    int n_run = 0;
+    for (int k = 0; k < m->n_nodes; k++)
+        if (m->nodes[k].run) idx[n_run++] = k;
     sort_model = m;
-    qsort(idx, (size_t)m->n_nodes, sizeof(int), by_time);
+    qsort(idx, (size_t)n_run, sizeof(int), by_time);
     const char *env = getenv("ONEBIT_PROFILE");
-    const int shown = env && strcmp(env, "2") == 0 ? m->n_nodes : m->n_nodes < 25 ? m->n_nodes : 25;
-    fprintf(stderr, "  %-5s %-16s %-14s %-14s %10s %10s %6s\n", "node", "op", "in (c h w)",
+    const int shown = env && strcmp(env, "2") == 0 ? n_run : n_run < 25 ? n_run : 25;
+    fprintf(stderr, "  %-5s %-24s %-14s %-14s %10s %10s %6s\n", "node", "op", "in (c h w)",
             "out (c h w)", "mean ms", "best ms", "best%");
     for (int i = 0; i < shown; i++) {
-        const ob_node *nd = &m->nodes[idx[i]];
+        const ob_node *at = &m->nodes[idx[i]], *nd = &m->nodes[at->exec];
         const ob_shape x = ob_value_shape(m, nd->inputs[0]);
-        char in[32], out[32];
+        char in[32], out[32], name[64];
+        snprintf(name, sizeof name, "%s", ob_op_name(nd->op));
+        for (int e = 0; e < at->ep.n; e++) {
+            static const char *const kinds[] = {"?", "affine", "add", "relu", "hardtanh", "prelu",
+                                                "leaky_clip"};
+            const int kind = at->ep.op[e].kind;
+            const size_t len = strlen(name);
+            snprintf(name + len, sizeof name - len, "+%s", kinds[kind >= 1 && kind <= 6 ? kind : 0]);
+        }
         snprintf(in, sizeof in, "%d %d %d", x.c, x.h, x.w);
         snprintf(out, sizeof out, "%d %d %d", nd->out.c, nd->out.h, nd->out.w);
-        fprintf(stderr, "  %-5d %-16s %-14s %-14s %10.4f %10.4f %6.1f\n", idx[i],
-                ob_op_name(nd->op), in, out, m->prof_ns[idx[i]] / per, m->prof_min[idx[i]] / 1e6,
+        fprintf(stderr, "  %-5d %-24s %-14s %-14s %10.4f %10.4f %6.1f\n", idx[i], name, in, out, m->prof_ns[idx[i]] / per, m->prof_min[idx[i]] / 1e6,
                 100 * m->prof_min[idx[i]] / total_min);
     }
     free(idx);

@@ -59,38 +59,50 @@ static void profile_node(onebit_model *m, int k, double ns, int n) {
     if (m->prof_min[k] == 0 || ns / n < m->prof_min[k]) m->prof_min[k] = ns / n;
 }
 
+static const float *value_at(const onebit_model *m, const float *values, const float *input, int n,
+                             int v) {
+    return v == 0 ? input : values + (size_t)n * m->nodes[v - 1].offset;
+}
+
 /* The nodes on n images, whose arena is reserved. */
 static void run_nodes(onebit_model *m, const float *input, int n, float *output) {
     float *values = m->arena;
     void *scratch = (char *)m->arena + values_bytes(m, n);
     const int threads = m->threads;
     double t_prev = m->profile ? ob_now_ns() : 0;
+    int prev = -1; /* the last node run */
     for (int k = 0; k < m->n_nodes; k++) {
-        const ob_node *nd = &m->nodes[k];
-        if (m->profile && k > 0) {
+        if (!m->nodes[k].run) continue;
+        if (m->profile && prev >= 0) {
             const double t = ob_now_ns();
-            profile_node(m, k - 1, t - t_prev, n);
+            profile_node(m, prev, t - t_prev, n);
             t_prev = t;
         }
+        prev = k;
+        const ob_node *nd = &m->nodes[m->nodes[k].exec]; /* the op (a fused conv) */
         const float *in[OB_MAX_INPUTS];
         ob_shape s[OB_MAX_INPUTS];
         for (int i = 0; i < nd->n_inputs; i++) {
             const int v = nd->inputs[i];
-            in[i] = v == 0 ? input : values + (size_t)n * m->nodes[v - 1].offset;
+            in[i] = value_at(m, values, input, n, v);
             s[i] = ob_value_shape(m, v);
         }
+        const ob_node *at = &m->nodes[k]; /* where the value goes; its fused ops */
+        ob_epilogue ep = at->ep;
+        for (int i = 0; i < ep.n; i++)
+            if (ep.op[i].kind == OB_EP_ADD) ep.op[i].res = value_at(m, values, input, n, at->ep_value[i]);
         const float *x = in[0];
         const ob_shape xs = s[0], ys = nd->out;
-        float *y = values + (size_t)n * nd->offset;
+        float *y = values + (size_t)n * at->offset;
         const size_t count = (size_t)n * xs.c * xs.h * xs.w;
         const float *t0 = nd->t[0] ? nd->t[0]->data : NULL;
         const float *t1 = nd->t[1] ? nd->t[1]->data : NULL;
         switch (nd->op) {
         case OP_CONV2D:
-            ob_conv2d(x, n, xs, t0, t1, nd->ia[6], &nd->win, ys, y, scratch, threads);
+            ob_conv2d(x, n, xs, t0, t1, nd->ia[6], &nd->win, ys, y, scratch, threads, &ep);
             break;
         case OP_BCONV2D:
-            ob_bconv_run(nd->bconv, x, n, xs.h, xs.w, y, scratch, threads);
+            ob_bconv_run_ep(nd->bconv, x, n, xs.h, xs.w, y, scratch, threads, &ep);
             break;
         case OP_LINEAR:
             ob_linear(x, n, xs.c, t0, t1, ys.c, y, threads);
@@ -146,7 +158,7 @@ static void run_nodes(onebit_model *m, const float *input, int n, float *output)
         }
     }
     if (m->profile) {
-        profile_node(m, m->n_nodes - 1, ob_now_ns() - t_prev, n);
+        profile_node(m, prev, ob_now_ns() - t_prev, n);
         m->prof_images += n;
         m->prof_chunk = n > m->prof_chunk ? n : m->prof_chunk;
     }
