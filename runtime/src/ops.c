@@ -25,104 +25,67 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
     return out;
 }
 
-/* ---------------------------------------------------------------------------------- gemm */
-
-#ifdef ONEBIT_CBLAS
-void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-             const float *bias, float *C, int ldc, int threads) {
-    (void)threads; /* the BLAS has its own */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C,
-                ldc);
-    if (bias)
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] += bias[i];
-}
-#else
-#define MR 6  /* rows of C per tile */
-#define NR 16 /* columns of C per tile: a K x NR panel of B is reused by every row tile */
-
-/* Eight floats in a vector register (GCC / clang vector extensions): 8 lanes of AVX, two SSE or
- * NEON registers. Rows of B are loaded through memcpy, so no alignment is assumed. */
-typedef float vf8 __attribute__((vector_size(32)));
-
-/* On x86-64 Linux the full tile is also compiled for AVX2 and picked at run time (ifunc), so
- * the portable build keeps its twelve accumulators in the sixteen ymm registers. */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define GEMM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GEMM_CLONES
-#endif
-
-/* A full MR x NR tile of C = A B + bias: per k, two vectors of B's row times each row's A. */
-GEMM_CLONES static void gemm_full_tile(int K, const float *A, int lda, const float *B, int ldb,
-                                       const float *bias, float *C, int ldc) {
-    vf8 acc[MR][2];
-    memset(acc, 0, sizeof acc);
-    for (int k = 0; k < K; k++) {
-        vf8 b0, b1;
-        memcpy(&b0, B + (size_t)k * ldb, sizeof b0);
-        memcpy(&b1, B + (size_t)k * ldb + 8, sizeof b1);
-        for (int i = 0; i < MR; i++) {
-            const float a = A[(size_t)i * lda + k];
-            acc[i][0] += a * b0;
-            acc[i][1] += a * b1;
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        const float b = bias ? bias[i] : 0.0f;
-        for (int j = 0; j < NR; j++) {
-            const float v = acc[i][j / 8][j % 8];
-            C[(size_t)i * ldc + j] = bias ? v + b : v;
-        }
-    }
-}
-
-/* An edge tile, mr <= MR rows by nr <= NR columns, in the same order of sums. */
-static void gemm_edge_tile(int mr, int nr, int K, const float *A, int lda, const float *B, int ldb,
-                           const float *bias, float *C, int ldc) {
-    float acc[MR][NR] = {{0}};
-    for (int k = 0; k < K; k++) {
-        const float *b = B + (size_t)k * ldb;
-        for (int i = 0; i < mr; i++) {
-            const float a = A[(size_t)i * lda + k];
-            for (int j = 0; j < nr; j++) acc[i][j] += a * b[j];
-        }
-    }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++)
-            C[(size_t)i * ldc + j] = bias ? acc[i][j] + bias[i] : acc[i][j];
-}
-
-void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-             const float *bias, float *C, int ldc, int threads) {
-    (void)threads; /* without OpenMP */
-    const int mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
-    /* row tiles vary fastest, so consecutive tiles of a thread share their B panel */
-    OB_OMP(omp parallel for num_threads(threads) schedule(static))
-    for (int64_t t = 0; t < (int64_t)mt * nt; t++) {
-        const int i0 = (int)(t % mt) * MR, j0 = (int)(t / mt) * NR;
-        const int mr = M - i0 < MR ? M - i0 : MR, nr = N - j0 < NR ? N - j0 : NR;
-        const float *a = A + (size_t)i0 * lda, *b = bias ? bias + i0 : NULL;
-        float *c = C + (size_t)i0 * ldc + j0;
-        if (mr == MR && nr == NR)
-            gemm_full_tile(K, a, lda, B + j0, ldb, b, c, ldc);
-        else
-            gemm_edge_tile(mr, nr, K, a, lda, B + j0, ldb, b, c, ldc);
-    }
-}
-#endif
-
 /* -------------------------------------------------------------------------------- conv2d */
+
+/* A conv2d is a GEMM per image and group: C (cout_g, P) = A (cout_g, K) B (K, P) + bias, with
+ * K = cin_g kh kw in (c, ky, kx) order and B row k the input each output pixel sees through tap
+ * k. Each C element is the sum over k in that order of a * b, from 0, one rounding per product
+ * and per sum (-ffp-contract=off), then + bias: every path below (and the previous im2col GEMM
+ * of this file) gives the same bits.
+ *
+ * B is read in place where it can be: a pointwise conv reads the input itself; a conv whose
+ * output rows are wide reads a zero-padded copy of the input whose columns are split by
+ * phase (column ix of a row at [ix % sw][ix / sw]), so the row of tap k for the wo outputs of
+ * one output row is contiguous; a conv with narrow output rows gathers B (im2col). */
 
 static int pointwise(const ob_window *k) {
     return k->kh == 1 && k->kw == 1 && k->sh == 1 && k->sw == 1 && k->ph == 0 && k->pw == 0;
 }
 
-size_t ob_conv2d_scratch_floats(int cin, int groups, const ob_window *k, ob_shape out) {
-    if (pointwise(k)) return 0;
+/* Output rows at least this wide read the padded copy (one GEMM segment per output row). */
+#define WIDE_ROW 16
+
+/* The padded, phase-split input of one image and group: per channel hp rows of sw phases of
+ * wq floats. */
+typedef struct {
+    int64_t hp, wq, rowlen, plane; /* rowlen = sw wq, plane = hp rowlen */
+} padded;
+
+static padded padded_of(ob_shape in, const ob_window *k) {
+    padded p;
+    p.hp = (int64_t)in.h + 2 * k->ph;
+    const int64_t wp = (int64_t)in.w + 2 * k->pw;
+    p.wq = (wp + k->sw - 1) / k->sw;
+    p.rowlen = p.wq * k->sw;
+    p.plane = p.hp * p.rowlen;
+    return p;
+}
+
+static int conv_mode(const ob_window *k, ob_shape out) {
+#ifdef ONEBIT_CBLAS
+    (void)out;
+    return pointwise(k) ? 0 : 2; /* the BLAS reads B in place or from im2col */
+#else
+    return pointwise(k) ? 0 : out.w >= WIDE_ROW ? 1 : 2; /* in place, padded copy, im2col */
+#endif
+}
+
+size_t ob_conv2d_scratch_floats(ob_shape in, int groups, const ob_window *k, ob_shape out) {
     /* cin, kh, kw < 2^26, 2^17, 2^17: the rows fit 64 bits; the product may not */
-    const uint64_t rows = (uint64_t)(cin / groups) * k->kh * k->kw, plane = (uint64_t)out.h * out.w;
-    return rows > SIZE_MAX / plane ? SIZE_MAX : (size_t)(rows * plane);
+    const uint64_t K = (uint64_t)(in.c / groups) * k->kh * k->kw;
+    const uint64_t offs = 2 * K + 16; /* the int64 row offsets of B, 64-byte aligned */
+    uint64_t data = 0;
+    const int mode = conv_mode(k, out);
+    if (mode == 1) {
+        const padded p = padded_of(in, k);
+        const uint64_t c = (uint64_t)(in.c / groups);
+        data = (uint64_t)p.plane > UINT64_MAX / c ? UINT64_MAX : c * (uint64_t)p.plane;
+    } else if (mode == 2) {
+        const uint64_t plane = (uint64_t)out.h * out.w;
+        data = K > UINT64_MAX / plane ? UINT64_MAX : K * plane;
+    }
+    if (data > SIZE_MAX / 8 || offs > SIZE_MAX / 8) return SIZE_MAX;
+    return (size_t)(offs + data);
 }
 
 /* col (cin kh kw, oh ow): row (c, ky, kx) holds the input pixel each output pixel sees
@@ -151,11 +114,48 @@ static void im2col(const float *x, int cin, int h, int w, const ob_window *k, ob
     }
 }
 
+#ifndef ONEBIT_CBLAS
+/* The padded, phase-split copy of cin channels of x (h x w each). */
+static void pad_split(const float *x, int cin, int h, int w, const ob_window *k, padded p,
+                      float *dst, int threads) {
+    (void)threads;
+    OB_OMP(omp parallel for num_threads(threads) schedule(static))
+    for (int c = 0; c < cin; c++) {
+        float *d = dst + (size_t)c * p.plane;
+        memset(d, 0, sizeof(float) * (size_t)p.plane);
+        for (int y = 0; y < h; y++) {
+            float *row = d + (size_t)(y + k->ph) * p.rowlen;
+            const float *src = x + ((size_t)c * h + y) * w;
+            if (k->sw == 1) {
+                memcpy(row + k->pw, src, sizeof(float) * (size_t)w);
+                continue;
+            }
+            for (int ix = 0; ix < w; ix++) {
+                const int64_t col = ix + k->pw;
+                row[(col % k->sw) * p.wq + col / k->sw] = src[ix];
+            }
+        }
+    }
+}
+#endif
+
+#ifdef ONEBIT_CBLAS
+static void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    const float *bias, float *C, int ldc, int threads) {
+    (void)threads; /* the BLAS has its own */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C,
+                ldc);
+    if (bias)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] += bias[i];
+}
+
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads,
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
                const ob_epilogue *ep) {
     const int cin_g = in.c / groups, cout_g = out.c / groups;
     const int K = cin_g * k->kh * k->kw, P = out.h * out.w;
+    float *col = scratch + 2 * (size_t)K + 16;
     for (int img = 0; img < n; img++) {
         for (int g = 0; g < groups; g++) {
             const float *xg = x + ((size_t)img * in.c + (size_t)g * cin_g) * in.h * in.w;
@@ -169,6 +169,236 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
         for (size_t r = 0; r < (size_t)n * out.c; r++)
             ob_ep_row(ep, (int64_t)(r % out.c), y + r * P, r * P, P);
 }
+#else
+
+/* One GEMM: C rows i < M (row stride ldc; channel c0 + i of the epilogue), in segments of N
+ * columns: segment s reads B row k at b + s * bseg + boff[k] and writes C at c + s * cseg; C
+ * element (i, j) of segment s is output element ep0 + i ldc + s cseg + j. */
+typedef struct {
+    int64_t M, K, N;
+    const float *A; /* (M, K), row stride K */
+    const float *bias;
+    const float *b;
+    const int64_t *boff;
+    int64_t bseg;
+    float *c;
+    int64_t ldc, cseg;
+    const ob_epilogue *ep;
+    int64_t c0;
+    size_t ep0;
+} gemm_job;
+
+/* A tile: rows i0 .. i0 + mr - 1, the nr columns from j0 of segment s. */
+typedef void (*gemm_tile_fn)(const gemm_job *g, int64_t s, int64_t i0, int mr, int64_t j0, int nr);
+
+typedef float vf8 __attribute__((vector_size(32)));
+
+#define MR8 6 /* the portable and avx2 tile: 6 rows x 16 columns in 12 8-float vectors */
+#define NR8 16
+
+/* The portable tile (also compiled for AVX2): per k, two vectors of B's row times each row's
+ * A (rows past mr repeat the last row; columns past nr read as 0 and are not stored). */
+static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job *g, int64_t s,
+                                                                  int64_t i0, int mr, int64_t j0,
+                                                                  int nr) {
+    vf8 acc[MR8][2];
+    memset(acc, 0, sizeof acc);
+    const float *a[MR8];
+    for (int i = 0; i < MR8; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
+    const float *b = g->b + s * g->bseg + j0;
+    if (nr == NR8) {
+        for (int64_t k = 0; k < g->K; k++) {
+            vf8 b0, b1;
+            memcpy(&b0, b + g->boff[k], sizeof b0);
+            memcpy(&b1, b + g->boff[k] + 8, sizeof b1);
+            for (int i = 0; i < MR8; i++) {
+                const float av = a[i][k];
+                acc[i][0] += av * b0;
+                acc[i][1] += av * b1;
+            }
+        }
+    } else {
+        for (int64_t k = 0; k < g->K; k++) {
+            float bt[NR8] = {0};
+            memcpy(bt, b + g->boff[k], sizeof(float) * (size_t)nr);
+            vf8 b0, b1;
+            memcpy(&b0, bt, sizeof b0);
+            memcpy(&b1, bt + 8, sizeof b1);
+            for (int i = 0; i < MR8; i++) {
+                const float av = a[i][k];
+                acc[i][0] += av * b0;
+                acc[i][1] += av * b1;
+            }
+        }
+    }
+    if (g->bias)
+        for (int i = 0; i < MR8; i++) {
+            const float bi = g->bias[i0 + (i < mr ? i : mr - 1)];
+            acc[i][0] += bi;
+            acc[i][1] += bi;
+        }
+    const size_t off = g->ep0 + (size_t)(i0 * g->ldc + s * g->cseg + j0);
+    for (int v = 0; v < 2; v++) {
+        const int nv = nr - 8 * v < 8 ? nr - 8 * v : 8;
+        if (nv <= 0) break;
+        vf8 col[MR8];
+        for (int i = 0; i < MR8; i++) col[i] = acc[i][v];
+        if (g->ep) ob_ep_block8(g->ep, g->c0 + i0, col, mr, off + 8 * v, g->ldc, nv);
+        for (int i = 0; i < mr; i++) {
+            float *c = g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 8 * v;
+            if (nv == 8)
+                memcpy(c, &col[i], sizeof col[i]);
+            else
+                for (int j = 0; j < nv; j++) c[j] = col[i][j];
+        }
+    }
+}
+
+static void gemm_tile8(const gemm_job *g, int64_t s, int64_t i0, int mr, int64_t j0, int nr) {
+    gemm_tile8_body(g, s, i0, mr, j0, nr);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GEMM_X86 1
+__attribute__((target("avx2"))) static void gemm_tile8_avx2(const gemm_job *g, int64_t s,
+                                                            int64_t i0, int mr, int64_t j0,
+                                                            int nr) {
+    gemm_tile8_body(g, s, i0, mr, j0, nr);
+}
+
+#define MR16 8 /* the avx512 tile: 8 rows x 32 columns in 16 zmm */
+#define NR16 32
+
+/* The same sums on 16-float vectors, full or masked loads of B. */
+__attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const gemm_job *g,
+                                                                          int64_t s, int64_t i0,
+                                                                          int mr, int64_t j0,
+                                                                          int nr) {
+    __m512 acc[MR16][2];
+    for (int i = 0; i < MR16; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const float *a[MR16];
+    for (int i = 0; i < MR16; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
+    const float *b = g->b + s * g->bseg + j0;
+    const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+    const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    if (nr == NR16) {
+        for (int64_t k = 0; k < g->K; k++) {
+            const __m512 b0 = _mm512_loadu_ps(b + g->boff[k]);
+            const __m512 b1 = _mm512_loadu_ps(b + g->boff[k] + 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++) {
+                const __m512 av = _mm512_set1_ps(a[i][k]);
+                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));
+                acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
+            }
+        }
+    } else {
+        for (int64_t k = 0; k < g->K; k++) {
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + g->boff[k]);
+            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + g->boff[k] + 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++) {
+                const __m512 av = _mm512_set1_ps(a[i][k]);
+                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));
+                acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
+            }
+        }
+    }
+    if (g->bias)
+        for (int i = 0; i < MR16; i++) {
+            const __m512 bi = _mm512_set1_ps(g->bias[i0 + (i < mr ? i : mr - 1)]);
+            acc[i][0] = _mm512_add_ps(acc[i][0], bi);
+            acc[i][1] = _mm512_add_ps(acc[i][1], bi);
+        }
+    const size_t off = g->ep0 + (size_t)(i0 * g->ldc + s * g->cseg + j0);
+    for (int v = 0; v < 2; v++) {
+        const __mmask16 m = v ? m1 : m0;
+        if (!m) break;
+        __m512 col[MR16];
+        for (int i = 0; i < MR16; i++) col[i] = acc[i][v];
+        if (g->ep)
+            ob_ep_avx512(g->ep, g->c0 + i0, col, mr, off + 16 * v, (__mmask8)m,
+                         off + 16 * v + 8, (__mmask8)(m >> 8), g->ldc);
+        for (int i = 0; i < mr; i++)
+            _mm512_mask_storeu_ps(g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 16 * v, m,
+                                  col[i]);
+    }
+}
+#endif
+
+/* The tile of this CPU and its size. */
+static gemm_tile_fn gemm_kernel(int *mr, int *nr) {
+#ifdef GEMM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+        *mr = MR16, *nr = NR16;
+        return gemm_tile16_avx512;
+    }
+    if (__builtin_cpu_supports("avx2")) {
+        *mr = MR8, *nr = NR8;
+        return gemm_tile8_avx2;
+    }
+#endif
+    *mr = MR8, *nr = NR8;
+    return gemm_tile8;
+}
+
+/* Row tiles vary fastest, so a thread's consecutive tiles share their B panel. */
+static void gemm_run(const gemm_job *g, int64_t nseg, int threads) {
+    (void)threads; /* without OpenMP */
+    int mr, nr;
+    const gemm_tile_fn tile = gemm_kernel(&mr, &nr);
+    const int64_t mt = (g->M + mr - 1) / mr, nt = (g->N + nr - 1) / nr;
+    OB_OMP(omp parallel for num_threads(threads) schedule(static))
+    for (int64_t t = 0; t < nseg * nt; t++) {
+        const int64_t s = t / nt, j0 = t % nt * nr;
+        const int nc = g->N - j0 < nr ? (int)(g->N - j0) : nr;
+        for (int64_t i = 0; i < mt; i++) {
+            const int rows = g->M - i * mr < mr ? (int)(g->M - i * mr) : mr;
+            tile(g, s, i * mr, rows, j0, nc);
+        }
+    }
+}
+
+void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
+               const ob_epilogue *ep) {
+    const int cin_g = in.c / groups, cout_g = out.c / groups;
+    const int64_t K = (int64_t)cin_g * k->kh * k->kw, P = (int64_t)out.h * out.w;
+    const int mode = conv_mode(k, out);
+    const padded pd = padded_of(in, k);
+    int64_t *boff = (int64_t *)(void *)scratch;
+    float *data = scratch + 2 * K; /* after the offsets, on a cache line (16 floats spare) */
+    data = (float *)(((uintptr_t)data + 63) & ~(uintptr_t)63);
+    /* B's row offsets: tap (c, ky, kx) */
+    for (int64_t r = 0; r < K; r++) {
+        const int64_t kx = r % k->kw, ky = r / k->kw % k->kh, c = r / ((int64_t)k->kw * k->kh);
+        const int64_t t = kx * k->dw;
+        boff[r] = mode == 1 ? c * pd.plane + ky * k->dh * pd.rowlen + t % k->sw * pd.wq + t / k->sw
+                            : r * P;
+    }
+    if (ep && ep->n == 0) ep = NULL;
+    for (int img = 0; img < n; img++) {
+        for (int g = 0; g < groups; g++) {
+            const float *xg = x + ((size_t)img * in.c + (size_t)g * cin_g) * in.h * in.w;
+            gemm_job job = {cout_g, K, P, weight + (size_t)g * cout_g * K,
+                            bias ? bias + (size_t)g * cout_g : NULL, xg, boff, 0,
+                            y + ((size_t)img * out.c + (size_t)g * cout_g) * P, P, 0, ep,
+                            (int64_t)g * cout_g, ((size_t)img * out.c + (size_t)g * cout_g) * P};
+            int64_t nseg = 1;
+            if (mode == 1) {
+                pad_split(xg, cin_g, in.h, in.w, k, pd, data, threads);
+                job.b = data, job.N = out.w, job.bseg = (int64_t)k->sh * pd.rowlen;
+                job.cseg = out.w, nseg = out.h;
+            } else if (mode == 2) {
+                im2col(xg, cin_g, in.h, in.w, k, out, data, threads);
+                job.b = data;
+            }
+            gemm_run(&job, nseg, threads);
+        }
+    }
+}
+#endif
 
 /* ---------------------------------------------------------------------------------- linear */
 

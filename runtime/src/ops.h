@@ -11,20 +11,16 @@
 int64_t ob_conv_out(int64_t in, int k, int s, int p, int d);
 int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode);
 
-/* y (n, cout, oh, ow) = conv2d(x (n, cin, h, w)); weight (cout, cin / groups, kh, kw).
- * col: ob_conv2d_scratch_floats floats (im2col of one image and group; SIZE_MAX if that
- * overflows). */
-size_t ob_conv2d_scratch_floats(int cin, int groups, const ob_window *k, ob_shape out);
+/* y (n, cout, oh, ow) = conv2d(x (n, cin, h, w)); weight (cout, cin / groups, kh, kw), then the
+ * fused ops of ep (NULL or none: nothing). scratch: ob_conv2d_scratch_floats floats, 64-byte
+ * aligned (SIZE_MAX if that overflows). */
+size_t ob_conv2d_scratch_floats(ob_shape in, int groups, const ob_window *k, ob_shape out);
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *col, int threads,
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
                const ob_epilogue *ep);
 /* y (n, out) = x (n, in) weight (out, in)^T + bias */
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads);
-/* C (M, N) = A (M, K) B (K, N) + bias (M, broadcast along rows) */
-void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-             const float *bias, float *C, int ldc, int threads);
-
 void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias, float *y);
 void ob_add(const float *a, const float *b, size_t count, float *y);
 /* b is (n, c, h, w) when b_plane is h * w, (n, c, 1, 1) when it is 1 */

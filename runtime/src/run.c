@@ -11,7 +11,7 @@
 size_t ob_node_scratch_bytes(const onebit_model *m, const ob_node *nd, int n) {
     const ob_shape x = ob_value_shape(m, nd->inputs[0]);
     if (nd->op == OP_CONV2D) {
-        const size_t floats = ob_conv2d_scratch_floats(x.c, nd->ia[6], &nd->win, nd->out);
+        const size_t floats = ob_conv2d_scratch_floats(x, nd->ia[6], &nd->win, nd->out);
         return floats > SIZE_MAX / sizeof(float) ? SIZE_MAX : floats * sizeof(float);
     }
     if (nd->op == OP_BCONV2D) {
