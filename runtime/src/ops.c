@@ -527,28 +527,97 @@ static void tap_columns(int kx, int s, int p, int w, int ow, int *lo, int *hi) {
 
 /* Both pools fill an output row tap by tap: for each input row of the windows and each kx, one
  * branch-free pass over the output columns (PyTorch's per-window loop branches on every
- * compare). Each output still sees its taps in PyTorch's order, rows outer, columns inner. */
+ * compare). Each output still sees its taps in PyTorch's order, rows outer, columns inner.
+ * Indices are 64-bit (with -fwrapv, as Python builds the extension, int ones do not
+ * vectorize); strides 1 and 2 get their own copies of the pass (a constant stride 2 loads two
+ * vectors and deinterleaves them), and on x86-64 Linux the passes are also compiled for AVX2
+ * and AVX-512 (the same operations, wider). */
 
-/* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
-void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y) {
-    for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
-        const float *src = x + nc * in.h * in.w;
-        for (int oy = 0; oy < out.h; oy++) {
-            float *dst = y + (nc * out.h + oy) * out.w;
-            for (int ox = 0; ox < out.w; ox++) dst[ox] = -INFINITY;
-            int y0, y1;
-            window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            for (int iy = y0; iy < y1; iy++) {
-                const float *row = src + (size_t)iy * in.w;
-                for (int kx = 0; kx < k->kw; kx++) {
-                    int lo, hi;
-                    tap_columns(kx, k->sw, k->pw, in.w, out.w, &lo, &hi);
-                    for (int ox = lo; ox < hi; ox++) {
-                        const float v = row[ox * k->sw + kx - k->pw];
-                        dst[ox] = v > dst[ox] || v != v ? v : dst[ox];
-                    }
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define POOL_CLONES
+#endif
+
+/* The taps of a row: output columns [lo, hi) read tap kx at input column ox sw + kx - pw. Up to
+ * POOL_TAPS of them are computed once per call (the divisions cost more than a short pass). */
+#define POOL_TAPS 16
+typedef struct {
+    int n; /* kw, if at most POOL_TAPS */
+    int lo[POOL_TAPS], hi[POOL_TAPS];
+} pool_taps;
+
+static void pool_taps_of(const ob_window *k, ob_shape in, ob_shape out, pool_taps *t) {
+    t->n = k->kw <= POOL_TAPS ? k->kw : 0;
+    for (int kx = 0; kx < t->n; kx++)
+        tap_columns(kx, k->sw, k->pw, in.w, out.w, &t->lo[kx], &t->hi[kx]);
+}
+
+/* One output row of a max pool over input rows [y0, y1) of the plane src (sum: of an average
+ * pool's sums); sw is the column stride (a constant where inlined). */
+static inline __attribute__((always_inline)) void
+pool_row_body(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0, int y1,
+              ob_shape in, ob_shape out, int sum, int64_t sw) {
+    for (int64_t ox = 0; ox < out.w; ox++) dst[ox] = sum ? 0.0f : -INFINITY;
+    for (int64_t iy = y0; iy < y1; iy++) {
+        for (int kx = 0; kx < k->kw; kx++) {
+            int lo, hi;
+            if (t->n)
+                lo = t->lo[kx], hi = t->hi[kx];
+            else
+                tap_columns(kx, k->sw, k->pw, in.w, out.w, &lo, &hi);
+            const int64_t at = iy * in.w + kx - k->pw; /* + ox sw: inside the row */
+            if (sum) {
+                for (int64_t ox = lo; ox < hi; ox++) dst[ox] += src[at + ox * sw];
+            } else {
+                for (int64_t ox = lo; ox < hi; ox++) {
+                    const float v = src[at + ox * sw];
+                    dst[ox] = v > dst[ox] || v != v ? v : dst[ox];
                 }
             }
+        }
+    }
+}
+
+POOL_CLONES static void pool_row_s1(float *dst, const float *src, const pool_taps *t,
+                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
+                                    int sum) {
+    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 1);
+}
+
+POOL_CLONES static void pool_row_s2(float *dst, const float *src, const pool_taps *t,
+                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
+                                    int sum) {
+    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 2);
+}
+
+POOL_CLONES static void pool_row_sn(float *dst, const float *src, const pool_taps *t,
+                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
+                                    int sum) {
+    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, k->sw);
+}
+
+static void pool_row(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
+                     int y1, ob_shape in, ob_shape out, int sum) {
+    if (k->sw == 1)
+        pool_row_s1(dst, src, t, k, y0, y1, in, out, sum);
+    else if (k->sw == 2)
+        pool_row_s2(dst, src, t, k, y0, y1, in, out, sum);
+    else
+        pool_row_sn(dst, src, t, k, y0, y1, in, out, sum);
+}
+
+/* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
+void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out,
+                  float *y) {
+    pool_taps t;
+    pool_taps_of(k, in, out, &t);
+    for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
+        for (int oy = 0; oy < out.h; oy++) {
+            int y0, y1;
+            window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
+            pool_row(y + (nc * out.h + oy) * out.w, x + nc * in.h * in.w, &t, k, y0, y1, in, out,
+                     0);
         }
     }
 }
@@ -557,21 +626,14 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
  * a ceil-mode window past it. */
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
                   ob_shape out, float *y) {
+    pool_taps t;
+    pool_taps_of(k, in, out, &t);
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
-        const float *src = x + nc * in.h * in.w;
         for (int oy = 0; oy < out.h; oy++) {
             float *dst = y + (nc * out.h + oy) * out.w;
-            for (int ox = 0; ox < out.w; ox++) dst[ox] = 0.0f;
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            for (int iy = y0; iy < y1; iy++) {
-                const float *row = src + (size_t)iy * in.w;
-                for (int kx = 0; kx < k->kw; kx++) {
-                    int lo, hi;
-                    tap_columns(kx, k->sw, k->pw, in.w, out.w, &lo, &hi);
-                    for (int ox = lo; ox < hi; ox++) dst[ox] += row[ox * k->sw + kx - k->pw];
-                }
-            }
+            pool_row(dst, x + nc * in.h * in.w, &t, k, y0, y1, in, out, 1);
             const int ys = oy * k->sh - k->ph;
             const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
             for (int ox = 0; ox < out.w; ox++) {
@@ -623,12 +685,18 @@ void ob_channel_shuffle(const float *x, int n, ob_shape s, int groups, float *y)
 
 void ob_subsample_pad(const float *x, int n, ob_shape in, int sh, int sw, int pad_before,
                       ob_shape out, float *y) {
+    /* output channel o is input channel o - pad_before, or zeros outside the input's: a
+     * negative pad removes channels (a channel slice), as F.pad does */
     const size_t in_plane = (size_t)in.h * in.w, out_plane = (size_t)out.h * out.w;
-    memset(y, 0, sizeof(float) * (size_t)n * out.c * out_plane);
     for (int img = 0; img < n; img++) {
-        for (int c = 0; c < in.c; c++) {
+        for (int o = 0; o < out.c; o++) {
+            const int c = o - pad_before;
+            float *dst = y + ((size_t)img * out.c + o) * out_plane;
+            if (c < 0 || c >= in.c) {
+                memset(dst, 0, sizeof(float) * out_plane);
+                continue;
+            }
             const float *src = x + ((size_t)img * in.c + c) * in_plane;
-            float *dst = y + ((size_t)img * out.c + pad_before + c) * out_plane;
             for (int oy = 0; oy < out.h; oy++)
                 for (int ox = 0; ox < out.w; ox++)
                     dst[(size_t)oy * out.w + ox] = src[(size_t)oy * sh * in.w + (size_t)ox * sw];
