@@ -44,18 +44,6 @@ FMNIST_SPEC = InputSpec(1, 32, (0.2860,), (0.3530,))
 # src bug (runtime/src/load.c, ops.c): graph.py lets subsample_pad's pads be negative (channels
 # removed, as F.pad: the exporter writes them for channel slices and splits, FIRNet's), the C
 # runtime refuses them at load ("pad_after is -16, it must be in 0..65536")
-NEGATIVE_PAD = pytest.mark.xfail(
-    strict=True,
-    raises=ExportError,
-    reason="src bug: the C runtime refuses subsample_pad with negative pads, which graph.py "
-    "allows and export writes for FIRNet's channel slices",
-)
-
-
-def firnet_xfail(cases: list[tuple[str, dict]]) -> list:
-    return [pytest.param(*c, marks=NEGATIVE_PAD) if c[0].startswith("firnet") else c for c in cases]
-
-
 # Every CIFAR-scale model family, at its default method.
 FAMILIES = [
     ("resnet20", {}),
@@ -190,7 +178,7 @@ def graph_ops(path: Path) -> list[Node]:
     return read_graph(path.read_bytes(), str(path))[0]
 
 
-@pytest.mark.parametrize("name,options", firnet_xfail(FAMILIES + METHOD_CASES))
+@pytest.mark.parametrize("name,options", FAMILIES + METHOD_CASES)
 def test_deployed_model_equals_the_model(name, options, tmp_path, one_thread):
     """The argmax is the model's and the logits agree to fp32 rounding; every bconv2d, fed its
     layer's input, is that layer followed by its (folded) BatchNorm bit for bit."""
@@ -216,7 +204,7 @@ def test_deployed_model_equals_the_model(name, options, tmp_path, one_thread):
     assert check_binary_layers(model, path, x[:4], exact=True) == len(binary)
 
 
-@pytest.mark.parametrize("name,options", firnet_xfail(IMAGENET_FAMILIES))
+@pytest.mark.parametrize("name,options", IMAGENET_FAMILIES)
 def test_imagenet_families_at_small_input(name, options, tmp_path, one_thread):
     model = trained_like(name, options)
     meta = deploy.export(model, tmp_path / "m.onebit", input_spec=FMNIST_SPEC)
@@ -231,7 +219,7 @@ def test_imagenet_families_at_small_input(name, options, tmp_path, one_thread):
     assert sorted(meta["packed"]) == sorted(binary) and binary
 
 
-@pytest.mark.parametrize("name", ["resnet18_cifar", pytest.param("firnet20", marks=NEGATIVE_PAD)])
+@pytest.mark.parametrize("name", ["resnet18_cifar", "firnet20"])
 def test_folded_layers_match_with_raw_batchnorm_statistics(name, tmp_path, one_thread):
     """With unrounded statistics, each bconv2d (BatchNorm folded) fed the model's own input
     reproduces the model's conv -> BatchNorm output to fp32 rounding; end to end the logits

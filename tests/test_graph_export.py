@@ -126,21 +126,9 @@ def packable(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, BinaryLayer) and m.bits == "1w1a"]
 
 
-# src bug (runtime/src/load.c, ops.c): graph.py lets subsample_pad's pads be negative (channels
-# removed, as F.pad), export writes them for channel slices and splits (FIRNet's, x[:, a:b]);
-# the reference runs them, the C runtime refuses them at load ("pad_after is -16, it must be
-# in 0..65536")
-NEGATIVE_PAD = pytest.mark.xfail(
-    strict=True,
-    raises=ExportError,
-    reason="src bug: the C runtime refuses subsample_pad with negative pads, which graph.py "
-    "allows and export writes for channel slices",
-)
-
-
 def zoo_cases() -> list:
     cases = [(n, o, 32) for n, o in CIFAR + METHOD_CASES] + [(n, o, 64) for n, o in IMAGENET]
-    return [pytest.param(*c, marks=NEGATIVE_PAD) if c[0].startswith("firnet") else c for c in cases]
+    return cases
 
 
 @pytest.mark.parametrize("name,options,size", zoo_cases())
@@ -245,7 +233,6 @@ class EveryCall(nn.Module):
         return self.fc(self.drop(y.view(y.size(0), -1)))
 
 
-@NEGATIVE_PAD
 def test_user_model_calls_outside_the_zoo(tmp_path, one_thread):
     torch.manual_seed(0)
     model = onebit.binarize(EveryCall(), method="bireal", keep_first=True)

@@ -396,13 +396,31 @@ def test_channel_shuffle(groups):
 
 
 @pytest.mark.parametrize(
-    ("sh", "sw", "before", "after"), [(2, 2, 2, 2), (1, 3, 0, 3), (2, 1, 1, 0)]
+    ("sh", "sw", "before", "after"),
+    [
+        (2, 2, 2, 2),
+        (1, 3, 0, 3),
+        (2, 1, 1, 0),
+        (1, 1, -1, 0),
+        (1, 1, 0, -2),
+        (2, 2, -1, -1),
+        (1, 1, 2, -2),
+    ],
 )
 def test_subsample_pad(sh, sw, before, after):
+    """Zero channels added, or (negative pads) channels removed: a channel slice, as F.pad."""
     x = rand(2, 3, 7, 6)
     attrs = {"stride_h": sh, "stride_w": sw, "pad_before": before, "pad_after": after}
     want = F.pad(torch.from_numpy(x)[:, :, ::sh, ::sw], (0, 0, 0, 0, before, after))
     check([Node("subsample_pad", [0], iattr=attrs)], {}, x, want, 0)
+
+
+def test_subsample_pad_that_removes_every_channel_is_refused():
+    attrs = {"stride_h": 1, "stride_w": 1, "pad_before": -2, "pad_after": -1}
+    nodes = [Node("subsample_pad", [0], iattr=attrs), Node("global_avgpool", [1])]
+    data = graph.graph_bytes(nodes, {}, InputRecord(3, 4, 4, 1), {})
+    with pytest.raises(ExportError, match=r"pads -2 and -1 remove all 3 channels of its input"):
+        Runtime.from_bytes(data)
 
 
 def test_rescale_hw():

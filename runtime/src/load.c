@@ -379,10 +379,14 @@ static int infer(const check_ctx *c) {
     case OP_SUBSAMPLE_PAD:
         if ((rc = want_attr(c, "stride_h", a[0], 1, OB_MAX_ATTR)) ||
             (rc = want_attr(c, "stride_w", a[1], 1, OB_MAX_ATTR)) ||
-            (rc = want_attr(c, "pad_before", a[2], 0, OB_MAX_ATTR)) ||
-            (rc = want_attr(c, "pad_after", a[3], 0, OB_MAX_ATTR)))
+            (rc = want_attr(c, "pad_before", a[2], -OB_MAX_ATTR, OB_MAX_ATTR)) ||
+            (rc = want_attr(c, "pad_after", a[3], -OB_MAX_ATTR, OB_MAX_ATTR)))
             return rc;
-        oc = (int64_t)a[2] + x.c + a[3];
+        oc = (int64_t)a[2] + x.c + a[3]; /* a negative pad removes channels, as F.pad does */
+        if (oc < 1)
+            return node_fail(c, ONEBIT_E_SHAPE,
+                             "pads %d and %d remove all %d channels of its input", a[2], a[3],
+                             x.c);
         oh = (x.h - 1) / a[0] + 1, ow = (x.w - 1) / a[1] + 1;
         break;
     case OP_RESCALE_HW:
