@@ -840,7 +840,7 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
                        "the values and scratch of one image need more than the runtime's limit of "
                        "%llu MiB",
                        OB_MAX_ARENA_BYTES >> 20);
-    return ob_arena_reserve(m, 1, err, err_len);
+    return ob_arena_reserve(m, 1, 1, err, err_len);
 }
 
 int onebit_load_buffer(const void *data, size_t size, onebit_model **out, char *err,

@@ -129,8 +129,8 @@ struct onebit_model {
 size_t ob_node_scratch_bytes(const onebit_model *m, const ob_node *node, int n);
 /* The arena a batch of n needs: values, then the largest scratch; nonzero if it overflows. */
 int ob_arena_bytes(const onebit_model *m, int n, size_t *bytes);
-/* Grows the arena to batch n if it is smaller (the only allocation of a run). */
-int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len);
+/* Grows the arena to workers arenas of batch n if it is smaller (the only allocation of a run). */
+int ob_arena_reserve(onebit_model *m, int n, int workers, char *err, size_t err_len);
 /* The values node k reads when it runs (its op's inputs and its epilogue's adds) into v, which
  * has room for OB_MAX_INPUTS + OB_EP_MAX; 0 for a node fused away. */
 int ob_node_inputs(const onebit_model *m, int k, int *v);

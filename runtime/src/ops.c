@@ -413,27 +413,54 @@ void ob_linear(const float *x, int n, int in, const float *weight, const float *
             for (int o = 0; o < out; o++) y[(size_t)img * out + o] += bias[o];
 }
 #else
-/* Eight partial sums, so the loop vectorises without -ffast-math. */
-static float dot(const float *a, const float *b, int len) {
-    float part[8] = {0};
-    int i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int j = 0; j < 8; j++) part[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < len; i++) s += a[i] * b[i];
-    return s + ((part[0] + part[1]) + (part[2] + part[3])) +
-           ((part[4] + part[5]) + (part[6] + part[7]));
+/* Eight partial sums per row (part[j] of the elements i = j mod 8, then a fixed tree), so the
+ * loop vectorises without -ffast-math; four rows at a time share the loads of x. 64-bit
+ * indices (-fwrapv builds), and on x86-64 Linux AVX2 / AVX-512 clones (the same sums). */
+typedef float lin8 __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define LINEAR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LINEAR_CLONES
+#endif
+
+LINEAR_CLONES static void dot4(const float *r0, const float *r1, const float *r2, const float *r3,
+                               const float *x, int64_t len, float out[4]) {
+    const float *rows[4] = {r0, r1, r2, r3};
+    lin8 part[4];
+    memset(part, 0, sizeof part);
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        lin8 xv;
+        memcpy(&xv, x + i, sizeof xv);
+        for (int r = 0; r < 4; r++) {
+            lin8 av;
+            memcpy(&av, rows[r] + i, sizeof av);
+            part[r] += av * xv;
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+        for (int64_t k = i; k < len; k++) s += rows[r][k] * x[k];
+        const lin8 p = part[r];
+        out[r] = s + ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    }
 }
 
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads) {
     (void)threads; /* without OpenMP */
+    const int64_t groups = ((int64_t)out + 3) / 4;
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
-    for (int o = 0; o < out; o++) {
-        const float *row = weight + (size_t)o * in;
-        for (int img = 0; img < n; img++) {
-            const float s = dot(row, x + (size_t)img * in, in);
-            y[(size_t)img * out + o] = bias ? s + bias[o] : s;
+    for (int64_t q = 0; q < groups; q++) {
+        const int64_t o = q * 4, rows = out - o < 4 ? out - o : 4;
+        const float *r[4];
+        for (int64_t k = 0; k < 4; k++) r[k] = weight + (size_t)(o + (k < rows ? k : rows - 1)) * in;
+        for (int64_t img = 0; img < n; img++) {
+            float s[4];
+            dot4(r[0], r[1], r[2], r[3], x + (size_t)img * in, in, s);
+            for (int64_t k = 0; k < rows; k++)
+                y[(size_t)img * out + o + k] = bias ? s[k] + bias[o + k] : s[k];
         }
     }
 }
@@ -556,8 +583,8 @@ static void pool_taps_of(const ob_window *k, ob_shape in, ob_shape out, pool_tap
 /* One output row of a max pool over input rows [y0, y1) of the plane src (sum: of an average
  * pool's sums); sw is the column stride (a constant where inlined). */
 static inline __attribute__((always_inline)) void
-pool_row_body(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0, int y1,
-              ob_shape in, ob_shape out, int sum, int64_t sw) {
+pool_row_body(float *restrict dst, const float *restrict src, const pool_taps *t,
+              const ob_window *k, int y0, int y1, ob_shape in, ob_shape out, int sum, int64_t sw) {
     for (int64_t ox = 0; ox < out.w; ox++) dst[ox] = sum ? 0.0f : -INFINITY;
     for (int64_t iy = y0; iy < y1; iy++) {
         for (int kx = 0; kx < k->kw; kx++) {
@@ -608,10 +635,12 @@ static void pool_row(float *dst, const float *src, const pool_taps *t, const ob_
 }
 
 /* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
-void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out,
-                  float *y) {
+void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y,
+                  int threads) {
+    (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
+    OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         for (int oy = 0; oy < out.h; oy++) {
             int y0, y1;
@@ -625,9 +654,11 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
 /* PyTorch's avg_pool2d: the divisor counts the padding (count_include_pad) but not the part of
  * a ceil-mode window past it. */
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
-                  ob_shape out, float *y) {
+                  ob_shape out, float *y, int threads) {
+    (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
+    OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         for (int oy = 0; oy < out.h; oy++) {
             float *dst = y + (nc * out.h + oy) * out.w;

@@ -31,9 +31,10 @@ void ob_hardtanh(const float *x, size_t count, float lo, float hi, float *y);
 /* slope: c values, or one (n_slopes 1) */
 void ob_prelu(const float *x, int n, ob_shape s, const float *slope, int n_slopes, float *y);
 void ob_leaky_clip(const float *x, size_t count, float *y);
-void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y);
+void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y,
+                  int threads);
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
-                  ob_shape out, float *y);
+                  ob_shape out, float *y, int threads);
 void ob_global_avgpool(const float *x, int n, ob_shape in, float *y);
 /* inputs k = 0..count-1 of shapes s[k] (one h, w) stacked along the channels */
 void ob_concat(const float *const *x, const ob_shape *s, int count, int n, float *y);

@@ -39,10 +39,11 @@ int ob_arena_bytes(const onebit_model *m, int n, size_t *bytes) {
     return 0;
 }
 
-int ob_arena_reserve(onebit_model *m, int n, char *err, size_t err_len) {
-    size_t need;
-    if (ob_arena_bytes(m, n, &need))
+int ob_arena_reserve(onebit_model *m, int n, int workers, char *err, size_t err_len) {
+    size_t per;
+    if (ob_arena_bytes(m, n, &per) || per > SIZE_MAX / (size_t)workers)
         return ob_fail(err, err_len, ONEBIT_E_NOMEM, "a batch of %d overflows the arena's size", n);
+    const size_t need = per * (size_t)workers;
     if (need <= m->arena_bytes) return ONEBIT_OK;
     free(m->arena);
     m->arena_bytes = 0;
@@ -64,11 +65,11 @@ static const float *value_at(const onebit_model *m, const float *values, const f
     return v == 0 ? input : values + (size_t)n * m->nodes[v - 1].offset;
 }
 
-/* The nodes on n images, whose arena is reserved. */
-static void run_nodes(onebit_model *m, const float *input, int n, float *output) {
-    float *values = m->arena;
-    void *scratch = (char *)m->arena + values_bytes(m, n);
-    const int threads = m->threads;
+/* The nodes on n images in the arena at base (values, then scratch), with threads for the ops. */
+static void run_nodes(onebit_model *m, void *base, const float *input, int n, float *output,
+                      int threads) {
+    float *values = base;
+    void *scratch = (char *)base + values_bytes(m, n);
     double t_prev = m->profile ? ob_now_ns() : 0;
     int prev = -1; /* the last node run */
     for (int k = 0; k < m->n_nodes; k++) {
@@ -132,10 +133,10 @@ static void run_nodes(onebit_model *m, const float *input, int n, float *output)
             ob_leaky_clip(x, count, y);
             break;
         case OP_MAXPOOL2D:
-            ob_maxpool2d(x, n, xs, &nd->win, ys, y);
+            ob_maxpool2d(x, n, xs, &nd->win, ys, y, threads);
             break;
         case OP_AVGPOOL2D:
-            ob_avgpool2d(x, n, xs, &nd->win, nd->ia[7], ys, y);
+            ob_avgpool2d(x, n, xs, &nd->win, nd->ia[7], ys, y, threads);
             break;
         case OP_GLOBAL_AVGPOOL:
             ob_global_avgpool(x, n, xs, y);
@@ -178,16 +179,38 @@ int onebit_run(onebit_model *m, const float *input, int n, float *output, char *
         return ob_fail(err, err_len, ONEBIT_E_ARG,
                        "onebit_run: needs a model, input and output and a batch n >= 1 (n is %d)",
                        n);
+    /* With threads and a batch of several images, each thread runs its own images in its own
+     * part of the arena, the ops on one thread: no barrier per op (the ops of one image split
+     * over the threads only when there is one image). The profile runs serially. */
+    int workers = 1;
+#ifdef _OPENMP
+    if (m->threads > 1 && n > 1 && !m->profile) workers = m->threads < n ? m->threads : n;
+#endif
+    const int share = (n + workers - 1) / workers; /* images per worker */
     const size_t fit = CHUNK_BYTES / (m->value_floats * sizeof(float)); /* value_floats >= 16 */
-    const int chunk = fit < 1 ? 1 : fit < (size_t)n ? (int)fit : n;
-    const int rc = ob_arena_reserve(m, chunk, err, err_len);
+    const int chunk = fit < 1 ? 1 : fit < (size_t)share ? (int)fit : share;
+    const int rc = ob_arena_reserve(m, chunk, workers, err, err_len);
     if (rc) return rc;
     const size_t in_floats = (size_t)m->in.c * m->in.h * m->in.w;
     m->prof_runs++;
-    for (int first = 0; first < n; first += chunk) {
-        const int count = n - first < chunk ? n - first : chunk;
-        run_nodes(m, input + (size_t)first * in_floats, count,
-                  output + (size_t)first * m->num_classes);
+    if (workers == 1) {
+        for (int first = 0; first < n; first += chunk) {
+            const int count = n - first < chunk ? n - first : chunk;
+            run_nodes(m, m->arena, input + (size_t)first * in_floats, count,
+                      output + (size_t)first * m->num_classes, m->threads);
+        }
+        return ONEBIT_OK;
+    }
+    size_t per = 0;
+    ob_arena_bytes(m, chunk, &per); /* checked by the reserve */
+    OB_OMP(omp parallel for num_threads(workers) schedule(static))
+    for (int t = 0; t < workers; t++) {
+        const int end = (t + 1) * share < n ? (t + 1) * share : n;
+        for (int first = t * share; first < end; first += chunk) {
+            const int count = end - first < chunk ? end - first : chunk;
+            run_nodes(m, (char *)m->arena + (size_t)t * per, input + (size_t)first * in_floats,
+                      count, output + (size_t)first * m->num_classes, 1);
+        }
     }
     return ONEBIT_OK;
 }
