@@ -38,131 +38,97 @@ typedef struct {
 } ob_epilogue;
 
 typedef float ob_vf8 __attribute__((vector_size(32)));
-typedef int32_t ob_vi8 __attribute__((vector_size(32)));
+typedef float ob_vf4 __attribute__((vector_size(16)));
+typedef int32_t ob_vi4 __attribute__((vector_size(16)));
 
 #define OB_EP_INLINE static inline __attribute__((always_inline))
 
-/* Macros rather than functions: a function taking or returning a 32-byte vector warns
- * (-Wpsabi) where AVX is off. ob_ep_select: m ? a : b per lane (m: -1 or 0 per lane, as a
- * vector compare gives). */
-#define ob_ep_splat(x) ((ob_vf8){(x), (x), (x), (x), (x), (x), (x), (x)})
-#define ob_ep_select(m, a, b) ((ob_vf8)(((ob_vi8)(a) & (m)) | ((ob_vi8)(b) & ~(m))))
+/* The portable code works on 4-float vectors, which SSE2 and NEON hold in one register (a wider
+ * compare would be split element by element). ob_ep_select4: m ? a : b per lane (m: -1 or 0
+ * per lane, as a vector compare gives). */
+#define ob_ep_splat4(x) ((ob_vf4){(x), (x), (x), (x)})
+#define ob_ep_select4(m, a, b) ((ob_vf4)(((ob_vi4)(a) & (m)) | ((ob_vi4)(b) & ~(m))))
 
-/* The chain on 8 consecutive outputs of channel c: np of them valid, at element offset off of
- * the output (where the residuals of an add are read). */
-OB_EP_INLINE void ob_ep_apply8(const ob_epilogue *e, int64_t c, ob_vf8 *pv, size_t off, int np) {
-    ob_vf8 v = *pv;
-    for (int i = 0; i < e->n; i++) {
-        const ob_ep_op *o = &e->op[i];
-        switch (o->kind) {
-        case OB_EP_AFFINE:
-            if (o->scale) v = v * ob_ep_splat(o->scale[c]);
-            if (o->bias) v = v + ob_ep_splat(o->bias[c]);
-            break;
-        case OB_EP_ADD: {
-            ob_vf8 r = {0, 0, 0, 0, 0, 0, 0, 0};
-            if (np == 8)
-                memcpy(&r, o->res + off, sizeof r);
-            else
-                for (int k = 0; k < np; k++) r[k] = o->res[off + k];
-            v = o->swap ? r + v : v + r;
-            break;
-        }
-        case OB_EP_RELU: {
-            const ob_vf8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
-            v = ob_ep_select(v < zero, zero, v);
-            break;
-        }
-        case OB_EP_HARDTANH: {
-            const ob_vf8 lo = ob_ep_splat(o->lo), hi = ob_ep_splat(o->hi);
-            v = ob_ep_select(v < lo, lo, ob_ep_select(v > hi, hi, v));
-            break;
-        }
-        case OB_EP_PRELU: {
-            const float a = o->scale[o->n_slopes == 1 ? 0 : c];
-            const ob_vf8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
-            v = ob_ep_select(v > zero, v, ob_ep_splat(a) * v);
-            break;
-        }
-        case OB_EP_LEAKY_CLIP: {
-            const ob_vf8 one = ob_ep_splat(1.0f), minus = ob_ep_splat(-1.0f);
-            const ob_vf8 cl = ob_ep_select(v < minus, minus, ob_ep_select(v > one, one, v));
-            v = cl + ob_ep_splat(0.1f) * (v - cl);
-            break;
-        }
-        }
+/* Op o on 4 outputs v of channel c; r: their other values (add). */
+OB_EP_INLINE void ob_ep_op4(const ob_ep_op *o, int64_t c, ob_vf4 *pv, const ob_vf4 *r) {
+    ob_vf4 v = *pv;
+    const ob_vf4 zero = {0, 0, 0, 0};
+    switch (o->kind) {
+    case OB_EP_AFFINE:
+        if (o->scale) v = v * ob_ep_splat4(o->scale[c]);
+        if (o->bias) v = v + ob_ep_splat4(o->bias[c]);
+        break;
+    case OB_EP_ADD:
+        v = o->swap ? *r + v : v + *r;
+        break;
+    case OB_EP_RELU:
+        v = ob_ep_select4(v < zero, zero, v);
+        break;
+    case OB_EP_HARDTANH: {
+        const ob_vf4 lo = ob_ep_splat4(o->lo), hi = ob_ep_splat4(o->hi);
+        v = ob_ep_select4(v < lo, lo, ob_ep_select4(v > hi, hi, v));
+        break;
+    }
+    case OB_EP_PRELU: {
+        const ob_vf4 a = ob_ep_splat4(o->scale[o->n_slopes == 1 ? 0 : c]);
+        v = ob_ep_select4(v > zero, v, a * v);
+        break;
+    }
+    case OB_EP_LEAKY_CLIP: {
+        const ob_vf4 one = ob_ep_splat4(1.0f), minus = ob_ep_splat4(-1.0f);
+        const ob_vf4 cl = ob_ep_select4(v < minus, minus, ob_ep_select4(v > one, one, v));
+        v = cl + ob_ep_splat4(0.1f) * (v - cl);
+        break;
+    }
     }
     *pv = v;
+}
+
+/* The np (0 to 4) valid floats at p as a vector, the rest 0. */
+OB_EP_INLINE void ob_ep_load4(ob_vf4 *v, const float *p, int np) {
+    if (np >= 4) {
+        memcpy(v, p, sizeof *v);
+    } else {
+        *v = (ob_vf4){0, 0, 0, 0};
+        for (int k = 0; k < np; k++) (*v)[k] = p[k];
+    }
 }
 
 /* The chain on a block of nr rows of 8 outputs (np of each valid): row j is channel c0 + j, at
  * output element off + j * stride. One dispatch per op for the whole block. */
 OB_EP_INLINE void ob_ep_block8(const ob_epilogue *e, int64_t c0, ob_vf8 *v, int nr, size_t off,
                                int64_t stride, int np) {
-    const ob_vf8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int i = 0; i < e->n; i++) {
         const ob_ep_op *o = &e->op[i];
-        switch (o->kind) {
-        case OB_EP_AFFINE:
-            if (o->scale)
-                for (int j = 0; j < nr; j++) v[j] = v[j] * ob_ep_splat(o->scale[c0 + j]);
-            if (o->bias)
-                for (int j = 0; j < nr; j++) v[j] = v[j] + ob_ep_splat(o->bias[c0 + j]);
-            break;
-        case OB_EP_ADD:
-            for (int j = 0; j < nr; j++) {
-                const float *src = o->res + off + (size_t)(j * stride);
-                ob_vf8 r = zero;
-                if (np == 8)
-                    memcpy(&r, src, sizeof r);
-                else
-                    for (int k = 0; k < np; k++) r[k] = src[k];
-                v[j] = o->swap ? r + v[j] : v[j] + r;
+        for (int j = 0; j < nr; j++) {
+            float *row = (float *)&v[j];
+            for (int h = 0; h < 2; h++) {
+                ob_vf4 x, r = {0, 0, 0, 0};
+                memcpy(&x, row + 4 * h, sizeof x);
+                if (o->kind == OB_EP_ADD)
+                    ob_ep_load4(&r, o->res + off + (size_t)(j * stride) + 4 * h, np - 4 * h);
+                ob_ep_op4(o, c0 + j, &x, &r);
+                memcpy(row + 4 * h, &x, sizeof x);
             }
-            break;
-        case OB_EP_RELU:
-            for (int j = 0; j < nr; j++) v[j] = ob_ep_select(v[j] < zero, zero, v[j]);
-            break;
-        case OB_EP_HARDTANH: {
-            const ob_vf8 lo = ob_ep_splat(o->lo), hi = ob_ep_splat(o->hi);
-            for (int j = 0; j < nr; j++)
-                v[j] = ob_ep_select(v[j] < lo, lo, ob_ep_select(v[j] > hi, hi, v[j]));
-            break;
-        }
-        case OB_EP_PRELU:
-            for (int j = 0; j < nr; j++) {
-                const ob_vf8 a = ob_ep_splat(o->scale[o->n_slopes == 1 ? 0 : c0 + j]);
-                v[j] = ob_ep_select(v[j] > zero, v[j], a * v[j]);
-            }
-            break;
-        case OB_EP_LEAKY_CLIP: {
-            const ob_vf8 one = ob_ep_splat(1.0f), minus = ob_ep_splat(-1.0f);
-            for (int j = 0; j < nr; j++) {
-                const ob_vf8 cl =
-                    ob_ep_select(v[j] < minus, minus, ob_ep_select(v[j] > one, one, v[j]));
-                v[j] = cl + ob_ep_splat(0.1f) * (v[j] - cl);
-            }
-            break;
-        }
         }
     }
 }
 
 /* The chain in place on count consecutive outputs y of channel c (y[0] is output element off). */
 OB_EP_INLINE void ob_ep_row(const ob_epilogue *e, int64_t c, float *y, size_t off, int64_t count) {
-    int64_t i = 0;
-    for (; i + 8 <= count; i += 8) {
-        ob_vf8 v;
-        memcpy(&v, y + i, sizeof v);
-        ob_ep_apply8(e, c, &v, off + i, 8);
-        memcpy(y + i, &v, sizeof v);
-    }
-    if (i < count) {
-        const int np = (int)(count - i);
-        ob_vf8 v = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int k = 0; k < np; k++) v[k] = y[i + k];
-        ob_ep_apply8(e, c, &v, off + i, np);
-        for (int k = 0; k < np; k++) y[i + k] = v[k];
+    for (int64_t i = 0; i < count; i += 4) {
+        const int np = count - i < 4 ? (int)(count - i) : 4;
+        ob_vf4 v;
+        ob_ep_load4(&v, y + i, np);
+        for (int k = 0; k < e->n; k++) {
+            ob_vf4 r = {0, 0, 0, 0};
+            if (e->op[k].kind == OB_EP_ADD) ob_ep_load4(&r, e->op[k].res + off + i, np);
+            ob_ep_op4(&e->op[k], c, &v, &r);
+        }
+        if (np == 4)
+            memcpy(y + i, &v, sizeof v);
+        else
+            for (int k = 0; k < np; k++) y[i + k] = v[k];
     }
 }
 
