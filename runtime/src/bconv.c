@@ -289,12 +289,12 @@ __attribute__((target(AVX512))) static void tile_avx512(const Tile *t0, const Ti
     const __mmask8 m0 = (__mmask8)((1u << t0->np) - 1), m1 = (__mmask8)((1u << t1->np) - 1);
     const __m512i kbits = _mm512_set1_epi32(t0->kbits);
     const __m256i zero = _mm256_setzero_si256();
+    /* the low dwords of the 8 counts of each half (they are below 2^31): one permute */
+    const __m512i low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __m512 v[LANES];
 #pragma GCC unroll 8
     for (int j = 0; j < LANES; j++) { /* lanes past nl have scale and bias 0 */
-        const __m512i pop = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0[j])), _mm512_cvtepi64_epi32(acc1[j]),
-            1);
+        const __m512i pop = _mm512_permutex2var_epi32(acc0[j], low, acc1[j]);
         __m512i dot = _mm512_sub_epi32(kbits, _mm512_add_epi32(pop, pop));
         if (t0->corr || t1->corr) {
             const __m256i c0 =
