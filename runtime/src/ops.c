@@ -275,6 +275,7 @@ __attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const
                                                                           int mr, int64_t j0,
                                                                           int nr) {
     __m512 acc[MR16][2];
+#pragma GCC unroll 8
     for (int i = 0; i < MR16; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     const float *a[MR16];
     for (int i = 0; i < MR16; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
@@ -292,9 +293,9 @@ __attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const
                 acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
             }
         }
-    } else {
+    } else if (nr > 16) {
         for (int64_t k = 0; k < g->K; k++) {
-            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + g->boff[k]);
+            const __m512 b0 = _mm512_loadu_ps(b + g->boff[k]);
             const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + g->boff[k] + 16);
 #pragma GCC unroll 8
             for (int i = 0; i < MR16; i++) {
@@ -303,25 +304,35 @@ __attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const
                 acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
             }
         }
-    }
-    if (g->bias)
-        for (int i = 0; i < MR16; i++) {
-            const __m512 bi = _mm512_set1_ps(g->bias[i0 + (i < mr ? i : mr - 1)]);
-            acc[i][0] = _mm512_add_ps(acc[i][0], bi);
-            acc[i][1] = _mm512_add_ps(acc[i][1], bi);
+    } else { /* 16 columns or fewer: one vector (the second stays 0 and is not stored) */
+        for (int64_t k = 0; k < g->K; k++) {
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + g->boff[k]);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++)
+                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(_mm512_set1_ps(a[i][k]), b0));
         }
+    }
+    /* every loop over acc runs its full constant count (unrolled), so acc stays in registers */
     const size_t off = g->ep0 + (size_t)(i0 * g->ldc + s * g->cseg + j0);
+#pragma GCC unroll 2
     for (int v = 0; v < 2; v++) {
         const __mmask16 m = v ? m1 : m0;
-        if (!m) break;
         __m512 col[MR16];
-        for (int i = 0; i < MR16; i++) col[i] = acc[i][v];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR16; i++) {
+            col[i] = acc[i][v];
+            if (g->bias)
+                col[i] = _mm512_add_ps(col[i], _mm512_set1_ps(g->bias[i0 + (i < mr ? i : mr - 1)]));
+        }
+        if (!m) break;
         if (g->ep)
             ob_ep_avx512(g->ep, g->c0 + i0, col, mr, off + 16 * v, (__mmask8)m,
                          off + 16 * v + 8, (__mmask8)(m >> 8), g->ldc);
-        for (int i = 0; i < mr; i++)
-            _mm512_mask_storeu_ps(g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 16 * v, m,
-                                  col[i]);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR16; i++)
+            if (i < mr)
+                _mm512_mask_storeu_ps(g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 16 * v, m,
+                                      col[i]);
     }
 }
 #endif
