@@ -201,8 +201,9 @@ typedef float vf8 __attribute__((vector_size(32)));
 static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job *g, int64_t s,
                                                                   int64_t i0, int mr, int64_t j0,
                                                                   int nr) {
-    vf8 acc[MR8][2];
-    memset(acc, 0, sizeof acc);
+    vf8 acc[MR8][2]; /* every loop over acc is unrolled to its constant count: it stays in registers */
+#pragma GCC unroll 6
+    for (int i = 0; i < MR8; i++) acc[i][0] = acc[i][1] = (vf8){0, 0, 0, 0, 0, 0, 0, 0};
     const float *a[MR8];
     for (int i = 0; i < MR8; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
     const float *b = g->b + s * g->bseg + j0;
@@ -211,6 +212,7 @@ static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job
             vf8 b0, b1;
             memcpy(&b0, b + g->boff[k], sizeof b0);
             memcpy(&b1, b + g->boff[k] + 8, sizeof b1);
+#pragma GCC unroll 6
             for (int i = 0; i < MR8; i++) {
                 const float av = a[i][k];
                 acc[i][0] += av * b0;
@@ -224,6 +226,7 @@ static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job
             vf8 b0, b1;
             memcpy(&b0, bt, sizeof b0);
             memcpy(&b1, bt + 8, sizeof b1);
+#pragma GCC unroll 6
             for (int i = 0; i < MR8; i++) {
                 const float av = a[i][k];
                 acc[i][0] += av * b0;
@@ -232,17 +235,20 @@ static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job
         }
     }
     if (g->bias)
+#pragma GCC unroll 6
         for (int i = 0; i < MR8; i++) {
             const float bi = g->bias[i0 + (i < mr ? i : mr - 1)];
             acc[i][0] += bi;
             acc[i][1] += bi;
         }
     const size_t off = g->ep0 + (size_t)(i0 * g->ldc + s * g->cseg + j0);
+#pragma GCC unroll 2
     for (int v = 0; v < 2; v++) {
         const int nv = nr - 8 * v < 8 ? nr - 8 * v : 8;
-        if (nv <= 0) break;
         vf8 col[MR8];
+#pragma GCC unroll 6
         for (int i = 0; i < MR8; i++) col[i] = acc[i][v];
+        if (nv <= 0) break;
         if (g->ep) ob_ep_block8(g->ep, g->c0 + i0, col, mr, off + 8 * v, g->ldc, nv);
         for (int i = 0; i < mr; i++) {
             float *c = g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 8 * v;
