@@ -273,17 +273,29 @@ __attribute__((target(AVX512))) static void tile_avx512(const Tile *t0, const Ti
 #pragma GCC unroll 8
     for (int j = 0; j < LANES; j++)
         acc0[j] = acc1[j] = _mm512_setzero_si512();
-    const uint64_t *a0 = t0->a, *a1 = t1->np ? t1->a : t0->a;
+    const uint64_t *a0 = t0->a, *a1 = t1->a;
     const int64_t *off = t0->off;
-    for (int64_t k = 0; k < t0->nw; k++) {
-        const __m512i av0 = _mm512_loadu_si512((const void *)(a0 + off[k]));
-        const __m512i av1 = _mm512_loadu_si512((const void *)(a1 + off[k]));
-        const uint64_t *w = t0->w + k * LANES;
+    if (t1->np) {
+        for (int64_t k = 0; k < t0->nw; k++) {
+            const __m512i av0 = _mm512_loadu_si512((const void *)(a0 + off[k]));
+            const __m512i av1 = _mm512_loadu_si512((const void *)(a1 + off[k]));
+            const uint64_t *w = t0->w + k * LANES;
 #pragma GCC unroll 8
-        for (int j = 0; j < LANES; j++) {
-            const __m512i wv = _mm512_set1_epi64((long long)w[j]);
-            acc0[j] = _mm512_add_epi64(acc0[j], _mm512_popcnt_epi64(_mm512_xor_si512(av0, wv)));
-            acc1[j] = _mm512_add_epi64(acc1[j], _mm512_popcnt_epi64(_mm512_xor_si512(av1, wv)));
+            for (int j = 0; j < LANES; j++) {
+                const __m512i wv = _mm512_set1_epi64((long long)w[j]);
+                acc0[j] = _mm512_add_epi64(acc0[j], _mm512_popcnt_epi64(_mm512_xor_si512(av0, wv)));
+                acc1[j] = _mm512_add_epi64(acc1[j], _mm512_popcnt_epi64(_mm512_xor_si512(av1, wv)));
+            }
+        }
+    } else { /* one half-group (an image's last, of an odd count): half the work */
+        for (int64_t k = 0; k < t0->nw; k++) {
+            const __m512i av0 = _mm512_loadu_si512((const void *)(a0 + off[k]));
+            const uint64_t *w = t0->w + k * LANES;
+#pragma GCC unroll 8
+            for (int j = 0; j < LANES; j++)
+                acc0[j] = _mm512_add_epi64(
+                    acc0[j], _mm512_popcnt_epi64(_mm512_xor_si512(
+                                 av0, _mm512_set1_epi64((long long)w[j]))));
         }
     }
     const __mmask8 m0 = (__mmask8)((1u << t0->np) - 1), m1 = (__mmask8)((1u << t1->np) - 1);
