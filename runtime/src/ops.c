@@ -641,8 +641,67 @@ POOL_CLONES static void pool_row_sn(float *dst, const float *src, const pool_tap
     pool_row_body(dst, src, t, k, y0, y1, in, out, sum, k->sw);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define POOL_AVX512 1
+/* AVX-512, strides 1 and 2, up to POOL_TAPS columns: 16 outputs at a time with every tap of
+ * the window in a register (a tap outside the row is masked off its load and its update), so
+ * each output sees the same taps in the same order as the passes above. */
+__attribute__((target("avx512f,bmi2"))) static void
+pool_row_avx512(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
+                int y1, ob_shape in, ob_shape out, int sum) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512 init = _mm512_set1_ps(sum ? 0.0f : -INFINITY);
+    for (int64_t ox0 = 0; ox0 < out.w; ox0 += 16) {
+        const int64_t left = out.w - ox0;
+        const uint32_t chunk = left >= 16 ? 0xffffu : (1u << left) - 1;
+        __mmask16 valid[POOL_TAPS]; /* the outputs of the chunk whose tap kx lies in the row */
+        for (int kx = 0; kx < k->kw; kx++) {
+            const int64_t lo = t->lo[kx] - ox0, hi = t->hi[kx] - ox0;
+            const uint32_t below = lo <= 0 ? 0 : lo >= 16 ? 0xffffu : (1u << lo) - 1;
+            const uint32_t upto = hi <= 0 ? 0 : hi >= 16 ? 0xffffu : (1u << hi) - 1;
+            valid[kx] = (__mmask16)(chunk & upto & ~below);
+        }
+        __m512 m = init;
+        for (int64_t iy = y0; iy < y1; iy++) {
+            for (int kx = 0; kx < k->kw; kx++) {
+                if (!valid[kx]) continue;
+                const int64_t at = iy * in.w + kx - k->pw + ox0 * k->sw;
+                __m512 v;
+                if (k->sw == 1) {
+                    v = _mm512_maskz_loadu_ps(valid[kx], src + at);
+                } else {
+                    const uint32_t wide = _pdep_u32(valid[kx], 0x55555555u); /* bit 2i: output i */
+                    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)wide, src + at);
+                    const __m512 b = _mm512_maskz_loadu_ps((__mmask16)(wide >> 16), src + at + 16);
+                    v = _mm512_permutex2var_ps(a, even, b);
+                }
+                if (sum) {
+                    m = _mm512_mask_add_ps(m, valid[kx], m, v);
+                } else {
+                    const __mmask16 take = valid[kx] & (_mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) |
+                                                        _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+                    m = _mm512_mask_blend_ps(take, m, v);
+                }
+            }
+        }
+        _mm512_mask_storeu_ps(dst + ox0, (__mmask16)chunk, m);
+    }
+}
+#endif
+
 static void pool_row(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
                      int y1, ob_shape in, ob_shape out, int sum) {
+#ifdef POOL_AVX512
+    static int avx512 = -1;
+    if (avx512 < 0) {
+        __builtin_cpu_init();
+        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
+    }
+    if (avx512 && t->n && k->sw <= 2) {
+        pool_row_avx512(dst, src, t, k, y0, y1, in, out, sum);
+        return;
+    }
+#endif
     if (k->sw == 1)
         pool_row_s1(dst, src, t, k, y0, y1, in, out, sum);
     else if (k->sw == 2)
