@@ -1,3 +1,5 @@
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +149,18 @@ def teacher_file(tmp_path_factory):
         return made[key]
 
     return make
+
+
+ARM_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
+
+
+def require_arm_tools() -> None:
+    """Skip unless the aarch64 cross compiler and qemu-aarch64 are installed; in CI (``CI``
+    set, as .ci/run runs) they must be: .ci/run installs them, so a missing one fails."""
+    missing = [tool for tool in ARM_TOOLS if shutil.which(tool) is None]
+    if not missing:
+        return
+    why = f"needs {' and '.join(missing)} (apt-get install gcc-aarch64-linux-gnu qemu-user)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs the aarch64 tests: {why}")
+    pytest.skip(why)

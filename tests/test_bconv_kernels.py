@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require_arm_tools
 from onebit.deploy.packing import pack_bits, pack_weight, tail_mask, unpack_bits, unpack_weight
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,12 +129,8 @@ def test_builds_with_plain_optimization_and_no_warnings(tmp_path):
     _build(CC, tmp_path / "bconv.o", "-O3", "-Wpedantic", "-c", sources=(BCONV,))
 
 
-@pytest.mark.skipif(
-    CROSS_CC is None or QEMU is None,
-    reason="aarch64-linux-gnu-gcc and qemu-aarch64 are not installed "
-    "(apt-get install gcc-aarch64-linux-gnu qemu-user)",
-)
 def test_aarch64_neon_matches_the_reference_under_qemu(tmp_path):
+    require_arm_tools()
     exe = _build(CROSS_CC, tmp_path / "bconv_test_arm", "-O2", "-static")
     out = _run(QEMU, str(exe), "200", "2")
     assert "neon" in out

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ARM_TOOLS, require_arm_tools
 from onebit.data.spec import InputSpec
 from onebit.deploy import graph
 from onebit.deploy.graph import CRC_FROM, HEADER, NODE_SIZE, TENSOR_SIZE, InputRecord, Node
@@ -688,9 +689,8 @@ def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
 
 
 def test_cli_cross_built_for_aarch64_agrees_under_qemu(build, tmp_path):
-    cross, qemu = "aarch64-linux-gnu-gcc", "qemu-aarch64"
-    if shutil.which(cross) is None or shutil.which(qemu) is None:
-        pytest.skip(f"needs {cross} and {qemu} (apt-get install gcc-aarch64-linux-gnu qemu-user)")
+    require_arm_tools()
+    cross, qemu = ARM_TOOLS
     arm = tmp_path / "aarch64"
     done = _make(f"CC={cross}", f"BUILD={arm}", f"{arm}/onebit-run")
     assert done.returncode == 0, done.stderr
