@@ -302,7 +302,8 @@ __attribute__((target(AVX512))) static void tile_avx512(const Tile *t0, const Ti
     const __m512i kbits = _mm512_set1_epi32(t0->kbits);
     const __m256i zero = _mm256_setzero_si256();
     /* the low dwords of the 8 counts of each half (they are below 2^31): one permute */
-    const __m512i low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i low =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __m512 v[LANES];
 #pragma GCC unroll 8
     for (int j = 0; j < LANES; j++) { /* lanes past nl have scale and bias 0 */

@@ -212,7 +212,8 @@ ob_ep_avx512(const ob_epilogue *e, int64_t c0, __m512 v[8], int nl, size_t off0,
                     r = _mm512_maskz_loadu_ps(m, r0);
                 } else {
                     const __m256 lo = _mm256_maskz_loadu_ps(m0, r0);
-                    const __m256 hi = _mm256_maskz_loadu_ps(m1, o->res + off1 + (size_t)(j * stride));
+                    const __m256 hi =
+                        _mm256_maskz_loadu_ps(m1, o->res + off1 + (size_t)(j * stride));
                     r = _mm512_castpd_ps(_mm512_insertf64x4(
                         _mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
                 }

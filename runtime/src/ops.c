@@ -201,7 +201,8 @@ typedef float vf8 __attribute__((vector_size(32)));
 static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job *g, int64_t s,
                                                                   int64_t i0, int mr, int64_t j0,
                                                                   int nr) {
-    vf8 acc[MR8][2]; /* every loop over acc is unrolled to its constant count: it stays in registers */
+    /* every loop over acc is unrolled to its constant count: it stays in registers */
+    vf8 acc[MR8][2];
 #pragma GCC unroll 6
     for (int i = 0; i < MR8; i++) acc[i][0] = acc[i][1] = (vf8){0, 0, 0, 0, 0, 0, 0, 0};
     const float *a[MR8];
@@ -472,7 +473,8 @@ void ob_linear(const float *x, int n, int in, const float *weight, const float *
     for (int64_t q = 0; q < groups; q++) {
         const int64_t o = q * 4, rows = out - o < 4 ? out - o : 4;
         const float *r[4];
-        for (int64_t k = 0; k < 4; k++) r[k] = weight + (size_t)(o + (k < rows ? k : rows - 1)) * in;
+        for (int64_t k = 0; k < 4; k++)
+            r[k] = weight + (size_t)(o + (k < rows ? k : rows - 1)) * in;
         for (int64_t img = 0; img < n; img++) {
             float s[4];
             dot4(r[0], r[1], r[2], r[3], x + (size_t)img * in, in, s);
@@ -649,7 +651,8 @@ POOL_CLONES static void pool_row_sn(float *dst, const float *src, const pool_tap
 __attribute__((target("avx512f,bmi2"))) static void
 pool_row_avx512(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
                 int y1, ob_shape in, ob_shape out, int sum) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512 init = _mm512_set1_ps(sum ? 0.0f : -INFINITY);
     for (int64_t ox0 = 0; ox0 < out.w; ox0 += 16) {
         const int64_t left = out.w - ox0;

@@ -72,15 +72,17 @@ void ob_profile_report(const onebit_model *m) {
         char in[32], out[32], name[64];
         snprintf(name, sizeof name, "%s", ob_op_name(nd->op));
         for (int e = 0; e < at->ep.n; e++) {
-            static const char *const kinds[] = {"?", "affine", "add", "relu", "hardtanh", "prelu",
-                                                "leaky_clip"};
+            static const char *const kinds[] = {"?",        "affine", "add",       "relu",
+                                                "hardtanh", "prelu",  "leaky_clip"};
             const int kind = at->ep.op[e].kind;
             const size_t len = strlen(name);
-            snprintf(name + len, sizeof name - len, "+%s", kinds[kind >= 1 && kind <= 6 ? kind : 0]);
+            snprintf(name + len, sizeof name - len, "+%s",
+                     kinds[kind >= 1 && kind <= 6 ? kind : 0]);
         }
         snprintf(in, sizeof in, "%d %d %d", x.c, x.h, x.w);
         snprintf(out, sizeof out, "%d %d %d", nd->out.c, nd->out.h, nd->out.w);
-        fprintf(stderr, "  %-5d %-24s %-14s %-14s %10.4f %10.4f %6.1f\n", idx[i], name, in, out, m->prof_ns[idx[i]] / per, m->prof_min[idx[i]] / 1e6,
+        fprintf(stderr, "  %-5d %-24s %-14s %-14s %10.4f %10.4f %6.1f\n", idx[i], name, in, out,
+                m->prof_ns[idx[i]] / per, m->prof_min[idx[i]] / 1e6,
                 100 * m->prof_min[idx[i]] / total_min);
     }
     free(idx);

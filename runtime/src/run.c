@@ -91,7 +91,8 @@ static void run_nodes(onebit_model *m, void *base, const float *input, int n, fl
         const ob_node *at = &m->nodes[k]; /* where the value goes; its fused ops */
         ob_epilogue ep = at->ep;
         for (int i = 0; i < ep.n; i++)
-            if (ep.op[i].kind == OB_EP_ADD) ep.op[i].res = value_at(m, values, input, n, at->ep_value[i]);
+            if (ep.op[i].kind == OB_EP_ADD)
+                ep.op[i].res = value_at(m, values, input, n, at->ep_value[i]);
         const float *x = in[0];
         const ob_shape xs = s[0], ys = nd->out;
         float *y = values + (size_t)n * at->offset;
