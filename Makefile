@@ -39,6 +39,12 @@ bench:
 	$(PYTHON) benchmarks/kernel_speed.py
 	$(PYTHON) benchmarks/train_speed.py
 
+# Every figure of the C runtime's deployment goals, one thread, about 3 minutes
+# (benchmarks/README.md; LCE's row needs .venv-larq with larq-compute-engine).
+.PHONY: bench-deploy
+bench-deploy:
+	$(PYTHON) benchmarks/deploy_speed.py
+
 # Larq in its own virtual environment, for benchmarks/larq_speed.py (never a test dependency).
 larq-venv:
 	$(PYTHON) -m venv $(LARQ_VENV)
