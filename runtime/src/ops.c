@@ -664,7 +664,10 @@ pool_row_avx512(float *dst, const float *src, const pool_taps *t, const ob_windo
             const uint32_t upto = hi <= 0 ? 0 : hi >= 16 ? 0xffffu : (1u << hi) - 1;
             valid[kx] = (__mmask16)(chunk & upto & ~below);
         }
-        __m512 m = init;
+        /* max: m folds the taps that are not NaN with vmaxps (the earlier of equal values, as
+         * the select); the last NaN, if any, is the result (a NaN wins and stays) */
+        __m512 m = init, nan = init;
+        __mmask16 any_nan = 0;
         for (int64_t iy = y0; iy < y1; iy++) {
             for (int kx = 0; kx < k->kw; kx++) {
                 if (!valid[kx]) continue;
@@ -681,12 +684,15 @@ pool_row_avx512(float *dst, const float *src, const pool_taps *t, const ob_windo
                 if (sum) {
                     m = _mm512_mask_add_ps(m, valid[kx], m, v);
                 } else {
-                    const __mmask16 take = valid[kx] & (_mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) |
-                                                        _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
-                    m = _mm512_mask_blend_ps(take, m, v);
+                    /* vmaxps v, m: v where v > m, else m (also where v is NaN) */
+                    m = _mm512_mask_max_ps(m, valid[kx], v, m);
+                    const __mmask16 is_nan = valid[kx] & _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                    nan = _mm512_mask_mov_ps(nan, is_nan, v);
+                    any_nan |= is_nan;
                 }
             }
         }
+        if (!sum) m = _mm512_mask_mov_ps(m, any_nan, nan);
         _mm512_mask_storeu_ps(dst + ox0, (__mmask16)chunk, m);
     }
 }
