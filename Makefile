@@ -11,7 +11,7 @@ endif
 
 LARQ_VENV ?= .venv-larq
 
-.PHONY: install data test lint format demo bench larq-venv gpu-bundle gpu-bundle-test
+.PHONY: install data test lint format demo bench larq-venv lce-venv gpu-bundle gpu-bundle-test
 
 # torch==2.13.0 when no torch is installed (an open range would pull a multi-GB CUDA build),
 # the package with its test tools, and the Fashion-MNIST files of the demo and the tests.
@@ -49,6 +49,12 @@ bench-deploy:
 larq-venv:
 	$(PYTHON) -m venv $(LARQ_VENV)
 	$(LARQ_VENV)/bin/pip install "larq==0.13.3" "tensorflow==2.16.1" "tf-keras==2.16.0"
+
+# The same venv plus Larq Compute Engine and larq-zoo (its Bi-Real-Net-18, random init), for
+# benchmarks/lce_speed.py (never a test dependency). larq-zoo pins protobuf 3.20.3 and
+# absl-py 1.4.0, both within TensorFlow 2.16.1's range; larq_speed.py runs unchanged.
+lce-venv: larq-venv
+	$(LARQ_VENV)/bin/pip install "larq-compute-engine==0.16.0" "larq-zoo==2.4.0"
 
 # The GPU machine has no network: .gpu holds the wheels it lacks and Fashion-MNIST, for
 # benchmarks/gpu_check.sh (benchmarks/README.md). gpu-bundle-test plays that install here.

@@ -337,14 +337,14 @@ def lce_race(path, images, kernels, rounds, python, script, tflite, quick) -> No
     best call) then a few onebit-run processes per kernel; each keeps its best."""
     targets = {"avx2": 3.5, "avx512": 5.0}
     how = (
-        "make lce-venv (Makefile of branch lce: make larq-venv, then .venv-larq/bin/pip install "
+        "make lce-venv (make larq-venv, then .venv-larq/bin/pip install "
         "larq-compute-engine==0.16.0 larq-zoo==2.4.0), then --lce-python .venv-larq/bin/python"
     )
     problem = None
     if python is None or not python.exists():
         problem = f"no Python with Larq Compute Engine ({python or '.venv-larq/bin/python'}): {how}"
     elif not script.exists():
-        problem = f"{script} is missing (benchmarks/lce_speed.py of branch lce)"
+        problem = f"{script} is missing (benchmarks/lce_speed.py)"
     if problem:
         print(f"\n   LCE: {problem}")
         for kernel, target in targets.items():
