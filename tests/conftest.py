@@ -164,3 +164,33 @@ def require_arm_tools() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI runs the aarch64 tests: {why}")
     pytest.skip(why)
+
+
+def power_of_two(t: torch.Tensor) -> torch.Tensor:
+    return torch.sign(t) * torch.exp2(torch.round(torch.log2(t.abs().clamp_min(2**-20))))
+
+
+@torch.no_grad()
+def make_dyadic(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its BatchNorms, weight scales and alphas rounded to values whose products
+    and sums are exact in fp32 (var + eps a power of 4, gamma and alpha powers of two, means
+    and betas multiples of 1/16): a BatchNorm folded into ``dot * out_scale + out_bias`` then
+    gives the very number PyTorch's conv -> BatchNorm gives, so near-zero signs cannot flip."""
+    from onebit.nn import BATCHNORMS
+    from onebit.nn.binary import BinaryLayer
+
+    for m in model.modules():
+        if isinstance(m, BATCHNORMS):
+            four = torch.exp2(2 * torch.round(torch.log2(m.running_var.clamp_min(1e-3)) / 2))
+            m.running_var.copy_(four - m.eps)
+            assert torch.equal(m.running_var + m.eps, four)
+            m.weight.copy_(power_of_two(m.weight))
+            m.bias.copy_(torch.round(m.bias * 16) / 16)
+            m.running_mean.copy_(torch.round(m.running_mean * 16) / 16)
+        if isinstance(m, BinaryLayer) and m.weight_spec is not None:
+            if m.weight_spec.name in ("xnor", "magnitude_aware"):  # alpha = mean|W_c|, 2^k
+                scale = torch.exp2(torch.randint(-4, 0, (m.weight.shape[0],)).float())
+                m.weight.copy_(m.weight.sign() * scale.view(-1, *[1] * (m.weight.dim() - 1)))
+            if m.alpha is not None:
+                m.alpha.copy_(power_of_two(m.alpha))
+    return model

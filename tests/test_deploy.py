@@ -17,7 +17,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import onebit
-from conftest import write_format_1
+from conftest import make_dyadic, write_format_1
 from onebit import deploy
 from onebit.cli import main
 from onebit.data import InputSpec
@@ -33,7 +33,7 @@ from onebit.deploy.graph import (
 )
 from onebit.deploy.runtime import Runtime
 from onebit.errors import ExportError
-from onebit.nn import BATCHNORMS, LearnableBias
+from onebit.nn import LearnableBias
 from onebit.nn.binary import BinaryLayer
 from onebit.profile import deployed_bytes
 from onebit.quant import METHODS
@@ -76,10 +76,6 @@ def fashion_mnist(n: int, offset: int = 0) -> torch.Tensor:
     return (nn.functional.pad(x, (2, 2, 2, 2)) - 0.2860) / 0.3530
 
 
-def power_of_two(t: torch.Tensor) -> torch.Tensor:
-    return torch.sign(t) * torch.exp2(torch.round(torch.log2(t.abs().clamp_min(2**-20))))
-
-
 @torch.no_grad()
 def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
     """A registry model (in_chans 1) with non-trivial learnable shifts and BatchNorm running
@@ -102,20 +98,7 @@ def trained_like(name: str, options: dict, dyadic: bool = True) -> nn.Module:
         model(fashion_mnist(32, 1000 + 32 * i))
     model.eval()
     if dyadic:
-        for m in model.modules():
-            if isinstance(m, BATCHNORMS):
-                four = torch.exp2(2 * torch.round(torch.log2(m.running_var.clamp_min(1e-3)) / 2))
-                m.running_var.copy_(four - m.eps)
-                assert torch.equal(m.running_var + m.eps, four)
-                m.weight.copy_(power_of_two(m.weight))
-                m.bias.copy_(torch.round(m.bias * 16) / 16)
-                m.running_mean.copy_(torch.round(m.running_mean * 16) / 16)
-            if isinstance(m, BinaryLayer) and m.weight_spec is not None:
-                if m.weight_spec.name in ("xnor", "magnitude_aware"):  # alpha = mean|W_c|, 2^k
-                    scale = torch.exp2(torch.randint(-4, 0, (m.weight.shape[0],)).float())
-                    m.weight.copy_(m.weight.sign() * scale.view(-1, *[1] * (m.weight.dim() - 1)))
-                if m.alpha is not None:
-                    m.alpha.copy_(power_of_two(m.alpha))
+        make_dyadic(model)
     return model
 
 

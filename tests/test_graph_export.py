@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import onebit
-from conftest import write_format_1
+from conftest import make_dyadic, write_format_1
 from onebit import deploy
 from onebit.data import InputSpec
 from onebit.deploy import format as fmt
@@ -62,10 +62,6 @@ def spec_of(size: int) -> InputSpec:
     return InputSpec(channels=3, size=size, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.5))
 
 
-def power_of_two(t: torch.Tensor) -> torch.Tensor:
-    return torch.sign(t) * torch.exp2(torch.round(torch.log2(t.abs().clamp_min(2**-20))))
-
-
 @torch.no_grad()
 def trained_like(model: nn.Module, size: int) -> nn.Module:
     """``model`` with non-trivial shifts, slopes and BatchNorm statistics (two training-mode
@@ -83,20 +79,7 @@ def trained_like(model: nn.Module, size: int) -> nn.Module:
     for _ in range(2):
         model(torch.randn(8, 3, size, size))
     model.eval()
-    for m in model.modules():
-        if isinstance(m, BATCHNORMS):
-            four = torch.exp2(2 * torch.round(torch.log2(m.running_var.clamp_min(1e-3)) / 2))
-            m.running_var.copy_(four - m.eps)
-            m.weight.copy_(power_of_two(m.weight))
-            m.bias.copy_(torch.round(m.bias * 16) / 16)
-            m.running_mean.copy_(torch.round(m.running_mean * 16) / 16)
-        if isinstance(m, BinaryLayer) and m.weight_spec is not None:
-            if m.weight_spec.name in ("xnor", "magnitude_aware"):  # alpha = mean|W_c|, 2^k
-                scale = torch.exp2(torch.randint(-4, 0, (m.weight.shape[0],)).float())
-                m.weight.copy_(m.weight.sign() * scale.view(-1, *[1] * (m.weight.dim() - 1)))
-            if m.alpha is not None:
-                m.alpha.copy_(power_of_two(m.alpha))
-    return model
+    return make_dyadic(model)
 
 
 def check_export(model: nn.Module, size: int, path) -> tuple[dict, GraphReference]:
