@@ -194,3 +194,18 @@ def make_dyadic(model: torch.nn.Module) -> torch.nn.Module:
             if m.alpha is not None:
                 m.alpha.copy_(power_of_two(m.alpha))
     return model
+
+
+def stop_in_epoch_two(trainer) -> None:
+    """Fit ``trainer``, stopped (as by a kill) when its second epoch would start: the first
+    epoch is trained, recorded and checkpointed."""
+    train_epoch = trainer.train_epoch
+
+    def first_only(epoch, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(epoch, **kwargs)
+
+    trainer.train_epoch = first_only
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()

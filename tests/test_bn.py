@@ -11,6 +11,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import stop_in_epoch_two
 from onebit.cli import main
 from onebit.config import load_config
 from onebit.data import build_loaders
@@ -153,17 +154,7 @@ def test_a_run_may_resume_with_another_eval_setting(tmp_path, one_thread):
     """eval.* changes how a run is evaluated, not what it trains: like runtime.*, it may
     differ when the run is resumed, and the epochs after the resume are evaluated the new way."""
     run = RunDir(tmp_path / "run")
-    trainer = Trainer(load_config(RECU, _tiny(128, 64, 2, "eval.bn_recalibrate=0")), run)
-    train_epoch = trainer.train_epoch
-
-    def stop_in_epoch_two(epoch, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return train_epoch(epoch, **kwargs)
-
-    trainer.train_epoch = stop_in_epoch_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    stop_in_epoch_two(Trainer(load_config(RECU, _tiny(128, 64, 2, "eval.bn_recalibrate=0")), run))
     Trainer(load_config(RECU, _tiny(128, 64, 2, "eval.bn_recalibrate=1")), run).fit(resume=True)
     first, second = (json.loads(line) for line in run.metrics.read_text().splitlines())
     # resumed, not restarted: epoch 2 follows epoch 1's two steps (128 images, batch 64)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import onebit
+from conftest import stop_in_epoch_two
 from onebit import deploy, quant
 from onebit.config import config_from_dict, load_config
 from onebit.errors import ConfigError, UnknownNameError
@@ -163,17 +164,7 @@ def test_registered_binarizer_trains_logs_its_schedule_and_resumes(registered, t
 
     # stopped after its first epoch, then resumed: the same weights as the uninterrupted run
     resumed = tmp_path / "resumed"
-    trainer = Trainer(config, RunDir(resumed))
-    train_epoch = trainer.train_epoch
-
-    def stop_in_epoch_two(epoch, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return train_epoch(epoch, **kwargs)
-
-    trainer.train_epoch = stop_in_epoch_two
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    stop_in_epoch_two(Trainer(config, RunDir(resumed)))
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 1
     Trainer(config, RunDir(resumed)).fit(resume=True)
     again = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]

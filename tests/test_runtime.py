@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from conftest import ARM_TOOLS, require_arm_tools
 from onebit.data.spec import InputSpec
-from onebit.deploy import graph
+from onebit.deploy import available_kernels, graph
 from onebit.deploy.graph import CRC_FROM, HEADER, NODE_SIZE, TENSOR_SIZE, InputRecord, Node
 from onebit.deploy.packing import pack_weight
 from onebit.deploy.runtime import LIBRARY_ENV, Runtime
@@ -200,20 +200,6 @@ def test_binary_linear_is_a_1x1_bconv_on_a_vector(act):
     check([Node("bconv2d", [0], slots, conv_attrs())], tensors, x, want, 0)
 
 
-def kernels_here() -> list[str]:
-    """The binary conv kernels this build and CPU run (the runtime refuses the others)."""
-    probe = graph.graph_bytes([Node("relu", [0])], {}, InputRecord(1, 1, 1, 1), {})
-    found = []
-    with Runtime.from_bytes(probe) as rt:
-        for name in ("portable", "avx2", "avx512", "neon"):
-            try:
-                rt.set_kernel(name)
-            except ExportError:
-                continue
-            found.append(name)
-    return found
-
-
 def test_nan_and_signed_zero_binarize_as_the_reference_on_every_kernel():
     """sign(x) as graph_ref and the float model compute it, torch.where(x >= 0, 1, -1): -0.0
     and +0.0 are +1, NaN and a negative denormal are -1; a shift to exactly zero is +1."""
@@ -231,7 +217,7 @@ def test_nan_and_signed_zero_binarize_as_the_reference_on_every_kernel():
         nodes = [Node("bconv2d", [0], slots, conv_attrs()), Node("flatten", [1])]
         data = graph.graph_bytes(nodes, tensors, InputRecord(130, 1, 1, 9), {})
         with Runtime.from_bytes(data) as rt:
-            for kernel in kernels_here():
+            for kernel in available_kernels():
                 rt.set_kernel(kernel)
                 np.testing.assert_array_equal(rt(x), want, err_msg=kernel)
 
