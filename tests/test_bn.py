@@ -125,7 +125,7 @@ def test_export_recalibrates_and_the_packed_engine_gives_that_accuracy(
     tmp_path, capsys, one_thread
 ):
     """A mid-training checkpoint whose stored statistics are stale (running statistics of
-    another network): export re-estimates them, and the packed engine reproduces the
+    another network): export re-estimates them, and the C runtime reproduces the
     recalibrated accuracy; --no-recalibrate keeps the stored ones."""
     overrides = _tiny(1536, 256, 2)
     run = RunDir(tmp_path / "run")

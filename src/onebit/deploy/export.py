@@ -72,20 +72,7 @@ from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
 
 # --------------------------------------------------------------------------- binary layers
-# What a binary layer computes, for the graph and for format 1's layer descriptions (which
-# engine.py and onebit.profile still read).
-
-
-def kernel_can_run(layer: BinaryLayer) -> bool:
-    """True for a 1w1a layer the xnor-popcount kernel runs: a linear, or a conv with groups 1
-    and integer zero padding."""
-    if layer.act_spec is None or layer.weight_spec is None:
-        return False
-    if isinstance(layer, BinaryConv2d):
-        return (
-            layer.groups == 1 and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
-        )
-    return True
+# What a binary layer computes, checked before it becomes a bconv2d node.
 
 
 def weight_signs_and_scale(name: str, layer: BinaryLayer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +92,7 @@ def weight_signs_and_scale(name: str, layer: BinaryLayer) -> tuple[torch.Tensor,
 
 
 def check_activation(name: str, layer: BinaryLayer) -> None:
-    """The packed engine binarizes inputs as sign(x + act_bias); check the layer does the same
+    """The runtime binarizes inputs as sign(x + act_bias); check the layer does the same
     in eval mode (every binarizer in onebit.quant does; a registered one might not: a ternary
     or multi-bit quantizer cannot be deployed). Checked for every layer that binarizes its
     input, packed or not: the engine rebuilds a float layer's binarizer by name."""
@@ -116,7 +103,7 @@ def check_activation(name: str, layer: BinaryLayer) -> None:
     if not torch.equal(layer.binary_input(x), sign(expected)):
         raise ExportError(
             f"layer {name}: activation binarizer {layer.act_spec.name!r} is not "
-            "sign(x + act_bias) in eval mode, so the packed engine cannot run it"
+            "sign(x + act_bias) in eval mode, so the runtime cannot run it"
         )
 
 
