@@ -729,7 +729,8 @@ static void pack_input(const ob_bconv *c, const Shape *s, const float *x, uint64
  * kx is bits [kx cin + 64 j, + nb) of the stream, so it ors into one window word, or two when it
  * crosses a word boundary. Each (tap, word) is one pass over the output columns with fixed
  * shifts, which the compiler vectorizes (loads at stride sw * kc). */
-INLINE void windows_body(const ob_bconv *c, const Shape *s, const uint64_t *row, uint64_t *dst) {
+INLINE void windows_body(const ob_bconv *c, const Shape *s, const uint64_t *restrict row,
+                         uint64_t *restrict dst) {
     const ob_bconv_geom *g = &c->g;
     const int64_t kc = c->kc, wo = s->wo, wo8 = s->wo8, step = (int64_t)g->sw * kc;
     const int last_bits = g->cin - 64 * (int)(kc - 1);
@@ -738,8 +739,8 @@ INLINE void windows_body(const ob_bconv *c, const Shape *s, const uint64_t *row,
         for (int64_t j = 0; j < kc; j++) {
             const int64_t pos = kx * g->cin + 64 * j;
             const int nb = j == kc - 1 ? last_bits : 64, sh = (int)(pos % 64);
-            const uint64_t *src = row + kx * g->dw * kc + j;
-            uint64_t *d = dst + pos / 64 * wo8;
+            const uint64_t *restrict src = row + kx * g->dw * kc + j;
+            uint64_t *restrict d = dst + pos / 64 * wo8;
             if (step == 1)
                 for (int64_t ox = 0; ox < wo; ox++)
                     d[ox] |= src[ox] << sh;
@@ -755,21 +756,32 @@ INLINE void windows_body(const ob_bconv *c, const Shape *s, const uint64_t *row,
     }
 }
 
-typedef void (*windows_fn)(const ob_bconv *c, const Shape *s, const uint64_t *row, uint64_t *dst);
+/* The row windows of packed input rows [r0, r1) (one call for many rows: a row is short). */
+INLINE void windows_rows(const ob_bconv *c, const Shape *s, const uint64_t *packed,
+                         uint64_t *windows, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++)
+        windows_body(c, s, packed + r * s->wp * c->kc, windows + r * s->rowstride);
+}
 
-static void windows_portable(const ob_bconv *c, const Shape *s, const uint64_t *row,
-                             uint64_t *dst) {
-    windows_body(c, s, row, dst);
+typedef void (*windows_fn)(const ob_bconv *c, const Shape *s, const uint64_t *packed,
+                           uint64_t *windows, int64_t r0, int64_t r1);
+
+static void windows_portable(const ob_bconv *c, const Shape *s, const uint64_t *packed,
+                             uint64_t *windows, int64_t r0, int64_t r1) {
+    windows_rows(c, s, packed, windows, r0, r1);
 }
 
 #ifdef OB_X86
 __attribute__((target("avx2"))) static void windows_avx2(const ob_bconv *c, const Shape *s,
-                                                          const uint64_t *row, uint64_t *dst) {
-    windows_body(c, s, row, dst);
+                                                          const uint64_t *packed,
+                                                          uint64_t *windows, int64_t r0,
+                                                          int64_t r1) {
+    windows_rows(c, s, packed, windows, r0, r1);
 }
 #endif
 
-/* The row windows of every packed input row, [n][hp][nwr][wo8]. */
+/* The row windows of every packed input row, [n][hp][nwr][wo8]: the rows split in one range
+ * per thread. */
 static void build_windows(const ob_bconv *c, const Shape *s, const uint64_t *packed,
                           uint64_t *windows, int threads) {
     const int64_t rows = s->n * s->hp;
@@ -778,12 +790,15 @@ static void build_windows(const ob_bconv *c, const Shape *s, const uint64_t *pac
     if (c->variant == OB_KERNEL_AVX2 || c->variant == OB_KERNEL_AVX512)
         fn = windows_avx2;
 #endif
-    (void)threads;
+    if (threads < 2 || rows < 2) {
+        fn(c, s, packed, windows, 0, rows);
+        return;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-    for (int64_t r = 0; r < rows; r++)
-        fn(c, s, packed + r * s->wp * c->kc, windows + r * s->rowstride);
+    for (int t = 0; t < threads; t++)
+        fn(c, s, packed, windows, rows * t / threads, rows * (t + 1) / threads);
 }
 
 static int row_out(const ob_bconv_geom *g, const Shape *s, int64_t oy, int64_t ky) {

@@ -738,11 +738,26 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
 
 /* PyTorch's avg_pool2d: the divisor counts the padding (count_include_pad) but not the part of
  * a ceil-mode window past it. */
+/* The column factor of avg_pool2d's divisor (its count is a row factor times a column factor). */
+static int avg_columns(const ob_window *k, ob_shape in, int count_include_pad, int ox) {
+    const int xs = ox * k->sw - k->pw;
+    const int xe = xs + k->kw < in.w + k->pw ? xs + k->kw : in.w + k->pw;
+    int x0, x1;
+    window(ox, k->kw, k->sw, k->pw, in.w, &x0, &x1);
+    return count_include_pad ? xe - xs : x1 - x0;
+}
+
+#define POOL_COLS 1024 /* output columns whose divisor factors are kept on the stack */
+
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
                   ob_shape out, float *y, int threads) {
     (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
+    int cols[POOL_COLS];
+    const int kept = out.w <= POOL_COLS;
+    for (int ox = 0; kept && ox < out.w; ox++)
+        cols[ox] = avg_columns(k, in, count_include_pad, ox);
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         for (int oy = 0; oy < out.h; oy++) {
@@ -752,12 +767,10 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
             pool_row(dst, x + nc * in.h * in.w, &t, k, y0, y1, in, out, 1);
             const int ys = oy * k->sh - k->ph;
             const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
-            for (int ox = 0; ox < out.w; ox++) {
-                const int xs = ox * k->sw - k->pw;
-                const int xe = xs + k->kw < in.w + k->pw ? xs + k->kw : in.w + k->pw;
-                int x0, x1;
-                window(ox, k->kw, k->sw, k->pw, in.w, &x0, &x1);
-                const int count = count_include_pad ? (ye - ys) * (xe - xs) : (y1 - y0) * (x1 - x0);
+            const int rows = count_include_pad ? ye - ys : y1 - y0;
+            for (int64_t ox = 0; ox < out.w; ox++) {
+                const int count =
+                    rows * (kept ? cols[ox] : avg_columns(k, in, count_include_pad, (int)ox));
                 dst[ox] = count > 0 ? dst[ox] / (float)count : 0.0f;
             }
         }
