@@ -16,18 +16,12 @@ from onebit.deploy.engine import (
     select_kernel,
 )
 
+__all__ = ["KERNEL_ENV", "DeployedModel", "available_kernels", "load", "select_kernel"]
+
 try:
     from onebit.deploy.export import export, export_graph
 except ModuleNotFoundError as _missing:  # a deployment target without PyTorch: load only
     if _missing.name != "torch":
         raise
-
-__all__ = [
-    "KERNEL_ENV",
-    "DeployedModel",
-    "available_kernels",
-    "export",
-    "export_graph",
-    "load",
-    "select_kernel",
-]
+else:
+    __all__ += ["export", "export_graph"]
