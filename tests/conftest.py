@@ -154,16 +154,20 @@ def teacher_file(tmp_path_factory):
 ARM_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
 
 
-def require_arm_tools() -> None:
-    """Skip unless the aarch64 cross compiler and qemu-aarch64 are installed; in CI (``CI``
-    set, as .ci/run runs) they must be: .ci/run installs them, so a missing one fails."""
-    missing = [tool for tool in ARM_TOOLS if shutil.which(tool) is None]
-    if not missing:
-        return
-    why = f"needs {' and '.join(missing)} (apt-get install gcc-aarch64-linux-gnu qemu-user)"
+def missing_toolchain(why: str) -> None:
+    """Skip a test that needs a C toolchain this machine lacks; in CI (``CI`` set, as .ci/run
+    sets it) fail instead: .ci/run installs the toolchain, so a missing one is a broken CI."""
     if os.environ.get("CI"):
-        pytest.fail(f"CI runs the aarch64 tests: {why}")
+        pytest.fail(f"CI runs this test: {why}")
     pytest.skip(why)
+
+
+def require_arm_tools() -> None:
+    """The aarch64 cross compiler and qemu-aarch64, or :func:`missing_toolchain`."""
+    missing = [tool for tool in ARM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        names = " and ".join(missing)
+        missing_toolchain(f"needs {names} (apt-get install gcc-aarch64-linux-gnu qemu-user)")
 
 
 def power_of_two(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import missing_toolchain
 from onebit.data import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def _onebit(*args: str) -> str:
 @pytest.mark.slow
 def test_the_runtime_program_scores_the_checkpoints_test_top1(tmp_path):
     if shutil.which("make") is None or shutil.which("cc") is None:
-        pytest.skip("make and a C compiler are needed to build runtime/")
+        missing_toolchain("make and a C compiler are needed to build runtime/")
     build = tmp_path / "build"
     made = subprocess.run(
         ["make", "-s", "-C", str(ROOT / "runtime"), f"BUILD={build}"],

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ARM_TOOLS, require_arm_tools
+from conftest import ARM_TOOLS, missing_toolchain, require_arm_tools
 from onebit.data.spec import InputSpec
 from onebit.deploy import available_kernels, graph
 from onebit.deploy.graph import CRC_FROM, HEADER, NODE_SIZE, TENSOR_SIZE, InputRecord, Node
@@ -52,7 +52,7 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 def build(tmp_path_factory) -> Path:
     """runtime/ built into a temporary folder; the binding loads its library."""
     if shutil.which("make") is None or shutil.which("cc") is None:
-        pytest.skip("make and a C compiler are needed to build runtime/")
+        missing_toolchain("make and a C compiler are needed to build runtime/")
     out = tmp_path_factory.mktemp("runtime-build")
     done = _make(f"BUILD={out}", *MAKE_FLAGS)
     assert done.returncode == 0, done.stderr
@@ -924,7 +924,7 @@ def mutations(data: bytes, count: int, seed: int = 0) -> list[bytes]:
 
 def test_fuzzed_files_under_address_sanitizer(tmp_path):
     if not _asan_works(tmp_path):
-        pytest.skip("this C compiler cannot build and run with -fsanitize=address,undefined")
+        missing_toolchain("this C compiler cannot build and run with -fsanitize=address,undefined")
     asan = tmp_path / "asan"
     done = _make("asan", f"ASAN_BUILD={asan}")
     assert done.returncode == 0, done.stderr
