@@ -137,6 +137,37 @@ def test_conv2d(cin, cout, k, stride, pad, dil, groups, bias):
     check([Node("conv2d", [0], slots, attrs)], {"w": w, "b": b}, x, want, 1e-4)
 
 
+@pytest.mark.parametrize(
+    ("cin", "k", "stride", "pad", "hw"),
+    [
+        (40, 3, 2, 1, (9, 41)),  # padded phase-split copy (21 wide), K = 360: two chunks of 256
+        (300, 1, 1, 0, (5, 7)),  # pointwise in place, K = 300
+        (31, 3, 1, 1, (6, 7)),  # narrow: im2col, K = 279
+        (3, 7, 2, 3, (20, 38)),  # a stem: K = 147, the padded copy
+    ],
+)
+def test_conv2d_gemm_tiles_give_the_same_bits_on_every_kernel(cin, k, stride, pad, hw):
+    """The float GEMM's tiles (AVX-512, AVX2, the portable C; NEON under qemu) take the same
+    fused multiply-adds in the same order: equal outputs, whichever kernel a model runs; rows
+    past a tile's 6 / 8 (13 channels), columns past its 16 / 32, and K in chunks of 256."""
+    x, w, b = rand(2, cin, *hw), rand(13, cin, k, k, seed=1), rand(13, seed=2)
+    want = F.conv2d(*map(torch.from_numpy, (x, w, b)), stride=stride, padding=pad)
+    attrs = conv_attrs(stride, pad) | {"groups": 1}
+    nodes = [Node("conv2d", [0], {"weight": "w", "bias": "b"}, attrs)]
+    nodes.append(Node("flatten", [1]))
+    size = want[0].numel()
+    data = graph.graph_bytes(nodes, {"w": w, "b": b}, InputRecord(cin, *hw, size), {})
+    with Runtime.from_bytes(data) as rt:
+        outputs = {}
+        for kernel in available_kernels():
+            rt.set_kernel(kernel)
+            outputs[kernel] = rt(x)
+    first = next(iter(outputs.values()))
+    np.testing.assert_allclose(first, want.reshape(2, -1).numpy(), rtol=1e-4, atol=1e-4)
+    for kernel, got in outputs.items():
+        np.testing.assert_array_equal(got, first, err_msg=kernel)
+
+
 def bconv_reference(x, sign_w, scale, bias, act_bias, stride, pad, dil) -> torch.Tensor:
     """sign(x + act_bias) (sign(0) = +1) convolved with the +-1 weights, zero padding, then
     dot * scale + bias: the bconv2d op as graph.py defines it."""

@@ -3,11 +3,20 @@
  * rule (pool window clipping, NaN in max) was taken from PyTorch. */
 #include "ops.h"
 
+#include "bconv.h"
+
 #include <math.h>
 #include <string.h>
 
 #ifdef ONEBIT_CBLAS
 #include <cblas.h>
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* fma8's vf8 arguments: always inlined */
 #endif
 
 int64_t ob_conv_out(int64_t in, int k, int s, int p, int d) {
@@ -29,9 +38,10 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
 
 /* A conv2d is a GEMM per image and group: C (cout_g, P) = A (cout_g, K) B (K, P) + bias, with
  * K = cin_g kh kw in (c, ky, kx) order and B row k the input each output pixel sees through tap
- * k. Each C element is the sum over k in that order of a * b, from 0, one rounding per product
- * and per sum (-ffp-contract=off), then + bias: every path below (and the previous im2col GEMM
- * of this file) gives the same bits.
+ * k. Each C element is the sum over k in that order of a * b, from 0, as fused multiply-adds
+ * (one rounding each: fmaf, as PyTorch's oneDNN and XNNPACK kernels use FMA), then + bias: every
+ * path below gives the same bits: AVX-512, AVX2 (with FMA), aarch64 NEON and the portable C
+ * (fmaf, which is slow only on a CPU without FMA).
  *
  * B is read in place where it can be: a pointwise conv reads the input itself; a conv whose
  * output rows are wide reads a zero-padded copy of the input whose columns are split by
@@ -130,9 +140,17 @@ static void pad_split(const float *x, int cin, int h, int w, const ob_window *k,
                 memcpy(row + k->pw, src, sizeof(float) * (size_t)w);
                 continue;
             }
-            for (int ix = 0; ix < w; ix++) {
-                const int64_t col = ix + k->pw;
-                row[(col % k->sw) * p.wq + col / k->sw] = src[ix];
+            /* phase f holds columns col = q sw + f of the padded row: input ix = col - pw */
+            for (int64_t f = 0; f < k->sw; f++) {
+                const int64_t first = f - k->pw, stride = k->sw;
+                int64_t q0 = first >= 0 ? 0 : (-first + stride - 1) / stride;
+                int64_t q1 = w - 1 - first < 0 ? 0 : (w - 1 - first) / stride + 1; /* ix < w */
+                if (q1 > p.wq) q1 = p.wq;
+                float *ph = row + f * p.wq;
+                if (stride == 2)
+                    for (int64_t q = q0; q < q1; q++) ph[q] = src[2 * q + first];
+                else
+                    for (int64_t q = q0; q < q1; q++) ph[q] = src[q * stride + first];
             }
         }
     }
@@ -151,8 +169,9 @@ static void ob_gemm(int M, int N, int K, const float *A, int lda, const float *B
 }
 
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
-               const ob_epilogue *ep) {
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int variant,
+               int threads, const ob_epilogue *ep) {
+    (void)variant; /* the BLAS has its own */
     const int cin_g = in.c / groups, cout_g = out.c / groups;
     const int K = cin_g * k->kh * k->kw, P = out.h * out.w;
     float *col = scratch + 2 * (size_t)K + 16;
@@ -188,54 +207,103 @@ typedef struct {
     size_t ep0;
 } gemm_job;
 
-/* A tile: rows i0 .. i0 + mr - 1, the nr columns from j0 of segment s. */
-typedef void (*gemm_tile_fn)(const gemm_job *g, int64_t s, int64_t i0, int mr, int64_t j0, int nr);
+/* B is copied panel by panel (the nr columns of a tile, KC rows of K at a time) into a
+ * contiguous, zero-padded buffer on the stack of the thread that runs the panel's tiles; the
+ * first row tile copies the rows as it reads them (its loads were needed anyway), the others
+ * read the copy at one stride from L1, where B's own rows lie a plane apart (a TLB miss per row
+ * on large maps, and every row in one cache set when the plane is a multiple of 4 KiB).
+ * Over K chunks a tile resumes from the sums it stored in C: the same fused multiply-adds in
+ * the same order; the bias and the epilogue come with the last chunk. */
+#define KC 256
+
+/* A tile: rows i0 .. i0 + mr - 1 and the nr columns from j0 of segment s, taps k0 .. k0 + kc - 1
+ * read from panel (row k - k0 at panel + (k - k0) * its width). */
+typedef void (*gemm_tile_fn)(const gemm_job *g, float *panel, int pack, int64_t k0, int kc,
+                             int64_t s, int64_t i0, int mr, int64_t j0, int nr);
 
 typedef float vf8 __attribute__((vector_size(32)));
 
+/* a * b + c per lane, one rounding: NEON's fmla on aarch64; elsewhere fmaf per lane, which GCC
+ * turns into one vfmadd231ps where the function is compiled for FMA (the AVX2 tile). Always
+ * inlined: no vf8 crosses a call (GCC's -Wpsabi warning that one would, built without AVX, is
+ * off for this file at its top). */
+static inline __attribute__((always_inline)) vf8 fma8(vf8 a, vf8 b, vf8 c) {
+#if defined(__aarch64__)
+    float32x4_t h[3][2];
+    memcpy(h[0], &a, sizeof a), memcpy(h[1], &b, sizeof b), memcpy(h[2], &c, sizeof c);
+    h[2][0] = vfmaq_f32(h[2][0], h[0][0], h[1][0]);
+    h[2][1] = vfmaq_f32(h[2][1], h[0][1], h[1][1]);
+    memcpy(&c, h[2], sizeof c);
+    return c;
+#else
+    vf8 r;
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; l++) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+    return r;
+#endif
+}
+
 #define MR8 6 /* the portable and avx2 tile: 6 rows x 16 columns in 12 8-float vectors */
 #define NR8 16
+#define NR_MAX 32 /* the widest tile's columns (NR16) */
 
-/* The portable tile (also compiled for AVX2): per k, two vectors of B's row times each row's
- * A (rows past mr repeat the last row; columns past nr read as 0 and are not stored). */
-static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job *g, int64_t s,
-                                                                  int64_t i0, int mr, int64_t j0,
-                                                                  int nr) {
+/* One k of the portable tile: B's row (two vectors) times each row's A. */
+static inline __attribute__((always_inline)) void tile8_step(vf8 acc[MR8][2], const float *a[MR8],
+                                                             int k, const float *brow) {
+    vf8 b0, b1;
+    memcpy(&b0, brow, sizeof b0);
+    memcpy(&b1, brow + 8, sizeof b1);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR8; i++) {
+        const vf8 av = {a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k]};
+        acc[i][0] = fma8(av, b0, acc[i][0]);
+        acc[i][1] = fma8(av, b1, acc[i][1]);
+    }
+}
+
+/* The portable tile (also compiled for AVX2). Rows past mr repeat the last row; columns past
+ * nr are 0 in the panel and are not stored. With pack, B's rows are read from the input and
+ * copied into the panel as they are used (the first row tile of a panel). */
+static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job *g, float *panel,
+                                                                  int pack, int64_t k0, int kc,
+                                                                  int64_t s, int64_t i0, int mr,
+                                                                  int64_t j0, int nr) {
     /* every loop over acc is unrolled to its constant count: it stays in registers */
     vf8 acc[MR8][2];
+    float *c[MR8];
 #pragma GCC unroll 6
-    for (int i = 0; i < MR8; i++) acc[i][0] = acc[i][1] = (vf8){0, 0, 0, 0, 0, 0, 0, 0};
-    const float *a[MR8];
-    for (int i = 0; i < MR8; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
-    const float *b = g->b + s * g->bseg + j0;
-    if (nr == NR8) {
-        for (int64_t k = 0; k < g->K; k++) {
-            vf8 b0, b1;
-            memcpy(&b0, b + g->boff[k], sizeof b0);
-            memcpy(&b1, b + g->boff[k] + 8, sizeof b1);
+    for (int i = 0; i < MR8; i++)
+        c[i] = g->c + (i0 + (i < mr ? i : mr - 1)) * g->ldc + s * g->cseg + j0;
+    if (k0 == 0) {
 #pragma GCC unroll 6
-            for (int i = 0; i < MR8; i++) {
-                const float av = a[i][k];
-                acc[i][0] += av * b0;
-                acc[i][1] += av * b1;
-            }
-        }
+        for (int i = 0; i < MR8; i++) acc[i][0] = acc[i][1] = (vf8){0, 0, 0, 0, 0, 0, 0, 0};
     } else {
-        for (int64_t k = 0; k < g->K; k++) {
-            float bt[NR8] = {0};
-            memcpy(bt, b + g->boff[k], sizeof(float) * (size_t)nr);
-            vf8 b0, b1;
-            memcpy(&b0, bt, sizeof b0);
-            memcpy(&b1, bt + 8, sizeof b1);
 #pragma GCC unroll 6
-            for (int i = 0; i < MR8; i++) {
-                const float av = a[i][k];
-                acc[i][0] += av * b0;
-                acc[i][1] += av * b1;
-            }
+        for (int i = 0; i < MR8; i++) {
+            float t[NR8] = {0};
+            memcpy(t, c[i], sizeof(float) * (size_t)nr);
+            memcpy(acc[i], t, sizeof t);
         }
     }
-    if (g->bias)
+    const float *a[MR8];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR8; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
+    const float *b = g->b + s * g->bseg + j0;
+    const int64_t *boff = g->boff + k0;
+    if (pack) {
+        for (int k = 0; k < kc; k++) {
+            float *row = panel + k * NR8;
+            if (nr == NR8)
+                memcpy(row, b + boff[k], sizeof(float) * NR8);
+            else
+                for (int j = 0; j < NR8; j++) row[j] = j < nr ? b[boff[k] + j] : 0.0f;
+            tile8_step(acc, a, k, row);
+        }
+    } else {
+        for (int k = 0; k < kc; k++) tile8_step(acc, a, k, panel + k * NR8);
+    }
+    const int last = k0 + kc == g->K;
+    if (last && g->bias)
 #pragma GCC unroll 6
         for (int i = 0; i < MR8; i++) {
             const float bi = g->bias[i0 + (i < mr ? i : mr - 1)];
@@ -250,76 +318,95 @@ static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job
 #pragma GCC unroll 6
         for (int i = 0; i < MR8; i++) col[i] = acc[i][v];
         if (nv <= 0) break;
-        if (g->ep) ob_ep_block8(g->ep, g->c0 + i0, col, mr, off + 8 * v, g->ldc, nv);
+        if (last && g->ep) ob_ep_block8(g->ep, g->c0 + i0, col, mr, off + 8 * v, g->ldc, nv);
         for (int i = 0; i < mr; i++) {
-            float *c = g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 8 * v;
             if (nv == 8)
-                memcpy(c, &col[i], sizeof col[i]);
+                memcpy(c[i] + 8 * v, &col[i], sizeof col[i]);
             else
-                for (int j = 0; j < nv; j++) c[j] = col[i][j];
+                for (int j = 0; j < nv; j++) c[i][8 * v + j] = col[i][j];
         }
     }
 }
 
-static void gemm_tile8(const gemm_job *g, int64_t s, int64_t i0, int mr, int64_t j0, int nr) {
-    gemm_tile8_body(g, s, i0, mr, j0, nr);
+static void gemm_tile8(const gemm_job *g, float *panel, int pack, int64_t k0, int kc, int64_t s,
+                       int64_t i0, int mr, int64_t j0, int nr) {
+    gemm_tile8_body(g, panel, pack, k0, kc, s, i0, mr, j0, nr);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define GEMM_X86 1
-__attribute__((target("avx2"))) static void gemm_tile8_avx2(const gemm_job *g, int64_t s,
-                                                            int64_t i0, int mr, int64_t j0,
-                                                            int nr) {
-    gemm_tile8_body(g, s, i0, mr, j0, nr);
+__attribute__((target("avx2,fma"))) static void gemm_tile8_avx2(const gemm_job *g,
+                                                                float *panel, int pack, int64_t k0,
+                                                                int kc, int64_t s, int64_t i0,
+                                                                int mr, int64_t j0, int nr) {
+    gemm_tile8_body(g, panel, pack, k0, kc, s, i0, mr, j0, nr);
+}
+
+/* The portable tile where a CPU without AVX2 has FMA (and for ONEBIT_KERNEL=portable on one
+ * with AVX2): fmaf per lane is then one instruction, not a call into libm. */
+__attribute__((target("fma"))) static void gemm_tile8_fma(const gemm_job *g, float *panel,
+                                                          int pack, int64_t k0, int kc,
+                                                          int64_t s, int64_t i0, int mr,
+                                                          int64_t j0, int nr) {
+    gemm_tile8_body(g, panel, pack, k0, kc, s, i0, mr, j0, nr);
 }
 
 #define MR16 8 /* the avx512 tile: 8 rows x 32 columns in 16 zmm */
 #define NR16 32
 
-/* The same sums on 16-float vectors, full or masked loads of B. */
-__attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const gemm_job *g,
-                                                                          int64_t s, int64_t i0,
-                                                                          int mr, int64_t j0,
-                                                                          int nr) {
+/* The same sums on 16-float vectors (one vector when nr <= 16). */
+__attribute__((target("avx512f,avx512vl"))) static void
+gemm_tile16_avx512(const gemm_job *g, float *panel, int pack, int64_t k0, int kc, int64_t s,
+                   int64_t i0, int mr, int64_t j0, int nr) {
     __m512 acc[MR16][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR16; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    const float *a[MR16];
-    for (int i = 0; i < MR16; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K;
-    const float *b = g->b + s * g->bseg + j0;
+    float *c[MR16];
     const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
     const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
-    if (nr == NR16) {
-        for (int64_t k = 0; k < g->K; k++) {
-            const __m512 b0 = _mm512_loadu_ps(b + g->boff[k]);
-            const __m512 b1 = _mm512_loadu_ps(b + g->boff[k] + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR16; i++) {
+        c[i] = g->c + (i0 + (i < mr ? i : mr - 1)) * g->ldc + s * g->cseg + j0;
+        acc[i][0] = k0 ? _mm512_maskz_loadu_ps(m0, c[i]) : _mm512_setzero_ps();
+        acc[i][1] = k0 ? _mm512_maskz_loadu_ps(m1, c[i] + 16) : _mm512_setzero_ps();
+    }
+    const float *a[MR16];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR16; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
+    const float *b = g->b + s * g->bseg + j0;
+    const int64_t *boff = g->boff + k0;
+    if (pack) {
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + boff[k]);
+            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + boff[k] + 16);
+            _mm512_store_ps(panel + k * NR16, b0);
+            _mm512_store_ps(panel + k * NR16 + 16, b1);
 #pragma GCC unroll 8
             for (int i = 0; i < MR16; i++) {
                 const __m512 av = _mm512_set1_ps(a[i][k]);
-                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));
-                acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
             }
         }
     } else if (nr > 16) {
-        for (int64_t k = 0; k < g->K; k++) {
-            const __m512 b0 = _mm512_loadu_ps(b + g->boff[k]);
-            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + g->boff[k] + 16);
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
+            const __m512 b1 = _mm512_load_ps(panel + k * NR16 + 16);
 #pragma GCC unroll 8
             for (int i = 0; i < MR16; i++) {
                 const __m512 av = _mm512_set1_ps(a[i][k]);
-                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));
-                acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
             }
         }
-    } else { /* 16 columns or fewer: one vector (the second stays 0 and is not stored) */
-        for (int64_t k = 0; k < g->K; k++) {
-            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + g->boff[k]);
+    } else { /* 16 columns or fewer: one vector (the second is not stored) */
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
 #pragma GCC unroll 8
             for (int i = 0; i < MR16; i++)
-                acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(_mm512_set1_ps(a[i][k]), b0));
+                acc[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[i][k]), b0, acc[i][0]);
         }
     }
     /* every loop over acc runs its full constant count (unrolled), so acc stays in registers */
+    const int last = k0 + kc == g->K;
     const size_t off = g->ep0 + (size_t)(i0 * g->ldc + s * g->cseg + j0);
 #pragma GCC unroll 2
     for (int v = 0; v < 2; v++) {
@@ -328,59 +415,68 @@ __attribute__((target("avx512f,avx512vl"))) static void gemm_tile16_avx512(const
 #pragma GCC unroll 8
         for (int i = 0; i < MR16; i++) {
             col[i] = acc[i][v];
-            if (g->bias)
+            if (last && g->bias)
                 col[i] = _mm512_add_ps(col[i], _mm512_set1_ps(g->bias[i0 + (i < mr ? i : mr - 1)]));
         }
         if (!m) break;
-        if (g->ep)
+        if (last && g->ep)
             ob_ep_avx512(g->ep, g->c0 + i0, col, mr, off + 16 * v, (__mmask8)m,
                          off + 16 * v + 8, (__mmask8)(m >> 8), g->ldc);
 #pragma GCC unroll 8
         for (int i = 0; i < MR16; i++)
-            if (i < mr)
-                _mm512_mask_storeu_ps(g->c + (i0 + i) * g->ldc + s * g->cseg + j0 + 16 * v, m,
-                                      col[i]);
+            if (i < mr) _mm512_mask_storeu_ps(c[i] + 16 * v, m, col[i]);
     }
 }
 #endif
 
-/* The tile of this CPU and its size. */
-static gemm_tile_fn gemm_kernel(int *mr, int *nr) {
+/* The tile of a kernel variant (bconv.h: the one the model's binary convs use, so that
+ * ONEBIT_KERNEL and onebit_set_kernel choose the float GEMM's tile too) and its size: avx512 the
+ * 16-float tile, avx2 the AVX2 + FMA copy of the portable tile, portable and neon the portable
+ * tile (NEON's fmla on aarch64; on x86-64 its FMA copy where the CPU has FMA, else fmaf through
+ * libm, exact and slow: x86-64 CPUs before 2013). */
+static gemm_tile_fn gemm_kernel(int variant, int *mr, int *nr) {
+    *mr = MR8, *nr = NR8;
 #ifdef GEMM_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+    if (variant == OB_KERNEL_AVX512 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512vl")) {
         *mr = MR16, *nr = NR16;
         return gemm_tile16_avx512;
     }
-    if (__builtin_cpu_supports("avx2")) {
-        *mr = MR8, *nr = NR8;
+    if (variant >= OB_KERNEL_AVX2 && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
         return gemm_tile8_avx2;
-    }
+    if (__builtin_cpu_supports("fma")) return gemm_tile8_fma;
+#else
+    (void)variant;
 #endif
-    *mr = MR8, *nr = NR8;
     return gemm_tile8;
 }
 
-/* Row tiles vary fastest, so a thread's consecutive tiles share their B panel. */
-static void gemm_run(const gemm_job *g, int64_t nseg, int threads) {
+/* Per panel (a segment's nr columns, KC taps at a time): the row tiles, all on one thread. */
+static void gemm_run(const gemm_job *g, int64_t nseg, int variant, int threads) {
     (void)threads; /* without OpenMP */
     int mr, nr;
-    const gemm_tile_fn tile = gemm_kernel(&mr, &nr);
+    const gemm_tile_fn tile = gemm_kernel(variant, &mr, &nr);
     const int64_t mt = (g->M + mr - 1) / mr, nt = (g->N + nr - 1) / nr;
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (int64_t t = 0; t < nseg * nt; t++) {
+        float panel[KC * NR_MAX] __attribute__((aligned(64)));
         const int64_t s = t / nt, j0 = t % nt * nr;
         const int nc = g->N - j0 < nr ? (int)(g->N - j0) : nr;
-        for (int64_t i = 0; i < mt; i++) {
-            const int rows = g->M - i * mr < mr ? (int)(g->M - i * mr) : mr;
-            tile(g, s, i * mr, rows, j0, nc);
+        for (int64_t k0 = 0; k0 < g->K; k0 += KC) {
+            const int kc = g->K - k0 < KC ? (int)(g->K - k0) : KC;
+            for (int64_t i = 0; i < mt; i++) {
+                const int rows = g->M - i * mr < mr ? (int)(g->M - i * mr) : mr;
+                tile(g, panel, i == 0, k0, kc, s, i * mr, rows, j0, nc);
+            }
         }
     }
 }
 
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
-               const ob_epilogue *ep) {
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int variant,
+               int threads, const ob_epilogue *ep) {
     const int cin_g = in.c / groups, cout_g = out.c / groups;
     const int64_t K = (int64_t)cin_g * k->kh * k->kw, P = (int64_t)out.h * out.w;
     const int mode = conv_mode(k, out);
@@ -412,7 +508,7 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
                 im2col(xg, cin_g, in.h, in.w, k, out, data, threads);
                 job.b = data;
             }
-            gemm_run(&job, nseg, threads);
+            gemm_run(&job, nseg, variant, threads);
         }
     }
 }

@@ -13,11 +13,12 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode);
 
 /* y (n, cout, oh, ow) = conv2d(x (n, cin, h, w)); weight (cout, cin / groups, kh, kw), then the
  * fused ops of ep (NULL or none: nothing). scratch: ob_conv2d_scratch_floats floats, 64-byte
- * aligned (SIZE_MAX if that overflows). */
+ * aligned (SIZE_MAX if that overflows). variant: a kernel variant of bconv.h (its GEMM tile;
+ * every tile gives the same bits). */
 size_t ob_conv2d_scratch_floats(ob_shape in, int groups, const ob_window *k, ob_shape out);
 void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const float *bias,
-               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int threads,
-               const ob_epilogue *ep);
+               int groups, const ob_window *k, ob_shape out, float *y, float *scratch, int variant,
+               int threads, const ob_epilogue *ep);
 /* y (n, out) = x (n, in) weight (out, in)^T + bias */
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
                float *y, int threads);

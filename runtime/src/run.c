@@ -101,7 +101,8 @@ static void run_nodes(onebit_model *m, void *base, const float *input, int n, fl
         const float *t1 = nd->t[1] ? nd->t[1]->data : NULL;
         switch (nd->op) {
         case OP_CONV2D:
-            ob_conv2d(x, n, xs, t0, t1, nd->ia[6], &nd->win, ys, y, scratch, threads, &ep);
+            ob_conv2d(x, n, xs, t0, t1, nd->ia[6], &nd->win, ys, y, scratch, m->kernel, threads,
+                      &ep);
             break;
         case OP_BCONV2D:
             ob_bconv_run_ep(nd->bconv, x, n, xs.h, xs.w, y, scratch, threads, &ep);
