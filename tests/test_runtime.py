@@ -334,6 +334,32 @@ def test_maxpool2d(pool, side):
     check([Node("maxpool2d", [0], iattr=dict(zip(POOL_ATTRS, pool, strict=True)))], {}, x, want, 0)
 
 
+@pytest.mark.parametrize(
+    "pool", [(3, 3, 2, 2, 1, 1, 0), (3, 3, 1, 1, 1, 1, 0), (2, 3, 2, 1, 0, 1, 1)]
+)
+def test_maxpool2d_rows_of_several_chunks_and_special_values_bit_for_bit(pool):
+    """Rows of 1 to 5 chunks of 16 outputs (the AVX-512 pass runs them in pairs, an odd one
+    alone); a plane with NaN (the last NaN in a window wins, as PyTorch's kernel) and planes
+    without (-0.0 beside +0.0: the first of equal values wins); compared as bits."""
+    x = rand(1, 4, 7, 75)
+    x[0, :, ::2, ::3] = 0.0
+    x[0, :, 1::2, 1::3] = -0.0
+    nan_bits = (0x7FC00000 | np.arange(1, 18, dtype=np.uint32)).view(np.float32)
+    x[0, 1, 2, 5:70:4] = nan_bits  # NaNs with distinct payloads
+    x[0, 2, 4, 10] = -np.inf
+    kh, kw, sh, sw, ph, pw, ceil = pool
+    for width in (75, 40, 13):
+        xi = np.ascontiguousarray(x[..., :width])
+        want = F.max_pool2d(
+            torch.from_numpy(xi), (kh, kw), (sh, sw), (ph, pw), ceil_mode=bool(ceil)
+        )
+        node = Node("maxpool2d", [0], iattr=dict(zip(POOL_ATTRS, pool, strict=True)))
+        got = run_graph([node], {}, xi, want[0].numel())
+        np.testing.assert_array_equal(
+            got.view(np.uint32), want.reshape(1, -1).numpy().view(np.uint32), err_msg=str(width)
+        )
+
+
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 @pytest.mark.parametrize("side", [6, 7])

@@ -739,74 +739,165 @@ POOL_CLONES static void pool_row_sn(float *dst, const float *src, const pool_tap
     pool_row_body(dst, src, t, k, y0, y1, in, out, sum, k->sw);
 }
 
+/* The tap masks of every 16-output chunk of a row, made once per call: for chunk c and tap kx,
+ * valid (the outputs whose tap lies in the row) and, with stride 2, lo and hi (the floats of
+ * the two loads they read, bit 2i for output i). Rows up to POOL_CHUNKS chunks wide. */
+#define POOL_CHUNKS 64
+typedef struct {
+    int chunks;
+    uint16_t valid[POOL_CHUNKS][POOL_TAPS], lo[POOL_CHUNKS][POOL_TAPS], hi[POOL_CHUNKS][POOL_TAPS];
+} pool_masks;
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define POOL_AVX512 1
 /* AVX-512, strides 1 and 2, up to POOL_TAPS columns: 16 outputs at a time with every tap of
- * the window in a register (a tap outside the row is masked off its load and its update), so
- * each output sees the same taps in the same order as the passes above. */
-__attribute__((target("avx512f,bmi2"))) static void
-pool_row_avx512(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
-                int y1, ob_shape in, ob_shape out, int sum) {
+ * the window in a register (a tap outside the row is masked off its load), so each output sees
+ * the same taps in the same order as the passes above. The tap masks of a chunk are made once
+ * for all its rows. A sum adds 0 for a masked tap (x + 0 = x: a sum from +0 is never -0). A max
+ * of a plane without NaN (nan_free) reads -inf there and folds with vmaxps, which keeps the
+ * earlier of equal values as the select does; with a NaN, the last NaN wins (PyTorch's rule),
+ * tracked per tap. */
+__attribute__((target("avx512f,bmi2"))) static void pool_masks_of(const pool_taps *t,
+                                                                  const ob_window *k, int64_t ow,
+                                                                  pool_masks *pm) {
+    pm->chunks = (int)((ow + 15) / 16);
+    for (int c = 0; c < pm->chunks; c++) {
+        const int64_t ox0 = 16 * (int64_t)c, left = ow - ox0;
+        const uint32_t chunk = left >= 16 ? 0xffffu : (1u << left) - 1;
+        for (int kx = 0; kx < k->kw; kx++) {
+            const int64_t l = t->lo[kx] - ox0, h = t->hi[kx] - ox0;
+            const uint32_t below = l <= 0 ? 0 : l >= 16 ? 0xffffu : (1u << l) - 1;
+            const uint32_t upto = h <= 0 ? 0 : h >= 16 ? 0xffffu : (1u << h) - 1;
+            const uint32_t m = chunk & upto & ~below;
+            const uint32_t wide = k->sw == 2 ? _pdep_u32(m, 0x55555555u) : m;
+            pm->valid[c][kx] = (uint16_t)m, pm->lo[c][kx] = (uint16_t)wide;
+            pm->hi[c][kx] = (uint16_t)(wide >> 16);
+        }
+    }
+}
+
+/* Tap kx of chunk c of a row (p: its first float): 16 floats, 0 where masked off (a zeroing
+ * load is one operation, a merging one two). */
+__attribute__((target("avx512f"))) static inline __m512 pool_tap(const float *p, int s2,
+                                                                 const pool_masks *pm, int c,
+                                                                 int kx) {
     const __m512i even =
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    if (!s2) return _mm512_maskz_loadu_ps((__mmask16)pm->valid[c][kx], p);
+    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)pm->lo[c][kx], p);
+    const __m512 b = _mm512_maskz_loadu_ps((__mmask16)pm->hi[c][kx], p + 16);
+    return _mm512_permutex2var_ps(a, even, b);
+}
+
+/* AVX-512, strides 1 and 2, up to POOL_TAPS columns and POOL_CHUNKS chunks: 16 outputs at a
+ * time with every tap of the window in a register (a tap outside the row is masked off its
+ * load), so each output sees the same taps in the same order as the passes above. A sum adds 0
+ * for a masked tap (x + 0 = x: a sum from +0 is never -0). A max of a plane without NaN
+ * (nan_free) folds the valid taps with vmaxps, which keeps the earlier of equal values as the
+ * select does; these two run two chunks at once (two chains of dependent adds or maxes).
+ * A max with a NaN tracks them per tap: the last NaN wins (PyTorch's rule). */
+__attribute__((target("avx512f,bmi2"))) static void
+pool_row_avx512(float *dst, const float *src, const pool_masks *pm, const ob_window *k, int y0,
+                int y1, ob_shape in, ob_shape out, int sum, int nan_free) {
     const __m512 init = _mm512_set1_ps(sum ? 0.0f : -INFINITY);
-    for (int64_t ox0 = 0; ox0 < out.w; ox0 += 16) {
-        const int64_t left = out.w - ox0;
-        const uint32_t chunk = left >= 16 ? 0xffffu : (1u << left) - 1;
-        __mmask16 valid[POOL_TAPS]; /* the outputs of the chunk whose tap kx lies in the row */
-        for (int kx = 0; kx < k->kw; kx++) {
-            const int64_t lo = t->lo[kx] - ox0, hi = t->hi[kx] - ox0;
-            const uint32_t below = lo <= 0 ? 0 : lo >= 16 ? 0xffffu : (1u << lo) - 1;
-            const uint32_t upto = hi <= 0 ? 0 : hi >= 16 ? 0xffffu : (1u << hi) - 1;
-            valid[kx] = (__mmask16)(chunk & upto & ~below);
-        }
-        /* max: m folds the taps that are not NaN with vmaxps (the earlier of equal values, as
-         * the select); the last NaN, if any, is the result (a NaN wins and stays) */
-        __m512 m = init, nan = init;
-        __mmask16 any_nan = 0;
-        for (int64_t iy = y0; iy < y1; iy++) {
-            for (int kx = 0; kx < k->kw; kx++) {
-                if (!valid[kx]) continue;
-                const int64_t at = iy * in.w + kx - k->pw + ox0 * k->sw;
-                __m512 v;
-                if (k->sw == 1) {
-                    v = _mm512_maskz_loadu_ps(valid[kx], src + at);
-                } else {
-                    const uint32_t wide = _pdep_u32(valid[kx], 0x55555555u); /* bit 2i: output i */
-                    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)wide, src + at);
-                    const __m512 b = _mm512_maskz_loadu_ps((__mmask16)(wide >> 16), src + at + 16);
-                    v = _mm512_permutex2var_ps(a, even, b);
+    const int s2 = k->sw == 2;
+    for (int c = 0; c < pm->chunks; c += 2) {
+        const int64_t ox0 = 16 * (int64_t)c, left = out.w - ox0;
+        const __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
+        if (sum || nan_free) {
+            const int c1 = c + 1 < pm->chunks ? c + 1 : c; /* an odd last chunk: twice */
+            __m512 a0 = init, a1 = init;
+            for (int64_t iy = y0; iy < y1; iy++) {
+                const float *row = src + iy * in.w + ox0 * k->sw - k->pw;
+                const float *row1 = row + (int64_t)(c1 - c) * 16 * k->sw;
+                for (int kx = 0; kx < k->kw; kx++) {
+                    const __m512 v0 = pool_tap(row + kx, s2, pm, c, kx);
+                    const __m512 v1 = pool_tap(row1 + kx, s2, pm, c1, kx);
+                    if (sum) {
+                        a0 = _mm512_add_ps(a0, v0), a1 = _mm512_add_ps(a1, v1);
+                    } else {
+                        a0 = _mm512_mask_max_ps(a0, (__mmask16)pm->valid[c][kx], v0, a0);
+                        a1 = _mm512_mask_max_ps(a1, (__mmask16)pm->valid[c1][kx], v1, a1);
+                    }
                 }
-                if (sum) {
-                    m = _mm512_mask_add_ps(m, valid[kx], m, v);
-                } else {
-                    /* vmaxps v, m: v where v > m, else m (also where v is NaN) */
-                    m = _mm512_mask_max_ps(m, valid[kx], v, m);
-                    const __mmask16 is_nan = valid[kx] & _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            }
+            _mm512_mask_storeu_ps(dst + ox0, m0, a0);
+            if (c1 > c)
+                _mm512_mask_storeu_ps(
+                    dst + ox0 + 16,
+                    (__mmask16)(left >= 32 ? 0xffffu : (1u << (left - 16)) - 1), a1);
+            continue;
+        }
+        for (int h = c; h < c + 2 && h < pm->chunks; h++) {
+            /* m folds the taps that are not NaN (vmaxps v, m: v where v > m, else m, also where
+             * v is NaN); the last NaN, if any, is the result (a NaN wins and stays) */
+            const int64_t x0 = 16 * (int64_t)h, lh = out.w - x0;
+            __m512 m = init, nan = init;
+            __mmask16 any_nan = 0;
+            for (int64_t iy = y0; iy < y1; iy++) {
+                const float *row = src + iy * in.w + x0 * k->sw - k->pw;
+                for (int kx = 0; kx < k->kw; kx++) {
+                    const __mmask16 ok = (__mmask16)pm->valid[h][kx];
+                    if (!ok) continue;
+                    const __m512 v = pool_tap(row + kx, s2, pm, h, kx);
+                    m = _mm512_mask_max_ps(m, ok, v, m);
+                    const __mmask16 is_nan = ok & _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
                     nan = _mm512_mask_mov_ps(nan, is_nan, v);
                     any_nan |= is_nan;
                 }
             }
+            m = _mm512_mask_mov_ps(m, any_nan, nan);
+            _mm512_mask_storeu_ps(dst + x0, (__mmask16)(lh >= 16 ? 0xffffu : (1u << lh) - 1), m);
         }
-        if (!sum) m = _mm512_mask_mov_ps(m, any_nan, nan);
-        _mm512_mask_storeu_ps(dst + ox0, (__mmask16)chunk, m);
     }
+}
+
+/* Whether count floats at x hold no NaN. */
+__attribute__((target("avx512f"))) static int nan_free_avx512(const float *x, size_t count) {
+    __mmask16 any = 0;
+    size_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    if (i < count) {
+        const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << (count - i)) - 1), x + i);
+        any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    return any == 0;
 }
 #endif
 
-static void pool_row(float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0,
-                     int y1, ob_shape in, ob_shape out, int sum) {
+/* The AVX-512 pass's masks for this window and row, if it runs here (else NULL). */
+static const pool_masks *pool_avx512(const pool_taps *t, const ob_window *k, ob_shape out,
+                                     pool_masks *pm) {
 #ifdef POOL_AVX512
     static int avx512 = -1;
     if (avx512 < 0) {
         __builtin_cpu_init();
         avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
     }
-    if (avx512 && t->n && k->sw <= 2) {
-        pool_row_avx512(dst, src, t, k, y0, y1, in, out, sum);
+    if (!avx512 || !t->n || k->sw > 2 || out.w > 16 * POOL_CHUNKS) return NULL;
+    pool_masks_of(t, k, out.w, pm);
+    return pm;
+#else
+    (void)t, (void)k, (void)out, (void)pm;
+    return NULL;
+#endif
+}
+
+/* pm: the AVX-512 masks or NULL; nan_free: the plane has no NaN (a max pool may then skip
+ * tracking them; 0 is always right). */
+static void pool_row(float *dst, const float *src, const pool_taps *t, const pool_masks *pm,
+                     const ob_window *k, int y0, int y1, ob_shape in, ob_shape out, int sum,
+                     int nan_free) {
+#ifdef POOL_AVX512
+    if (pm) {
+        pool_row_avx512(dst, src, pm, k, y0, y1, in, out, sum, nan_free);
         return;
     }
 #endif
+    (void)pm, (void)nan_free;
     if (k->sw == 1)
         pool_row_s1(dst, src, t, k, y0, y1, in, out, sum);
     else if (k->sw == 2)
@@ -821,13 +912,20 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
     (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
+    pool_masks masks;
+    const pool_masks *pm = pool_avx512(&t, k, out, &masks);
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
+        const float *plane = x + nc * in.h * in.w;
+        int nan_free = 0;
+#ifdef POOL_AVX512
+        if (pm) nan_free = nan_free_avx512(plane, (size_t)in.h * in.w);
+#endif
         for (int oy = 0; oy < out.h; oy++) {
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            pool_row(y + (nc * out.h + oy) * out.w, x + nc * in.h * in.w, &t, k, y0, y1, in, out,
-                     0);
+            pool_row(y + (nc * out.h + oy) * out.w, plane, &t, pm, k, y0, y1, in, out, 0,
+                     nan_free);
         }
     }
 }
@@ -850,6 +948,8 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
     (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
+    pool_masks masks;
+    const pool_masks *pm = pool_avx512(&t, k, out, &masks);
     int cols[POOL_COLS];
     const int kept = out.w <= POOL_COLS;
     for (int ox = 0; kept && ox < out.w; ox++)
@@ -860,7 +960,7 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
             float *dst = y + (nc * out.h + oy) * out.w;
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            pool_row(dst, x + nc * in.h * in.w, &t, k, y0, y1, in, out, 1);
+            pool_row(dst, x + nc * in.h * in.w, &t, pm, k, y0, y1, in, out, 1, 0);
             const int ys = oy * k->sh - k->ph;
             const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
             const int rows = count_include_pad ? ye - ys : y1 - y0;
