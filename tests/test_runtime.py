@@ -141,15 +141,19 @@ def test_conv2d(cin, cout, k, stride, pad, dil, groups, bias):
     ("cin", "k", "stride", "pad", "hw"),
     [
         (40, 3, 2, 1, (9, 41)),  # padded phase-split copy (21 wide), K = 360: two chunks of 256
+        (40, 3, 2, 1, (50, 41)),  # the same, 525 outputs: A packed (pack_a)
         (300, 1, 1, 0, (5, 7)),  # pointwise in place, K = 300
+        (30, 1, 1, 0, (20, 30)),  # pointwise, A packed
         (31, 3, 1, 1, (6, 7)),  # narrow: im2col, K = 279
         (3, 7, 2, 3, (20, 38)),  # a stem: K = 147, the padded copy
+        (3, 7, 2, 3, (50, 64)),  # a stem, A packed
     ],
 )
 def test_conv2d_gemm_tiles_give_the_same_bits_on_every_kernel(cin, k, stride, pad, hw):
     """The float GEMM's tiles (AVX-512, AVX2, the portable C; NEON under qemu) take the same
     fused multiply-adds in the same order: equal outputs, whichever kernel a model runs; rows
-    past a tile's 6 / 8 (13 channels), columns past its 16 / 32, and K in chunks of 256."""
+    past a tile's 6 / 8 (13 channels), columns past its 16 / 32, K in chunks of 256, and A read
+    in place or packed (outputs of 512 pixels or more)."""
     x, w, b = rand(2, cin, *hw), rand(13, cin, k, k, seed=1), rand(13, seed=2)
     want = F.conv2d(*map(torch.from_numpy, (x, w, b)), stride=stride, padding=pad)
     attrs = conv_attrs(stride, pad) | {"groups": 1}

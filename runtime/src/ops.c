@@ -80,22 +80,47 @@ static int conv_mode(const ob_window *k, ob_shape out) {
 #endif
 }
 
-size_t ob_conv2d_scratch_floats(ob_shape in, int groups, const ob_window *k, ob_shape out) {
+/* Whether the GEMM reads A packed (pack_a, once per call and group): where the tiles read it
+ * often, that is where the output has at least 16 of the widest tiles' columns (the tiles
+ * re-read A per column tile; each reads 8 rows of it at once, which packed are one stream). */
+static int a_packed(ob_shape out, const ob_window *k, int64_t m) {
+#ifdef ONEBIT_CBLAS
+    (void)out, (void)k, (void)m;
+    return 0;
+#else
+    (void)k;
+    return m > 1 && (int64_t)out.h * out.w >= 512;
+#endif
+}
+
+/* The scratch of a conv2d in floats: B's int64 row offsets (2 K + 16: the data after them starts
+ * on a cache line), B's data (the padded copy or im2col's columns; 0 in place), and A packed
+ * (rows rounded up to a tile, at most 8 more, + 16 to align). UINT64_MAX where one overflows. */
+static void conv_scratch(ob_shape in, int groups, const ob_window *k, ob_shape out,
+                         uint64_t *offs, uint64_t *data, uint64_t *packed) {
     /* cin, kh, kw < 2^26, 2^17, 2^17: the rows fit 64 bits; the product may not */
-    const uint64_t K = (uint64_t)(in.c / groups) * k->kh * k->kw;
-    const uint64_t offs = 2 * K + 16; /* the int64 row offsets of B, 64-byte aligned */
-    uint64_t data = 0;
+    const uint64_t K = (uint64_t)(in.c / groups) * k->kh * k->kw, m = (uint64_t)(out.c / groups);
+    *offs = 2 * K + 16;
+    *data = 0;
     const int mode = conv_mode(k, out);
     if (mode == 1) {
         const padded p = padded_of(in, k);
         const uint64_t c = (uint64_t)(in.c / groups);
-        data = (uint64_t)p.plane > UINT64_MAX / c ? UINT64_MAX : c * (uint64_t)p.plane;
+        *data = (uint64_t)p.plane > UINT64_MAX / c ? UINT64_MAX : c * (uint64_t)p.plane;
     } else if (mode == 2) {
         const uint64_t plane = (uint64_t)out.h * out.w;
-        data = K > UINT64_MAX / plane ? UINT64_MAX : K * plane;
+        *data = K > UINT64_MAX / plane ? UINT64_MAX : K * plane;
     }
-    if (data > SIZE_MAX / 8 || offs > SIZE_MAX / 8) return SIZE_MAX;
-    return (size_t)(offs + data);
+    *packed = !a_packed(out, k, (int64_t)m) ? 0
+              : K > (UINT64_MAX - 16) / (m + 8) ? UINT64_MAX
+                                                : (m + 8) * K + 16;
+}
+
+size_t ob_conv2d_scratch_floats(ob_shape in, int groups, const ob_window *k, ob_shape out) {
+    uint64_t offs, data, packed;
+    conv_scratch(in, groups, k, out, &offs, &data, &packed);
+    if (data > SIZE_MAX / 8 || offs > SIZE_MAX / 8 || packed > SIZE_MAX / 8) return SIZE_MAX;
+    return (size_t)(offs + data + packed);
 }
 
 /* col (cin kh kw, oh ow): row (c, ky, kx) holds the input pixel each output pixel sees
@@ -195,7 +220,8 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
  * element (i, j) of segment s is output element ep0 + i ldc + s cseg + j. */
 typedef struct {
     int64_t M, K, N;
-    const float *A; /* (M, K), row stride K */
+    const float *A;  /* (M, K), row stride K */
+    const float *Ap; /* or NULL: A packed by pack_a for the tile's mr */
     const float *bias;
     const float *b;
     const int64_t *boff;
@@ -247,17 +273,43 @@ static inline __attribute__((always_inline)) vf8 fma8(vf8 a, vf8 b, vf8 c) {
 #define NR8 16
 #define NR_MAX 32 /* the widest tile's columns (NR16) */
 
-/* One k of the portable tile: B's row (two vectors) times each row's A. */
-static inline __attribute__((always_inline)) void tile8_step(vf8 acc[MR8][2], const float *a[MR8],
+/* One k of the portable tile: B's row (two vectors) times each row's A (through a, or the
+ * packed block ap: row i at ap[k * MR8 + i]). */
+static inline __attribute__((always_inline)) void tile8_step(vf8 acc[MR8][2],
+                                                             const float *const *a,
+                                                             const float *ap, const int packed,
                                                              int k, const float *brow) {
     vf8 b0, b1;
     memcpy(&b0, brow, sizeof b0);
     memcpy(&b1, brow + 8, sizeof b1);
 #pragma GCC unroll 6
     for (int i = 0; i < MR8; i++) {
-        const vf8 av = {a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k], a[i][k]};
+        const float x = packed ? ap[k * MR8 + i] : a[i][k];
+        const vf8 av = {x, x, x, x, x, x, x, x};
         acc[i][0] = fma8(av, b0, acc[i][0]);
         acc[i][1] = fma8(av, b1, acc[i][1]);
+    }
+}
+
+/* The sums of the portable tile over kc taps (with pack, B's rows copied into the panel as they
+ * are read). Always inlined with a constant packed. */
+static inline __attribute__((always_inline)) void tile8_sums(vf8 acc[MR8][2],
+                                                             const float *const *a,
+                                                             const float *ap, const int packed,
+                                                             const float *b, const int64_t *boff,
+                                                             float *panel, int pack, int kc,
+                                                             int nr) {
+    if (pack) {
+        for (int k = 0; k < kc; k++) {
+            float *row = panel + k * NR8;
+            if (nr == NR8)
+                memcpy(row, b + boff[k], sizeof(float) * NR8);
+            else
+                for (int j = 0; j < NR8; j++) row[j] = j < nr ? b[boff[k] + j] : 0.0f;
+            tile8_step(acc, a, ap, packed, k, row);
+        }
+    } else {
+        for (int k = 0; k < kc; k++) tile8_step(acc, a, ap, packed, k, panel + k * NR8);
     }
 }
 
@@ -285,22 +337,17 @@ static inline __attribute__((always_inline)) void gemm_tile8_body(const gemm_job
             memcpy(acc[i], t, sizeof t);
         }
     }
-    const float *a[MR8];
-#pragma GCC unroll 6
-    for (int i = 0; i < MR8; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
     const float *b = g->b + s * g->bseg + j0;
     const int64_t *boff = g->boff + k0;
-    if (pack) {
-        for (int k = 0; k < kc; k++) {
-            float *row = panel + k * NR8;
-            if (nr == NR8)
-                memcpy(row, b + boff[k], sizeof(float) * NR8);
-            else
-                for (int j = 0; j < NR8; j++) row[j] = j < nr ? b[boff[k] + j] : 0.0f;
-            tile8_step(acc, a, k, row);
-        }
+    if (g->Ap) {
+        const float *ap = g->Ap + ((size_t)(i0 / MR8) * g->K + k0) * MR8;
+        tile8_sums(acc, NULL, ap, 1, b, boff, panel, pack, kc, nr);
     } else {
-        for (int k = 0; k < kc; k++) tile8_step(acc, a, k, panel + k * NR8);
+        const float *a[MR8];
+#pragma GCC unroll 6
+        for (int i = 0; i < MR8; i++)
+            a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
+        tile8_sums(acc, a, NULL, 0, b, boff, panel, pack, kc, nr);
     }
     const int last = k0 + kc == g->K;
     if (last && g->bias)
@@ -354,6 +401,49 @@ __attribute__((target("fma"))) static void gemm_tile8_fma(const gemm_job *g, flo
 #define MR16 8 /* the avx512 tile: 8 rows x 32 columns in 16 zmm */
 #define NR16 32
 
+/* The sums of the AVX-512 tile over kc taps: A's rows through a (packed 0) or the packed block
+ * ap (packed 1: row i of tap k at ap[k * MR16 + i]); with pack, B's rows from b + boff[k],
+ * copied into the panel, else from the panel. Always inlined with a constant packed. */
+__attribute__((target("avx512f,avx512vl"), always_inline)) static inline void
+tile16_sums(__m512 acc[MR16][2], const float *const *a, const float *ap, const int packed,
+            const float *b, const int64_t *boff, float *panel, int pack, int kc, __mmask16 m0,
+            __mmask16 m1, int nr) {
+#define A16(i, k) (packed ? ap[(k) * MR16 + (i)] : a[i][k])
+    if (pack) {
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + boff[k]);
+            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + boff[k] + 16);
+            _mm512_store_ps(panel + k * NR16, b0);
+            _mm512_store_ps(panel + k * NR16 + 16, b1);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++) {
+                const __m512 av = _mm512_set1_ps(A16(i, k));
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+            }
+        }
+    } else if (nr > 16) {
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
+            const __m512 b1 = _mm512_load_ps(panel + k * NR16 + 16);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++) {
+                const __m512 av = _mm512_set1_ps(A16(i, k));
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+            }
+        }
+    } else { /* 16 columns or fewer: one vector (the second is not stored) */
+        for (int k = 0; k < kc; k++) {
+            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR16; i++)
+                acc[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(A16(i, k)), b0, acc[i][0]);
+        }
+    }
+#undef A16
+}
+
 /* The same sums on 16-float vectors (one vector when nr <= 16). */
 __attribute__((target("avx512f,avx512vl"))) static void
 gemm_tile16_avx512(const gemm_job *g, float *panel, int pack, int64_t k0, int kc, int64_t s,
@@ -368,42 +458,17 @@ gemm_tile16_avx512(const gemm_job *g, float *panel, int pack, int64_t k0, int kc
         acc[i][0] = k0 ? _mm512_maskz_loadu_ps(m0, c[i]) : _mm512_setzero_ps();
         acc[i][1] = k0 ? _mm512_maskz_loadu_ps(m1, c[i] + 16) : _mm512_setzero_ps();
     }
-    const float *a[MR16];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR16; i++) a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
     const float *b = g->b + s * g->bseg + j0;
     const int64_t *boff = g->boff + k0;
-    if (pack) {
-        for (int k = 0; k < kc; k++) {
-            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + boff[k]);
-            const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + boff[k] + 16);
-            _mm512_store_ps(panel + k * NR16, b0);
-            _mm512_store_ps(panel + k * NR16 + 16, b1);
+    if (g->Ap) {
+        const float *ap = g->Ap + ((size_t)(i0 / MR16) * g->K + k0) * MR16;
+        tile16_sums(acc, NULL, ap, 1, b, boff, panel, pack, kc, m0, m1, nr);
+    } else {
+        const float *a[MR16];
 #pragma GCC unroll 8
-            for (int i = 0; i < MR16; i++) {
-                const __m512 av = _mm512_set1_ps(a[i][k]);
-                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-            }
-        }
-    } else if (nr > 16) {
-        for (int k = 0; k < kc; k++) {
-            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
-            const __m512 b1 = _mm512_load_ps(panel + k * NR16 + 16);
-#pragma GCC unroll 8
-            for (int i = 0; i < MR16; i++) {
-                const __m512 av = _mm512_set1_ps(a[i][k]);
-                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-            }
-        }
-    } else { /* 16 columns or fewer: one vector (the second is not stored) */
-        for (int k = 0; k < kc; k++) {
-            const __m512 b0 = _mm512_load_ps(panel + k * NR16);
-#pragma GCC unroll 8
-            for (int i = 0; i < MR16; i++)
-                acc[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[i][k]), b0, acc[i][0]);
-        }
+        for (int i = 0; i < MR16; i++)
+            a[i] = g->A + (size_t)(i0 + (i < mr ? i : mr - 1)) * g->K + k0;
+        tile16_sums(acc, a, NULL, 0, b, boff, panel, pack, kc, m0, m1, nr);
     }
     /* every loop over acc runs its full constant count (unrolled), so acc stays in registers */
     const int last = k0 + kc == g->K;
@@ -453,11 +518,21 @@ static gemm_tile_fn gemm_kernel(int variant, int *mr, int *nr) {
     return gemm_tile8;
 }
 
+/* A (M, K) into blocks of mr rows, each K x mr (row i of tap k at k mr + i); rows past M
+ * repeat row M - 1, as the tiles' own rows past mr do. */
+static void pack_a(const float *A, int64_t M, int64_t K, int mr, float *ap) {
+    for (int64_t b = 0; b < (M + mr - 1) / mr; b++)
+        for (int64_t k = 0; k < K; k++)
+            for (int i = 0; i < mr; i++) {
+                const int64_t row = b * mr + i < M ? b * mr + i : M - 1;
+                ap[(b * K + k) * mr + i] = A[row * K + k];
+            }
+}
+
 /* Per panel (a segment's nr columns, KC taps at a time): the row tiles, all on one thread. */
-static void gemm_run(const gemm_job *g, int64_t nseg, int variant, int threads) {
+static void gemm_run(const gemm_job *g, int64_t nseg, gemm_tile_fn tile, int mr, int nr,
+                     int threads) {
     (void)threads; /* without OpenMP */
-    int mr, nr;
-    const gemm_tile_fn tile = gemm_kernel(variant, &mr, &nr);
     const int64_t mt = (g->M + mr - 1) / mr, nt = (g->N + nr - 1) / nr;
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (int64_t t = 0; t < nseg * nt; t++) {
@@ -492,12 +567,19 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
                             : r * P;
     }
     if (ep && ep->n == 0) ep = NULL;
-    for (int img = 0; img < n; img++) {
-        for (int g = 0; g < groups; g++) {
+    int mr, nr;
+    const gemm_tile_fn tile = gemm_kernel(variant, &mr, &nr);
+    uint64_t offs_floats, data_floats, packed_floats;
+    conv_scratch(in, groups, k, out, &offs_floats, &data_floats, &packed_floats);
+    float *ap = NULL; /* after B's data, on a cache line */
+    if (packed_floats) ap = (float *)(((uintptr_t)(data + data_floats) + 63) & ~(uintptr_t)63);
+    for (int g = 0; g < groups; g++) {
+        const float *wg = weight + (size_t)g * cout_g * K;
+        if (ap) pack_a(wg, cout_g, K, mr, ap);
+        for (int img = 0; img < n; img++) {
             const float *xg = x + ((size_t)img * in.c + (size_t)g * cin_g) * in.h * in.w;
-            gemm_job job = {cout_g, K, P, weight + (size_t)g * cout_g * K,
-                            bias ? bias + (size_t)g * cout_g : NULL, xg, boff, 0,
-                            y + ((size_t)img * out.c + (size_t)g * cout_g) * P, P, 0, ep,
+            gemm_job job = {cout_g, K, P, wg, ap, bias ? bias + (size_t)g * cout_g : NULL, xg,
+                            boff, 0, y + ((size_t)img * out.c + (size_t)g * cout_g) * P, P, 0, ep,
                             (int64_t)g * cout_g, ((size_t)img * out.c + (size_t)g * cout_g) * P};
             int64_t nseg = 1;
             if (mode == 1) {
@@ -508,7 +590,7 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
                 im2col(xg, cin_g, in.h, in.w, k, out, data, threads);
                 job.b = data;
             }
-            gemm_run(&job, nseg, variant, threads);
+            gemm_run(&job, nseg, tile, mr, nr, threads);
         }
     }
 }
