@@ -858,6 +858,16 @@ __attribute__((target("avx512f,bmi2"))) static void pool_masks_of(const pool_tap
     }
 }
 
+/* sum / (float)(rows * cols[i]) per output i of a chunk (m: its outputs), 0 where the count is
+ * 0: the division of ob_avgpool2d's generic pass, 16 at a time. */
+__attribute__((target("avx512f"))) static inline __m512 avg_divide(__m512 sum, const int *cols,
+                                                                   int rows, __mmask16 m) {
+    const __m512i count =
+        _mm512_mullo_epi32(_mm512_set1_epi32(rows), _mm512_maskz_loadu_epi32(m, cols));
+    const __mmask16 some = _mm512_cmpgt_epi32_mask(count, _mm512_setzero_si512());
+    return _mm512_maskz_div_ps(some, sum, _mm512_cvtepi32_ps(count));
+}
+
 /* Tap kx of chunk c of a row (p: its first float): 16 floats, 0 where masked off (a zeroing
  * load is one operation, a merging one two). */
 __attribute__((target("avx512f"))) static inline __m512 pool_tap(const float *p, int s2,
@@ -871,6 +881,29 @@ __attribute__((target("avx512f"))) static inline __m512 pool_tap(const float *p,
     return _mm512_permutex2var_ps(a, even, b);
 }
 
+/* The fold of chunk c (into *a0) and, with two, of chunk c + 1 (into *a1) over rows [y0, y1):
+ * sums, or maxes of the valid taps. Always inlined with a constant two. */
+__attribute__((target("avx512f,bmi2"), always_inline)) static inline void
+pool_fold(__m512 *a0, __m512 *a1, const int two, const float *src, const pool_masks *pm,
+          const ob_window *k, int y0, int y1, ob_shape in, int c, int sum) {
+    const int s2 = k->sw == 2;
+    for (int64_t iy = y0; iy < y1; iy++) {
+        const float *row = src + iy * in.w + 16 * (int64_t)c * k->sw - k->pw;
+        const float *row1 = row + 16 * (int64_t)k->sw;
+        for (int kx = 0; kx < k->kw; kx++) {
+            const __m512 v0 = pool_tap(row + kx, s2, pm, c, kx);
+            const __m512 v1 = two ? pool_tap(row1 + kx, s2, pm, c + 1, kx) : v0;
+            if (sum) {
+                *a0 = _mm512_add_ps(*a0, v0);
+                if (two) *a1 = _mm512_add_ps(*a1, v1);
+            } else {
+                *a0 = _mm512_mask_max_ps(*a0, (__mmask16)pm->valid[c][kx], v0, *a0);
+                if (two) *a1 = _mm512_mask_max_ps(*a1, (__mmask16)pm->valid[c + 1][kx], v1, *a1);
+            }
+        }
+    }
+}
+
 /* AVX-512, strides 1 and 2, up to POOL_TAPS columns and POOL_CHUNKS chunks: 16 outputs at a
  * time with every tap of the window in a register (a tap outside the row is masked off its
  * load), so each output sees the same taps in the same order as the passes above. A sum adds 0
@@ -880,34 +913,28 @@ __attribute__((target("avx512f"))) static inline __m512 pool_tap(const float *p,
  * A max with a NaN tracks them per tap: the last NaN wins (PyTorch's rule). */
 __attribute__((target("avx512f,bmi2"))) static void
 pool_row_avx512(float *dst, const float *src, const pool_masks *pm, const ob_window *k, int y0,
-                int y1, ob_shape in, ob_shape out, int sum, int nan_free) {
+                int y1, ob_shape in, ob_shape out, int sum, int nan_free, const int *cols,
+                int rows) {
     const __m512 init = _mm512_set1_ps(sum ? 0.0f : -INFINITY);
     const int s2 = k->sw == 2;
     for (int c = 0; c < pm->chunks; c += 2) {
         const int64_t ox0 = 16 * (int64_t)c, left = out.w - ox0;
         const __mmask16 m0 = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
         if (sum || nan_free) {
-            const int c1 = c + 1 < pm->chunks ? c + 1 : c; /* an odd last chunk: twice */
+            const int c1 = c + 1 < pm->chunks ? c + 1 : c; /* an odd last chunk: alone */
             __m512 a0 = init, a1 = init;
-            for (int64_t iy = y0; iy < y1; iy++) {
-                const float *row = src + iy * in.w + ox0 * k->sw - k->pw;
-                const float *row1 = row + (int64_t)(c1 - c) * 16 * k->sw;
-                for (int kx = 0; kx < k->kw; kx++) {
-                    const __m512 v0 = pool_tap(row + kx, s2, pm, c, kx);
-                    const __m512 v1 = pool_tap(row1 + kx, s2, pm, c1, kx);
-                    if (sum) {
-                        a0 = _mm512_add_ps(a0, v0), a1 = _mm512_add_ps(a1, v1);
-                    } else {
-                        a0 = _mm512_mask_max_ps(a0, (__mmask16)pm->valid[c][kx], v0, a0);
-                        a1 = _mm512_mask_max_ps(a1, (__mmask16)pm->valid[c1][kx], v1, a1);
-                    }
-                }
+            if (c1 > c)
+                pool_fold(&a0, &a1, 1, src, pm, k, y0, y1, in, c, sum);
+            else
+                pool_fold(&a0, &a1, 0, src, pm, k, y0, y1, in, c, sum);
+            const __mmask16 m1 =
+                (__mmask16)(left >= 32 ? 0xffffu : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+            if (cols) { /* an average pool's divisors */
+                a0 = avg_divide(a0, cols + ox0, rows, m0);
+                a1 = avg_divide(a1, cols + ox0 + 16, rows, m1);
             }
             _mm512_mask_storeu_ps(dst + ox0, m0, a0);
-            if (c1 > c)
-                _mm512_mask_storeu_ps(
-                    dst + ox0 + 16,
-                    (__mmask16)(left >= 32 ? 0xffffu : (1u << (left - 16)) - 1), a1);
+            if (c1 > c) _mm512_mask_storeu_ps(dst + ox0 + 16, m1, a1);
             continue;
         }
         for (int h = c; h < c + 2 && h < pm->chunks; h++) {
@@ -975,7 +1002,7 @@ static void pool_row(float *dst, const float *src, const pool_taps *t, const poo
                      int nan_free) {
 #ifdef POOL_AVX512
     if (pm) {
-        pool_row_avx512(dst, src, pm, k, y0, y1, in, out, sum, nan_free);
+        pool_row_avx512(dst, src, pm, k, y0, y1, in, out, sum, nan_free, NULL, 0);
         return;
     }
 #endif
@@ -1042,10 +1069,17 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
             float *dst = y + (nc * out.h + oy) * out.w;
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
-            pool_row(dst, x + nc * in.h * in.w, &t, pm, k, y0, y1, in, out, 1, 0);
             const int ys = oy * k->sh - k->ph;
             const int ye = ys + k->kh < in.h + k->ph ? ys + k->kh : in.h + k->ph;
             const int rows = count_include_pad ? ye - ys : y1 - y0;
+#ifdef POOL_AVX512
+            if (pm) { /* the sums and their division in one pass (pm: out.w <= POOL_COLS) */
+                pool_row_avx512(dst, x + nc * in.h * in.w, pm, k, y0, y1, in, out, 1, 0, cols,
+                                rows);
+                continue;
+            }
+#endif
+            pool_row(dst, x + nc * in.h * in.w, &t, pm, k, y0, y1, in, out, 1, 0);
             for (int64_t ox = 0; ox < out.w; ox++) {
                 const int count =
                     rows * (kept ? cols[ox] : avg_columns(k, in, count_include_pad, (int)ox));
