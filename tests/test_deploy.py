@@ -540,6 +540,35 @@ def test_cli_bench_prints_both_tables(capsys, one_thread):
 # ------------------------------------------------------------------ input spec, predict, eval
 
 
+@pytest.mark.parametrize(
+    ("hw", "transform"),
+    [
+        ((300, 250), "resize_crop"),
+        ((500, 375), "resize_crop"),
+        ((32, 32), "resize_crop"),
+        ((20, 27), "none"),
+        ((1000, 37), "none"),
+        ((7, 9), "resize_crop"),
+    ],
+)
+def test_preprocess_resizes_as_pytorch_antialiased_bilinear_without_pytorch(hw, transform):
+    """InputSpec's resize is numpy: PyTorch's F.interpolate(bilinear, antialias=True) to the
+    shorter side round(size / 0.875) (resize_crop) or size (none), centre crop; shrinking by
+    up to 27x and growing; equal to float rounding (the weights in float32, as PyTorch's)."""
+    size = 32
+    x = np.random.default_rng(hw[0]).random((2, 3, *hw)).astype(np.float32)
+    got = InputSpec(3, size, (0.0,) * 3, (1.0,) * 3, transform).preprocess(x)
+    short = round(size / 0.875) if transform == "resize_crop" else size
+    scale = short / min(hw)
+    new = (max(size, round(hw[0] * scale)), max(size, round(hw[1] * scale)))
+    t = torch.nn.functional.interpolate(
+        torch.from_numpy(x), size=new, mode="bilinear", align_corners=False, antialias=True
+    )
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    want = t[..., top : top + size, left : left + size].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def fmnist_export(tmp_path_factory):
     """A 1-bit ResNet-20 trained briefly on Fashion-MNIST, exported from its run directory."""

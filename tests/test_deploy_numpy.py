@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import onebit
+from onebit.input_spec import InputSpec
 
 SCRIPT = """
 import json, sys
@@ -26,15 +28,20 @@ print(json.dumps({
 """
 
 
-def test_load_and_predict_without_pytorch(tmp_path):
+@pytest.mark.parametrize("transform", [None, "resize_crop"])
+def test_load_and_predict_without_pytorch(tmp_path, transform):
+    """The registry's input (Fashion-MNIST's 28x28, padded), and an image-folder-style one whose
+    raw images of another size are resized and cropped in numpy."""
     torch.manual_seed(0)
     model = onebit.create_model("resnet20", method="recu", num_classes=10, in_chans=1)
     for _ in range(3):  # BatchNorm statistics of its own
         model(torch.randn(8, 1, 32, 32))
     model.eval()
     path = tmp_path / "r20.onebit"
-    onebit.deploy.export(model, path)
-    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    spec = InputSpec(1, 32, (0.3,), (0.4,), transform) if transform else None
+    onebit.deploy.export(model, path, input_spec=spec)
+    side = (45, 40) if transform else (28, 28)
+    images = np.random.default_rng(0).integers(0, 256, (6, *side), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(path), str(tmp_path / "images.npy")],

@@ -6,15 +6,18 @@
  * IMAGES: an IDX file of uint8 images (N, H, W) (Fashion-MNIST's; not gzip-compressed:
  * gunzip it first), a .npy of uint8 or float32 images (N, H, W), (N, C, H, W) or (N, H, W, C),
  * or with --raw N a file of N uint8 images (N, C, H, W) of the model's raw size. Images become
- * the model's input as onebit.data.spec.InputSpec.preprocess makes them: uint8 / 255 (float
- * images are taken as [0, 1]), a centred zero pad to the model's size for transform "pad", then
- * (x - mean) / std. LABELS: an IDX or .npy file of integer labels.
+ * the model's input as onebit.input_spec.InputSpec.preprocess makes them: uint8 / 255 (float
+ * images are taken as [0, 1]), a centred zero pad to the model's size for transform "pad", the
+ * shorter side resized to size / 0.875 and the centre cropped for "resize_crop" (PyTorch's
+ * antialiased bilinear resize; "none" resizes to the model's size images of another size),
+ * then (x - mean) / std. LABELS: an IDX or .npy file of integer labels.
  *
  * Prints the top K classes of each image (best first), or with --labels the top-1 (and top-K)
  * accuracy; --bench times REPEATS runs of the first batch instead. Errors are one line,
  * "onebit-run: error: ...", exit status 2.
  */
 #include <errno.h>
+#include <math.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -228,30 +231,119 @@ typedef struct {
     onebit_input_record rec;
 } input_info;
 
-/* Images must fit the transform: "pad" takes any size up to the model's, "none" and
- * "resize_crop" only the model's (the CLI does not resize). */
+/* Images must fit the transform: "pad" takes any size up to the model's; "none" and
+ * "resize_crop" take any size (resized below). */
 static void check_size(const char *path, const images *im, const input_info *in) {
     if (in->c > 4) die("the model takes %d channels; its header normalises at most 4", in->c);
     if (im->h == in->h && im->w == in->w) return;
-    if (in->rec.transform == ONEBIT_TRANSFORM_RESIZE_CROP)
-        die("%s: images are %lldx%lld and the model's input transform is resize_crop: resize "
-            "and centre-crop them to %dx%d first (onebit-run does not resize)",
-            path, (long long)im->h, (long long)im->w, in->h, in->w);
-    if (in->rec.transform == ONEBIT_TRANSFORM_NONE)
-        die("%s: images are %lldx%lld, the model takes %dx%d (transform none)", path,
-            (long long)im->h, (long long)im->w, in->h, in->w);
+    if (in->rec.transform != ONEBIT_TRANSFORM_PAD) return;
     if (im->h > in->h || im->w > in->w)
         die("%s: images are %lldx%lld, larger than the model's %dx%d (raw images are %dx%d, "
             "zero-padded)",
             path, (long long)im->h, (long long)im->w, in->h, in->w, in->rec.raw_h, in->rec.raw_w);
 }
 
-/* Images [first, first + n) as the model's normalised input (n, C, H, W). */
-static void preprocess(const images *im, int64_t first, int n, const input_info *in, float *out) {
+/* Whether the images are resized (InputSpec.preprocess: "resize_crop" always, "none" when they
+ * are not the model's size). */
+static int resizes(const images *im, const input_info *in) {
+    return in->rec.transform == ONEBIT_TRANSFORM_RESIZE_CROP ||
+           (in->rec.transform == ONEBIT_TRANSFORM_NONE && (im->h != in->h || im->w != in->w));
+}
+
+/* One axis of InputSpec's resize, PyTorch's antialiased bilinear (aten UpSample.h,
+ * _compute_weights_aa), in float as PyTorch computes it for float images: output i of n_out
+ * weighs inputs [lo[i], lo[i] + len[i]) by w[i * n_in + j - lo[i]], the triangle filter widened
+ * by the scale when shrinking, divided by the weights' sum. Outputs [first, first + count). */
+typedef struct {
+    int64_t *lo, *len;
+    float *w;
+    int64_t n_in;
+} axis;
+
+static axis resize_axis(int64_t n_in, int64_t n_out, int64_t first, int64_t count) {
+    axis a = {xmalloc(sizeof(int64_t) * (size_t)count), xmalloc(sizeof(int64_t) * (size_t)count),
+              xmalloc(sizeof(float) * (size_t)(count * n_in)), n_in};
+    const float scale = (float)n_in / (float)n_out;
+    const float support = scale >= 1.0f ? scale : 1.0f, inv = scale >= 1.0f ? 1.0f / scale : 1.0f;
+    for (int64_t k = 0; k < count; k++) {
+        const float centre = scale * ((float)(first + k) + 0.5f);
+        const int64_t lo0 = (int64_t)(centre - support + 0.5f);
+        const int64_t hi0 = (int64_t)(centre + support + 0.5f);
+        const int64_t lo = lo0 > 0 ? lo0 : 0, hi = hi0 < n_in ? hi0 : n_in;
+        float *w = a.w + k * n_in, total = 0.0f;
+        for (int64_t j = lo; j < hi; j++) {
+            const float d = ((float)j - centre + 0.5f) * inv, t = 1.0f - (d < 0 ? -d : d);
+            w[j - lo] = t > 0.0f ? t : 0.0f;
+            total += w[j - lo];
+        }
+        if (total != 0.0f)
+            for (int64_t j = lo; j < hi; j++) w[j - lo] /= total;
+        a.lo[k] = lo, a.len[k] = hi > lo ? hi - lo : 0;
+    }
+    return a;
+}
+
+static void free_axis(axis *a) { free(a->lo), free(a->len), free(a->w); }
+
+/* The resize and centre crop of InputSpec._resize_centre_crop: the shorter side to
+ * round(size / 0.875) ("resize_crop"; the model's size for "none"), Python's round (half to
+ * even, rint), the centre square; width first, then height, as PyTorch. */
+typedef struct {
+    axis rows, cols;
+    float *tmp; /* h x size: the rows after the width pass */
+} resizer;
+
+static resizer make_resizer(const images *im, const input_info *in) {
+    const int size = in->h;
+    const double shorter = im->h < im->w ? (double)im->h : (double)im->w;
+    const double target = in->rec.transform == ONEBIT_TRANSFORM_RESIZE_CROP
+                              ? rint((double)size / 0.875)
+                              : (double)size;
+    const double scale = target / shorter;
+    int64_t nh = (int64_t)rint((double)im->h * scale), nw = (int64_t)rint((double)im->w * scale);
+    nh = nh > size ? nh : size, nw = nw > size ? nw : size;
+    resizer r = {resize_axis(im->h, nh, (nh - size) / 2, size),
+                 resize_axis(im->w, nw, (nw - size) / 2, size),
+                 xmalloc(sizeof(float) * (size_t)(im->h * size))};
+    return r;
+}
+
+/* Channel c of image i resized into out (size x size). */
+static void resize_channel(const resizer *r, const images *im, int64_t i, int c, int size,
+                           float *out) {
+    for (int64_t y = 0; y < im->h; y++)
+        for (int x = 0; x < size; x++) {
+            const float *w = r->cols.w + x * r->cols.n_in;
+            float t = 0.0f;
+            for (int64_t j = 0; j < r->cols.len[x]; j++)
+                t += pixel(im, i, c, y, r->cols.lo[x] + j) * w[j];
+            r->tmp[y * size + x] = t;
+        }
+    for (int y = 0; y < size; y++) {
+        const float *w = r->rows.w + y * r->rows.n_in;
+        for (int x = 0; x < size; x++) {
+            float t = 0.0f;
+            for (int64_t j = 0; j < r->rows.len[y]; j++)
+                t += r->tmp[(r->rows.lo[y] + j) * size + x] * w[j];
+            out[y * size + x] = t;
+        }
+    }
+}
+
+/* Images [first, first + n) as the model's normalised input (n, C, H, W); rs: the resizer, or
+ * NULL where the images are not resized. */
+static void preprocess(const images *im, int64_t first, int n, const input_info *in,
+                       const resizer *rs, float *out) {
     const int64_t top = (in->h - im->h) / 2, left = (in->w - im->w) / 2;
     for (int i = 0; i < n; i++)
         for (int c = 0; c < in->c; c++) {
             const float mean = in->rec.mean[c], std = in->rec.std[c];
+            if (rs) {
+                resize_channel(rs, im, first + i, c, in->h, out);
+                for (int64_t k = 0; k < (int64_t)in->h * in->w; k++, out++)
+                    *out = (*out - mean) / std;
+                continue;
+            }
             for (int y = 0; y < in->h; y++)
                 for (int x = 0; x < in->w; x++) {
                     const int64_t sy = y - top, sx = x - left;
@@ -372,6 +464,11 @@ int main(int argc, char **argv) {
     }
     im = image_view(images_path, &a, in.c);
     check_size(images_path, &im, &in);
+    resizer rs = {0};
+    const int resize = resizes(&im, &in);
+    if (resize && in.h != in.w)
+        die("%s: resizing takes a square model input, this one is %dx%d", model_path, in.h, in.w);
+    if (resize) rs = make_resizer(&im, &in);
 
     int64_t *labels = NULL;
     uint8_t *label_bytes = NULL;
@@ -397,7 +494,7 @@ int main(int argc, char **argv) {
     int *best = xmalloc(sizeof(int) * (size_t)top);
 
     if (bench) {
-        preprocess(&im, 0, (int)batch, &in, x);
+        preprocess(&im, 0, (int)batch, &in, resize ? &rs : NULL, x);
         if (onebit_run(m, x, (int)batch, logits, err, sizeof err)) die("%s", err); /* warm-up */
         double *ms = xmalloc(sizeof(double) * (size_t)bench);
         for (long r = 0; r < bench; r++) {
@@ -416,7 +513,7 @@ int main(int argc, char **argv) {
         int64_t hits1 = 0, hitsk = 0;
         for (int64_t first = 0; first < im.n; first += batch) {
             const int n = (int)(im.n - first < batch ? im.n - first : batch);
-            preprocess(&im, first, n, &in, x);
+            preprocess(&im, first, n, &in, resize ? &rs : NULL, x);
             if (onebit_run(m, x, n, logits, err, sizeof err)) die("%s", err);
             for (int i = 0; i < n; i++) {
                 top_k(logits + (size_t)i * classes, classes, (int)top, best);
@@ -437,6 +534,7 @@ int main(int argc, char **argv) {
                        (long long)im.n);
         }
     }
+    if (resize) free_axis(&rs.rows), free_axis(&rs.cols), free(rs.tmp);
     free(best);
     free(logits);
     free(x);

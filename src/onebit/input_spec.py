@@ -4,8 +4,8 @@ A trained or exported model carries an :class:`InputSpec`: channels and side of 
 takes, the normalisation, how a raw image is brought to that side (Fashion-MNIST's 28x28 is
 zero-padded to 32; image folders are resized and centre-cropped), the dataset and its class
 names. The export header stores it, so a deployed model can ``preprocess`` and ``predict``
-raw images on its own (:class:`onebit.deploy.DeployedModel`). numpy only (PyTorch just for
-the bilinear resize of "resize_crop"), so a deployment without PyTorch preprocesses too.
+raw images on its own (:class:`onebit.deploy.DeployedModel`). numpy only (the resize of
+"resize_crop" too), so a deployment without PyTorch preprocesses too.
 """
 
 from __future__ import annotations
@@ -159,23 +159,41 @@ class InputSpec:
 
 
 def _resize_centre_crop(x: np.ndarray, size: int, short: int | None) -> np.ndarray:
-    """Resize the shorter side to ``short`` (None: ``size``), then crop the centre square
-    (PyTorch's antialiased bilinear resize: the one step that needs PyTorch)."""
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ModuleNotFoundError:
-        raise ValueError(
-            f"resizing images to {size}x{size} needs PyTorch; give images of that size"
-        ) from None
+    """Resize the shorter side to ``short`` (None: ``size``), then crop the centre square:
+    PyTorch's antialiased bilinear resize (``F.interpolate(..., mode="bilinear",
+    align_corners=False, antialias=True)``) in numpy, one axis at a time (width, then height),
+    the cropped rows and columns only. The C runtime's ``onebit-run`` computes the same."""
     h, w = x.shape[-2:]
     scale = (short or size) / min(h, w)
     new = (max(size, round(h * scale)), max(size, round(w * scale)))
-    t = F.interpolate(
-        torch.from_numpy(x), size=new, mode="bilinear", align_corners=False, antialias=True
-    )
     top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    return t[..., top : top + size, left : left + size].numpy()
+    rows = _resize_weights(h, new[0])[top : top + size]  # (size, h)
+    cols = _resize_weights(w, new[1])[left : left + size]  # (size, w)
+    return np.ascontiguousarray((rows @ (x @ cols.T)).astype(np.float32))
+
+
+def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32: row i weighs the inputs of output i as PyTorch's antialiased
+    bilinear resize does (aten UpSample.h, ``_compute_weights_aa``, in float32 as it computes
+    them for float images): the triangle filter widened by the scale when shrinking, over the
+    inputs within its support, divided by their sum."""
+    f = np.float32
+    scale = f(n_in) / f(n_out)
+    support = scale if scale >= 1 else f(1)
+    invscale = f(1) / scale if scale >= 1 else f(1)
+    out = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        centre = scale * f(i + 0.5)
+        lo = max(int(centre - support + f(0.5)), 0)
+        hi = min(int(centre + support + f(0.5)), n_in)
+        weights = [
+            max(f(0), f(1) - abs((f(j) - centre + f(0.5)) * invscale)) for j in range(lo, hi)
+        ]
+        total = f(0)
+        for wj in weights:  # in order, as PyTorch sums them
+            total = f(total + wj)
+        out[i, lo:hi] = [f(wj / total) for wj in weights] if total != 0 else weights
+    return out
 
 
 def _small_int(value: object) -> bool:
