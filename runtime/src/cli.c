@@ -235,6 +235,8 @@ typedef struct {
  * "resize_crop" take any size (resized below). */
 static void check_size(const char *path, const images *im, const input_info *in) {
     if (in->c > 4) die("the model takes %d channels; its header normalises at most 4", in->c);
+    if (im->h < 1 || im->w < 1)
+        die("%s: images are %lldx%lld: empty", path, (long long)im->h, (long long)im->w);
     if (im->h == in->h && im->w == in->w) return;
     if (in->rec.transform != ONEBIT_TRANSFORM_PAD) return;
     if (im->h > in->h || im->w > in->w)
