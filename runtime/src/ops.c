@@ -832,13 +832,7 @@ typedef struct {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define POOL_AVX512 1
-/* AVX-512, strides 1 and 2, up to POOL_TAPS columns: 16 outputs at a time with every tap of
- * the window in a register (a tap outside the row is masked off its load), so each output sees
- * the same taps in the same order as the passes above. The tap masks of a chunk are made once
- * for all its rows. A sum adds 0 for a masked tap (x + 0 = x: a sum from +0 is never -0). A max
- * of a plane without NaN (nan_free) reads -inf there and folds with vmaxps, which keeps the
- * earlier of equal values as the select does; with a NaN, the last NaN wins (PyTorch's rule),
- * tracked per tap. */
+/* The masks of a window's taps over a row of ow outputs (pool_masks). */
 __attribute__((target("avx512f,bmi2"))) static void pool_masks_of(const pool_taps *t,
                                                                   const ob_window *k, int64_t ow,
                                                                   pool_masks *pm) {
