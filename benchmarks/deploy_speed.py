@@ -493,7 +493,8 @@ def part_footprint(bireal: Path, tmp: Path, repeats: int) -> None:
 # kernel: (function, its vector XOR, the register it XORs, 64-bit words per register, the
 # popcount instruction its inner loop must hold)
 LOOPS = {
-    "avx2": ("tile_avx2", ("vpxor",), "%ymm", 4, "vpshufb"),
+    # avx2 XORs the low and the high nibbles apart: count its lookups, two per 4 word pairs
+    "avx2": ("tile_avx2", ("vpshufb",), "%ymm", 2, "vpshufb"),
     "avx512": ("tile_avx512", ("vpxorq", "vpxord"), "%zmm", 8, "vpopcntq"),
     "neon": ("tile_neon", ("eor",), ".16b", 2, "cnt"),
 }
@@ -501,10 +502,10 @@ VECTOR_OPERAND = re.compile(r"%[xyz]mm|\bv\d+\.|\b[qd]\d+\b")
 
 
 def inner_loop(disassembly: str, function: str, xors, register: str, words: int, popcount: str):
-    """The innermost loop of the functions named ``function``* that XORs ``register`` vectors
-    and popcounts them: (instructions, of them scalar (loop control, addresses), 64-bit word
-    pairs XORed per iteration). A loop is a backward branch; its body the instructions from its
-    target to the branch."""
+    """The innermost loop of the functions named ``function``* with ``xors`` on ``register``
+    vectors (each stands for ``words`` 64-bit word pairs XORed and counted) and a ``popcount``:
+    (instructions, of them scalar (loop control, addresses), word pairs per iteration). A loop
+    is a backward branch; its body the instructions from its target to the branch."""
     insns, inside = [], False
     for line in disassembly.splitlines():
         head = re.match(r"^[0-9a-f]+ <([^>]+)>:", line)

@@ -30,7 +30,8 @@
  *
  * The variants differ only in how a tile counts popcount(field XOR weights): "portable"
  * (__builtin_popcountll; on x86 the same C is also compiled with target("popcnt") and used where
- * the CPU has POPCNT), "avx2" (per-byte popcount with vpshufb nibble lookups, Mula et al. 2018),
+ * the CPU has POPCNT), "avx2" (per-byte popcount with vpshufb nibble lookups, Mula et al. 2018,
+ * on the activations' nibbles split once per step and the weights' split at load),
  * "avx512" (vpopcntq of AVX512-VPOPCNTDQ), "neon" (vcntq_u8 and pairwise widening adds). The
  * counts are integers and every variant runs the same epilogue y = (float)dot * scale + bias
  * (two roundings, no FMA: build with -ffp-contract=off), then the same fused element-wise ops
@@ -82,6 +83,8 @@ struct ob_bconv {
     int ncb;         /* weight blocks, ceil(cout / LANES) */
     int32_t kbits;   /* ntaps * cin */
     uint64_t *w;     /* [ncb][nw][LANES] */
+    uint64_t *wn;    /* avx2: [ncb][nw][LANES][2], each weight word's low and high nibbles
+                        (w & 0x0f.., w >> 4 & 0x0f..); NULL for the other variants */
     int32_t *tapsum; /* [ncb][ntaps][LANES] */
     float *scale;    /* [ncb * LANES], 0 past cout */
     float *bias;     /* [ncb * LANES] */
@@ -99,6 +102,7 @@ typedef struct {
     const uint64_t *a;   /* the half-group's fields: word k of its 8 pixels at a + off[k] */
     const int64_t *off;  /* [nw] */
     const uint64_t *w;   /* the block's weights, [nw][LANES] */
+    const uint64_t *wn;  /* avx2: their nibbles, [nw][LANES][2] */
     int64_t nw;
     const int32_t *corr; /* [LANES][GP] border corrections, or NULL when all are 0 */
     int32_t kbits;
@@ -215,18 +219,15 @@ epilogue_avx2(const Tile *t, int j, __m256i pop) {
     }
 }
 
-/* Per-byte popcount of x with two 4-bit table lookups (vpshufb). */
+/* Byte counts of the 4 pixels' words XOR a broadcast weight word, from the words' nibbles
+ * (lo = av & 0x0f.., hi = av >> 4 & 0x0f.., made once for the 4 lanes of a step) and the
+ * weight's (wn[0], wn[1]: made at load): a nibble XOR a nibble is a nibble, so the lookups
+ * need no mask or shift of their own. */
 __attribute__((target("avx2"), always_inline)) static inline __m256i
-popcount_bytes(__m256i x, __m256i lut, __m256i low) {
-    const __m256i lo = _mm256_and_si256(x, low);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-}
-
-/* Byte counts of the 4 pixels' words av XOR the broadcast weight word w. */
-__attribute__((target("avx2"), always_inline)) static inline __m256i
-xor_count_avx2(__m256i av, uint64_t w, __m256i lut, __m256i low) {
-    return popcount_bytes(_mm256_xor_si256(av, _mm256_set1_epi64x((long long)w)), lut, low);
+xor_count_avx2(__m256i lo, __m256i hi, const uint64_t *wn, __m256i lut) {
+    const __m256i xlo = _mm256_xor_si256(lo, _mm256_set1_epi64x((long long)wn[0]));
+    const __m256i xhi = _mm256_xor_si256(hi, _mm256_set1_epi64x((long long)wn[1]));
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, xlo), _mm256_shuffle_epi8(lut, xhi));
 }
 
 /* AVX2: a ymm holds one word of 4 pixels; per half group, 8 byte-count accumulators (one per
@@ -246,12 +247,14 @@ __attribute__((target("avx2"))) static void tile_avx2_half(const Tile *t) {
             for (int64_t k = k0; k < k1; k++) {
                 const __m256i av =
                     _mm256_loadu_si256((const __m256i *)(t->a + t->off[k] + i0));
-                const uint64_t *w = t->w + k * LANES + j0;
-                PREFETCH_WEIGHTS(w);
-                acc0 = _mm256_add_epi8(acc0, xor_count_avx2(av, w[0], lut, low));
-                acc1 = _mm256_add_epi8(acc1, xor_count_avx2(av, w[1], lut, low));
-                acc2 = _mm256_add_epi8(acc2, xor_count_avx2(av, w[2], lut, low));
-                acc3 = _mm256_add_epi8(acc3, xor_count_avx2(av, w[3], lut, low));
+                const __m256i lo = _mm256_and_si256(av, low);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(av, 4), low);
+                const uint64_t *wn = t->wn + (k * LANES + j0) * 2;
+                PREFETCH_WEIGHTS(wn);
+                acc0 = _mm256_add_epi8(acc0, xor_count_avx2(lo, hi, wn, lut));
+                acc1 = _mm256_add_epi8(acc1, xor_count_avx2(lo, hi, wn + 2, lut));
+                acc2 = _mm256_add_epi8(acc2, xor_count_avx2(lo, hi, wn + 4, lut));
+                acc3 = _mm256_add_epi8(acc3, xor_count_avx2(lo, hi, wn + 6, lut));
             }
             const __m256i acc[4] = {acc0, acc1, acc2, acc3};
 #pragma GCC unroll 4
@@ -947,6 +950,7 @@ void ob_bconv_run_ep(const ob_bconv *c, const float *x, int n, int h, int w, flo
             for (int64_t i = 0; i < 2 * (p1 - p0); i++) {
                 Tile *th = &t[i];
                 th->w = c->w + cb * nw * LANES;
+                th->wn = c->wn ? c->wn + cb * nw * LANES * 2 : NULL;
                 th->scale = c->scale + cb * LANES;
                 th->bias = c->bias + cb * LANES;
                 th->nl = nl;
@@ -996,16 +1000,18 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
                             sizeof(int32_t) * (size_t)(ncb * ntaps * LANES),
                             sizeof(float) * (size_t)(ncb * LANES),
                             sizeof(float) * (size_t)(ncb * LANES),
-                            sizeof(float) * (size_t)g->cin};
+                            sizeof(float) * (size_t)g->cin,
+                            variant == OB_KERNEL_AVX2 ? sizeof(uint64_t) * (size_t)(ncb * nw * LANES * 2)
+                                                      : 0};
     size_t total = ALIGN;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         total += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
     void *block = calloc(1, total);
     if (block == NULL)
         return NULL;
     char *p = (char *)align_up(block);
-    void *parts[6];
-    for (int i = 0; i < 6; i++) {
+    void *parts[7];
+    for (int i = 0; i < 7; i++) {
         parts[i] = p;
         p += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
     }
@@ -1023,6 +1029,7 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     c->scale = (float *)parts[3];
     c->bias = (float *)parts[4];
     c->act_bias = (float *)parts[5];
+    c->wn = sizes[6] ? (uint64_t *)parts[6] : NULL;
     c->block = block;
 
     uint64_t *window = (uint64_t *)calloc((size_t)nwr + 1, sizeof(uint64_t));
@@ -1056,6 +1063,11 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     }
     if (act_bias != NULL)
         memcpy(c->act_bias, act_bias, sizeof(float) * (size_t)g->cin);
+    const uint64_t nibbles = 0x0f0f0f0f0f0f0f0full;
+    for (int64_t i = 0; c->wn && i < ncb * nw * LANES; i++) {
+        c->wn[2 * i] = c->w[i] & nibbles;
+        c->wn[2 * i + 1] = c->w[i] >> 4 & nibbles;
+    }
     free(window);
     free(tap);
     return c;
