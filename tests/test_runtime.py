@@ -711,7 +711,8 @@ def test_cli_on_nhwc_npy_of_a_three_channel_model(build, tmp_path):
 def test_cli_resizes_as_preprocess_does(build, tmp_path, transform):
     """Images of other sizes (and, for resize_crop, of the model's own: 32 -> 37 -> crop 32)
     are resized by onebit-run as InputSpec.preprocess resizes them (PyTorch's antialiased
-    bilinear): the same top-2 classes, shrinking and growing, uint8 NHWC and float NCHW."""
+    bilinear, the same float32 operations in the same order): the same ranking of all 10
+    classes, shrinking and growing, uint8 NHWC and float NCHW."""
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     record = InputRecord(3, 32, 32, 10, transform, 0, 0, mean, std)
     model, rt = cli_model(tmp_path, record)
@@ -721,9 +722,9 @@ def test_cli_resizes_as_preprocess_does(build, tmp_path, transform):
         images = rng.integers(0, 256, (7, h, w, 3), dtype=np.uint8)
         np.save(tmp_path / "nhwc.npy", images)
         np.save(tmp_path / "nchw.npy", images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-        want = expected_classes(rt, spec, images, 2).tolist()
+        want = expected_classes(rt, spec, images, 10).tolist()
         for source in ("nhwc.npy", "nchw.npy"):
-            done = onebit_run(build, model, tmp_path / source, "--top", "2", "--batch", "3")
+            done = onebit_run(build, model, tmp_path / source, "--top", "10", "--batch", "3")
             assert done.returncode == 0, done.stderr
             got = [list(map(int, line.split())) for line in done.stdout.splitlines()]
             assert got == want, (h, w, source)

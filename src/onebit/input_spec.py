@@ -162,27 +162,42 @@ def _resize_centre_crop(x: np.ndarray, size: int, short: int | None) -> np.ndarr
     """Resize the shorter side to ``short`` (None: ``size``), then crop the centre square:
     PyTorch's antialiased bilinear resize (``F.interpolate(..., mode="bilinear",
     align_corners=False, antialias=True)``) in numpy, one axis at a time (width, then height),
-    the cropped rows and columns only. The C runtime's ``onebit-run`` computes the same."""
+    the cropped rows and columns only. The C runtime's ``onebit-run`` computes the same float32
+    operations in the same order (the same bits)."""
     h, w = x.shape[-2:]
     scale = (short or size) / min(h, w)
     new = (max(size, round(h * scale)), max(size, round(w * scale)))
     top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    rows = _resize_weights(h, new[0])[top : top + size]  # (size, h)
-    cols = _resize_weights(w, new[1])[left : left + size]  # (size, w)
-    return np.ascontiguousarray((rows @ (x @ cols.T)).astype(np.float32))
+    x = _resize_axis(x.astype(np.float32), w, new[1], left, size)  # the width
+    return _resize_axis(x.swapaxes(-1, -2), h, new[0], top, size).swapaxes(-1, -2).copy()
 
 
-def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float32: row i weighs the inputs of output i as PyTorch's antialiased
-    bilinear resize does (aten UpSample.h, ``_compute_weights_aa``, in float32 as it computes
-    them for float images): the triangle filter widened by the scale when shrinking, over the
-    inputs within its support, divided by their sum."""
+def _resize_axis(x: np.ndarray, n_in: int, n_out: int, first: int, count: int) -> np.ndarray:
+    """Outputs ``first`` .. ``first + count - 1`` of resizing the last axis of ``x`` from
+    ``n_in`` to ``n_out``: for each, the sum over its taps in order of input * weight (float32,
+    a rounding per product and per sum, from the first product), as aten sums them."""
+    lo, weights = _resize_weights(n_in, n_out, first, count)
+    out = np.zeros((*x.shape[:-1], count), np.float32)
+    for j in range(max((len(wj) for wj in weights), default=0)):
+        cols = np.array([i for i, wj in enumerate(weights) if j < len(wj)])
+        taps = np.array([lo[i] + j for i in cols])
+        w_j = np.array([weights[i][j] for i in cols], np.float32)
+        out[..., cols] = out[..., cols] + x[..., taps] * w_j
+    return out
+
+
+def _resize_weights(n_in: int, n_out: int, first: int, count: int):
+    """For outputs ``first`` .. ``first + count - 1`` of n_out: the first input each reads and
+    its weights (float32), as PyTorch's antialiased bilinear resize makes them (aten
+    UpSample.h, ``_compute_weights_aa``, in float32 for float images): the triangle filter
+    widened by the scale when shrinking, over the inputs within its support, divided by their
+    sum."""
     f = np.float32
     scale = f(n_in) / f(n_out)
     support = scale if scale >= 1 else f(1)
     invscale = f(1) / scale if scale >= 1 else f(1)
-    out = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
+    starts, rows = [], []
+    for i in range(first, first + count):
         centre = scale * f(i + 0.5)
         lo = max(int(centre - support + f(0.5)), 0)
         hi = min(int(centre + support + f(0.5)), n_in)
@@ -192,8 +207,9 @@ def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
         total = f(0)
         for wj in weights:  # in order, as PyTorch sums them
             total = f(total + wj)
-        out[i, lo:hi] = [f(wj / total) for wj in weights] if total != 0 else weights
-    return out
+        starts.append(lo)
+        rows.append([f(wj / total) for wj in weights] if total != 0 else weights)
+    return starts, rows
 
 
 def _small_int(value: object) -> bool:
