@@ -343,24 +343,30 @@ def test_maxpool2d(pool, side):
 )
 def test_maxpool2d_rows_of_several_chunks_and_special_values_bit_for_bit(pool):
     """Rows of 1 to 5 chunks of 16 outputs (the AVX-512 pass runs them in pairs, an odd one
-    alone); a plane with NaN (the last NaN in a window wins, as PyTorch's kernel) and planes
-    without (-0.0 beside +0.0: the first of equal values wins); compared as bits."""
-    x = rand(1, 4, 7, 75)
+    alone; the 3x3 stride-2 pool of a plane without NaN runs rows first, carrying a tap across
+    chunks), planes of 1 to 8 rows; a plane with NaN (the last NaN in a window wins, as
+    PyTorch's kernel) and planes without (-0.0 beside +0.0: the first of equal values wins);
+    compared as bits."""
+    x = rand(1, 4, 8, 75)
     x[0, :, ::2, ::3] = 0.0
     x[0, :, 1::2, 1::3] = -0.0
     nan_bits = (0x7FC00000 | np.arange(1, 18, dtype=np.uint32)).view(np.float32)
     x[0, 1, 2, 5:70:4] = nan_bits  # NaNs with distinct payloads
     x[0, 2, 4, 10] = -np.inf
+    # channel 3: only -0.0, +0.0 and -1 (windows whose max is a zero of either sign, in any order)
+    x[0, 3] = np.random.default_rng(3).choice(np.float32([0.0, -0.0, -1.0]), x.shape[2:])
     kh, kw, sh, sw, ph, pw, ceil = pool
-    for width in (75, 40, 13):
-        xi = np.ascontiguousarray(x[..., :width])
+    for height, width in [(8, 75), (7, 75), (7, 40), (8, 33), (7, 32), (2, 31), (1, 13), (3, 2)]:
+        xi = np.ascontiguousarray(x[..., :height, :width])
         want = F.max_pool2d(
             torch.from_numpy(xi), (kh, kw), (sh, sw), (ph, pw), ceil_mode=bool(ceil)
         )
         node = Node("maxpool2d", [0], iattr=dict(zip(POOL_ATTRS, pool, strict=True)))
         got = run_graph([node], {}, xi, want[0].numel())
         np.testing.assert_array_equal(
-            got.view(np.uint32), want.reshape(1, -1).numpy().view(np.uint32), err_msg=str(width)
+            got.view(np.uint32),
+            want.reshape(1, -1).numpy().view(np.uint32),
+            err_msg=f"{height} x {width}",
         )
 
 

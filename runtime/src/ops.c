@@ -969,6 +969,70 @@ __attribute__((target("avx512f"))) static int nan_free_avx512(const float *x, si
     }
     return any == 0;
 }
+
+/* The 3x3 stride-2 max pool with padding 1 (the ResNet stem's) of a plane without NaN, rows
+ * first: each input row's 3-tap maxes (hmax) once, then each output row the max of its 3 rows'
+ * (an input row serves two output rows). Per tap about a third of the general pass's work, and
+ * no mask loads. Folding "v > m ? v : m" keeps the first of equal values, so taps in row-major
+ * order folded per row, then the rows in order, give the bits of PyTorch's loop (only -0 and +0
+ * compare equal with different bits; a NaN-free plane has no other such pair). */
+#define POOL3_COLS (16 * POOL_CHUNKS)
+
+static int pool3s2_fits(const ob_window *k, ob_shape out) {
+    return k->kh == 3 && k->kw == 3 && k->sh == 2 && k->sw == 2 && k->ph == 1 && k->pw == 1 &&
+           k->dh == 1 && k->dw == 1 && out.w <= POOL3_COLS;
+}
+
+/* h[i] = max(x[2i - 1], x[2i], x[2i + 1]) of one input row of w floats (-inf outside it), in that
+ * order, for i < ow. */
+__attribute__((target("avx512f"))) static void pool3_hmax(const float *x, int64_t w, int64_t ow,
+                                                          float *h) {
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 prev = ninf; /* the last chunk's odd taps: element 15 is x[2i - 1] of this one's i = 0 */
+    for (int64_t i0 = 0; i0 < ow; i0 += 16) {
+        const int64_t at = 2 * i0, left = w - at; /* floats of the row from here */
+        const __mmask16 ma = (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0 : (1u << left) - 1);
+        const __mmask16 mb =
+            (__mmask16)(left >= 32 ? 0xffffu : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+        const __m512 a = _mm512_mask_loadu_ps(ninf, ma, x + at);
+        const __m512 b = _mm512_mask_loadu_ps(ninf, mb, x + at + 16);
+        const __m512 e = _mm512_permutex2var_ps(a, even, b);            /* x[2i] */
+        const __m512 o = _mm512_permutex2var_ps(a, odd, b);             /* x[2i + 1] */
+        const __m512 l = _mm512_castsi512_ps(_mm512_alignr_epi32(       /* x[2i - 1] */
+            _mm512_castps_si512(o), _mm512_castps_si512(prev), 15));
+        const __m512 r = _mm512_max_ps(o, _mm512_max_ps(e, l));
+        const int64_t n = ow - i0;
+        _mm512_mask_storeu_ps(h + i0, (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), r);
+        prev = o;
+    }
+}
+
+/* The pool of one plane (in.h x in.w) into out.h x out.w at dst; rows: 3 buffers of out.w. */
+__attribute__((target("avx512f"))) static void pool3s2_plane(const float *x, ob_shape in,
+                                                             ob_shape out, float *dst,
+                                                             float *rows) {
+    int64_t have = -2; /* the input row whose hmax is in rows[have % 3] (rows before it too) */
+    for (int64_t oy = 0; oy < out.h; oy++) {
+        const int64_t r0 = 2 * oy - 1 < 0 ? 0 : 2 * oy - 1;
+        const int64_t r1 = 2 * oy + 2 > in.h ? in.h : 2 * oy + 2; /* rows [r0, r1) */
+        for (int64_t r = have + 1 > r0 ? have + 1 : r0; r < r1; r++)
+            pool3_hmax(x + r * in.w, in.w, out.w, rows + r % 3 * POOL3_COLS);
+        if (r1 - 1 > have) have = r1 - 1;
+        float *d = dst + oy * out.w;
+        for (int64_t i0 = 0; i0 < out.w; i0 += 16) {
+            const int64_t n = out.w - i0;
+            const __mmask16 m = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1);
+            __m512 acc = _mm512_set1_ps(-INFINITY);
+            for (int64_t r = r0; r < r1; r++)
+                acc = _mm512_max_ps(_mm512_maskz_loadu_ps(m, rows + r % 3 * POOL3_COLS + i0), acc);
+            _mm512_mask_storeu_ps(d + i0, m, acc);
+        }
+    }
+}
 #endif
 
 /* The AVX-512 pass's masks for this window and row, if it runs here (else NULL). */
@@ -1017,12 +1081,20 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
     pool_taps_of(k, in, out, &t);
     pool_masks masks;
     const pool_masks *pm = pool_avx512(&t, k, out, &masks);
+#ifdef POOL_AVX512
+    const int stem = pm && pool3s2_fits(k, out);
+#endif
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *plane = x + nc * in.h * in.w;
         int nan_free = 0;
 #ifdef POOL_AVX512
         if (pm) nan_free = nan_free_avx512(plane, (size_t)in.h * in.w);
+        if (nan_free && stem) {
+            float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
+            pool3s2_plane(plane, in, out, y + nc * out.h * out.w, rows);
+            continue;
+        }
 #endif
         for (int oy = 0; oy < out.h; oy++) {
             int y0, y1;
