@@ -82,9 +82,9 @@ struct ob_bconv {
     int nw;          /* words per receptive field, kh * nwr */
     int ncb;         /* weight blocks, ceil(cout / LANES) */
     int32_t kbits;   /* ntaps * cin */
-    uint64_t *w;     /* [ncb][nw][LANES] */
-    uint64_t *wn;    /* avx2: [ncb][nw][LANES][2], each weight word's low and high nibbles
-                        (w & 0x0f.., w >> 4 & 0x0f..); NULL for the other variants */
+    uint64_t *w;     /* [ncb][nw][LANES]; NULL for avx2 */
+    uint64_t *wn;    /* avx2 (instead of w): [ncb][nw][LANES][2], each weight word's low and
+                        high nibbles (w & 0x0f.., w >> 4 & 0x0f..); NULL for the others */
     int32_t *tapsum; /* [ncb][ntaps][LANES] */
     float *scale;    /* [ncb * LANES], 0 past cout */
     float *bias;     /* [ncb * LANES] */
@@ -101,7 +101,7 @@ struct ob_bconv {
 typedef struct {
     const uint64_t *a;   /* the half-group's fields: word k of its 8 pixels at a + off[k] */
     const int64_t *off;  /* [nw] */
-    const uint64_t *w;   /* the block's weights, [nw][LANES] */
+    const uint64_t *w;   /* the block's weights, [nw][LANES] (NULL for avx2) */
     const uint64_t *wn;  /* avx2: their nibbles, [nw][LANES][2] */
     int64_t nw;
     const int32_t *corr; /* [LANES][GP] border corrections, or NULL when all are 0 */
@@ -949,7 +949,7 @@ void ob_bconv_run_ep(const ob_bconv *c, const float *x, int n, int h, int w, flo
             const int nl = cout - cb * LANES < LANES ? (int)(cout - cb * LANES) : LANES;
             for (int64_t i = 0; i < 2 * (p1 - p0); i++) {
                 Tile *th = &t[i];
-                th->w = c->w + cb * nw * LANES;
+                th->w = c->w ? c->w + cb * nw * LANES : NULL;
                 th->wn = c->wn ? c->wn + cb * nw * LANES * 2 : NULL;
                 th->scale = c->scale + cb * LANES;
                 th->bias = c->bias + cb * LANES;
@@ -995,14 +995,15 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     const int64_t ncb = (g->cout + LANES - 1) / LANES;
 
     /* one block: struct, weights, tap sums, scale, bias, act_bias, each cache-line aligned */
+    /* the weight words (w), or for avx2 only their nibbles (wn, which its tile reads) */
+    const int nibbled = variant == OB_KERNEL_AVX2;
     const size_t sizes[] = {sizeof(ob_bconv),
-                            sizeof(uint64_t) * (size_t)(ncb * nw * LANES),
+                            nibbled ? 0 : sizeof(uint64_t) * (size_t)(ncb * nw * LANES),
                             sizeof(int32_t) * (size_t)(ncb * ntaps * LANES),
                             sizeof(float) * (size_t)(ncb * LANES),
                             sizeof(float) * (size_t)(ncb * LANES),
                             sizeof(float) * (size_t)g->cin,
-                            variant == OB_KERNEL_AVX2 ? sizeof(uint64_t) * (size_t)(ncb * nw * LANES * 2)
-                                                      : 0};
+                            nibbled ? sizeof(uint64_t) * (size_t)(ncb * nw * LANES * 2) : 0};
     size_t total = ALIGN;
     for (int i = 0; i < 7; i++)
         total += (sizes[i] + ALIGN - 1) / ALIGN * ALIGN;
@@ -1024,7 +1025,7 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
     c->nw = (int)nw;
     c->ncb = (int)ncb;
     c->kbits = (int32_t)kbits;
-    c->w = (uint64_t *)parts[1];
+    c->w = sizes[1] ? (uint64_t *)parts[1] : NULL;
     c->tapsum = (int32_t *)parts[2];
     c->scale = (float *)parts[3];
     c->bias = (float *)parts[4];
@@ -1040,6 +1041,7 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
         free(block);
         return NULL;
     }
+    const uint64_t nibbles = 0x0f0f0f0f0f0f0f0full;
     const uint64_t last_mask = g->cin % 64 ? ((uint64_t)1 << (g->cin % 64)) - 1 : ~(uint64_t)0;
     for (int64_t co = 0; co < g->cout; co++) {
         const int64_t cb = co / LANES, j = co % LANES;
@@ -1055,19 +1057,21 @@ ob_bconv *ob_bconv_prepare(const ob_bconv_geom *g, const uint64_t *wbits, const 
                 c->tapsum[(cb * ntaps + t) * LANES + j] = g->cin - 2 * neg;
                 append_bits_dense(window, kx * g->cin, tap, g->cin);
             }
-            for (int64_t r = 0; r < nwr; r++)
-                c->w[(cb * nw + ky * nwr + r) * LANES + j] = window[r];
+            for (int64_t r = 0; r < nwr; r++) {
+                const int64_t i = (cb * nw + ky * nwr + r) * LANES + j;
+                if (c->wn) {
+                    c->wn[2 * i] = window[r] & nibbles;
+                    c->wn[2 * i + 1] = window[r] >> 4 & nibbles;
+                } else {
+                    c->w[i] = window[r];
+                }
+            }
         }
         c->scale[co] = out_scale[co];
         c->bias[co] = out_bias[co];
     }
     if (act_bias != NULL)
         memcpy(c->act_bias, act_bias, sizeof(float) * (size_t)g->cin);
-    const uint64_t nibbles = 0x0f0f0f0f0f0f0f0full;
-    for (int64_t i = 0; c->wn && i < ncb * nw * LANES; i++) {
-        c->wn[2 * i] = c->w[i] & nibbles;
-        c->wn[2 * i + 1] = c->w[i] >> 4 & nibbles;
-    }
     free(window);
     free(tap);
     return c;
