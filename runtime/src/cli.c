@@ -254,33 +254,39 @@ static int resizes(const images *im, const input_info *in) {
 
 /* One axis of InputSpec's resize, PyTorch's antialiased bilinear (aten UpSample.h,
  * _compute_weights_aa), in float as PyTorch computes it for float images: output i of n_out
- * weighs inputs [lo[i], lo[i] + len[i]) by w[i * n_in + j - lo[i]], the triangle filter widened
+ * weighs inputs [lo[i], lo[i] + len[i]) by w[i * taps + j - lo[i]], the triangle filter widened
  * by the scale when shrinking, divided by the weights' sum. Outputs [first, first + count). */
 typedef struct {
     int64_t *lo, *len;
     float *w;
-    int64_t n_in;
+    int64_t taps; /* the most inputs an output reads */
 } axis;
 
 static axis resize_axis(int64_t n_in, int64_t n_out, int64_t first, int64_t count) {
     axis a = {xmalloc(sizeof(int64_t) * (size_t)count), xmalloc(sizeof(int64_t) * (size_t)count),
-              xmalloc(sizeof(float) * (size_t)(count * n_in)), n_in};
+              NULL, 1};
     const float scale = (float)n_in / (float)n_out;
     const float support = scale >= 1.0f ? scale : 1.0f, inv = scale >= 1.0f ? 1.0f / scale : 1.0f;
-    for (int64_t k = 0; k < count; k++) {
+    for (int64_t k = 0; k < count; k++) { /* the taps of each output */
         const float centre = scale * ((float)(first + k) + 0.5f);
         const int64_t lo0 = (int64_t)(centre - support + 0.5f);
         const int64_t hi0 = (int64_t)(centre + support + 0.5f);
         const int64_t lo = lo0 > 0 ? lo0 : 0, hi = hi0 < n_in ? hi0 : n_in;
-        float *w = a.w + k * n_in, total = 0.0f;
-        for (int64_t j = lo; j < hi; j++) {
-            const float d = ((float)j - centre + 0.5f) * inv, t = 1.0f - (d < 0 ? -d : d);
-            w[j - lo] = t > 0.0f ? t : 0.0f;
-            total += w[j - lo];
+        a.lo[k] = lo, a.len[k] = hi > lo ? hi - lo : 0;
+        if (a.len[k] > a.taps) a.taps = a.len[k];
+    }
+    a.w = xmalloc(sizeof(float) * (size_t)(count * a.taps));
+    for (int64_t k = 0; k < count; k++) { /* their weights */
+        const float centre = scale * ((float)(first + k) + 0.5f);
+        float *w = a.w + k * a.taps, total = 0.0f;
+        for (int64_t j = 0; j < a.len[k]; j++) {
+            const float d = ((float)(a.lo[k] + j) - centre + 0.5f) * inv;
+            const float t = 1.0f - (d < 0 ? -d : d);
+            w[j] = t > 0.0f ? t : 0.0f;
+            total += w[j];
         }
         if (total != 0.0f)
-            for (int64_t j = lo; j < hi; j++) w[j - lo] /= total;
-        a.lo[k] = lo, a.len[k] = hi > lo ? hi - lo : 0;
+            for (int64_t j = 0; j < a.len[k]; j++) w[j] /= total;
     }
     return a;
 }
@@ -313,16 +319,18 @@ static resizer make_resizer(const images *im, const input_info *in) {
 /* Channel c of image i resized into out (size x size). */
 static void resize_channel(const resizer *r, const images *im, int64_t i, int c, int size,
                            float *out) {
-    for (int64_t y = 0; y < im->h; y++)
+    /* the width pass on the band of rows the height pass reads (lo is non-decreasing) */
+    const int64_t y0 = r->rows.lo[0], y1 = r->rows.lo[size - 1] + r->rows.len[size - 1];
+    for (int64_t y = y0; y < y1; y++)
         for (int x = 0; x < size; x++) {
-            const float *w = r->cols.w + x * r->cols.n_in;
+            const float *w = r->cols.w + x * r->cols.taps;
             float t = 0.0f;
             for (int64_t j = 0; j < r->cols.len[x]; j++)
                 t += pixel(im, i, c, y, r->cols.lo[x] + j) * w[j];
             r->tmp[y * size + x] = t;
         }
     for (int y = 0; y < size; y++) {
-        const float *w = r->rows.w + y * r->rows.n_in;
+        const float *w = r->rows.w + y * r->rows.taps;
         for (int x = 0; x < size; x++) {
             float t = 0.0f;
             for (int64_t j = 0; j < r->rows.len[y]; j++)

@@ -168,21 +168,26 @@ def _resize_centre_crop(x: np.ndarray, size: int, short: int | None) -> np.ndarr
     scale = (short or size) / min(h, w)
     new = (max(size, round(h * scale)), max(size, round(w * scale)))
     top, left = (new[0] - size) // 2, (new[1] - size) // 2
-    x = _resize_axis(x.astype(np.float32), w, new[1], left, size)  # the width
-    return _resize_axis(x.swapaxes(-1, -2), h, new[0], top, size).swapaxes(-1, -2).copy()
+    rows = _resize_weights(h, new[0], top, size)
+    # the width pass on the band of rows the kept output rows read, not the whole image
+    band = min(rows[0], default=0), max((a + len(t) for a, t in zip(*rows, strict=True)), default=0)
+    x = x[..., band[0] : band[1], :].astype(np.float32)
+    x = _resize_axis(x, _resize_weights(w, new[1], left, size))  # the width
+    rows = ([a - band[0] for a in rows[0]], rows[1])
+    return _resize_axis(x.swapaxes(-1, -2), rows).swapaxes(-1, -2).copy()
 
 
-def _resize_axis(x: np.ndarray, n_in: int, n_out: int, first: int, count: int) -> np.ndarray:
-    """Outputs ``first`` .. ``first + count - 1`` of resizing the last axis of ``x`` from
-    ``n_in`` to ``n_out``: for each, the sum over its taps in order of input * weight (float32,
-    a rounding per product and per sum, from the first product), as aten sums them."""
-    lo, weights = _resize_weights(n_in, n_out, first, count)
-    out = np.zeros((*x.shape[:-1], count), np.float32)
+def _resize_axis(x: np.ndarray, taps: tuple[list[int], list[list[np.float32]]]) -> np.ndarray:
+    """Resize the last axis of ``x``: output i is the sum over its taps ``taps`` (first input,
+    weights: :func:`_resize_weights`) in order of input * weight (float32, a rounding per
+    product and per sum, from the first product), as aten sums them."""
+    lo, weights = taps
+    out = np.zeros((*x.shape[:-1], len(lo)), np.float32)
     for j in range(max((len(wj) for wj in weights), default=0)):
         cols = np.array([i for i, wj in enumerate(weights) if j < len(wj)])
-        taps = np.array([lo[i] + j for i in cols])
+        taps_j = np.array([lo[i] + j for i in cols])
         w_j = np.array([weights[i][j] for i in cols], np.float32)
-        out[..., cols] = out[..., cols] + x[..., taps] * w_j
+        out[..., cols] = out[..., cols] + x[..., taps_j] * w_j
     return out
 
 
