@@ -13,7 +13,8 @@
  * then (x - mean) / std. LABELS: an IDX or .npy file of integer labels.
  *
  * Prints the top K classes of each image (best first), or with --labels the top-1 (and top-K)
- * accuracy; --bench times REPEATS runs of the first batch instead. Errors are one line,
+ * accuracy; --bench times REPEATS runs of the first batch instead (after one untimed run; it
+ * prints their median and the best). Errors are one line,
  * "onebit-run: error: ...", exit status 2.
  */
 #include <errno.h>
@@ -514,9 +515,9 @@ int main(int argc, char **argv) {
         }
         qsort(ms, (size_t)bench, sizeof(double), compare_double);
         const double median = ms[bench / 2];
-        printf("batch %ld: %.3f ms per batch, %.4f ms per image (median of %ld; kernel %s, %ld "
-               "thread%s)\n",
-               batch, median, median / batch, bench, onebit_kernel(m), threads,
+        printf("batch %ld: %.3f ms per batch, %.4f ms per image (median of %ld, best %.3f ms; "
+               "kernel %s, %ld thread%s)\n",
+               batch, median, median / batch, bench, ms[0], onebit_kernel(m), threads,
                threads > 1 ? "s" : "");
         free(ms);
     } else {
