@@ -797,7 +797,7 @@ static int load(const uint8_t *b, size_t size, onebit_model *m, char *err, size_
     m->n_nodes = (int)s.n_nodes;
     m->tensors = calloc(s.n_tensors ? s.n_tensors : 1, sizeof(ob_tensor));
     m->nodes = calloc(s.n_nodes, sizeof(ob_node));
-    m->data = aligned_alloc(OB_ALIGN, (size_t)(s.data_size + OB_ALIGN) / OB_ALIGN * OB_ALIGN);
+    m->data = ob_alloc_big((size_t)(s.data_size + OB_ALIGN) / OB_ALIGN * OB_ALIGN);
     if (m->tensors == NULL || m->nodes == NULL || m->data == NULL)
         return ob_fail(err, err_len, ONEBIT_E_NOMEM, "out of memory for %llu bytes of tensors",
                        (unsigned long long)s.data_size);

@@ -125,6 +125,11 @@ struct onebit_model {
     long prof_runs, prof_images, prof_chunk;
 };
 
+/* Memory for the arena and the file's data (free() frees it): 64-byte aligned; past 2 MiB on
+ * 2 MiB boundaries and, on Linux, advised into huge pages (where transparent huge pages are
+ * "madvise", the default of many distributions), so that a value, scratch or weight tensor of
+ * several MiB is a few TLB entries, not hundreds (Bi-Real-Net-18: about 3 % faster). */
+void *ob_alloc_big(size_t bytes);
 /* Bytes of scratch node needs for a batch of n (0 for most ops, SIZE_MAX if it overflows). */
 size_t ob_node_scratch_bytes(const onebit_model *m, const ob_node *node, int n);
 /* The arena a batch of n needs: values, then the largest scratch; nonzero if it overflows. */

@@ -2,8 +2,14 @@
  *
  * Arena of a batch of n: [values: n * value_floats floats][scratch: the largest op's]. Value
  * k + 1 (node k's output) is at n * nodes[k].offset floats; value 0 is the caller's input. */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise's MADV_HUGEPAGE */
+#endif
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "model.h"
 #include "ops.h"
@@ -39,6 +45,19 @@ int ob_arena_bytes(const onebit_model *m, int n, size_t *bytes) {
     return 0;
 }
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void *ob_alloc_big(size_t bytes) {
+    if (bytes < HUGE_PAGE) return aligned_alloc(OB_ALIGN, bytes);
+    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    if (rounded < bytes) return NULL;
+    void *p = aligned_alloc(HUGE_PAGE, rounded);
+#ifdef MADV_HUGEPAGE
+    if (p != NULL) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: no error to report */
+#endif
+    return p;
+}
+
 int ob_arena_reserve(onebit_model *m, int n, int workers, char *err, size_t err_len) {
     size_t per;
     if (ob_arena_bytes(m, n, &per) || per > SIZE_MAX / (size_t)workers)
@@ -47,7 +66,7 @@ int ob_arena_reserve(onebit_model *m, int n, int workers, char *err, size_t err_
     if (need <= m->arena_bytes) return ONEBIT_OK;
     free(m->arena);
     m->arena_bytes = 0;
-    m->arena = aligned_alloc(OB_ALIGN, need);
+    m->arena = ob_alloc_big(need);
     if (m->arena == NULL)
         return ob_fail(err, err_len, ONEBIT_E_NOMEM,
                        "out of memory for the %zu MiB arena of a batch of %d", need >> 20, n);
