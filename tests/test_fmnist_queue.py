@@ -1,0 +1,85 @@
+"""benchmarks/fmnist_queue.py: where a run stands, who holds it, what starts next."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from onebit.io import folder_lock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_queue():
+    spec = importlib.util.spec_from_file_location(
+        "fmnist_queue", ROOT / "benchmarks" / "fmnist_queue.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fmnist_queue"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_last(run_dir: Path, phase: int, epoch: int, phases: list | None = None) -> None:
+    config = {"schedule": {"epochs": 20}}
+    if phases is not None:
+        config["phases"] = phases
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"kind": "last", "progress": {"phase": phase, "epoch": epoch}, "config": config}
+    (run_dir / "last.json").write_text(json.dumps(state))
+
+
+def test_finished_counts_every_phase_and_its_own_epochs(tmp_path):
+    q = load_queue()
+    assert not q.finished(tmp_path / "none") and q.progress(tmp_path / "none") is None
+    write_last(tmp_path / "one", 0, 19)
+    assert not q.finished(tmp_path / "one")
+    write_last(tmp_path / "one", 0, 20)
+    assert q.finished(tmp_path / "one")
+    two = [{"name": "step1"}, {"name": "step2", "overrides": {"schedule": {"epochs": 5}}}]
+    write_last(tmp_path / "two", 0, 20, two)  # step 1 done, step 2 not started
+    assert q.progress(tmp_path / "two") == (0, 2, 20, 20) and not q.finished(tmp_path / "two")
+    write_last(tmp_path / "two", 1, 5, two)  # step 2's own 5 epochs
+    assert q.finished(tmp_path / "two")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "last.json").write_text("{not json")
+    assert not q.finished(tmp_path / "bad")
+
+
+def test_a_run_held_by_a_process_is_training(tmp_path):
+    q = load_queue()
+    run_dir = tmp_path / "run"
+    assert not q.training(run_dir)
+    with folder_lock(run_dir, "busy"):
+        assert q.training(run_dir)
+    assert not q.training(run_dir)  # the lock file stays, unheld
+
+
+def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
+    q = load_queue()
+    runs = {r.name: r for r in q.queue()}
+    assert runs["firnet20_best"].teacher == "firnet20_fp"
+    assert runs["resnet20_best_seed2"].teacher == "resnet20_fp_seed2"
+    for run in runs.values():
+        assert (ROOT / run.config).exists()
+    cmd = q.command(runs["resnet20_best_seed1"], tmp_path)
+    assert cmd[-3:] == ["--out", str(tmp_path / "resnet20_best_seed1"), "--resume"]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert sets == [
+        "data.val_split=5000",
+        "eval.select_on=val",
+        "runtime.seed=1",
+        f"distill.teacher.checkpoint={tmp_path / 'resnet20_fp_seed1'}",
+    ]
+    # a finished teacher frees its student; --list says where each run stands
+    write_last(tmp_path / "resnet20_fp_seed1", 0, 40)
+    assert q.main(["--list", "--out", str(tmp_path), "--only", "resnet20_*_seed1"]) == 0
+    listed = capsys.readouterr().out
+    assert "resnet20_fp_seed1" in listed and "finished" in listed
+    assert "resnet20_best_seed1" in listed and "waits for" not in listed
+    # every run finished: the queue ends at once, starting nothing
+    for name in ("resnet20_recu_seed1", "resnet20_best_seed1"):
+        write_last(tmp_path / name, 0, 40)
+    assert q.main(["--out", str(tmp_path), "--only", "resnet20_*_seed1", "--poll", "0"]) == 0
