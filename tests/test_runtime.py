@@ -10,6 +10,7 @@ ONEBIT_TEST_RUNTIME_MAKE's (default "OPENMP=1"; "CBLAS=1" or "" test those build
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 import shutil
@@ -74,23 +75,32 @@ def rand(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def run_graph(nodes: list[Node], tensors: dict[str, np.ndarray], x: np.ndarray, size: int):
-    """The graph of ``nodes`` then a flatten, run on ``x``: the last node's output, flattened to
-    (N, size)."""
+def run_graph(
+    nodes: list[Node],
+    tensors: dict[str, np.ndarray],
+    x: np.ndarray,
+    size: int,
+    kernel: str = "auto",
+):
+    """The graph of ``nodes`` then a flatten, run on ``x`` with ``kernel`` (which also picks the
+    float ops' code: ops.c float_isa): the last node's output, flattened to (N, size)."""
     nodes = [*nodes, Node("flatten", [len(nodes)])]
     data = graph.graph_bytes(nodes, tensors, InputRecord(*x.shape[1:], size), {})
     with Runtime.from_bytes(data) as rt:
+        rt.set_kernel(kernel)
         return rt(x)
 
 
 def check(nodes, tensors, x: np.ndarray, want: torch.Tensor, tol: float = 1e-5) -> None:
-    """The runtime's output of ``nodes`` on ``x`` is ``want`` (tol 0: equal)."""
+    """The runtime's output of ``nodes`` on ``x`` is ``want`` (tol 0: equal), with every kernel
+    this CPU runs (each its own copy of the float ops: AVX-512, AVX2, the base ISA)."""
     want = want.detach().reshape(len(x), -1).numpy()
-    got = run_graph(nodes, tensors, x, want.shape[1])
-    if tol == 0:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    for kernel in available_kernels():
+        got = run_graph(nodes, tensors, x, want.shape[1], kernel)
+        if tol == 0:
+            np.testing.assert_array_equal(got, want, err_msg=kernel)
+        else:
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=kernel)
 
 
 # ------------------------------------------------------------------------------------- ops
@@ -356,17 +366,18 @@ def test_maxpool2d_rows_of_several_chunks_and_special_values_bit_for_bit(pool):
     # channel 3: only -0.0, +0.0 and -1 (windows whose max is a zero of either sign, in any order)
     x[0, 3] = np.random.default_rng(3).choice(np.float32([0.0, -0.0, -1.0]), x.shape[2:])
     kh, kw, sh, sw, ph, pw, ceil = pool
-    for height, width in [(8, 75), (7, 75), (7, 40), (8, 33), (7, 32), (2, 31), (1, 13), (3, 2)]:
+    sizes = [(8, 75), (7, 75), (7, 40), (8, 33), (7, 32), (2, 31), (1, 13), (3, 2)]
+    for (height, width), kernel in itertools.product(sizes, available_kernels()):
         xi = np.ascontiguousarray(x[..., :height, :width])
         want = F.max_pool2d(
             torch.from_numpy(xi), (kh, kw), (sh, sw), (ph, pw), ceil_mode=bool(ceil)
         )
         node = Node("maxpool2d", [0], iattr=dict(zip(POOL_ATTRS, pool, strict=True)))
-        got = run_graph([node], {}, xi, want[0].numel())
+        got = run_graph([node], {}, xi, want[0].numel(), kernel)
         np.testing.assert_array_equal(
             got.view(np.uint32),
             want.reshape(1, -1).numpy().view(np.uint32),
-            err_msg=f"{height} x {width}",
+            err_msg=f"{height} x {width}, {kernel}",
         )
 
 

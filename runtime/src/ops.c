@@ -34,6 +34,36 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
     return out;
 }
 
+/* The widest x86 vector ISA the float ops (linear, pools) may use under kernel variant
+ * `variant`, as gemm_kernel does for the conv tile: `--kernel avx2` runs AVX2 code only, as on
+ * an AVX2-only CPU (benchmarks/deploy_speed.py --as-avx2 relies on it), portable the base
+ * ISA. ISA_COPIES compiles a body once per ISA; ISA_PICK takes the copy. */
+enum { ISA_BASE, ISA_AVX2, ISA_AVX512 };
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ISA_X86 1
+#define ISA_COPIES(name, params, body)                                                         \
+    __attribute__((target("avx512f"))) static void name##_avx512 params { body; }              \
+    __attribute__((target("avx2"))) static void name##_avx2 params { body; }                   \
+    static void name##_base params { body; }
+#define ISA_PICK(name, isa)                                                                    \
+    ((isa) == ISA_AVX512 ? name##_avx512 : (isa) == ISA_AVX2 ? name##_avx2 : name##_base)
+#else
+#define ISA_COPIES(name, params, body) static void name##_base params { body; }
+#define ISA_PICK(name, isa) ((void)(isa), name##_base)
+#endif
+
+static int float_isa(int variant) {
+#ifdef ISA_X86
+    __builtin_cpu_init();
+    if (variant == OB_KERNEL_AVX512 && __builtin_cpu_supports("avx512f")) return ISA_AVX512;
+    if (variant == OB_KERNEL_AVX2 || variant == OB_KERNEL_AVX512)
+        return __builtin_cpu_supports("avx2") ? ISA_AVX2 : ISA_BASE;
+#endif
+    (void)variant;
+    return ISA_BASE;
+}
+
 /* -------------------------------------------------------------------------------- conv2d */
 
 /* A conv2d is a GEMM per image and group: C (cout_g, P) = A (cout_g, K) B (K, P) + bias, with
@@ -600,8 +630,8 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
 
 #ifdef ONEBIT_CBLAS
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
-               float *y, int threads) {
-    (void)threads;
+               float *y, int variant, int threads) {
+    (void)threads, (void)variant;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, weight, in, 0.0f,
                 y, out);
     if (bias)
@@ -611,17 +641,12 @@ void ob_linear(const float *x, int n, int in, const float *weight, const float *
 #else
 /* Eight partial sums per row (part[j] of the elements i = j mod 8, then a fixed tree), so the
  * loop vectorises without -ffast-math; four rows at a time share the loads of x. 64-bit
- * indices (-fwrapv builds), and on x86-64 Linux AVX2 / AVX-512 clones (the same sums). */
+ * indices (-fwrapv builds), and on x86-64 AVX2 / AVX-512 copies (the same sums). */
 typedef float lin8 __attribute__((vector_size(32)));
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define LINEAR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LINEAR_CLONES
-#endif
-
-LINEAR_CLONES static void dot4(const float *r0, const float *r1, const float *r2, const float *r3,
-                               const float *x, int64_t len, float out[4]) {
+static inline __attribute__((always_inline)) void
+dot4_body(const float *r0, const float *r1, const float *r2, const float *r3, const float *x,
+          int64_t len, float out[4]) {
     const float *rows[4] = {r0, r1, r2, r3};
     lin8 part[4];
     memset(part, 0, sizeof part);
@@ -643,9 +668,15 @@ LINEAR_CLONES static void dot4(const float *r0, const float *r1, const float *r2
     }
 }
 
+ISA_COPIES(dot4,
+           (const float *r0, const float *r1, const float *r2, const float *r3, const float *x,
+            int64_t len, float out[4]),
+           dot4_body(r0, r1, r2, r3, x, len, out))
+
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
-               float *y, int threads) {
+               float *y, int variant, int threads) {
     (void)threads; /* without OpenMP */
+    __typeof__(dot4_base) *const dot4 = ISA_PICK(dot4, float_isa(variant));
     const int64_t groups = ((int64_t)out + 3) / 4;
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (int64_t q = 0; q < groups; q++) {
@@ -754,14 +785,8 @@ static void tap_columns(int kx, int s, int p, int w, int ow, int *lo, int *hi) {
  * compare). Each output still sees its taps in PyTorch's order, rows outer, columns inner.
  * Indices are 64-bit (with -fwrapv, as Python builds the extension, int ones do not
  * vectorize); strides 1 and 2 get their own copies of the pass (a constant stride 2 loads two
- * vectors and deinterleaves them), and on x86-64 Linux the passes are also compiled for AVX2
- * and AVX-512 (the same operations, wider). */
-
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define POOL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define POOL_CLONES
-#endif
+ * vectors and deinterleaves them), and on x86-64 the passes are also compiled for AVX2 and
+ * AVX-512 (the same operations, wider; ISA_COPIES). */
 
 /* The taps of a row: output columns [lo, hi) read tap kx at input column ox sw + kx - pw. Up to
  * POOL_TAPS of them are computed once per call (the divisions cost more than a short pass). */
@@ -803,23 +828,18 @@ pool_row_body(float *restrict dst, const float *restrict src, const pool_taps *t
     }
 }
 
-POOL_CLONES static void pool_row_s1(float *dst, const float *src, const pool_taps *t,
-                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
-                                    int sum) {
-    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 1);
-}
-
-POOL_CLONES static void pool_row_s2(float *dst, const float *src, const pool_taps *t,
-                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
-                                    int sum) {
-    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 2);
-}
-
-POOL_CLONES static void pool_row_sn(float *dst, const float *src, const pool_taps *t,
-                                    const ob_window *k, int y0, int y1, ob_shape in, ob_shape out,
-                                    int sum) {
-    pool_row_body(dst, src, t, k, y0, y1, in, out, sum, k->sw);
-}
+ISA_COPIES(pool_row_s1,
+           (float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0, int y1,
+            ob_shape in, ob_shape out, int sum),
+           pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 1))
+ISA_COPIES(pool_row_s2,
+           (float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0, int y1,
+            ob_shape in, ob_shape out, int sum),
+           pool_row_body(dst, src, t, k, y0, y1, in, out, sum, 2))
+ISA_COPIES(pool_row_sn,
+           (float *dst, const float *src, const pool_taps *t, const ob_window *k, int y0, int y1,
+            ob_shape in, ob_shape out, int sum),
+           pool_row_body(dst, src, t, k, y0, y1, in, out, sum, k->sw))
 
 /* The tap masks of every 16-output chunk of a row, made once per call: for chunk c and tap kx,
  * valid (the outputs whose tap lies in the row) and, with stride 2, lo and hi (the floats of
@@ -1035,29 +1055,29 @@ __attribute__((target("avx512f"))) static void pool3s2_plane(const float *x, ob_
 }
 #endif
 
-/* The AVX-512 pass's masks for this window and row, if it runs here (else NULL). */
+/* The AVX-512 pass's masks for this window and row, if it runs here under isa (else NULL). */
 static const pool_masks *pool_avx512(const pool_taps *t, const ob_window *k, ob_shape out,
-                                     pool_masks *pm) {
+                                     int isa, pool_masks *pm) {
 #ifdef POOL_AVX512
-    static int avx512 = -1;
-    if (avx512 < 0) {
+    static int bmi2 = -1;
+    if (bmi2 < 0) {
         __builtin_cpu_init();
-        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
+        bmi2 = __builtin_cpu_supports("bmi2");
     }
-    if (!avx512 || !t->n || k->sw > 2 || out.w > 16 * POOL_CHUNKS) return NULL;
+    if (isa != ISA_AVX512 || !bmi2 || !t->n || k->sw > 2 || out.w > 16 * POOL_CHUNKS) return NULL;
     pool_masks_of(t, k, out.w, pm);
     return pm;
 #else
-    (void)t, (void)k, (void)out, (void)pm;
+    (void)t, (void)k, (void)out, (void)isa, (void)pm;
     return NULL;
 #endif
 }
 
 /* pm: the AVX-512 masks or NULL; nan_free: the plane has no NaN (a max pool may then skip
- * tracking them; 0 is always right). */
+ * tracking them; 0 is always right); isa: float_isa's. */
 static void pool_row(float *dst, const float *src, const pool_taps *t, const pool_masks *pm,
                      const ob_window *k, int y0, int y1, ob_shape in, ob_shape out, int sum,
-                     int nan_free) {
+                     int nan_free, int isa) {
 #ifdef POOL_AVX512
     if (pm) {
         pool_row_avx512(dst, src, pm, k, y0, y1, in, out, sum, nan_free, NULL, 0);
@@ -1065,22 +1085,21 @@ static void pool_row(float *dst, const float *src, const pool_taps *t, const poo
     }
 #endif
     (void)pm, (void)nan_free;
-    if (k->sw == 1)
-        pool_row_s1(dst, src, t, k, y0, y1, in, out, sum);
-    else if (k->sw == 2)
-        pool_row_s2(dst, src, t, k, y0, y1, in, out, sum);
-    else
-        pool_row_sn(dst, src, t, k, y0, y1, in, out, sum);
+    __typeof__(pool_row_s1_base) *const pass = k->sw == 1   ? ISA_PICK(pool_row_s1, isa)
+                                               : k->sw == 2 ? ISA_PICK(pool_row_s2, isa)
+                                                            : ISA_PICK(pool_row_sn, isa);
+    pass(dst, src, t, k, y0, y1, in, out, sum);
 }
 
 /* PyTorch's max_pool2d: padding is -inf, and a NaN in the window wins. */
 void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y,
-                  int threads) {
+                  int variant, int threads) {
     (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
     pool_masks masks;
-    const pool_masks *pm = pool_avx512(&t, k, out, &masks);
+    const int isa = float_isa(variant);
+    const pool_masks *pm = pool_avx512(&t, k, out, isa, &masks);
 #ifdef POOL_AVX512
     const int stem = pm && pool3s2_fits(k, out);
 #endif
@@ -1100,7 +1119,7 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
             pool_row(y + (nc * out.h + oy) * out.w, plane, &t, pm, k, y0, y1, in, out, 0,
-                     nan_free);
+                     nan_free, isa);
         }
     }
 }
@@ -1119,12 +1138,13 @@ static int avg_columns(const ob_window *k, ob_shape in, int count_include_pad, i
 #define POOL_COLS 1024 /* output columns whose divisor factors are kept on the stack */
 
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
-                  ob_shape out, float *y, int threads) {
+                  ob_shape out, float *y, int variant, int threads) {
     (void)threads; /* without OpenMP */
     pool_taps t;
     pool_taps_of(k, in, out, &t);
     pool_masks masks;
-    const pool_masks *pm = pool_avx512(&t, k, out, &masks);
+    const int isa = float_isa(variant);
+    const pool_masks *pm = pool_avx512(&t, k, out, isa, &masks);
     int cols[POOL_COLS];
     const int kept = out.w <= POOL_COLS;
     for (int ox = 0; kept && ox < out.w; ox++)
@@ -1145,7 +1165,7 @@ void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int co
                 continue;
             }
 #endif
-            pool_row(dst, x + nc * in.h * in.w, &t, pm, k, y0, y1, in, out, 1, 0);
+            pool_row(dst, x + nc * in.h * in.w, &t, pm, k, y0, y1, in, out, 1, 0, isa);
             for (int64_t ox = 0; ox < out.w; ox++) {
                 const int count =
                     rows * (kept ? cols[ox] : avg_columns(k, in, count_include_pad, (int)ox));

@@ -21,7 +21,7 @@ void ob_conv2d(const float *x, int n, ob_shape in, const float *weight, const fl
                int threads, const ob_epilogue *ep);
 /* y (n, out) = x (n, in) weight (out, in)^T + bias */
 void ob_linear(const float *x, int n, int in, const float *weight, const float *bias, int out,
-               float *y, int threads);
+               float *y, int variant, int threads);
 void ob_affine(const float *x, int n, ob_shape s, const float *scale, const float *bias, float *y);
 void ob_add(const float *a, const float *b, size_t count, float *y);
 /* b is (n, c, h, w) when b_plane is h * w, (n, c, 1, 1) when it is 1 */
@@ -33,9 +33,9 @@ void ob_hardtanh(const float *x, size_t count, float lo, float hi, float *y);
 void ob_prelu(const float *x, int n, ob_shape s, const float *slope, int n_slopes, float *y);
 void ob_leaky_clip(const float *x, size_t count, float *y);
 void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_shape out, float *y,
-                  int threads);
+                  int variant, int threads);
 void ob_avgpool2d(const float *x, int n, ob_shape in, const ob_window *k, int count_include_pad,
-                  ob_shape out, float *y, int threads);
+                  ob_shape out, float *y, int variant, int threads);
 void ob_global_avgpool(const float *x, int n, ob_shape in, float *y);
 /* inputs k = 0..count-1 of shapes s[k] (one h, w) stacked along the channels */
 void ob_concat(const float *const *x, const ob_shape *s, int count, int n, float *y);

@@ -127,7 +127,7 @@ static void run_nodes(onebit_model *m, void *base, const float *input, int n, fl
             ob_bconv_run_ep(nd->bconv, x, n, xs.h, xs.w, y, scratch, threads, &ep);
             break;
         case OP_LINEAR:
-            ob_linear(x, n, xs.c, t0, t1, ys.c, y, threads);
+            ob_linear(x, n, xs.c, t0, t1, ys.c, y, m->kernel, threads);
             break;
         case OP_AFFINE:
             ob_affine(x, n, xs, t0, t1, y);
@@ -154,10 +154,10 @@ static void run_nodes(onebit_model *m, void *base, const float *input, int n, fl
             ob_leaky_clip(x, count, y);
             break;
         case OP_MAXPOOL2D:
-            ob_maxpool2d(x, n, xs, &nd->win, ys, y, threads);
+            ob_maxpool2d(x, n, xs, &nd->win, ys, y, m->kernel, threads);
             break;
         case OP_AVGPOOL2D:
-            ob_avgpool2d(x, n, xs, &nd->win, nd->ia[7], ys, y, threads);
+            ob_avgpool2d(x, n, xs, &nd->win, nd->ia[7], ys, y, m->kernel, threads);
             break;
         case OP_GLOBAL_AVGPOOL:
             ob_global_avgpool(x, n, xs, y);
