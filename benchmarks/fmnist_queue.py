@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fmnist_results import run_finished as finished
+from fmnist_results import run_progress as progress
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ("data.val_split=5000", "eval.select_on=val")
@@ -64,25 +67,6 @@ def queue() -> list[Run]:
                 )
             )
     return runs
-
-
-def progress(run_dir: Path) -> tuple[int, int, int, int] | None:
-    """(phase, phases, epoch, the phase's epochs) of the run's last checkpoint, or None."""
-    try:
-        state = json.loads((run_dir / "last.json").read_text())
-        config, done = state["config"], state["progress"]
-        phases = config.get("phases") or [{}]
-        phase = done["phase"]
-        overrides = phases[phase].get("overrides") or {}
-        epochs = (overrides.get("schedule") or {}).get("epochs", config["schedule"]["epochs"])
-        return phase, len(phases), done["epoch"], epochs
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def finished(run_dir: Path) -> bool:
-    state = progress(run_dir)
-    return state is not None and state[0] == state[1] - 1 and state[2] >= state[3]
 
 
 def training(run_dir: Path) -> bool:

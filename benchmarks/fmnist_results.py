@@ -94,15 +94,25 @@ def scaled_schedule(entry: Entry, epochs: int | None) -> list[str]:
     return overrides
 
 
-def run_finished(run_dir: Path) -> bool:
-    """True if ``run_dir``'s last checkpoint is at the last epoch of its (one-phase) config.
-    A multi-phase run is never judged here: ``onebit train --resume`` knows its phases."""
+def run_progress(run_dir: Path) -> tuple[int, int, int, int] | None:
+    """(phase, phases, epoch, the phase's epochs) of ``run_dir``'s last checkpoint, or None."""
     try:
         state = json.loads((run_dir / "last.json").read_text())
-        config, progress = state["config"], state["progress"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return not config.get("phases") and progress["epoch"] >= config["schedule"]["epochs"]
+        config, done = state["config"], state["progress"]
+        phases = config.get("phases") or [{}]
+        phase = done["phase"]
+        overrides = phases[phase].get("overrides") or {}
+        epochs = (overrides.get("schedule") or {}).get("epochs", config["schedule"]["epochs"])
+        return phase, len(phases), done["epoch"], epochs
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def run_finished(run_dir: Path) -> bool:
+    """True if ``run_dir``'s last checkpoint is at the last epoch of its config's last phase
+    (a phase's own ``schedule.epochs`` where it overrides it)."""
+    state = run_progress(run_dir)
+    return state is not None and state[0] == state[1] - 1 and state[2] >= state[3]
 
 
 @dataclass(frozen=True)
