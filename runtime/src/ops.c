@@ -850,6 +850,72 @@ typedef struct {
     uint16_t valid[POOL_CHUNKS][POOL_TAPS], lo[POOL_CHUNKS][POOL_TAPS], hi[POOL_CHUNKS][POOL_TAPS];
 } pool_masks;
 
+/* The 3x3 stride-2 max pool with padding 1 (the ResNet stem's) of a plane without NaN, rows
+ * first: each input row's 3-tap maxes (hmax) once, then each output row the max of its 3 rows'
+ * (an input row serves two output rows). Per tap about a third of the general pass's work, and
+ * no mask loads. Folding "v > m ? v : m" keeps the first of equal values, so taps in row-major
+ * order folded per row, then the rows in order, give the bits of PyTorch's loop (only -0 and +0
+ * compare equal with different bits; a NaN-free plane has no other such pair). */
+#define POOL3_COLS (16 * POOL_CHUNKS)
+
+static int pool3s2_fits(const ob_window *k, ob_shape out) {
+    return k->kh == 3 && k->kw == 3 && k->sh == 2 && k->sw == 2 && k->ph == 1 && k->pw == 1 &&
+           k->dh == 1 && k->dw == 1 && out.w <= POOL3_COLS;
+}
+
+/* The same in C for the other ISAs (ISA_COPIES: the compiler vectorises the passes): h[i] of
+ * pool3_hmax below as max(max(x[2i - 1], x[2i]), x[2i + 1]), the same fold. */
+static inline __attribute__((always_inline)) void pool3_hmax_body(const float *restrict x,
+                                                                  int64_t w, int64_t ow,
+                                                                  float *restrict h) {
+    int64_t i = 0;
+    const int64_t inner = w / 2 < ow ? w / 2 : ow; /* i < inner: 2i + 1 < w */
+    if (ow > 0) { /* i = 0: no x[-1] */
+        const float o = w > 1 ? x[1] : -INFINITY;
+        h[0] = o > x[0] ? o : x[0];
+        i = 1;
+    }
+    for (; i < inner; i++) {
+        const float l = x[2 * i - 1], e = x[2 * i], o = x[2 * i + 1];
+        const float m = e > l ? e : l;
+        h[i] = o > m ? o : m;
+    }
+    for (; i < ow; i++) { /* the last: taps past the row are -inf */
+        const float l = x[2 * i - 1], e = 2 * i < w ? x[2 * i] : -INFINITY;
+        h[i] = e > l ? e : l;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+pool3s2_plane_body(const float *x, ob_shape in, ob_shape out, float *dst, float *rows) {
+    int64_t have = -2;
+    for (int64_t oy = 0; oy < out.h; oy++) {
+        const int64_t r0 = 2 * oy - 1 < 0 ? 0 : 2 * oy - 1;
+        const int64_t r1 = 2 * oy + 2 > in.h ? in.h : 2 * oy + 2;
+        for (int64_t r = have + 1 > r0 ? have + 1 : r0; r < r1; r++)
+            pool3_hmax_body(x + r * in.w, in.w, out.w, rows + r % 3 * POOL3_COLS);
+        if (r1 - 1 > have) have = r1 - 1;
+        float *restrict d = dst + oy * out.w;
+        const float *restrict a = rows + r0 % 3 * POOL3_COLS;
+        for (int64_t i = 0; i < out.w; i++) d[i] = a[i];
+        for (int64_t r = r0 + 1; r < r1; r++) {
+            const float *restrict b = rows + r % 3 * POOL3_COLS;
+            for (int64_t i = 0; i < out.w; i++) d[i] = b[i] > d[i] ? b[i] : d[i];
+        }
+    }
+}
+
+ISA_COPIES(pool3s2_plane_c, (const float *x, ob_shape in, ob_shape out, float *dst, float *rows),
+           pool3s2_plane_body(x, in, out, dst, rows))
+
+static inline __attribute__((always_inline)) int nan_free_body(const float *x, size_t count) {
+    int any = 0;
+    for (size_t i = 0; i < count; i++) any |= x[i] != x[i];
+    return !any;
+}
+
+ISA_COPIES(nan_free_c, (const float *x, size_t count, int *free), *free = nan_free_body(x, count))
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define POOL_AVX512 1
 /* The masks of a window's taps over a row of ow outputs (pool_masks). */
@@ -990,19 +1056,6 @@ __attribute__((target("avx512f"))) static int nan_free_avx512(const float *x, si
     return any == 0;
 }
 
-/* The 3x3 stride-2 max pool with padding 1 (the ResNet stem's) of a plane without NaN, rows
- * first: each input row's 3-tap maxes (hmax) once, then each output row the max of its 3 rows'
- * (an input row serves two output rows). Per tap about a third of the general pass's work, and
- * no mask loads. Folding "v > m ? v : m" keeps the first of equal values, so taps in row-major
- * order folded per row, then the rows in order, give the bits of PyTorch's loop (only -0 and +0
- * compare equal with different bits; a NaN-free plane has no other such pair). */
-#define POOL3_COLS (16 * POOL_CHUNKS)
-
-static int pool3s2_fits(const ob_window *k, ob_shape out) {
-    return k->kh == 3 && k->kw == 3 && k->sh == 2 && k->sw == 2 && k->ph == 1 && k->pw == 1 &&
-           k->dh == 1 && k->dw == 1 && out.w <= POOL3_COLS;
-}
-
 /* h[i] = max(x[2i - 1], x[2i], x[2i + 1]) of one input row of w floats (-inf outside it), in that
  * order, for i < ow. */
 __attribute__((target("avx512f"))) static void pool3_hmax(const float *x, int64_t w, int64_t ow,
@@ -1100,21 +1153,31 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
     pool_masks masks;
     const int isa = float_isa(variant);
     const pool_masks *pm = pool_avx512(&t, k, out, isa, &masks);
-#ifdef POOL_AVX512
-    const int stem = pm && pool3s2_fits(k, out);
-#endif
+    const int stem = pool3s2_fits(k, out);
+    __typeof__(nan_free_c_base) *const nan_free_c = ISA_PICK(nan_free_c, isa);
+    __typeof__(pool3s2_plane_c_base) *const pool3s2_c = ISA_PICK(pool3s2_plane_c, isa);
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *plane = x + nc * in.h * in.w;
         int nan_free = 0;
 #ifdef POOL_AVX512
-        if (pm) nan_free = nan_free_avx512(plane, (size_t)in.h * in.w);
-        if (nan_free && stem) {
-            float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
-            pool3s2_plane(plane, in, out, y + nc * out.h * out.w, rows);
-            continue;
+        if (pm) {
+            nan_free = nan_free_avx512(plane, (size_t)in.h * in.w);
+            if (nan_free && stem) {
+                float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
+                pool3s2_plane(plane, in, out, y + nc * out.h * out.w, rows);
+                continue;
+            }
         }
 #endif
+        if (!pm && stem) { /* the rows-first pass in C where the plane has no NaN */
+            nan_free_c(plane, (size_t)in.h * in.w, &nan_free);
+            if (nan_free) {
+                float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
+                pool3s2_c(plane, in, out, y + nc * out.h * out.w, rows);
+                continue;
+            }
+        }
         for (int oy = 0; oy < out.h; oy++) {
             int y0, y1;
             window(oy, k->kh, k->sh, k->ph, in.h, &y0, &y1);
