@@ -19,7 +19,7 @@ from onebit.data import (
     split_indices,
 )
 from onebit.errors import CheckpointError, ConfigError
-from onebit.report import find_runs, report_rows
+from onebit.report import _train_images, find_runs, report_rows
 from onebit.train import RunDir, Trainer
 from onebit.train.checkpoint import read_checkpoint
 from onebit.train.repeat import summarize, summary_line
@@ -177,6 +177,7 @@ def test_select_on_val_records_heldout_and_picks_the_best_epoch_on_it(tmp_path, 
     row = report_rows(find_runs([run.path]))[0]
     assert row.cells["best epoch top-1 (%)"] == "50.00"
     assert row.cells["picked on (held-out top-1 %)"] == "val (30.00)"
+    assert row.cells["train images"] == "64"  # data.subset, taken after the held-out split
     summary = summarize(tmp_path, [0])  # --runs: the test top-1 of the picked epochs
     assert summary["best_top1"]["values"] == [50.0] and summary["best_split"] == "val"
     assert "best epoch (picked on val) 50.00" in summary_line(summary, tmp_path)
@@ -188,3 +189,18 @@ def test_select_on_val_records_heldout_and_picks_the_best_epoch_on_it(tmp_path, 
     other = load_config(FP, [*overrides, "eval.select_on=val", "data.val_split=200"])
     with pytest.raises(CheckpointError, match=r"differs at data\.val_split \(saved 100, now 200"):
         Trainer(other, run).fit(resume=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        ([], "all"),
+        (["data.val_split=5000"], "all − 5,000 held out"),
+        (["data.val_split=0.1"], "all − 10% held out"),
+        (["data.val_split=5000", "data.subset=640"], "640"),
+    ],
+)
+def test_report_says_how_many_training_images_a_run_saw(overrides, shown):
+    """The report's "train images": the held-out split is not trained on, so a run that holds
+    5,000 out does not show "all"."""
+    assert _train_images(load_config(FP, overrides).data) == shown

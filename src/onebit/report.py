@@ -413,6 +413,17 @@ COLUMNS = (
 )
 
 
+def _train_images(data) -> str:
+    """The training images a run saw: ``data.subset`` (taken after the held-out split), else all
+    of them less the ``data.val_split`` held out (a count, or a fraction of them)."""
+    if data.subset is not None:
+        return f"{data.subset:,}"
+    held = data.val_split
+    if not held:
+        return "all"
+    return f"all − {held:,} held out" if isinstance(held, int) else f"all − {held:.0%} held out"
+
+
 def _bn_stats(config: Config) -> str:
     """How the row's BatchNorm statistics were evaluated: the stored EMA, or re-estimated."""
     batches = config.eval.bn_recalibrate
@@ -462,7 +473,7 @@ def report_rows(runs: Sequence[Run]) -> list[Row]:
             "params": _si(figures.params),
             "OPs": _si(figures.ops),
             "packed (bytes)": f"{figures.packed_bytes:,}",
-            "train images": "all" if config.data.subset is None else f"{config.data.subset:,}",
+            "train images": _train_images(config.data),
             "BN stats": _bn_stats(config),
             "final top-1 (%)": mean_std([r.final_top1 for r in group if r.final_top1 is not None]),
             "best epoch top-1 (%)": mean_std(
@@ -487,7 +498,8 @@ split held out of the training images (`data.val_split`; its figure in brackets)
 runs have one; else `test`, the highest test top-1 (optimistic; shown for comparison with
 papers that report it). BN stats: evaluated with the stored BatchNorm running statistics, or
 with statistics re-estimated from N training batches before each evaluation
-(`eval.bn_recalibrate`). train images: `data.subset`, or all.
+(`eval.bn_recalibrate`). train images: `data.subset`, or all, less the `data.val_split` held
+out.
 epochs: completed (of the recipe's, while a run is unfinished). runs: the runs the figures
 are over; where some runs of a recipe have finished, the unfinished ones are left out of its
 figures and counted as "+N unfinished". params and OPs (= BOPs/64
