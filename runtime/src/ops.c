@@ -36,7 +36,7 @@ int64_t ob_pool_out(int64_t in, int k, int s, int p, int ceil_mode) {
 
 /* The widest x86 vector ISA the float ops (linear, pools) may use under kernel variant
  * `variant`, as gemm_kernel does for the conv tile: `--kernel avx2` runs AVX2 code only, as on
- * an AVX2-only CPU (benchmarks/deploy_speed.py --as-avx2 relies on it), portable the base
+ * an AVX2-only CPU (deploy_speed.py's AVX2 race relies on it), portable the base
  * ISA. ISA_COPIES compiles a body once per ISA; ISA_PICK takes the copy. */
 enum { ISA_BASE, ISA_AVX2, ISA_AVX512 };
 
