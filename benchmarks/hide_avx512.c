@@ -11,7 +11,9 @@
  * gets the default action (the process dies as it would have). Code that ran CPUID before
  * this library's constructor keeps what it saw: glibc (its string functions), so run the
  * process with GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,... as deploy_speed.py does, and
- * ifunc resolvers of the executable (onebit-run's float ops follow --kernel instead).
+ * ifunc resolvers of the executable (onebit-run's float ops follow --kernel instead). A process
+ * that installs its own SIGSEGV handler later (Python's faulthandler, a JVM) takes the CPUID
+ * faults itself and dies: neither LCE's interpreter nor onebit-run does.
  *
  * Build: gcc -O2 -shared -fPIC -o hide_avx512.so benchmarks/hide_avx512.c
  * Check: HIDE_AVX512_REPORT=1 LD_PRELOAD=./hide_avx512.so <program> prints one line on stderr
