@@ -204,3 +204,40 @@ def test_report_says_how_many_training_images_a_run_saw(overrides, shown):
     """The report's "train images": the held-out split is not trained on, so a run that holds
     5,000 out does not show "all"."""
     assert _train_images(load_config(FP, overrides).data) == shown
+
+
+def test_plot_draws_the_held_out_curve(tmp_path):
+    """A run that holds images out logs heldout_top1 each epoch: `onebit plot` draws it (its
+    series) beside the test curve, and names it in the top-1 panel's title."""
+    pytest.importorskip("matplotlib")
+    from onebit.plot import curves, plot_runs
+
+    config = "model: {name: resnet20}\n"
+    run = tmp_path / "held"
+    run.mkdir()
+    (run / "config.yaml").write_text(config)
+    records = [{"epoch": e, "val_top1": 80.0 + e, "heldout_top1": 79.0 + e} for e in (1, 2, 3, 4)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (curve,) = curves([run])
+    assert curve.series("heldout_top1")[:2] == ([1, 2, 3, 4], [80.0, 81.0, 82.0, 83.0])
+    from matplotlib.axes import Axes
+
+    drawn, titles = [], []
+    plot, set_title = Axes.plot, Axes.set_title
+
+    def record_plot(ax, *args, **kwargs):
+        if len(args) == 2:
+            drawn.append((list(args[1]), kwargs.get("ls")))
+        return plot(ax, *args, **kwargs)
+
+    def record_title(ax, label, *args, **kwargs):
+        titles.append(label)
+        return set_title(ax, label, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Axes, "plot", record_plot)
+        patch.setattr(Axes, "set_title", record_title)
+        out = plot_runs([run], tmp_path / "curves.png")
+    assert out.stat().st_size > 0
+    assert ([80.0, 81.0, 82.0, 83.0], "-.") in drawn and ([81.0, 82.0, 83.0, 84.0], "-") in drawn
+    assert any("dash-dot: held out" in t for t in titles)

@@ -27,6 +27,7 @@ SERIES = (
     ("train_top1", 1, "--"),
     ("val_top1", 1, "-"),
     ("val_top1_stored", 1, ":"),  # runs with eval.bn_recalibrate: the stored statistics' figure
+    ("heldout_top1", 1, "-."),  # runs with data.val_split: the split held out of training
     ("lr", 2, "-"),
 )
 SCHEDULE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
@@ -111,7 +112,8 @@ def plot_runs(
 ) -> Path:
     """Draw the curves of the runs in ``paths`` (see the module doc) into the PNG ``out``.
 
-    Panels: loss (train dashed, test solid), top-1 % (the same), lr (and, on a second axis,
+    Panels: loss (train dashed, test solid), top-1 % (the same; the held-out split dash-dot
+    where runs hold one out, ``data.val_split``), lr (and, on a second axis,
     the schedule values the runs log, see :func:`schedule_keys`). Returns ``out``.
     """
     mpl = _matplotlib()
@@ -152,7 +154,11 @@ def plot_runs(
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].set_title("loss (dashed: train, solid: test)")
-    axes[1].set_title("top-1 (dashed: train, solid: test, dotted: test, stored BN statistics)")
+    top1 = "top-1 (dashed: train, solid: test, dotted: test, stored BN statistics"
+    if any(c.series("heldout_top1")[0] for c in drawn):  # one size smaller to fit its panel
+        axes[1].set_title(top1 + ", dash-dot: held out)", fontsize="medium")
+    else:
+        axes[1].set_title(top1 + ")")
     if keys:
         values = [v for c in drawn for k in keys for v in c.series(k)[1]]
         if min(values) > 0 and max(values) / min(values) > 100:  # e.g. EDE t: 1e-3 .. 10
