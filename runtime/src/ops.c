@@ -1041,21 +1041,6 @@ pool_row_avx512(float *dst, const float *src, const pool_masks *pm, const ob_win
     }
 }
 
-/* Whether count floats at x hold no NaN. */
-__attribute__((target("avx512f"))) static int nan_free_avx512(const float *x, size_t count) {
-    __mmask16 any = 0;
-    size_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        const __m512 v = _mm512_loadu_ps(x + i);
-        any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    }
-    if (i < count) {
-        const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << (count - i)) - 1), x + i);
-        any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    }
-    return any == 0;
-}
-
 /* h[i] = max(x[2i - 1], x[2i], x[2i + 1]) of one input row of w floats (-inf outside it), in that
  * order, for i < ow. */
 __attribute__((target("avx512f"))) static void pool3_hmax(const float *x, int64_t w, int64_t ow,
@@ -1155,28 +1140,19 @@ void ob_maxpool2d(const float *x, int n, ob_shape in, const ob_window *k, ob_sha
     const pool_masks *pm = pool_avx512(&t, k, out, isa, &masks);
     const int stem = pool3s2_fits(k, out);
     __typeof__(nan_free_c_base) *const nan_free_c = ISA_PICK(nan_free_c, isa);
-    __typeof__(pool3s2_plane_c_base) *const pool3s2_c = ISA_PICK(pool3s2_plane_c, isa);
+    __typeof__(pool3s2_plane_c_base) *pool3s2 = ISA_PICK(pool3s2_plane_c, isa);
+#ifdef POOL_AVX512
+    if (pm) pool3s2 = pool3s2_plane; /* the AVX-512 pass where its masks run */
+#endif
     OB_OMP(omp parallel for num_threads(threads) schedule(static))
     for (size_t nc = 0; nc < (size_t)n * in.c; nc++) {
         const float *plane = x + nc * in.h * in.w;
-        int nan_free = 0;
-#ifdef POOL_AVX512
-        if (pm) {
-            nan_free = nan_free_avx512(plane, (size_t)in.h * in.w);
-            if (nan_free && stem) {
-                float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
-                pool3s2_plane(plane, in, out, y + nc * out.h * out.w, rows);
-                continue;
-            }
-        }
-#endif
-        if (!pm && stem) { /* the rows-first pass in C where the plane has no NaN */
-            nan_free_c(plane, (size_t)in.h * in.w, &nan_free);
-            if (nan_free) {
-                float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
-                pool3s2_c(plane, in, out, y + nc * out.h * out.w, rows);
-                continue;
-            }
+        int nan_free = 0; /* the AVX-512 pass and the rows-first one skip NaN where none is */
+        if (pm || stem) nan_free_c(plane, (size_t)in.h * in.w, &nan_free);
+        if (nan_free && stem) { /* rows first */
+            float rows[3 * POOL3_COLS] __attribute__((aligned(64)));
+            pool3s2(plane, in, out, y + nc * out.h * out.w, rows);
+            continue;
         }
         for (int oy = 0; oy < out.h; oy++) {
             int y0, y1;
