@@ -17,6 +17,7 @@ import onebit
 from onebit import quant
 from onebit.errors import UnknownNameError
 from onebit.nn import BinaryConv2d
+from onebit.nn.layers import make_activation
 from onebit.quant import EdeConfig, QuantConfig, set_schedule_state
 
 POINTS = torch.tensor(
@@ -393,3 +394,80 @@ def test_fused_kernels_equal_the_pytorch_formulas(kind, name, layout, dtype, mon
     torch.testing.assert_close(fused_grad.float(), exact, rtol=2**-7, atol=1e-5)
     fused_error = (fused_grad.float() - exact).abs().sum()
     assert fused_error <= (torch_grad.float() - exact).abs().sum() + 1e-6
+
+
+def _rprelu_reference(x, b1, a, b2):
+    """RPReLU in float64 autograd: PReLU_a(x + b1) + b2 per channel."""
+    z = x + b1.view(1, -1, 1, 1)
+    a = a.view(1, -1, 1, 1)
+    return torch.where(z > 0, z, a * z) + b2.view(1, -1, 1, 1)
+
+
+@pytest.mark.skipif(onebit.quant.fused._fused is None, reason="C extension not built")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("module", ["rprelu", "prelu"])
+def test_fused_rprelu_equals_pytorch_and_the_float64_formula(module, threads, layout, monkeypatch):
+    """RPReLU (and a per-channel PReLU) in a CPU float32 training step runs as one fused pass
+    each way: the output is identical to the PyTorch modules', and the gradients of x, both
+    shifts and the slopes equal the float64 formula's within float32 rounding. Planes of 1,600
+    items cross the kernel's 1,024-item float blocks; some z = x + b1 are exactly 0 (slope side)."""
+    torch.manual_seed(0)
+    channels = 6
+    layer = onebit.nn.RPReLU(channels) if module == "rprelu" else make_activation("prelu", channels)
+    layer = layer.float()  # this module's default type is float64
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    params = dict(layer.named_parameters())
+    b1 = params.get("shift_in.bias", torch.zeros(channels)).reshape(-1)
+    b2 = params.get("shift_out.bias", torch.zeros(channels)).reshape(-1)
+    a = params["prelu.weight" if module == "rprelu" else "weight"]
+    x = torch.randn(3, channels, 40, 40, dtype=torch.float32)
+    x[:, :, 0, :4] = -b1.detach().view(1, -1, 1)  # z = 0 exactly
+    if layout == "nhwc":
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(x.shape, dtype=torch.float32)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+
+    def step():
+        xi = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        out = layer(xi)
+        (out * g).sum().backward()
+        grads = [p.grad.clone() for p in layer.parameters()]
+        return out, [xi.grad, *grads]
+
+    fused_out, fused_grads = step()
+    assert type(fused_out.grad_fn).__name__ == "_FusedRPReLUBackward"
+    monkeypatch.setattr(onebit.quant.fused, "enabled", False)
+    torch_out, torch_grads = step()
+    assert type(torch_out.grad_fn).__name__ != "_FusedRPReLUBackward"
+    assert torch.equal(fused_out, torch_out)
+
+    x64 = x.double().requires_grad_(True)
+    p64 = [t.detach().double().requires_grad_(True) for t in (b1, a, b2)]
+    (_rprelu_reference(x64, *p64) * g.double()).sum().backward()
+    exact = {"x": x64.grad, "b1": p64[0].grad, "a": p64[1].grad, "b2": p64[2].grad}
+    names = ["x", "b1", "a", "b2"] if module == "rprelu" else ["x", "a"]
+    for name, got, pytorch in zip(names, fused_grads, torch_grads):
+        want = exact[name].view(got.shape)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4, msg=name)
+        # no further from float64 than PyTorch's own float32 chain (sums: 1e-4 slack)
+        assert (got.double() - want).abs().max() <= (pytorch.double() - want).abs().max() + 1e-4
+
+
+def test_rprelu_runs_module_by_module_outside_a_training_step():
+    """Without autograd (layer tables, export traces, evaluation) RPReLU calls its three
+    modules, so forward hooks and `onebit summary` see shift, PReLU, shift; a training step
+    takes the fused pass."""
+    layer = onebit.nn.RPReLU(4).float()
+    seen = []
+    for m in layer.children():
+        m.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    with torch.no_grad():
+        layer(torch.randn(2, 4, 3, 3, dtype=torch.float32))
+    assert seen == ["LearnableBias", "PReLU", "LearnableBias"]
+    if onebit.quant.fused._fused is not None:
+        out = layer(torch.randn(2, 4, 3, 3, dtype=torch.float32, requires_grad=True))
+        assert type(out.grad_fn).__name__ == "_FusedRPReLUBackward"

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from onebit.errors import ConfigError, UnknownNameError
+from onebit.quant import fused
 
 
 class LearnableBias(nn.Module):
@@ -25,10 +26,68 @@ class LearnableBias(nn.Module):
         return x + self.bias
 
 
+class _FusedRPReLU(torch.autograd.Function):
+    """:func:`rprelu` as one fused CPU pass each way (:func:`onebit.quant.fused.rprelu_forward`);
+    the shifts are per-channel tensors (zeros for a plain PReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, shift_in, slope, shift_out):
+        ctx.save_for_backward(x, shift_in, slope)
+        return fused.rprelu_forward(x, shift_in, slope, shift_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, shift_in, slope = ctx.saved_tensors
+        dx, d_in, d_slope, d_out = fused.rprelu_backward(x, grad, shift_in, slope)
+        return dx, d_in.view(shift_in.shape), d_slope.view(slope.shape), d_out.view(shift_in.shape)
+
+
+def _fusable(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """The fused RPReLU takes ``x``: a float32 CPU tensor of 2+ dims (``fused.usable``) in a
+    training step (autograd on: in eval and in traces the modules run one by one, so hooks and
+    layer tables see them), with float32 per-channel parameters of C items."""
+    return (
+        torch.is_grad_enabled()
+        and x.dtype == torch.float32
+        and x.ndim >= 2
+        and fused.usable(x)
+        and all(p.dtype == torch.float32 and p.numel() == x.shape[1] for p in params)
+    )
+
+
+def rprelu(
+    x: torch.Tensor,
+    slope: torch.Tensor,
+    shift_in: torch.Tensor | None = None,
+    shift_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PReLU_slope(x + shift_in) + shift_out, per channel (dim 1); a shift of None is 0.
+
+    On the CPU in a float32 training step: one fused pass forward and one backward
+    (onebit.quant.fused), where PyTorch's chain takes three and six and its PReLU backward is
+    slow (~5x the fused time for the whole RPReLU: benchmarks/train_speed.py); elsewhere
+    (CUDA, bfloat16, torch.compile, no autograd) the PyTorch operators. Both tested against
+    each other.
+    """
+    zeros = None
+    if shift_in is None or shift_out is None:
+        zeros = slope.new_zeros(slope.numel())
+    b1 = zeros if shift_in is None else shift_in
+    b2 = zeros if shift_out is None else shift_out
+    if _fusable(x, slope, b1, b2):
+        return _FusedRPReLU.apply(x, b1, slope, b2)
+    if shift_in is not None:
+        x = x + shift_in
+    x = F.prelu(x, slope)
+    return x if shift_out is None else x + shift_out
+
+
 class RPReLU(nn.Module):
     """ReActNet's RPReLU: shift, PReLU (slope init 0.25), shift: +b1_c -> PReLU -> +b2_c.
 
     Source: Liu et al. 2020 (ReActNet), official ``move12 -> prelu1 -> move13``.
+    In a CPU training step the three run as one fused pass (:func:`rprelu`); otherwise module by
+    module.
     """
 
     def __init__(self, channels: int):
@@ -38,7 +97,19 @@ class RPReLU(nn.Module):
         self.shift_out = LearnableBias(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1, a, b2 = self.shift_in.bias, self.prelu.weight, self.shift_out.bias
+        if _fusable(x, b1, a, b2):
+            return _FusedRPReLU.apply(x, b1, a, b2)
         return self.shift_out(self.prelu(self.shift_in(x)))
+
+
+class PReLU(nn.PReLU):
+    """``nn.PReLU`` (per-channel slopes) whose CPU training step is :func:`rprelu`'s fused pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.numel() > 1 and x.ndim >= 2 and x.shape[1] == self.weight.numel():
+            return rprelu(x, self.weight)
+        return super().forward(x)
 
 
 class ChannelShuffle(nn.Module):
@@ -154,7 +225,7 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 ACTIVATION_LAYERS = {
     "hardtanh": lambda c: nn.Hardtanh(),
     "relu": lambda c: nn.ReLU(),
-    "prelu": lambda c: nn.PReLU(c),
+    "prelu": lambda c: PReLU(c),
     "leakyclip": lambda c: LeakyClip(),
     "rprelu": RPReLU,
     "identity": lambda c: nn.Identity(),

@@ -99,3 +99,56 @@ def recu_backward(
         torch.get_num_threads(),
     )
     return dx
+
+
+def _channels(x: torch.Tensor) -> tuple[tuple[int, int, int], bool]:
+    """((batch, channels, spatial), channels_last) of a dense ``x`` of 2 or more dims."""
+    batch, channels = x.shape[0], x.shape[1]
+    return (batch, channels, x[0, 0].numel() if batch and channels else 0), not x.is_contiguous()
+
+
+def _vector(t: torch.Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).contiguous().numpy()
+
+
+def rprelu_forward(
+    x: torch.Tensor, shift_in: torch.Tensor, slope: torch.Tensor, shift_out: torch.Tensor
+) -> torch.Tensor:
+    """PReLU_slope(x + shift_in) + shift_out per channel in one pass (``usable(x)``, float32;
+    three per-channel float32 tensors of C items)."""
+    out = torch.empty_like(x)
+    sizes, channels_last = _channels(x)
+    _fused.rprelu_forward(
+        _flat(x),
+        _flat(out),
+        _vector(shift_in),
+        _vector(slope),
+        _vector(shift_out),
+        sizes,
+        channels_last,
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def rprelu_backward(
+    x: torch.Tensor, grad: torch.Tensor, shift_in: torch.Tensor, slope: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d x, d shift_in, d slope, d shift_out) of :func:`rprelu_forward` in one pass; the three
+    per-channel gradients are summed in float64 and returned as float32 vectors of C items."""
+    dx = torch.empty_like(x)
+    sizes, channels_last = _channels(x)
+    sums = np.zeros(3 * sizes[1], dtype=np.float64)
+    _fused.rprelu_backward(
+        _flat(x),
+        _flat(_like(x, grad)),
+        _vector(shift_in),
+        _vector(slope),
+        _flat(dx),
+        sums,
+        sizes,
+        channels_last,
+        torch.get_num_threads(),
+    )
+    d_in, d_slope, d_out = torch.from_numpy(sums).float().view(3, -1).unbind(0)
+    return dx, d_in, d_slope, d_out

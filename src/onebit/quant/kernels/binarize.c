@@ -1,4 +1,4 @@
-/* Fused CPU passes of the training binarizers (onebit.quant.fused), float32 and bfloat16.
+/* Fused CPU passes of the training binarizers and of RPReLU (onebit.quant.fused).
  *
  * PyTorch computes a binarizer's forward and surrogate backward as a chain of elementwise
  * operators, each one a pass over the activation; ReCU's per-sample standardisation adds a
@@ -12,10 +12,19 @@
  *   approx_backward         dx = g * max(0, 2 - 2|x|)
  *   recu_forward            per sample b: mean_b, s_b = sqrt(var_b + 1e-5) (unbiased); out = sign(x)
  *   recu_backward           h = g * max(0, 2 - 2|x| / s); dx = h / s - (x - mean) / ((n-1) s^3) * sum(h x)
+ *
+ * float32 and bfloat16. And ReActNet's RPReLU (a PReLU when both shifts are 0), float32 only,
+ * per channel c of an NCHW or channels-last tensor, one pass each way where PyTorch takes
+ * three forward and six backward (its PReLU backward alone is ~6x its forward):
+ *
+ *   rprelu_forward          z = x + b1_c; y = (z > 0 ? z : a_c z) + b2_c
+ *   rprelu_backward         dx = z > 0 ? g : a_c g; per channel, in float64: sum dx (d b1),
+ *                           sum g z 1{z <= 0} (d a), sum g (d b2)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -119,6 +128,118 @@ static inline float f32_store(float f) { return f; }
 KERNELS(f32, float, f32_load, f32_store)
 KERNELS(bf16, uint16_t, bf16_load, bf16_store)
 
+/* RPReLU over `batch` samples of `channels` x `spatial` items: NCHW planes (channel p % C) or,
+ * with channels_last, rows of `channels` items. */
+VECTORISED static void rprelu_forward_f32(const float *x, float *y, const float *b1, const float *a,
+                                          const float *b2, int64_t batch, int64_t channels,
+                                          int64_t spatial, int channels_last, int threads) {
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t p = 0; p < batch * channels; p++) {
+            int64_t c = p % channels;
+            float shift = b1[c], slope = a[c], bias = b2[c];
+            const float *xp = x + p * spatial;
+            float *yp = y + p * spatial;
+            for (int64_t i = 0; i < spatial; i++) {
+                float z = xp[i] + shift;
+                yp[i] = (z > 0.0f ? z : slope * z) + bias;
+            }
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < batch * spatial; r++) {
+        const float *xr = x + r * channels;
+        float *yr = y + r * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            float z = xr[c] + b1[c];
+            yr[c] = (z > 0.0f ? z : a[c] * z) + b2[c];
+        }
+    }
+}
+
+#define RPRELU_BLOCK 1024
+
+/* sums: 3 x channels float64 (d b1, d a, d b2), summed in float over blocks of about
+ * RPRELU_BLOCK items, the blocks in float64. Channels-last rows are split in one static chunk
+ * per thread, each summing into its own 3 x channels of `scratch` (threads x 3 x channels
+ * float64, then threads x 3 x channels float32 block sums), added in thread order: the same
+ * sums for the same thread count. */
+VECTORISED static void rprelu_backward_f32(const float *x, const float *g, const float *b1,
+                                           const float *a, float *dx, double *sums,
+                                           double *scratch, int64_t batch, int64_t channels,
+                                           int64_t spatial, int channels_last, int threads) {
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t c = 0; c < channels; c++) {
+            float shift = b1[c], slope = a[c];
+            double s_dx = 0.0, s_gz = 0.0, s_g = 0.0;
+            for (int64_t n = 0; n < batch; n++) {
+                int64_t p = (n * channels + c) * spatial;
+                const float *xp = x + p, *gp = g + p;
+                float *dp = dx + p;
+                /* float sums over blocks of RPRELU_BLOCK items (vectorised), float64 across */
+                for (int64_t lo = 0; lo < spatial; lo += RPRELU_BLOCK) {
+                    int64_t hi = lo + RPRELU_BLOCK < spatial ? lo + RPRELU_BLOCK : spatial;
+                    float f_dx = 0.0f, f_gz = 0.0f, f_g = 0.0f;
+#pragma omp simd reduction(+ : f_dx, f_gz, f_g)
+                    for (int64_t i = lo; i < hi; i++) {
+                        float z = xp[i] + shift, gi = gp[i];
+                        float d = z > 0.0f ? gi : slope * gi;
+                        dp[i] = d;
+                        f_dx += d;
+                        f_gz += z > 0.0f ? 0.0f : gi * z;
+                        f_g += gi;
+                    }
+                    s_dx += f_dx;
+                    s_gz += f_gz;
+                    s_g += f_g;
+                }
+            }
+            sums[c] = s_dx;
+            sums[channels + c] = s_gz;
+            sums[2 * channels + c] = s_g;
+        }
+        return;
+    }
+    int64_t rows = batch * spatial;
+    int used = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (t == 0) used = nt;
+        double *acc = scratch + (int64_t)t * 3 * channels;
+        float *part = (float *)(scratch + (int64_t)nt * 3 * channels) + (int64_t)t * 3 * channels;
+        for (int64_t c = 0; c < 3 * channels; c++) acc[c] = 0.0;
+        int64_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
+        /* float sums over blocks of rows (about RPRELU_BLOCK items), float64 across */
+        int64_t block = RPRELU_BLOCK / channels > 0 ? RPRELU_BLOCK / channels : 1;
+        for (int64_t r0 = lo; r0 < hi; r0 += block) {
+            int64_t r1 = r0 + block < hi ? r0 + block : hi;
+            for (int64_t c = 0; c < 3 * channels; c++) part[c] = 0.0f;
+            float *restrict p_dx = part, *restrict p_gz = part + channels,
+                            *restrict p_g = part + 2 * channels;
+            for (int64_t r = r0; r < r1; r++) {
+                const float *restrict xr = x + r * channels, *restrict gr = g + r * channels;
+                float *restrict dr = dx + r * channels;
+#pragma omp simd
+                for (int64_t c = 0; c < channels; c++) {
+                    float z = xr[c] + b1[c], gi = gr[c];
+                    float d = z > 0.0f ? gi : a[c] * gi;
+                    dr[c] = d;
+                    p_dx[c] += d;
+                    p_gz[c] += z > 0.0f ? 0.0f : gi * z;
+                    p_g[c] += gi;
+                }
+            }
+            for (int64_t c = 0; c < 3 * channels; c++) acc[c] += part[c];
+        }
+    }
+    for (int64_t c = 0; c < 3 * channels; c++) sums[c] = 0.0;
+    for (int t = 0; t < used; t++)
+        for (int64_t c = 0; c < 3 * channels; c++) sums[c] += scratch[(int64_t)t * 3 * channels + c];
+}
+
 /* ------------------------------------------------------------------------------ Python glue */
 
 typedef struct {
@@ -128,12 +249,13 @@ typedef struct {
 
 /* Element types of the activations and gradients: float32 (format "f"), or bfloat16 passed
  * as its 16 bits (an int16/uint16 view, format "h"/"H"). Statistics are always float32. */
-enum { F32 = 4, BF16 = 2 };
+enum { F32 = 4, BF16 = 2, F64 = 8 };
 
 static int elem_ok(const Py_buffer *v, int elem) {
     if (v->itemsize != elem) return 0;
     if (!v->format) return 1;
     if (elem == F32) return strcmp(v->format, "f") == 0;
+    if (elem == F64) return strcmp(v->format, "d") == 0;
     return strcmp(v->format, "h") == 0 || strcmp(v->format, "H") == 0;
 }
 
@@ -146,7 +268,8 @@ static int get_buf(PyObject *obj, Buf *buf, const char *name, int64_t count, int
     buf->held = 1;
     if (!elem_ok(&buf->view, elem) || count < 0 || buf->view.len != (Py_ssize_t)count * elem) {
         PyErr_Format(PyExc_ValueError, "%s: expected %lld %s items, got %zd bytes", name,
-                     (long long)count, elem == F32 ? "float32" : "bfloat16", buf->view.len);
+                     (long long)count, elem == F32 ? "float32" : elem == F64 ? "float64" : "bfloat16",
+                     buf->view.len);
         return -1;
     }
     return 0;
@@ -335,6 +458,88 @@ static PyObject *py_recu_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The float32 input of RPReLU and its sizes ((batch, channels, spatial), threads); 0, or -1
+ * with the buffer released on error. */
+static int get_rprelu_input(PyObject *x, Buf *buf, long long batch, long long channels,
+                            long long spatial, int threads) {
+    buf->held = 0;
+    if (check_sizes(batch, channels, threads) < 0 || check_sizes(batch * channels, spatial, 1) < 0)
+        return -1;
+    return get_buf(x, buf, "rprelu input", batch * channels * spatial, F32, 0);
+}
+
+/* rprelu_forward(x, y, b1, a, b2, (batch, channels, spatial), channels_last, threads) */
+static PyObject *py_rprelu_forward(PyObject *self, PyObject *args) {
+    PyObject *x, *y, *b1, *a, *b2;
+    long long batch, channels, spatial;
+    int channels_last, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOO(LLL)pi", &x, &y, &b1, &a, &b2, &batch, &channels,
+                          &spatial, &channels_last, &threads))
+        return NULL;
+    Buf bufs[5];
+    memset(bufs, 0, sizeof(bufs));
+    if (get_rprelu_input(x, &bufs[0], batch, channels, spatial, threads) < 0 ||
+        get_buf(y, &bufs[1], "rprelu out", batch * channels * spatial, F32, 1) < 0 ||
+        get_buf(b1, &bufs[2], "rprelu b1", channels, F32, 0) < 0 ||
+        get_buf(a, &bufs[3], "rprelu slope", channels, F32, 0) < 0 ||
+        get_buf(b2, &bufs[4], "rprelu b2", channels, F32, 0) < 0) {
+        release(bufs, 5);
+        return NULL;
+    }
+    const float *px = bufs[0].view.buf, *p1 = bufs[2].view.buf, *pa = bufs[3].view.buf,
+                *p2 = bufs[4].view.buf;
+    float *py = bufs[1].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    rprelu_forward_f32(px, py, p1, pa, p2, batch, channels, spatial, channels_last, threads);
+    Py_END_ALLOW_THREADS
+    release(bufs, 5);
+    Py_RETURN_NONE;
+}
+
+/* rprelu_backward(x, g, b1, a, dx, sums, (batch, channels, spatial), channels_last, threads) */
+static PyObject *py_rprelu_backward(PyObject *self, PyObject *args) {
+    PyObject *x, *g, *b1, *a, *dx, *sums;
+    long long batch, channels, spatial;
+    int channels_last, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOO(LLL)pi", &x, &g, &b1, &a, &dx, &sums, &batch, &channels,
+                          &spatial, &channels_last, &threads))
+        return NULL;
+    int64_t count = batch * channels * spatial;
+    Buf bufs[6];
+    memset(bufs, 0, sizeof(bufs));
+    if (get_rprelu_input(x, &bufs[0], batch, channels, spatial, threads) < 0 ||
+        get_buf(g, &bufs[1], "gradient", count, F32, 0) < 0 ||
+        get_buf(b1, &bufs[2], "rprelu b1", channels, F32, 0) < 0 ||
+        get_buf(a, &bufs[3], "rprelu slope", channels, F32, 0) < 0 ||
+        get_buf(dx, &bufs[4], "input gradient", count, F32, 1) < 0 ||
+        get_buf(sums, &bufs[5], "rprelu sums", 3 * channels, F64, 1) < 0) {
+        release(bufs, 6);
+        return NULL;
+    }
+    double *scratch = NULL;
+    if (channels_last && channels > 0) {
+        scratch = PyMem_RawMalloc((size_t)threads * 3 * (size_t)channels *
+                                  (sizeof(double) + sizeof(float)));
+        if (!scratch) {
+            release(bufs, 6);
+            return PyErr_NoMemory();
+        }
+    }
+    const float *px = bufs[0].view.buf, *pg = bufs[1].view.buf, *p1 = bufs[2].view.buf,
+                *pa = bufs[3].view.buf;
+    float *pd = bufs[4].view.buf;
+    double *ps = bufs[5].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    rprelu_backward_f32(px, pg, p1, pa, pd, ps, scratch, batch, channels, spatial, channels_last,
+                        threads);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(bufs, 6);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef METHODS[] = {
     {"sign", py_sign, METH_VARARGS, "sign(x, out, threads): out = x >= 0 ? 1 : -1."},
     {"clip_backward", py_clip_backward, METH_VARARGS,
@@ -347,11 +552,17 @@ static PyMethodDef METHODS[] = {
     {"recu_backward", py_recu_backward, METH_VARARGS,
      "recu_backward(x, g, mean, std, dx, (batch, n), threads): ReCU's approx-sign gradient "
      "through the per-sample standardisation."},
+    {"rprelu_forward", py_rprelu_forward, METH_VARARGS,
+     "rprelu_forward(x, y, b1, a, b2, (batch, channels, spatial), channels_last, threads): "
+     "y = PReLU_a(x + b1) + b2 per channel, float32."},
+    {"rprelu_backward", py_rprelu_backward, METH_VARARGS,
+     "rprelu_backward(x, g, b1, a, dx, sums, (batch, channels, spatial), channels_last, "
+     "threads): dx and the float64 per-channel sums (d b1, d a, d b2)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused",
-                                    "fused CPU passes of the training binarizers (binarize.c).",
+                                    "fused CPU passes of the training binarizers and RPReLU (binarize.c).",
                                     -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
