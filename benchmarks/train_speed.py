@@ -39,6 +39,14 @@ breaks torch._dynamo finds in each binary model's forward (0: one graph per mode
     python benchmarks/train_speed.py --imagenet            # on a GPU: batch 256
     python benchmarks/train_speed.py --imagenet --device cpu --batch-size 8 --steps 4 \\
         --warmup 1 --rounds 2 --profile --explain
+
+``--fused``: the fused CPU passes (onebit.quant.fused: binarizers, RPReLU) against PyTorch's
+operators, per network (``--nets NAME:METHOD[:BITS]``, default FIRNet-20 ReActNet in its
+two-step recipe's first and second step, FIRNet-20 ReCU, ReCU ResNet-20), the same trainer
+switched between the two in alternating rounds, Fashion-MNIST shapes, batch 128, Adam:
+
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --fused --device cpu --steps 20 \\
+        --warmup 2 --rounds 4
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from onebit.config import config_from_dict, load_config
 from onebit.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, Loaders, Normalize
 from onebit.machine import cpu_name
+from onebit.quant import fused
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
@@ -409,6 +418,76 @@ def imagenet_main(args: argparse.Namespace, device: torch.device) -> None:
         print("\n" + text)
 
 
+# --------------------------------------------------------------------------- fused CPU passes
+
+FUSED_NETS = "firnet20:reactnet:32w1a,firnet20:reactnet,firnet20:recu,resnet20:recu"
+
+
+def fused_runner(spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int):
+    """``run(k)`` of :func:`onebit_runner` for ``NAME:METHOD[:BITS]`` (bits default 1w1a)."""
+    name, method, *bits = spec.split(":")
+    config = config_from_dict(
+        {
+            "model": {
+                "name": name,
+                "method": method,
+                "bits": bits[0] if bits else "1w1a",
+                "num_classes": 10,
+                "in_chans": images.shape[1],
+            },
+            "data": {"batch_size": batch},
+            "optim": {"name": "adam", "lr": 1e-3},
+            "runtime": {"device": "cpu", "compile": False},
+        }
+    )
+    normalize = Normalize(MEAN * images.shape[1], STD * images.shape[1], images.device)
+    train = DeviceLoader(images, labels, batch, normalize, train=True, augment="crop_flip")
+    trainer = Trainer(config, loaders=Loaders(train, train, 10, tuple(images.shape[1:])))
+    apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
+    return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+
+
+def fused_main(args: argparse.Namespace) -> None:
+    if fused._fused is None:
+        raise SystemExit("the fused kernels are not built: pip install -e . with a C compiler")
+    batch = args.batch_size or 128
+    chunk = -(-args.steps // args.rounds)
+    n = batch * max(chunk, args.warmup) * 2
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    print(
+        f"fused CPU passes on / off, synthetic {args.in_chans}x32x32 data, batch {batch}, Adam, "
+        f"eager fp32; {cpu_name()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; median of {args.rounds} alternating rounds of {chunk} steps, "
+        f"after {args.warmup}"
+    )
+    rows = []
+    for spec in args.nets.split(","):
+        torch.manual_seed(0)
+        run = fused_runner(spec, images, labels, batch)
+        per_step: dict[bool, list[float]] = {True: [], False: []}
+        try:
+            for on in (True, False):
+                fused.enabled = on
+                run(args.warmup)
+            for _ in range(args.rounds):
+                for on in (True, False):
+                    fused.enabled = on
+                    per_step[on].append(run(chunk) / chunk)
+        finally:
+            fused.enabled = True
+        on, off = (batch / statistics.median(per_step[k]) for k in (True, False))
+        rows.append((spec, on, off))
+    print(
+        f"| {'network:method[:bits]':<28} | {'fused img/s':>11} | {'PyTorch img/s':>13} | ratio |"
+    )
+    print(f"|{'-' * 30}|{'-' * 13}|{'-' * 15}|{'-' * 7}|")
+    for spec, on, off in rows:
+        print(f"| {spec:<28} | {on:11.1f} | {off:13.1f} | {on / off:5.2f} |")
+    print("ratio = img/s with the fused passes / img/s with PyTorch's operators")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -449,6 +528,12 @@ def main() -> None:
     parser.add_argument(
         "--in-chans", type=int, default=1, choices=(1, 3), help="1: Fashion-MNIST; 3: CIFAR"
     )
+    parser.add_argument(
+        "--fused", action="store_true", help="the fused CPU passes on vs off, per network"
+    )
+    parser.add_argument(
+        "--nets", default=FUSED_NETS, help=f"--fused: NAME:METHOD[:BITS],... ({FUSED_NETS})"
+    )
     parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
     parser.add_argument("--explain", action="store_true", help="--imagenet: graph breaks")
     parser.add_argument(
@@ -461,6 +546,11 @@ def main() -> None:
     if min(args.steps, args.warmup, args.rounds) < 1:
         parser.error("--steps, --warmup and --rounds must be at least 1")
     device = resolve_device(args.device)
+    if args.fused:
+        if device.type != "cpu":
+            parser.error("--fused times the CPU passes: add --device cpu")
+        fused_main(args)
+        return
     if args.imagenet:
         unknown = [m for m in args.models.split(",") if m not in IMAGENET_MODELS]
         if unknown:

@@ -450,7 +450,7 @@ def test_fused_rprelu_equals_pytorch_and_the_float64_formula(module, threads, la
     (_rprelu_reference(x64, *p64) * g.double()).sum().backward()
     exact = {"x": x64.grad, "b1": p64[0].grad, "a": p64[1].grad, "b2": p64[2].grad}
     names = ["x", "b1", "a", "b2"] if module == "rprelu" else ["x", "a"]
-    for name, got, pytorch in zip(names, fused_grads, torch_grads):
+    for name, got, pytorch in zip(names, fused_grads, torch_grads, strict=True):
         want = exact[name].view(got.shape)
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4, msg=name)
         # no further from float64 than PyTorch's own float32 chain (sums: 1e-4 slack)
