@@ -358,7 +358,7 @@ def _forward_backward(fn, x, g, **state):
 
 @pytest.mark.skipif(onebit.quant.fused._fused is None, reason="C extension not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "channel-slice"])
 @pytest.mark.parametrize(
     "kind,name",
     [("act", n) for n in quant.ACTIVATIONS] + [("weight", n) for n in quant.WEIGHTS],
@@ -375,11 +375,25 @@ def test_fused_kernels_equal_the_pytorch_formulas(kind, name, layout, dtype, mon
     x = x.to(dtype)
     if layout == "nhwc":
         x = x.to(memory_format=torch.channels_last)
+    if layout == "channel-slice":  # FIRNet's active half: a strided view, copied once
+        x = torch.cat([x, torch.randn_like(x)], dim=1)[:, :8]
+        assert onebit.quant.fused.dense(x) is not x
     g = torch.randn(x.shape, dtype=torch.float32).to(dtype)
     fn = quant.act(name) if kind == "act" else quant.weight(name)
     state = {"bias": torch.zeros(8, dtype=dtype)} if name == "rsign" else {}
     assert onebit.quant.fused.usable(x)
+    calls = []
+
+    class Spy:  # records the C kernels called
+        def __getattr__(self, kernel):
+            calls.append(kernel)
+            return getattr(real, kernel)
+
+    real = onebit.quant.fused._fused
+    monkeypatch.setattr(onebit.quant.fused, "_fused", Spy())
     fused_out, fused_grad = _forward_backward(fn, x, g, **state)
+    assert calls  # the fused path ran (every binarizer's forward has a sign)
+    monkeypatch.setattr(onebit.quant.fused, "_fused", real)
     monkeypatch.setattr(onebit.quant.fused, "enabled", False)
     torch_out, torch_grad = _forward_backward(fn, x, g, **state)
     assert fused_out.dtype == fused_grad.dtype == dtype

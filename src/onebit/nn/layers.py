@@ -32,6 +32,7 @@ class _FusedRPReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift_in, slope, shift_out):
+        x = fused.dense(x)
         ctx.save_for_backward(x, shift_in, slope)
         return fused.rprelu_forward(x, shift_in, slope, shift_out)
 

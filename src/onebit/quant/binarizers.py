@@ -60,6 +60,8 @@ def _sign_function(
     class SignFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, scale, t, k):
+            if kernel is not None and fused.usable(x):
+                x = fused.dense(x)  # copied once here, not again in the backward
             ctx.save_for_backward(x, t, k)
             out = sign(x)
             return out if scale is None else out * scale
@@ -223,6 +225,7 @@ class _RecuSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         if fused.usable(x):
+            x = fused.dense(x)
             out, mean, std = fused.recu_forward(x)
             ctx.save_for_backward(x, mean, std)
             return out

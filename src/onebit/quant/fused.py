@@ -32,19 +32,23 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """True if the fused kernels can take ``x``: float32 or bfloat16 (autocast), CPU,
-    NCHW/NHWC-dense, eager."""
+    """True if the fused kernels can take ``x``: float32 or bfloat16 (autocast), CPU, eager.
+    A strided view (FIRNet's channel halves) is copied to a dense tensor first (:func:`dense`):
+    one pass, where the PyTorch formulas take several."""
     return (
         enabled
         and _fused is not None
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.compiler.is_compiling()
-        and (
-            x.is_contiguous()
-            or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last))
-        )
     )
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if it is NCHW- or NHWC-dense (what the kernels read), else a contiguous copy."""
+    if x.is_contiguous() or (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
 
 
 def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -57,6 +61,7 @@ def _like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """x >= 0 ? +1 : -1 in one pass (``usable(x)`` must hold)."""
+    x = dense(x)
     out = torch.empty_like(x)
     _fused.sign(_flat(x), _flat(out), torch.get_num_threads())
     return out
@@ -64,6 +69,7 @@ def sign(x: torch.Tensor) -> torch.Tensor:
 
 def surrogate_backward(name: str, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """g * 1{|x| <= 1} (``"clip"``) or g * max(0, 2 - 2|x|) (``"approx"``) in one pass."""
+    x = dense(x)
     dx = torch.empty_like(x)
     kernel = _fused.clip_backward if name == "clip" else _fused.approx_backward
     kernel(_flat(x), _flat(_like(x, grad)), _flat(dx), torch.get_num_threads())
@@ -72,7 +78,8 @@ def surrogate_backward(name: str, x: torch.Tensor, grad: torch.Tensor) -> torch.
 
 def recu_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sign(x), per-sample mean, per-sample sqrt(unbiased var + 1e-5)) in one pass; the
-    statistics in float32 whatever ``x``'s type."""
+    statistics in float32 whatever ``x``'s type. ``x`` must be dense (:func:`dense`): the
+    backward takes the same tensor."""
     out = torch.empty_like(x)
     mean = x.new_empty(x.shape[0], dtype=torch.float32)
     std = x.new_empty(x.shape[0], dtype=torch.float32)
@@ -87,6 +94,7 @@ def recu_backward(
     x: torch.Tensor, grad: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
     """ReCU's activation gradient through its standardisation, in two passes per sample."""
+    x = dense(x)
     dx = torch.empty_like(x)
     n = x[0].numel() if x.shape[0] else 0
     _fused.recu_backward(
@@ -116,6 +124,7 @@ def rprelu_forward(
 ) -> torch.Tensor:
     """PReLU_slope(x + shift_in) + shift_out per channel in one pass (``usable(x)``, float32;
     three per-channel float32 tensors of C items)."""
+    x = dense(x)
     out = torch.empty_like(x)
     sizes, channels_last = _channels(x)
     _fused.rprelu_forward(
@@ -136,6 +145,7 @@ def rprelu_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d x, d shift_in, d slope, d shift_out) of :func:`rprelu_forward` in one pass; the three
     per-channel gradients are summed in float64 and returned as float32 vectors of C items."""
+    x = dense(x)
     dx = torch.empty_like(x)
     sizes, channels_last = _channels(x)
     sums = np.zeros(3 * sizes[1], dtype=np.float64)
