@@ -189,7 +189,8 @@ def test_binarized_user_resnet_runs_from_its_graph_file(tmp_path, one_thread):
 
 class EveryCall(nn.Module):
     """The calls the zoo does not make but a user model may: functional activations and
-    pools, channel chunks, slices and pads, a ChannelShuffle module, constants, view."""
+    pools, channel chunks, slices and pads, a ChannelShuffle module, a stack + flatten channel
+    interleave, constants, view."""
 
     def __init__(self):
         super().__init__()
@@ -210,6 +211,7 @@ class EveryCall(nn.Module):
         a, b = torch.chunk(x, 2, dim=1)
         x = torch.cat([F.hardtanh(b, -0.5, 0.5), a, x[:, 2:6], F.relu(a)], dim=1) * 0.5
         x = self.clip(self.shuffle(x[:, :8]))  # 16 channels -> 8, shuffled
+        x = torch.stack([x[:, 4:], x[:, :4]], dim=2).flatten(1, 2)  # an interleave by hand
         x = F.max_pool2d(x, 2) + F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
         y = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))  # option-A shortcut by hand
         y = self.relu6(y) + F.adaptive_avg_pool2d(y, 1) * torch.sigmoid(y)
@@ -223,6 +225,7 @@ def test_user_model_calls_outside_the_zoo(tmp_path, one_thread):
     _, reference = check_export(model, 16, tmp_path / "m.onebit")
     ops = {node.op for node in reference.nodes}
     assert {"bconv2d", "subsample_pad", "channel_shuffle", "leaky_clip", "prelu"} <= ops
+    assert [n.op for n in reference.nodes].count("channel_shuffle") == 2
     assert {"concat", "affine", "maxpool2d", "avgpool2d", "mul", "global_avgpool"} <= ops
     crops = [n.iattr for n in reference.nodes if n.op == "subsample_pad"]
     assert {"stride_h": 1, "stride_w": 1, "pad_before": -2, "pad_after": -2} in crops  # [2:6]

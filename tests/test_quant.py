@@ -485,3 +485,36 @@ def test_rprelu_runs_module_by_module_outside_a_training_step():
     if onebit.quant.fused._fused is not None:
         out = layer(torch.randn(2, 4, 3, 3, dtype=torch.float32, requires_grad=True))
         assert type(out.grad_fn).__name__ == "_FusedRPReLUBackward"
+
+
+@pytest.mark.skipif(onebit.quant.fused._fused is None, reason="C extension not built")
+@pytest.mark.parametrize("shape", [(4, 6, 8, 8), (3, 5, 7, 9), (2, 3, 2, 3)])
+@pytest.mark.parametrize("layout", ["nchw", "channel-slice", "nhwc"])
+def test_fused_avg_pool_is_pytorchs_bit_for_bit(shape, layout):
+    """onebit.nn.AvgPool2d(2) (the downsampling shortcuts): the fused pass on NCHW tensors and
+    channel slices, PyTorch's kernel on channels-last ones; outputs and input gradients
+    identical to F.avg_pool2d's, odd sides (the last row / column dropped) included."""
+    x = torch.randn(shape, dtype=torch.float32)
+    if layout == "channel-slice":
+        x = torch.cat([x, x + 1], dim=1)[:, : shape[1]]
+    if layout == "nhwc":
+        x = x.to(memory_format=torch.channels_last)
+    pool = onebit.nn.AvgPool2d(2)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, want = pool(a), F.avg_pool2d(b, 2)
+    g = torch.randn(want.shape, dtype=torch.float32)
+    out.backward(g)
+    want.backward(g)
+    fused = type(out.grad_fn).__name__ == "_FusedAvgPool2Backward"
+    assert fused == (layout != "nhwc" or x.is_contiguous())
+    assert torch.equal(out, want) and torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(pool(x), F.avg_pool2d(x, 2))
+
+
+def test_avg_pool_module_other_windows_are_nn_avg_pool():
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float32)
+    for args in [(3,), (2, 1), (2, 2, 1), (3, 2)]:
+        pool = onebit.nn.AvgPool2d(*args)
+        assert isinstance(pool, torch.nn.AvgPool2d)
+        assert torch.equal(pool(x), torch.nn.AvgPool2d(*args)(x))

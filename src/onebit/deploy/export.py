@@ -19,7 +19,7 @@ BatchNorm (not folded)                                    affine
 ReLU, F.relu, Sigmoid, Hardtanh / ReLU6, F.hardtanh       relu, sigmoid, hardtanh
 PReLU, LeakyReLU, F.leaky_relu; LeakyClip                 prelu; leaky_clip
 RPReLU; LearnableBias                                     affine, prelu, affine; affine
-ChannelShuffle, its .cat (stack dim 2 + flatten(1, 2))    channel_shuffle; concat + shuffle
+ChannelShuffle; its .cat, stack(dim 2) + flatten(1, 2)   channel_shuffle; concat + shuffle
 ChannelPadShortcut                                        [avgpool2d] + subsample_pad
 LearnedRescale; ChannelGate                               rescale_hw; global_avgpool, linear,
                                                           relu, linear, sigmoid
@@ -68,6 +68,7 @@ from onebit.nn import (
     RPReLU,
 )
 from onebit.nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear
+from onebit.nn.layers import interleave_channels
 from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
 
@@ -582,14 +583,18 @@ class _GraphBuilder:
             self.fail(node, f"adaptive average pool to {size}", "the runtime pools to 1x1 only")
         return self.emit("global_avgpool", [x], self.name(node))
 
+    def interleave(self, values: list[int], node: fx.Node) -> int:
+        """Channel interleave of ``values`` (ChannelShuffle.cat): concat + channel_shuffle."""
+        x = self.concat(values, self.name(node))
+        groups = {"groups": len(values)}
+        return self.emit("channel_shuffle", [x], self.name(node), iattr=groups)
+
     def flatten(self, node: fx.Node, source: fx.Node, start: int, end: int) -> int:
         stacked = self.env.get(source)
         if isinstance(stacked, _Stacked):
             if (start, end) != (1, 2):
                 self.fail(node, f"flatten({start}, {end}) of a stack", "see ChannelShuffle.cat")
-            x = self.concat(stacked.values, self.name(node))
-            groups = {"groups": len(stacked.values)}
-            return self.emit("channel_shuffle", [x], self.name(node), iattr=groups)
+            return self.interleave(stacked.values, node)
         x = self.value(source, node)
         rank = self.rank(source)
         start, end = start % rank, end % rank
@@ -928,6 +933,14 @@ def _f_cat(b: _GraphBuilder, node: fx.Node) -> int:
     return b.concat([b.value(p, node) for p in parts], b.name(node))
 
 
+def _f_interleave(b: _GraphBuilder, node: fx.Node) -> int:
+    """onebit.nn.layers.interleave_channels (ChannelShuffle.cat): concat + channel_shuffle."""
+    parts = list(b.bind(node, (("tensors", _REQUIRED),))["tensors"])
+    for part in parts:
+        b.shape(part, node)
+    return b.interleave([b.value(p, node) for p in parts], node)
+
+
 def _f_stack(b: _GraphBuilder, node: fx.Node) -> _Stacked:
     """torch.stack(tensors, dim=2) read only by flatten(1, 2): ChannelShuffle.cat."""
     args = b.bind(node, (("tensors", _REQUIRED), ("dim", 0)))
@@ -1036,6 +1049,7 @@ _FUNCTIONS: dict[Any, Callable[[_GraphBuilder, fx.Node], _Env]] = {
     torch.mul: _f_mul,
     torch.cat: _f_cat,
     torch.stack: _f_stack,
+    interleave_channels: _f_interleave,
     torch.flatten: _f_flatten,
     torch.split: _f_split,
     torch.chunk: _f_chunk,

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from onebit.errors import UnknownNameError
-from onebit.nn import ChannelPadShortcut
+from onebit.nn import AvgPool2d, ChannelPadShortcut
 
 SHORTCUTS = ("conv", "avgpool_conv", "avgpool", "subsample")
 
@@ -28,7 +28,7 @@ def make_shortcut(cin: int, cout: int, stride: int, mode: str) -> nn.Module | No
     if mode == "conv":
         return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
     if mode == "avgpool_conv":
-        pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        pool = AvgPool2d(stride) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
     return ChannelPadShortcut(cin, cout, mode)
 

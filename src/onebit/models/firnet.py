@@ -17,7 +17,7 @@ from onebit.errors import ConfigError
 from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut, make_stages
 from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
-from onebit.nn import BinaryLayers, ChannelShuffle, LearnableBias
+from onebit.nn import AvgPool2d, BinaryLayers, ChannelShuffle, LearnableBias
 
 
 class FIRBlock(nn.Module):
@@ -43,7 +43,7 @@ class FIRBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.act1 = layers.act(cout)
         self.shortcut = make_shortcut(cin, cout, stride, downsample)
-        self.idle_pool = nn.AvgPool2d(2) if self.downsamples else None
+        self.idle_pool = AvgPool2d(2) if self.downsamples else None
         self.move0 = LearnableBias(cout)
         self.conv2 = layers.conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)

@@ -5,12 +5,14 @@ from onebit.nn.factory import BinaryLayers
 from onebit.nn.layers import (
     ACTIVATION_LAYERS,
     BATCHNORMS,
+    AvgPool2d,
     ChannelGate,
     ChannelPadShortcut,
     ChannelShuffle,
     LeakyClip,
     LearnableBias,
     LearnedRescale,
+    PReLU,
     RPReLU,
     make_activation,
 )
@@ -18,6 +20,7 @@ from onebit.nn.layers import (
 __all__ = [
     "ACTIVATION_LAYERS",
     "BATCHNORMS",
+    "AvgPool2d",
     "BinaryConv2d",
     "BinaryLayer",
     "BinaryLayers",
@@ -28,6 +31,7 @@ __all__ = [
     "LeakyClip",
     "LearnableBias",
     "LearnedRescale",
+    "PReLU",
     "RPReLU",
     "is_binary",
     "make_activation",

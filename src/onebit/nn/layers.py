@@ -113,6 +113,61 @@ class PReLU(nn.PReLU):
         return super().forward(x)
 
 
+class _FusedAvgPool2(torch.autograd.Function):
+    """``F.avg_pool2d(x, 2)`` of a contiguous float32 CPU tensor as one fused pass each way."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return fused.avgpool2_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return fused.avgpool2_backward(grad, ctx.shape)
+
+
+def avg_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)``, the same bits. On the CPU in float32 an NCHW tensor (or a strided
+    view: copied once) takes one fused pass each way: PyTorch's NCHW kernel takes ~8x its
+    channels-last one (128x32x32x32: 9 vs 1.1 ms), which channels-last tensors keep."""
+    if (
+        x.ndim == 4
+        and x.dtype == torch.float32
+        and fused.usable(x)
+        and x.shape[2] >= 2
+        and x.shape[3] >= 2
+        and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last))
+    ):
+        return _FusedAvgPool2.apply(x.contiguous())
+    return F.avg_pool2d(x, 2)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` whose 2x2 stride-2 case (the downsampling shortcuts) is
+    :func:`avg_pool2`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.kernel_size in (2, (2, 2))
+            and self.stride in (2, (2, 2))
+            and self.padding in (0, (0, 0))
+            and not self.ceil_mode
+            and self.divisor_override is None
+        ):
+            return avg_pool2(x)
+        return super().forward(x)
+
+
+@torch.fx.wrap
+def interleave_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of one shape (N, C, ...) interleaved channel by channel, (N, len * C, ...): the
+    channel shuffle of their concatenation in one copy. A torch.fx trace keeps it as one call
+    (onebit.deploy.export: concat + channel_shuffle)."""
+    # a cat of the tensors unsqueezed at dim 2, not torch.stack(dim=2): the same values, and
+    # on the CPU stack takes a slow path here (a 128x16x32x32 pair: 4.7 vs 1.9 ms)
+    return torch.cat([t.unsqueeze(2) for t in tensors], dim=2).flatten(1, 2)
+
+
 class ChannelShuffle(nn.Module):
     """Interleave ``groups`` channel groups: (N, g*c, H, W) -> view (N, g, c) -> transpose.
 
@@ -132,9 +187,7 @@ class ChannelShuffle(nn.Module):
         tensors of one shape, interleaved channel by channel (stacked on a new dim 2)."""
         if len(tensors) != self.groups:
             raise ValueError(f"ChannelShuffle({self.groups}).cat takes {self.groups} tensors")
-        # cat of the tensors unsqueezed at dim 2, not torch.stack(dim=2): the same values, and
-        # on the CPU stack takes a slow path here (128x16x32x32 pair: 4.7 vs 1.9 ms)
-        return torch.cat([t.unsqueeze(2) for t in tensors], dim=2).flatten(1, 2)
+        return interleave_channels(list(tensors))
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
@@ -157,7 +210,7 @@ class ChannelPadShortcut(nn.Module):
         self.pad = (extra // 2, extra - extra // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x, 2) if self.mode == "avgpool" else x[:, :, ::2, ::2]
+        x = avg_pool2(x) if self.mode == "avgpool" else x[:, :, ::2, ::2]
         return F.pad(x, (0, 0, 0, 0, *self.pad))
 
     def extra_repr(self) -> str:

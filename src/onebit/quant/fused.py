@@ -162,3 +162,20 @@ def rprelu_backward(
     )
     d_in, d_slope, d_out = torch.from_numpy(sums).float().view(3, -1).unbind(0)
     return dx, d_in, d_slope, d_out
+
+
+def avgpool2_forward(x: torch.Tensor) -> torch.Tensor:
+    """F.avg_pool2d(x, 2) of a contiguous (NCHW) float32 ``x``, bit for bit, in one pass."""
+    n, c, h, w = x.shape
+    out = x.new_empty(n, c, h // 2, w // 2)
+    _fused.avgpool2_forward(_flat(x), _flat(out), (n * c, h, w), torch.get_num_threads())
+    return out
+
+
+def avgpool2_backward(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The input gradient of :func:`avgpool2_forward` for an input of ``shape`` (NCHW)."""
+    n, c, h, w = shape
+    dx = grad.new_empty(shape)
+    grad = grad.contiguous()
+    _fused.avgpool2_backward(_flat(grad), _flat(dx), (n * c, h, w), torch.get_num_threads())
+    return dx

@@ -1,4 +1,4 @@
-/* Fused CPU passes of the training binarizers and of RPReLU (onebit.quant.fused).
+/* Fused CPU passes of training (onebit.quant.fused): the binarizers, RPReLU, 2x2 average pool.
  *
  * PyTorch computes a binarizer's forward and surrogate backward as a chain of elementwise
  * operators, each one a pass over the activation; ReCU's per-sample standardisation adds a
@@ -20,6 +20,12 @@
  *   rprelu_forward          z = x + b1_c; y = (z > 0 ? z : a_c z) + b2_c
  *   rprelu_backward         dx = z > 0 ? g : a_c g; per channel, in float64: sum dx (d b1),
  *                           sum g z 1{z <= 0} (d a), sum g (d b2)
+ *
+ * And the 2x2 stride-2 average pool of NCHW float32 (ResNet-20's and FIRNet's downsampling
+ * shortcuts), where PyTorch's NCHW kernel is ~8x slower than its channels-last one:
+ *
+ *   avgpool2_forward        y = (((x00 + x01) + x10) + x11) / 4     (PyTorch's order: equal bits)
+ *   avgpool2_backward       dx = g / 4 in each window; 0 in an odd last row / column
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -238,6 +244,39 @@ VECTORISED static void rprelu_backward_f32(const float *x, const float *g, const
     for (int64_t c = 0; c < 3 * channels; c++) sums[c] = 0.0;
     for (int t = 0; t < used; t++)
         for (int64_t c = 0; c < 3 * channels; c++) sums[c] += scratch[(int64_t)t * 3 * channels + c];
+}
+
+/* 2x2 stride-2 average pool over `planes` NCHW planes of h x w (output h/2 x w/2, floor). */
+VECTORISED static void avgpool2_forward_f32(const float *x, float *y, int64_t planes, int64_t h,
+                                            int64_t w, int threads) {
+    int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t i = 0; i < oh; i++) {
+            const float *restrict r0 = x + (p * h + 2 * i) * w, *restrict r1 = r0 + w;
+            float *restrict out = y + (p * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++)
+                out[j] = (((r0[2 * j] + r0[2 * j + 1]) + r1[2 * j]) + r1[2 * j + 1]) / 4.0f;
+        }
+    }
+}
+
+VECTORISED static void avgpool2_backward_f32(const float *g, float *dx, int64_t planes, int64_t h,
+                                             int64_t w, int threads) {
+    int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t i = 0; i < oh; i++) {
+            const float *restrict gr = g + (p * oh + i) * ow;
+            float *restrict r0 = dx + (p * h + 2 * i) * w, *restrict r1 = r0 + w;
+            for (int64_t j = 0; j < ow; j++) {
+                float v = gr[j] / 4.0f;
+                r0[2 * j] = r0[2 * j + 1] = r1[2 * j] = r1[2 * j + 1] = v;
+            }
+            if (w & 1) r0[w - 1] = r1[w - 1] = 0.0f;
+        }
+        if (h & 1) memset(dx + (p * h + h - 1) * w, 0, (size_t)w * sizeof(float));
+    }
 }
 
 /* ------------------------------------------------------------------------------ Python glue */
@@ -540,6 +579,46 @@ static PyObject *py_rprelu_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* avgpool2_forward(x, y, (planes, h, w), threads) and avgpool2_backward(g, dx, (planes, h, w),
+ * threads): x and dx hold planes x h x w float32 items, y and g planes x h/2 x w/2. */
+static PyObject *avgpool2(PyObject *args, int backward) {
+    PyObject *src, *dst;
+    long long planes, h, w;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OO(LLL)i", &src, &dst, &planes, &h, &w, &threads)) return NULL;
+    if (check_sizes(planes, h, threads) < 0 || check_sizes(planes * h, w, 1) < 0) return NULL;
+    int64_t full = planes * h * w, half = planes * (h / 2) * (w / 2);
+    Buf bufs[2];
+    memset(bufs, 0, sizeof(bufs));
+    if (get_buf(src, &bufs[0], backward ? "gradient" : "pool input", backward ? half : full, F32,
+                0) < 0 ||
+        get_buf(dst, &bufs[1], backward ? "input gradient" : "pool out", backward ? full : half,
+                F32, 1) < 0) {
+        release(bufs, 2);
+        return NULL;
+    }
+    const float *ps = bufs[0].view.buf;
+    float *pd = bufs[1].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    if (backward)
+        avgpool2_backward_f32(ps, pd, planes, h, w, threads);
+    else
+        avgpool2_forward_f32(ps, pd, planes, h, w, threads);
+    Py_END_ALLOW_THREADS
+    release(bufs, 2);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_avgpool2_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return avgpool2(args, 0);
+}
+
+static PyObject *py_avgpool2_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return avgpool2(args, 1);
+}
+
 static PyMethodDef METHODS[] = {
     {"sign", py_sign, METH_VARARGS, "sign(x, out, threads): out = x >= 0 ? 1 : -1."},
     {"clip_backward", py_clip_backward, METH_VARARGS,
@@ -558,11 +637,15 @@ static PyMethodDef METHODS[] = {
     {"rprelu_backward", py_rprelu_backward, METH_VARARGS,
      "rprelu_backward(x, g, b1, a, dx, sums, (batch, channels, spatial), channels_last, "
      "threads): dx and the float64 per-channel sums (d b1, d a, d b2)."},
+    {"avgpool2_forward", py_avgpool2_forward, METH_VARARGS,
+     "avgpool2_forward(x, y, (planes, h, w), threads): 2x2 stride-2 average pool, NCHW float32."},
+    {"avgpool2_backward", py_avgpool2_backward, METH_VARARGS,
+     "avgpool2_backward(g, dx, (planes, h, w), threads): its input gradient."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused",
-                                    "fused CPU passes of the training binarizers and RPReLU (binarize.c).",
+                                    "fused CPU passes of training: binarizers, RPReLU, 2x2 average pool (binarize.c).",
                                     -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
