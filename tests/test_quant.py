@@ -518,3 +518,17 @@ def test_avg_pool_module_other_windows_are_nn_avg_pool():
         pool = onebit.nn.AvgPool2d(*args)
         assert isinstance(pool, torch.nn.AvgPool2d)
         assert torch.equal(pool(x), torch.nn.AvgPool2d(*args)(x))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_rprelu_function_shifts_are_per_channel_in_any_shape(grad):
+    """onebit.nn.layers.rprelu with (C,) shifts: per channel (dim 1) on both paths, as the
+    RPReLU module's (1, C, 1, 1) ones."""
+    from onebit.nn.layers import rprelu
+
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float32, requires_grad=grad)
+    a, b1, b2 = (torch.randn(3, dtype=torch.float32) for _ in range(3))
+    want = _rprelu_reference(x.detach().double(), b1.double(), a.double(), b2.double())
+    for shifts in [(b1, b2), (b1.view(1, 3, 1, 1), b2.view(1, 3, 1, 1))]:
+        out = rprelu(x, a, *shifts)
+        torch.testing.assert_close(out.double(), want)
