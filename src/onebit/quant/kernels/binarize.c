@@ -208,6 +208,7 @@ VECTORISED static void rprelu_backward_f32(const float *x, const float *g, const
         }
         return;
     }
+    if (channels == 0) return; /* no sums; and the row blocks below divide by it */
     int64_t rows = batch * spatial;
     int used = 1;
 #pragma omp parallel num_threads(threads)
