@@ -274,13 +274,19 @@ def onebit_runner(
         config = load_config(CONFIGS / "resnet20_recu.yaml", overrides)
     config.model["in_chans"] = images.shape[1]
     normalize = Normalize(MEAN * images.shape[1], STD * images.shape[1], device)
-    train = DeviceLoader(
-        images.to(device), labels.to(device), batch, normalize, train=True, augment="crop_flip"
-    )
-    trainer = Trainer(config, loaders=Loaders(train, train, 10, tuple(images.shape[1:])))
+    images, labels = images.to(device), labels.to(device)
+    return trainer_runner(config, images, labels, batch, normalize, "crop_flip", 10)[1]
+
+
+def trainer_runner(config, images, labels, batch, normalize, augment, num_classes):
+    """(trainer, ``run(k)``): the Trainer of ``config`` over ``images`` already on the device,
+    its quantizer schedule at epoch 0; ``run(k)`` trains k steps and returns their seconds."""
+    train = DeviceLoader(images, labels, batch, normalize, train=True, augment=augment)
+    loaders = Loaders(train, train, num_classes, tuple(images.shape[1:]))
+    trainer = Trainer(config, loaders=loaders)
     apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
     # train_epoch ends with a host read of its metrics, so its clock includes the device work
-    return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+    return trainer, lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
 
 
 def bare_runner(images, labels, device, batch, precision="auto") -> Callable[[int], float]:
@@ -344,10 +350,7 @@ def imagenet_runner(
         }
     )
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD, device)
-    train = DeviceLoader(images, labels, batch, normalize, train=True, augment="none")
-    trainer = Trainer(config, loaders=Loaders(train, train, 1000, (3, 224, 224)))
-    apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
-    return trainer, lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+    return trainer_runner(config, images, labels, batch, normalize, "none", 1000)
 
 
 def profile_table(trainer: Trainer, steps: int, rows: int = 12) -> str:
@@ -424,7 +427,7 @@ FUSED_NETS = "firnet20:reactnet:32w1a,firnet20:reactnet,firnet20:recu,resnet20:r
 
 
 def fused_runner(spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int):
-    """``run(k)`` of :func:`onebit_runner` for ``NAME:METHOD[:BITS]`` (bits default 1w1a)."""
+    """``run(k)`` of :func:`trainer_runner` for ``NAME:METHOD[:BITS]`` (bits default 1w1a)."""
     name, method, *bits = spec.split(":")
     config = config_from_dict(
         {
@@ -441,10 +444,7 @@ def fused_runner(spec: str, images: torch.Tensor, labels: torch.Tensor, batch: i
         }
     )
     normalize = Normalize(MEAN * images.shape[1], STD * images.shape[1], images.device)
-    train = DeviceLoader(images, labels, batch, normalize, train=True, augment="crop_flip")
-    trainer = Trainer(config, loaders=Loaders(train, train, 10, tuple(images.shape[1:])))
-    apply_quant_schedule(trainer.model, config.quant, 0, config.schedule.epochs)
-    return lambda k: trainer.train_epoch(0, max_steps=k)["seconds"]
+    return trainer_runner(config, images, labels, batch, normalize, "crop_flip", 10)[1]
 
 
 def fused_main(args: argparse.Namespace) -> None:
