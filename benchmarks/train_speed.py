@@ -47,6 +47,10 @@ switched between the two in alternating rounds, Fashion-MNIST shapes, batch 128,
 
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --fused --device cpu --steps 20 \\
         --warmup 2 --rounds 4
+
+``--exact-conv``: the same comparison for the binary convolutions' bfloat16 forward with
+float32's result (onebit.nn.exact_conv; CPUs with AVX512-BF16 or AMX) against PyTorch's
+float32 convolution.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from torch.utils.data import DataLoader, Dataset
 from onebit.config import config_from_dict, load_config
 from onebit.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, Loaders, Normalize
 from onebit.machine import cpu_name
+from onebit.nn import exact_conv
 from onebit.quant import fused
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
@@ -427,7 +432,8 @@ FUSED_NETS = "firnet20:reactnet:32w1a,firnet20:reactnet,firnet20:recu,resnet20:r
 
 
 def fused_runner(spec: str, images: torch.Tensor, labels: torch.Tensor, batch: int):
-    """``run(k)`` of :func:`trainer_runner` for ``NAME:METHOD[:BITS]`` (bits default 1w1a)."""
+    """(trainer, ``run(k)``) of :func:`trainer_runner` for ``NAME:METHOD[:BITS]`` (bits
+    default 1w1a)."""
     name, method, *bits = spec.split(":")
     config = config_from_dict(
         {
@@ -444,12 +450,35 @@ def fused_runner(spec: str, images: torch.Tensor, labels: torch.Tensor, batch: i
         }
     )
     normalize = Normalize(MEAN * images.shape[1], STD * images.shape[1], images.device)
-    return trainer_runner(config, images, labels, batch, normalize, "crop_flip", 10)[1]
+    return trainer_runner(config, images, labels, batch, normalize, "crop_flip", 10)
 
 
-def fused_main(args: argparse.Namespace) -> None:
+def eval_seconds(model: nn.Module, batch: torch.Tensor) -> float:
+    """Seconds of one eval-mode forward of ``batch`` without autograd (as evaluation runs)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(batch)
+            return time.perf_counter() - start
+    finally:
+        model.train()
+
+
+# what --fused and --exact-conv switch: (module with ``enabled``, what it is, what it replaces)
+SWITCHES = {
+    "fused": (fused, "fused CPU passes", "PyTorch's operators"),
+    "exact_conv": (exact_conv, "exact bf16 binary convolutions", "PyTorch's fp32 convolutions"),
+}
+
+
+def switch_main(args: argparse.Namespace, switch: str) -> None:
+    """img/s with ``switch``'s module enabled and disabled, per network of ``--nets``."""
+    module, on_name, off_name = SWITCHES[switch]
     if fused._fused is None:
         raise SystemExit("the fused kernels are not built: pip install -e . with a C compiler")
+    if switch == "exact_conv" and not exact_conv._hardware():
+        print(f"note: {cpu_name()} has no AVX512-BF16/AMX: both columns run fp32 convolutions")
     batch = args.batch_size or 128
     chunk = -(-args.steps // args.rounds)
     n = batch * max(chunk, args.warmup) * 2
@@ -457,7 +486,7 @@ def fused_main(args: argparse.Namespace) -> None:
     images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     print(
-        f"fused CPU passes on / off, synthetic {args.in_chans}x32x32 data, batch {batch}, Adam, "
+        f"{on_name} on / off, synthetic {args.in_chans}x32x32 data, batch {batch}, Adam, "
         f"eager fp32; {cpu_name()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}; median of {args.rounds} alternating rounds of {chunk} steps, "
         f"after {args.warmup}"
@@ -465,27 +494,39 @@ def fused_main(args: argparse.Namespace) -> None:
     rows = []
     for spec in args.nets.split(","):
         torch.manual_seed(0)
-        run = fused_runner(spec, images, labels, batch)
+        trainer, run = fused_runner(spec, images, labels, batch)
+        forward = torch.randn(batch, args.in_chans, 32, 32)
         per_step: dict[bool, list[float]] = {True: [], False: []}
+        per_eval: dict[bool, list[float]] = {True: [], False: []}
         try:
             for on in (True, False):
-                fused.enabled = on
+                module.enabled = on
                 run(args.warmup)
+                eval_seconds(trainer.model, forward)
             for _ in range(args.rounds):
                 for on in (True, False):
-                    fused.enabled = on
+                    module.enabled = on
                     per_step[on].append(run(chunk) / chunk)
+                    per_eval[on].append(eval_seconds(trainer.model, forward))
         finally:
-            fused.enabled = True
-        on, off = (batch / statistics.median(per_step[k]) for k in (True, False))
-        rows.append((spec, on, off))
+            module.enabled = True
+        train = [batch / statistics.median(per_step[k]) for k in (True, False)]
+        evals = [batch / statistics.median(per_eval[k]) for k in (True, False)]
+        rows.append((spec, *train, *evals))
     print(
-        f"| {'network:method[:bits]':<28} | {'fused img/s':>11} | {'PyTorch img/s':>13} | ratio |"
+        f"| {'network:method[:bits]':<28} | train on img/s | train off img/s | ratio "
+        "| eval on img/s | eval off img/s | ratio |"
     )
-    print(f"|{'-' * 30}|{'-' * 13}|{'-' * 15}|{'-' * 7}|")
-    for spec, on, off in rows:
-        print(f"| {spec:<28} | {on:11.1f} | {off:13.1f} | {on / off:5.2f} |")
-    print("ratio = img/s with the fused passes / img/s with PyTorch's operators")
+    print(f"|{'-' * 30}|{'-' * 16}|{'-' * 17}|{'-' * 7}|{'-' * 15}|{'-' * 16}|{'-' * 7}|")
+    for spec, on, off, e_on, e_off in rows:
+        print(
+            f"| {spec:<28} | {on:14.1f} | {off:15.1f} | {on / off:5.2f} "
+            f"| {e_on:13.1f} | {e_off:14.1f} | {e_on / e_off:5.2f} |"
+        )
+    print(
+        f"ratio = img/s with the {on_name} (on) / img/s with {off_name} (off); train: a "
+        "training step, eval: an eval-mode forward without autograd"
+    )
 
 
 def main() -> None:
@@ -532,7 +573,14 @@ def main() -> None:
         "--fused", action="store_true", help="the fused CPU passes on vs off, per network"
     )
     parser.add_argument(
-        "--nets", default=FUSED_NETS, help=f"--fused: NAME:METHOD[:BITS],... ({FUSED_NETS})"
+        "--exact-conv",
+        action="store_true",
+        help="the exact bf16 binary convolutions on vs off, per network",
+    )
+    parser.add_argument(
+        "--nets",
+        default=FUSED_NETS,
+        help=f"--fused, --exact-conv: NAME:METHOD[:BITS],... ({FUSED_NETS})",
     )
     parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
     parser.add_argument("--explain", action="store_true", help="--imagenet: graph breaks")
@@ -546,10 +594,10 @@ def main() -> None:
     if min(args.steps, args.warmup, args.rounds) < 1:
         parser.error("--steps, --warmup and --rounds must be at least 1")
     device = resolve_device(args.device)
-    if args.fused:
+    if args.fused or args.exact_conv:
         if device.type != "cpu":
-            parser.error("--fused times the CPU passes: add --device cpu")
-        fused_main(args)
+            parser.error("--fused and --exact-conv time CPU passes: add --device cpu")
+        switch_main(args, "fused" if args.fused else "exact_conv")
         return
     if args.imagenet:
         unknown = [m for m in args.models.split(",") if m not in IMAGENET_MODELS]

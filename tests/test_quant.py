@@ -317,7 +317,9 @@ def test_binary_conv_forward_has_no_host_sync(act, weight):
     layer = onebit.nn.BinaryConv2d(4, 4, 3, padding=1, act=act, weight=weight).float()
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     x = torch.randn(2, 4, 5, 5, dtype=torch.float32)
-    assert torch.allclose(compiled(x), layer(x))
+    # eager may take the exact bf16 convolution (onebit.nn.exact_conv), compiled float32's:
+    # equal within float32 rounding of sums of +-s (absolute, near 0)
+    assert torch.allclose(compiled(x), layer(x), atol=1e-6)
 
 
 def test_sign_of_zero_and_negative_zero_is_plus_one():

@@ -68,6 +68,7 @@ from onebit.nn import (
     RPReLU,
 )
 from onebit.nn.binary import BinaryConv2d, BinaryLayer, BinaryLinear
+from onebit.nn.exact_conv import weight_scale
 from onebit.nn.layers import interleave_channels
 from onebit.nn.trace import trace_graph
 from onebit.quant.binarizers import sign
@@ -82,9 +83,8 @@ def weight_signs_and_scale(name: str, layer: BinaryLayer) -> tuple[torch.Tensor,
     The binary weight must be +-s_c in each output channel c (s_c >= 0); sign(0) = +1.
     """
     wb = layer.binary_weight().detach().float().cpu()
-    flat = wb.reshape(wb.shape[0], -1)
-    scale = flat.abs().amax(dim=1)
-    if not torch.equal(flat.abs(), scale[:, None].expand_as(flat)):
+    scale = weight_scale(wb)
+    if scale is None:
         raise ExportError(
             f"layer {name}: its binary weight is not +-scale per output channel "
             f"(weight binarizer {layer.weight_spec.name!r}); it cannot be packed"

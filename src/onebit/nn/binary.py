@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from onebit.errors import ConfigError
+from onebit.nn import exact_conv
 from onebit.quant.binarizers import DEFAULT_ACT, DEFAULT_WEIGHT
 from onebit.quant.registry import SCALE_INITS, Binarizer, act_spec, weight_spec
 
@@ -160,7 +161,13 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         self._setup_binarizers(act, weight, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.binary_input(x), *self.scaled_weight_and_bias())
+        x = self.binary_input(x)
+        weight, bias = self.scaled_weight_and_bias()
+        if exact_conv.usable(self, x):  # a CPU step, +-1 inputs: bf16 sums, fp32's result
+            out = exact_conv.conv2d(self, x, weight, bias)
+            if out is not None:
+                return out
+        return self._conv_forward(x, weight, bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._binary_repr()

@@ -178,7 +178,7 @@ def _clipped_sign(x: torch.Tensor, scale: torch.Tensor | None, clip: float) -> t
     return _SignClipValue.apply(x, scale, _as_tensor(clip, x), None)
 
 
-@register_binarizer("act", "ste", **_CLIPPED)
+@register_binarizer("act", "ste", signs=True, **_CLIPPED)
 def ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Straight-through sign with hardtanh clip (BinaryConnect, XNOR-Net).
 
@@ -189,7 +189,7 @@ def ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(x, None, clip)
 
 
-@register_binarizer("act", "approx_sign")
+@register_binarizer("act", "approx_sign", signs=True)
 def approx_sign(x: torch.Tensor) -> torch.Tensor:
     """Sign with Bi-Real Net's piecewise-quadratic approximation as its derivative.
 
@@ -200,7 +200,7 @@ def approx_sign(x: torch.Tensor) -> torch.Tensor:
     return _SignApprox.apply(x, None, None, None)
 
 
-@register_binarizer("act", "ede", **_EDE)
+@register_binarizer("act", "ede", signs=True, **_EDE)
 def ede(x: torch.Tensor, t: State = 1.0, k: State = 1.0) -> torch.Tensor:
     """Sign with IR-Net's Error Decay Estimator: a tanh surrogate sharpened over training.
 
@@ -253,7 +253,7 @@ class _RecuSign(torch.autograd.Function):
         return h.mul_(inv).addcmul_(x, c, value=-1).add_(mean.to(x.dtype).view(shape) * c)
 
 
-@register_binarizer("act", "recu", training=True)
+@register_binarizer("act", "recu", training=True, signs=True)
 def recu_act(x: torch.Tensor, training: bool = True) -> torch.Tensor:
     """ReCU's activation: per-sample standardisation in training, then approx-sign.
 
@@ -267,7 +267,7 @@ def recu_act(x: torch.Tensor, training: bool = True) -> torch.Tensor:
     return _SignApprox.apply(x, None, None, None)
 
 
-@register_binarizer("act", "rsign", learned_bias=True)
+@register_binarizer("act", "rsign", learned_bias=True, signs=True)
 def rsign(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """ReActNet's RSign: sign with a learnable per-channel threshold.
 

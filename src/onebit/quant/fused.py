@@ -179,3 +179,20 @@ def avgpool2_backward(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     grad = grad.contiguous()
     _fused.avgpool2_backward(_flat(grad), _flat(dx), (n * c, h, w), torch.get_num_threads())
     return dx
+
+
+def bf16_accumulate(
+    part: torch.Tensor, out: torch.Tensor, scale: torch.Tensor | None, accumulate: bool
+) -> None:
+    """out = ((out if accumulate else 0) + part) * scale_c in place: ``part`` bfloat16,
+    ``out`` float32 laid out like it (NCHW or channels-last), ``scale`` C float32 or None."""
+    sizes, channels_last = _channels(out)
+    _fused.bf16_accumulate(
+        _flat(_like(out, part)),
+        _flat(out),
+        None if scale is None else _vector(scale.float()),
+        sizes,
+        channels_last,
+        accumulate,
+        torch.get_num_threads(),
+    )

@@ -42,7 +42,9 @@ class Binarizer:
     ``constants`` entry (a Python number, also set by ``schedule``), ``training=`` the layer's
     mode if ``training``, and ``bias=`` the layer's learnable per-input-channel threshold if
     ``learned_bias``. ``bits``: bits per output value (count_ops counts a layer's MACs as
-    binary operations when both its binarizers have 1).
+    binary operations when both its binarizers have 1). ``signs``: an activation binarizer
+    whose forward returns exactly -1 or +1 (no scale, no 0), which lets a CPU training step
+    compute the layer's convolution from exact bfloat16 sums (:mod:`onebit.nn.exact_conv`).
     """
 
     kind: str
@@ -58,6 +60,7 @@ class Binarizer:
     learned_bias: bool = False
     training: bool = False
     bits: int = 1
+    signs: bool = False
 
     @property
     def doc(self) -> str:
@@ -221,6 +224,11 @@ def _check(spec: Binarizer) -> None:
         raise ConfigError(
             f"{where}: learned_bias (a per-input-channel threshold) is for activations"
         )
+    if spec.signs and (spec.kind != "act" or spec.bits != 1):
+        raise ConfigError(
+            f"{where}: signs (a forward of exactly -1 or +1) is for 1-bit activations; a "
+            "binarized weight's +-s form is checked at run time"
+        )
     if not isinstance(spec.bits, int) or spec.bits < 1:
         raise ConfigError(f"{where}: bits must be a positive integer, got {spec.bits!r}")
     _check_options(spec)
@@ -247,6 +255,7 @@ def register_binarizer(
     learned_bias: bool = False,
     training: bool = False,
     bits: int = 1,
+    signs: bool = False,
 ) -> Callable[[F], F]:
     """Decorator: register ``fn(x, **state)`` as the ``kind`` (``"act"``/``"weight"``)
     binarizer ``name``; afterwards ``method``s, layers, configs and the trainer can use it.
@@ -264,8 +273,11 @@ def register_binarizer(
     learnable per-channel alpha (weights), starting at ``scale_init`` (``"ones"`` or
     ``"uniform"``: U[0, 1)). ``learned_bias``: the layer owns a learnable per-input-channel
     threshold, passed as ``bias=`` (activations). ``training``: ``fn`` gets ``training=`` the
-    layer's mode. ``bits``: bits per output value (1 for +-s). Registering a name again
-    replaces it (with a warning). See docs/extending.md.
+    layer's mode. ``bits``: bits per output value (1 for +-s). ``signs``: an activation
+    binarizer whose forward returns exactly -1 or +1, never 0 or a scaled value (a CPU step
+    may then compute its layer's convolution in exact bfloat16 sums, onebit.nn.exact_conv;
+    a wrong True gives wrong outputs). Registering a name again replaces it (with a
+    warning). See docs/extending.md.
     """
 
     def deco(fn: F) -> F:
@@ -283,6 +295,7 @@ def register_binarizer(
             learned_bias,
             training,
             bits,
+            signs,
         )
         _check(spec)
         table = _TABLES[kind]

@@ -26,6 +26,12 @@
  *
  *   avgpool2_forward        y = (((x00 + x01) + x10) + x11) / 4     (PyTorch's order: equal bits)
  *   avgpool2_backward       dx = g / 4 in each window; 0 in an odd last row / column
+ *
+ * And the last pass of the exact binary convolution (onebit.nn.exact_conv): the integer
+ * partial sums a bfloat16 convolution of +-1 operands returns, widened (exactly), added and
+ * scaled per output channel c, NCHW or channels-last:
+ *
+ *   bf16_accumulate         out = ((accumulate ? out : 0) + part) * (scale ? s_c : 1)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -277,6 +283,39 @@ VECTORISED static void avgpool2_backward_f32(const float *g, float *dx, int64_t 
             if (w & 1) r0[w - 1] = r1[w - 1] = 0.0f;
         }
         if (h & 1) memset(dx + (p * h + h - 1) * w, 0, (size_t)w * sizeof(float));
+    }
+}
+
+/* out = ((accumulate ? out : 0) + widen(part)) * (s ? s[c] : 1) over batch x channels x spatial
+ * items in NCHW or channels-last order (part bfloat16, out and s float32). */
+VECTORISED static void bf16_accumulate_f32(const uint16_t *part, float *out, const float *s,
+                                           int64_t batch, int64_t channels, int64_t spatial,
+                                           int channels_last, int accumulate, int threads) {
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t p = 0; p < batch * channels; p++) {
+            const uint16_t *restrict src = part + p * spatial;
+            float *restrict dst = out + p * spatial;
+            float k = s ? s[p % channels] : 1.0f;
+            if (accumulate)
+                for (int64_t i = 0; i < spatial; i++) dst[i] = (dst[i] + bf16_load(src[i])) * k;
+            else
+                for (int64_t i = 0; i < spatial; i++) dst[i] = bf16_load(src[i]) * k;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < batch * spatial; r++) {
+        const uint16_t *restrict src = part + r * channels;
+        float *restrict dst = out + r * channels;
+        if (accumulate && s)
+            for (int64_t c = 0; c < channels; c++) dst[c] = (dst[c] + bf16_load(src[c])) * s[c];
+        else if (accumulate)
+            for (int64_t c = 0; c < channels; c++) dst[c] += bf16_load(src[c]);
+        else if (s)
+            for (int64_t c = 0; c < channels; c++) dst[c] = bf16_load(src[c]) * s[c];
+        else
+            for (int64_t c = 0; c < channels; c++) dst[c] = bf16_load(src[c]);
     }
 }
 
@@ -620,6 +659,37 @@ static PyObject *py_avgpool2_backward(PyObject *self, PyObject *args) {
     return avgpool2(args, 1);
 }
 
+/* bf16_accumulate(part, out, scale, (batch, channels, spatial), channels_last, accumulate,
+ * threads): scale is float32 of `channels` items, or None for no scale. */
+static PyObject *py_bf16_accumulate(PyObject *self, PyObject *args) {
+    PyObject *part, *out, *scale;
+    long long batch, channels, spatial;
+    int channels_last, accumulate, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOO(LLL)ppi", &part, &out, &scale, &batch, &channels, &spatial,
+                          &channels_last, &accumulate, &threads))
+        return NULL;
+    if (check_sizes(batch, channels, threads) < 0 || check_sizes(batch * channels, spatial, 1) < 0)
+        return NULL;
+    int64_t count = batch * channels * spatial;
+    Buf bufs[3];
+    memset(bufs, 0, sizeof(bufs));
+    if (get_buf(part, &bufs[0], "partial sums", count, BF16, 0) < 0 ||
+        get_buf(out, &bufs[1], "convolution out", count, F32, 1) < 0 ||
+        (scale != Py_None && get_buf(scale, &bufs[2], "scale", channels, F32, 0) < 0)) {
+        release(bufs, 3);
+        return NULL;
+    }
+    const uint16_t *pp = bufs[0].view.buf;
+    float *po = bufs[1].view.buf;
+    const float *ps = scale != Py_None ? bufs[2].view.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    bf16_accumulate_f32(pp, po, ps, batch, channels, spatial, channels_last, accumulate, threads);
+    Py_END_ALLOW_THREADS
+    release(bufs, 3);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef METHODS[] = {
     {"sign", py_sign, METH_VARARGS, "sign(x, out, threads): out = x >= 0 ? 1 : -1."},
     {"clip_backward", py_clip_backward, METH_VARARGS,
@@ -642,11 +712,15 @@ static PyMethodDef METHODS[] = {
      "avgpool2_forward(x, y, (planes, h, w), threads): 2x2 stride-2 average pool, NCHW float32."},
     {"avgpool2_backward", py_avgpool2_backward, METH_VARARGS,
      "avgpool2_backward(g, dx, (planes, h, w), threads): its input gradient."},
+    {"bf16_accumulate", py_bf16_accumulate, METH_VARARGS,
+     "bf16_accumulate(part, out, scale, (batch, channels, spatial), channels_last, accumulate, "
+     "threads): out = ((accumulate ? out : 0) + part) * scale_c, part bfloat16."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused",
-                                    "fused CPU passes of training: binarizers, RPReLU, 2x2 average pool (binarize.c).",
+                                    "fused CPU passes of training: binarizers, RPReLU, 2x2 average pool, exact binary "
+                                    "convolution (binarize.c).",
                                     -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
