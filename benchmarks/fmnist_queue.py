@@ -4,8 +4,8 @@ Every run of the queue trains with ``--set data.val_split=5000 --set eval.select
 ``OUT/<name>`` (default ``runs/fmnist40v``), one thread each at ``nice 5``, with ``--resume``
 (a run that finished returns at once). A lane takes the first run that has not finished, that
 no process trains (the run directory's lock), and whose teacher run has finished; it waits for
-one to become free. Stop it at any time (the runs stop with it) and start it again: each run
-continues from its last epoch.
+one to become free. Stop it at any time (Ctrl-C or kill: the runs it started stop with it)
+and start it again: each run continues from its last epoch.
 
     python benchmarks/fmnist_queue.py --list              # the queue and where each run stands
     nohup python benchmarks/fmnist_queue.py >> runs/fmnist40v/queue.log 2>&1 &
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -136,8 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             print(f"{run.name:24} {status(run, args.out)}")
         return 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     mine: dict[str, subprocess.Popen] = {}
+    # SIGTERM (kill, pkill) stops the runs too, as Ctrl-C does: each continues with --resume
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return schedule(runs, args, mine)
+    finally:
+        for proc in mine.values():
+            proc.terminate()
+        for proc in mine.values():
+            proc.wait()
+
+
+def schedule(runs: list[Run], args: argparse.Namespace, mine: dict[str, subprocess.Popen]) -> int:
+    """Train ``runs`` on ``args.lanes`` lanes until none is left; ``mine``: the processes
+    this queue started, by run name."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     failed: list[str] = []
     while True:
         for name, proc in list(mine.items()):

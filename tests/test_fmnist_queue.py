@@ -83,3 +83,41 @@ def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
     for name in ("resnet20_recu_seed1", "resnet20_best_seed1"):
         write_last(tmp_path / name, 0, 40)
     assert q.main(["--out", str(tmp_path), "--only", "resnet20_*_seed1", "--poll", "0"]) == 0
+
+
+def test_kill_stops_the_runs_the_queue_started(tmp_path):
+    """SIGTERM to the queue (kill, pkill) terminates its training processes too, so that a
+    restarted queue trains them on the code of its own start."""
+    import signal
+    import subprocess
+    import time
+
+    pids = tmp_path / "pids"
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+import fmnist_queue as q
+q.queue = lambda: [q.Run("a", "x.yaml"), q.Run("b", "y.yaml")]
+sleeper = ("import os, time; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\\\n'); "
+           "time.sleep(600)")
+q.command = lambda run, out: [sys.executable, "-c", sleeper]
+sys.exit(q.main(["--out", {str(tmp_path / "runs")!r}, "--poll", "0.1"]))
+"""
+    queue = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            started = pids.read_text().split() if pids.exists() else []
+            if len(started) == 2:
+                break
+            time.sleep(0.1)
+        assert len(started) == 2, "the queue did not start its two runs"
+        queue.send_signal(signal.SIGTERM)
+        assert queue.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        queue.kill()
+    for pid in map(int, started):
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists(), f"run process {pid} outlived the queue"
