@@ -51,6 +51,14 @@ switched between the two in alternating rounds, Fashion-MNIST shapes, batch 128,
 ``--exact-conv``: the same comparison for the binary convolutions' bfloat16 forward with
 float32's result (onebit.nn.exact_conv; CPUs with AVX512-BF16 or AMX) against PyTorch's
 float32 convolution.
+
+``--compile-teacher``: the distillation recipes (``--configs``, default the two-step best
+recipes of ResNet-20 and FIRNet-20, their first step) with ``runtime.compile_teacher`` true
+against false, two trainers in alternating rounds; each teacher is its config's FP model with
+fresh weights (the speed does not depend on them):
+
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --compile-teacher --device cpu \\
+        --steps 12 --warmup 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -529,6 +537,67 @@ def switch_main(args: argparse.Namespace, switch: str) -> None:
     )
 
 
+TEACHER_CONFIGS = "configs/fmnist/resnet20_best.yaml,configs/fmnist/firnet20_best.yaml"
+
+
+def teacher_main(args: argparse.Namespace) -> None:
+    """img/s of distillation recipes with the teacher compiled and eager."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from onebit.models import create_model
+
+    batch = args.batch_size or 128
+    chunk = -(-args.steps // args.rounds)
+    n = batch * max(chunk, args.warmup) * 2
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    normalize = Normalize(MEAN * args.in_chans, STD * args.in_chans, images.device)
+    print(
+        f"distillation with the teacher compiled / eager, synthetic {args.in_chans}x32x32 data, "
+        f"batch {batch}, eager student; {cpu_name()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; median of {args.rounds} alternating rounds of {chunk} steps, "
+        f"after {args.warmup} (compiling excluded)"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.configs.split(","):
+            spec = load_config(path).distill.teacher.model
+            teacher = Path(tmp) / f"{Path(path).stem}_teacher.safetensors"
+            model = create_model(**spec, num_classes=10, in_chans=args.in_chans)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, teacher)
+            runs = {}
+            for setting in (True, False):
+                config = load_config(
+                    path,
+                    [
+                        f"distill.teacher.checkpoint={teacher}",
+                        f"model.in_chans={args.in_chans}",
+                        "runtime.device=cpu",
+                        f"runtime.compile_teacher={setting}",
+                        f"data.batch_size={batch}",
+                    ],
+                )
+                torch.manual_seed(0)
+                runs[setting] = trainer_runner(
+                    config, images, labels, batch, normalize, "crop_flip", 10
+                )[1]
+                runs[setting](args.warmup)  # the compiled teacher compiles here
+            per_step: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(args.rounds):
+                for setting, run in runs.items():
+                    per_step[setting].append(run(chunk) / chunk)
+            on, off = (batch / statistics.median(per_step[k]) for k in (True, False))
+            rows.append((path, on, off))
+    print(f"| {'config':<40} | compiled img/s | eager img/s | ratio |")
+    print(f"|{'-' * 42}|{'-' * 16}|{'-' * 13}|{'-' * 7}|")
+    for path, on, off in rows:
+        print(f"| {path:<40} | {on:14.1f} | {off:11.1f} | {on / off:5.2f} |")
+    print("ratio = img/s with runtime.compile_teacher=true / with false (the student eager)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -578,6 +647,16 @@ def main() -> None:
         help="the exact bf16 binary convolutions on vs off, per network",
     )
     parser.add_argument(
+        "--compile-teacher",
+        action="store_true",
+        help="distillation recipes with the teacher compiled vs eager",
+    )
+    parser.add_argument(
+        "--configs",
+        default=TEACHER_CONFIGS,
+        help=f"--compile-teacher: distillation configs ({TEACHER_CONFIGS})",
+    )
+    parser.add_argument(
         "--nets",
         default=FUSED_NETS,
         help=f"--fused, --exact-conv: NAME:METHOD[:BITS],... ({FUSED_NETS})",
@@ -594,6 +673,11 @@ def main() -> None:
     if min(args.steps, args.warmup, args.rounds) < 1:
         parser.error("--steps, --warmup and --rounds must be at least 1")
     device = resolve_device(args.device)
+    if args.compile_teacher:
+        if device.type != "cpu":
+            parser.error("--compile-teacher times CPU steps: add --device cpu")
+        teacher_main(args)
+        return
     if args.fused or args.exact_conv:
         if device.type != "cpu":
             parser.error("--fused and --exact-conv time CPU passes: add --device cpu")

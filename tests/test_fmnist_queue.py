@@ -72,6 +72,7 @@ def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
         "eval.select_on=val",
         "runtime.seed=1",
         f"distill.teacher.checkpoint={tmp_path / 'resnet20_fp_seed1'}",
+        "runtime.compile_teacher=true",
     ]
     # a finished teacher frees its student; --list says where each run stands
     write_last(tmp_path / "resnet20_fp_seed1", 0, 40)

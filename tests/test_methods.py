@@ -457,3 +457,24 @@ def test_teacher_takes_the_data_options_its_builder_accepts(teacher_file, one_th
         options = teacher.onebit_spec["options"]
         assert (options["num_classes"], options["in_chans"]) == (10, 1)
         assert options.get("input_hw") == input_hw, spec["name"]  # None: not an option of it
+
+
+def test_a_compiled_teacher_teaches_the_same_and_its_compile_is_timed_apart(
+    tmp_path, teacher_file, one_thread
+):
+    """runtime.compile_teacher=true compiles the frozen teacher (torch.compile): the losses
+    are the eager teacher's within float32 rounding, the first step's compiling is kept out
+    of the epoch's seconds (compile_seconds); auto leaves a CPU run's teacher eager."""
+    teacher = teacher_file({"name": "wrn10", "method": "fp"}, 10, 1)
+    distill = f"{{teacher: {{model: {{name: wrn10, method: fp}}, checkpoint: {teacher}}}}}"
+    records = {}
+    for setting in ("true", "auto"):
+        sets = [*TINY, f"distill={distill}", "schedule.epochs=1"]
+        config = load_config(
+            FMNIST / "resnet20_recu.yaml", [*sets, f"runtime.compile_teacher={setting}"]
+        )
+        Trainer(config, RunDir(tmp_path / setting)).fit()  # the student: never compiled (TINY)
+        records[setting] = json.loads((tmp_path / setting / "metrics.jsonl").read_text())
+    assert records["true"]["compile_seconds"] > 0
+    assert "compile_seconds" not in records["auto"]
+    assert math.isclose(records["true"]["train_loss"], records["auto"]["train_loss"], rel_tol=1e-4)

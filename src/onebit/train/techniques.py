@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from onebit.config import read_options, read_value, register_section
 from onebit.errors import ConfigError, TrainingError, did_you_mean
+from onebit.nn import is_binary
 from onebit.train import distributed
 from onebit.train.bn import recalibrate_bn
 from onebit.train.distill import TeacherOutput, load_teacher, matching_modules
@@ -60,6 +61,9 @@ class Technique:
     name: ClassVar[str] = ""
     section: ClassVar[str | None] = None  # the config key it reads; None: techniques.<name>
     schema: ClassVar[type | None] = None  # the dataclass a techniques.<name> entry is read into
+    # set by ``start`` when the phase's first step compiles something of the technique's (the
+    # trainer then times that step apart, as ``compile_seconds``)
+    compiles: bool = False
 
     def __init__(self, options: Any):
         self.options = options
@@ -306,7 +310,13 @@ class Distillation(Technique):
         self._teacher_features: list[torch.Tensor] = []
         self._handles = []
         attention = cfg.attention
-        if attention is not None and attention.weight > 0:
+        hooks = attention is not None and attention.weight > 0
+        self.compiles = self._compile_teacher(trainer, hooks)
+        self.teacher_forward = self.teacher_model
+        if self.compiles:
+            trainer._keep_compile_cache()
+            self.teacher_forward = torch.compile(self.teacher_model)
+        if hooks:
             teacher_layers = attention.teacher_layers or attention.layers
             student_modules = matching_modules(trainer.model, attention.layers, "student")
             teacher_modules = matching_modules(self.teacher_model, teacher_layers, "teacher")
@@ -320,6 +330,15 @@ class Distillation(Technique):
                 self._handles.append(m.register_forward_hook(self._record_student))
             for m in teacher_modules:
                 self._handles.append(m.register_forward_hook(self._record_teacher))
+
+    def _compile_teacher(self, trainer: Trainer, hooks: bool) -> bool:
+        """``runtime.compile_teacher``; ``auto``: when the student is compiled, for a teacher
+        without binary layers (their fused CPU kernels beat compiled code) or attention hooks."""
+        setting = trainer.phase_config.runtime.compile_teacher
+        if setting != "auto":
+            return setting
+        binary = any(is_binary(m) for m in self.teacher_model.modules())
+        return trainer._should_compile() and not binary and not hooks
 
     def _record_student(self, module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if module.training:  # evaluation passes record nothing
@@ -336,7 +355,7 @@ class Distillation(Technique):
         if "teacher" not in batch.memo:
             self._teacher_features.clear()
             with torch.no_grad():
-                logits = self.teacher_model(batch.inputs)
+                logits = self.teacher_forward(batch.inputs)
             batch.memo["teacher"] = TeacherOutput(logits, list(self._teacher_features))
             self._teacher_features.clear()
         return batch.memo["teacher"]
@@ -357,7 +376,7 @@ class Distillation(Technique):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.teacher_model = None
+        self.teacher_model = self.teacher_forward = None
 
 
 @register_technique
