@@ -480,6 +480,17 @@ SWITCHES = {
 }
 
 
+def synthetic_rounds(args: argparse.Namespace) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(batch, steps per round, images, labels): random uint8 ``--in-chans``x32x32 images
+    and labels, enough for two runs of the warm-up or a round."""
+    batch = args.batch_size or 128
+    chunk = -(-args.steps // args.rounds)
+    n = batch * max(chunk, args.warmup) * 2
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
+    return batch, chunk, images, torch.randint(0, 10, (n,), generator=g)
+
+
 def switch_main(args: argparse.Namespace, switch: str) -> None:
     """img/s with ``switch``'s module enabled and disabled, per network of ``--nets``."""
     module, on_name, off_name = SWITCHES[switch]
@@ -487,12 +498,7 @@ def switch_main(args: argparse.Namespace, switch: str) -> None:
         raise SystemExit("the fused kernels are not built: pip install -e . with a C compiler")
     if switch == "exact_conv" and not exact_conv._hardware():
         print(f"note: {cpu_name()} has no AVX512-BF16/AMX: both columns run fp32 convolutions")
-    batch = args.batch_size or 128
-    chunk = -(-args.steps // args.rounds)
-    n = batch * max(chunk, args.warmup) * 2
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
+    batch, chunk, images, labels = synthetic_rounds(args)
     print(
         f"{on_name} on / off, synthetic {args.in_chans}x32x32 data, batch {batch}, Adam, "
         f"eager fp32; {cpu_name()}, {torch.get_num_threads()} threads, torch "
@@ -548,12 +554,7 @@ def teacher_main(args: argparse.Namespace) -> None:
 
     from onebit.models import create_model
 
-    batch = args.batch_size or 128
-    chunk = -(-args.steps // args.rounds)
-    n = batch * max(chunk, args.warmup) * 2
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, args.in_chans, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
+    batch, chunk, images, labels = synthetic_rounds(args)
     normalize = Normalize(MEAN * args.in_chans, STD * args.in_chans, images.device)
     print(
         f"distillation with the teacher compiled / eager, synthetic {args.in_chans}x32x32 data, "
