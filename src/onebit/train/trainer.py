@@ -481,9 +481,8 @@ class Trainer:
         self.forward, self.eval_forward = self._forwards()
         # the first step of a compiled forward (the model's, or a technique's: a teacher)
         # compiles it: said, timed apart (train_epoch)
-        self._compile_pending = (
-            self.forward is not self.model and self._should_compile()
-        ) or any(t.compiles for t in self.techniques)
+        compiled = self.forward is not self.model and self._should_compile()
+        self._compile_pending = compiled or any(t.compiles for t in self.techniques)
         # a hook that returns None has nothing of its own: no optimizers, the terms as they are
         own = [opt for t in self.techniques for opt in t.optimizers(self) or ()]
         self.optimizers = build_optimizers(self.model, cfg.optim, own)
