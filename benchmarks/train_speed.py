@@ -52,6 +52,13 @@ switched between the two in alternating rounds, Fashion-MNIST shapes, batch 128,
 float32's result (onebit.nn.exact_conv; CPUs with AVX512-BF16 or AMX) against PyTorch's
 float32 convolution.
 
+``--bn-act``: the same comparison for the blocks' BatchNorm + shortcut + activation in two
+fused passes each way (onebit.nn.bn_act) against PyTorch's modules one by one (``--fused``
+switches these too, with the binarizers' passes):
+
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --bn-act --device cpu --steps 20 \\
+        --warmup 2 --rounds 4 --nets resnet20:recu,resnet20:fp,resnet20:reactnet,firnet20:recu
+
 ``--compile-teacher``: the distillation recipes (``--configs``, default the two-step best
 recipes of ResNet-20 and FIRNet-20, their first step) with ``runtime.compile_teacher`` true
 against false, two trainers in alternating rounds; each teacher is its config's FP model with
@@ -78,7 +85,7 @@ from torch.utils.data import DataLoader, Dataset
 from onebit.config import config_from_dict, load_config
 from onebit.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, Loaders, Normalize
 from onebit.machine import cpu_name
-from onebit.nn import exact_conv
+from onebit.nn import bn_act, exact_conv
 from onebit.quant import fused
 from onebit.train import Trainer, apply_quant_schedule, resolve_device
 
@@ -477,6 +484,7 @@ def eval_seconds(model: nn.Module, batch: torch.Tensor) -> float:
 SWITCHES = {
     "fused": (fused, "fused CPU passes", "PyTorch's operators"),
     "exact_conv": (exact_conv, "exact bf16 binary convolutions", "PyTorch's fp32 convolutions"),
+    "bn_act": (bn_act, "fused BatchNorm + shortcut + activation", "PyTorch's modules"),
 }
 
 
@@ -648,6 +656,11 @@ def main() -> None:
         help="the exact bf16 binary convolutions on vs off, per network",
     )
     parser.add_argument(
+        "--bn-act",
+        action="store_true",
+        help="the fused BatchNorm + shortcut + activation on vs off, per network",
+    )
+    parser.add_argument(
         "--compile-teacher",
         action="store_true",
         help="distillation recipes with the teacher compiled vs eager",
@@ -660,7 +673,7 @@ def main() -> None:
     parser.add_argument(
         "--nets",
         default=FUSED_NETS,
-        help=f"--fused, --exact-conv: NAME:METHOD[:BITS],... ({FUSED_NETS})",
+        help=f"--fused, --exact-conv, --bn-act: NAME:METHOD[:BITS],... ({FUSED_NETS})",
     )
     parser.add_argument("--profile", action="store_true", help="--imagenet: operator table")
     parser.add_argument("--explain", action="store_true", help="--imagenet: graph breaks")
@@ -679,10 +692,13 @@ def main() -> None:
             parser.error("--compile-teacher times CPU steps: add --device cpu")
         teacher_main(args)
         return
-    if args.fused or args.exact_conv:
-        if device.type != "cpu":
-            parser.error("--fused and --exact-conv time CPU passes: add --device cpu")
-        switch_main(args, "fused" if args.fused else "exact_conv")
+    switches = [name for name in SWITCHES if getattr(args, name)]
+    if switches:
+        if device.type != "cpu" or len(switches) > 1:
+            parser.error(
+                "--fused, --exact-conv and --bn-act time CPU passes: one, with --device cpu"
+            )
+        switch_main(args, switches[0])
         return
     if args.imagenet:
         unknown = [m for m in args.models.split(",") if m not in IMAGENET_MODELS]

@@ -17,6 +17,7 @@ from onebit.models._common import make_shortcut
 from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import BinaryLayers, LeakyClip, make_activation
+from onebit.nn.bn_act import bn_act
 
 
 def bireal_init(conv: nn.Conv2d) -> nn.Conv2d:
@@ -58,7 +59,7 @@ class BiRealBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act(self.bn(self.conv(self.input_act(x))) + shortcut)
+        return bn_act(self.bn, self.conv(self.input_act(x)), shortcut, self.act)
 
 
 class BiRealBottleneck(nn.Module):
@@ -106,12 +107,14 @@ class BiRealBottleneck(nn.Module):
     def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         mid, x = state
         if self.first:
-            y1 = self.act1(self.bn1(self.conv1(self.clip(x))))
+            y1 = bn_act(self.bn1, self.conv1(self.clip(x)), None, self.act1)
         else:
-            y1 = self.act1(self.bn1(self.conv1(x)) + (mid if self.proj is None else self.proj(mid)))
-        y2 = self.act2(self.bn2(self.conv2(y1)) + (y1 if self.pool is None else self.pool(y1)))
+            y1 = bn_act(
+                self.bn1, self.conv1(x), mid if self.proj is None else self.proj(mid), self.act1
+            )
+        y2 = bn_act(self.bn2, self.conv2(y1), y1 if self.pool is None else self.pool(y1), self.act2)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return y2, self.act3(self.bn3(self.conv3(y2)) + shortcut)
+        return y2, bn_act(self.bn3, self.conv3(y2), shortcut, self.act3)
 
 
 class BiRealNet50(ResNet):

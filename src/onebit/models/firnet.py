@@ -18,6 +18,7 @@ from onebit.models._common import BNHead, kaiming_init_convs, make_shortcut, mak
 from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import ResNet
 from onebit.nn import AvgPool2d, BinaryLayers, ChannelShuffle, LearnableBias
+from onebit.nn.bn_act import bn_act
 
 
 class FIRBlock(nn.Module):
@@ -54,12 +55,12 @@ class FIRBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         active, idle = x.split([self.cin, self.cin], dim=1)
         residual = active if self.shortcut is None else self.shortcut(active)
-        out = self.act1(self.bn1(self.conv1(active)) + residual)
+        out = bn_act(self.bn1, self.conv1(active), residual, self.act1)
         if self.idle_pool is not None:
             idle = self.idle_pool(x)
         x = self.shuffle.cat([out, self.move0(idle)])
         active, idle = x.split([self.cout, self.cout], dim=1)
-        out = self.act2(self.bn2(self.conv2(active)) + active)
+        out = bn_act(self.bn2, self.conv2(active), active, self.act2)
         return self.shuffle.cat([out, self.move1(idle)])
 
 
@@ -88,9 +89,9 @@ class FIRFusion(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.half_block:
             active, idle = x.split([self.channels, self.channels], dim=1)
-            out = self.act1(self.bn1(self.conv1(active)) + active)
+            out = bn_act(self.bn1, self.conv1(active), active, self.act1)
             x = self.shuffle.cat([out, self.move0(idle)])
-        return self.act(self.bn(self.conv(x)) + x[:, : self.channels])
+        return bn_act(self.bn, self.conv(x), x[:, : self.channels], self.act)
 
 
 class FIRNetCifar(nn.Module):
@@ -116,7 +117,7 @@ class FIRNetCifar(nn.Module):
         kaiming_init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = bn_act(self.bn1, self.conv1(x), None, self.act1)
         x = self.stages(torch.cat([x, x], dim=1))
         return self.head(self.fusion(x))
 

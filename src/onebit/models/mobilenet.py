@@ -15,6 +15,7 @@ import torch.nn as nn
 from onebit.models._common import kaiming_init_convs
 from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
+from onebit.nn.bn_act import bn_act
 
 # Output channels of the stem and of the 13 blocks (Howard et al. Table 1; ReActNet's official
 # ``stage_out_channel``).
@@ -34,7 +35,9 @@ class DepthwiseSeparable(nn.Module):
         self.act2 = layers.act(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.bn2(self.pw(self.act1(self.bn1(self.dw(x))))))
+        return bn_act(
+            self.bn2, self.pw(bn_act(self.bn1, self.dw(x), None, self.act1)), None, self.act2
+        )
 
 
 class MobileNetV1(nn.Module):
@@ -60,7 +63,7 @@ class MobileNetV1(nn.Module):
         self.fc = nn.Linear(CHANNELS[-1], options.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.act1(self.bn1(self.conv1(x))))
+        x = self.blocks(bn_act(self.bn1, self.conv1(x), None, self.act1))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 

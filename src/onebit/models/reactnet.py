@@ -15,6 +15,7 @@ from onebit.models.birealnet import BiRealOptions, _create_birealnet
 from onebit.models.mobilenet import MobileNetV1
 from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
+from onebit.nn.bn_act import bn_act
 
 
 class ReActBlock(nn.Module):
@@ -44,8 +45,8 @@ class ReActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.pool is None else self.pool(x)
-        y = self.act1(self.bn1(self.conv3x3(x)) + shortcut)
-        return self.act2(self.bn2(self.conv1x1(y)) + y.repeat(1, self.repeats, 1, 1))
+        y = bn_act(self.bn1, self.conv3x3(x), shortcut, self.act1)
+        return bn_act(self.bn2, self.conv1x1(y), y.repeat(1, self.repeats, 1, 1), self.act2)
 
 
 class ReActNetA(MobileNetV1):

@@ -20,6 +20,7 @@ from onebit.errors import UnknownNameError
 from onebit.models._common import kaiming_init_convs, make_shortcut, make_stages
 from onebit.models.registry import StemOptions, register_model
 from onebit.nn import BinaryLayers
+from onebit.nn.bn_act import bn_act
 
 STRUCTURES = ("normal", "bireal")
 BlockFactory = Callable[[int, int, int], nn.Module]
@@ -66,7 +67,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(cin, options.num_classes)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        return self.maxpool(bn_act(self.bn1, self.conv1(x), None, self.act1))
 
     def forward_stages(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_stages):
@@ -115,11 +116,11 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.bn1(self.conv1(x))
         if self.structure == "bireal":
-            y = self.act1(y + shortcut)
-            return self.act2(self.bn2(self.conv2(y)) + y)
-        return self.act2(self.bn2(self.conv2(self.act1(y))) + shortcut)
+            y = bn_act(self.bn1, self.conv1(x), shortcut, self.act1)
+            return bn_act(self.bn2, self.conv2(y), y, self.act2)
+        y = bn_act(self.bn1, self.conv1(x), None, self.act1)
+        return bn_act(self.bn2, self.conv2(y), shortcut, self.act2)
 
 
 class Bottleneck(nn.Module):
@@ -142,9 +143,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.act1(self.bn1(self.conv1(x)))
-        y = self.act2(self.bn2(self.conv2(y)))
-        return self.act3(self.bn3(self.conv3(y)) + shortcut)
+        y = bn_act(self.bn1, self.conv1(x), None, self.act1)
+        y = bn_act(self.bn2, self.conv2(y), None, self.act2)
+        return bn_act(self.bn3, self.conv3(y), shortcut, self.act3)
 
 
 @dataclass(frozen=True)

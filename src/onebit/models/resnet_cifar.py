@@ -13,6 +13,7 @@ from onebit.models._common import BNHead, kaiming_init_convs, make_stages
 from onebit.models.registry import StemOptions, register_model
 from onebit.models.resnet import BasicBlock
 from onebit.nn import make_activation
+from onebit.nn.bn_act import bn_act
 
 
 class CifarResNet(nn.Module):
@@ -39,7 +40,7 @@ class CifarResNet(nn.Module):
         kaiming_init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.act1(self.bn1(self.conv1(x)))))
+        return self.head(self.stages(bn_act(self.bn1, self.conv1(x), None, self.act1)))
 
 
 @dataclass(frozen=True)

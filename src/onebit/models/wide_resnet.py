@@ -16,6 +16,7 @@ import torch.nn as nn
 from onebit.models._common import make_stages
 from onebit.models.registry import ModelOptions, register_model
 from onebit.nn import BinaryLayers
+from onebit.nn.bn_act import bn_act
 
 
 class PreActBlock(nn.Module):
@@ -39,8 +40,8 @@ class PreActBlock(nn.Module):
         self.shortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act1(self.bn1(x))
-        out = self.conv2(self.act2(self.bn2(self.conv1(y))))
+        y = bn_act(self.bn1, x, None, self.act1)
+        out = self.conv2(bn_act(self.bn2, self.conv1(y), None, self.act2))
         return out + (x if self.shortcut is None else self.shortcut(y))
 
 
@@ -80,7 +81,7 @@ class WideResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn(self.stages(self.conv1(x))))
+        x = bn_act(self.bn, self.stages(self.conv1(x)), None, self.act)
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 

@@ -196,3 +196,97 @@ def bf16_accumulate(
         accumulate,
         torch.get_num_threads(),
     )
+
+
+def bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased variance) per channel (dim 1) of a dense float32 ``x`` of 2+ dims, in
+    float64: one pass of shifted sums (the shift: each channel's first item, so a mean far
+    from 0 loses no precision), float over blocks, float64 across."""
+    sizes, channels_last = _channels(x)
+    count = sizes[0] * sizes[2]
+    shift = x.detach()[(0, slice(None)) + (0,) * (x.ndim - 2)].contiguous()
+    sums = np.zeros(2 * sizes[1], dtype=np.float64)
+    _fused.bn_stats(_flat(x), _vector(shift), sums, sizes, channels_last, torch.get_num_threads())
+    s0, s1 = torch.from_numpy(sums).view(2, -1).unbind(0)
+    mean = s0 / count
+    return shift.double() + mean, (s1 / count - mean.square()).clamp(min=0)
+
+
+def bn_act_forward(
+    x: torch.Tensor,
+    shortcut: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    act: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+) -> torch.Tensor:
+    """y = act(x scale_c + shift_c + shortcut) in one pass: dense float32 ``x`` (and
+    ``shortcut`` laid out like it, or None); ``act`` = (b1, a, b2, lo, hi), C-item float32
+    vectors and bounds (binarize.c: identity, ReLU, hardtanh, PReLU, RPReLU)."""
+    y = torch.empty_like(x)
+    sizes, channels_last = _channels(x)
+    b1, a, b2, lo, hi = act
+    _fused.bn_act_forward(
+        _flat(x),
+        None if shortcut is None else _flat(_like(x, shortcut)),
+        _flat(y),
+        *(_vector(v) for v in (scale, shift, b1, a, b2)),
+        lo,
+        hi,
+        sizes,
+        channels_last,
+        torch.get_num_threads(),
+    )
+    return y
+
+
+def bn_act_backward(
+    x: torch.Tensor,
+    shortcut: torch.Tensor | None,
+    grad: torch.Tensor,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    act: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz, sums) of :func:`bn_act_forward`: dz the gradient at x scale + shift + shortcut,
+    sums float64 (4, C): sum dz, sum dz (x - mean), d a, d b2."""
+    dz = torch.empty_like(x)
+    sizes, channels_last = _channels(x)
+    sums = np.zeros(4 * sizes[1], dtype=np.float64)
+    b1, a, b2, lo, hi = act
+    _fused.bn_act_backward(
+        _flat(x),
+        None if shortcut is None else _flat(_like(x, shortcut)),
+        _flat(_like(x, grad)),
+        _flat(dz),
+        *(_vector(v) for v in (mean, scale, shift, b1, a, b2)),
+        lo,
+        hi,
+        sums,
+        sizes,
+        channels_last,
+        torch.get_num_threads(),
+    )
+    return dz, torch.from_numpy(sums).view(4, -1)
+
+
+def bn_input_backward(
+    x: torch.Tensor,
+    dz: torch.Tensor,
+    mean: torch.Tensor,
+    coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """dx = dz A_c + (x - mean_c) B_c + C_c in one pass (``coefficients`` = (A, B, C), C-item
+    float32 vectors; ``dz`` laid out like ``x``)."""
+    dx = torch.empty_like(x)
+    sizes, channels_last = _channels(x)
+    _fused.bn_input_backward(
+        _flat(x),
+        _flat(dz),
+        _flat(dx),
+        *(_vector(v) for v in (mean, *coefficients)),
+        sizes,
+        channels_last,
+        torch.get_num_threads(),
+    )
+    return dx

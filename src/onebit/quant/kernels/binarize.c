@@ -319,6 +319,255 @@ VECTORISED static void bf16_accumulate_f32(const uint16_t *part, float *out, con
     }
 }
 
+/* BatchNorm + shortcut + activation (onebit.nn.bn_act), float32, per channel c of an NCHW or
+ * channels-last tensor of `batch` x `channels` x `spatial` items, M = batch x spatial:
+ *
+ *   z = x scale_c + shift_c (+ s)          the BatchNorm as an affine map, s the shortcut
+ *   zp = z + b1_c; v = zp > 0 ? zp : a_c zp; y = min(max(v, lo), hi) + b2_c
+ *
+ * which is the identity (b1 = b2 = 0, a = 1, no bounds), ReLU (lo = 0), hardtanh (lo, hi),
+ * PReLU or RPReLU (b1, a, b2). The gradient at z, as PyTorch's hardtanh_backward /
+ * threshold_backward / PReLU backward give it: gv = (v <= lo || v >= hi) ? 0 : g, and
+ * dz = zp > 0 ? gv : a_c gv.
+ *
+ *   bn_stats           per channel: sum (x - k_c), sum (x - k_c)^2 (k_c a shift near the mean)
+ *   bn_act_forward     y from x (and s)
+ *   bn_act_backward    dz (written), and per channel: sum dz, sum dz (x - m_c),
+ *                      sum gv zp 1{zp <= 0} (d a), sum g (d b2)
+ *   bn_input_backward  dx = dz A_c + (x - m_c) B_c + C_c  (the BatchNorm's input gradient)
+ *
+ * Sums are float over blocks of about BN_BLOCK items, float64 across blocks; channels-last rows
+ * are split in one static chunk per thread, added in thread order: the same sums for the same
+ * thread count. */
+typedef struct {
+    const float *x, *s, *g; /* s: the shortcut or NULL; g: the gradient (backward) */
+    float *out;             /* forward: y; backward: dz; input backward: dx */
+    const float *k;         /* stats: the shift k; backward: the mean m */
+    const float *scale, *shift, *b1, *a, *b2;
+    float lo, hi;
+    int64_t batch, channels, spatial;
+} BnPass;
+
+#define BN_BLOCK 1024
+
+/* The fields of a BnPass as restrict locals: stores to `out` then cannot alias them, which
+ * keeps the loops below vectorised. */
+#define BN_LOCALS(p)                                                                           \
+    const float *restrict scale = (p)->scale, *restrict shift = (p)->shift,                    \
+                          *restrict b1 = (p)->b1, *restrict slope = (p)->a,                    \
+                          *restrict b2 = (p)->b2, *restrict kk = (p)->k;                       \
+    const float lo = (p)->lo, hi = (p)->hi;                                                    \
+    (void)scale, (void)shift, (void)b1, (void)slope, (void)b2, (void)kk, (void)lo, (void)hi
+
+static inline float bn_act_y(float z, float b1, float a, float b2, float lo, float hi) {
+    float zp = z + b1;
+    float v = zp > 0.0f ? zp : a * zp;
+    v = v < lo ? lo : v;
+    return (v > hi ? hi : v) + b2;
+}
+
+VECTORISED static void bn_act_forward_f32(const BnPass *p, int channels_last, int threads) {
+    int64_t C = p->channels, S = p->spatial;
+    BN_LOCALS(p);
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t q = 0; q < p->batch * C; q++) {
+            int64_t c = q % C;
+            const float *restrict x = p->x + q * S, *restrict s = p->s ? p->s + q * S : NULL;
+            float *restrict y = p->out + q * S;
+            float k = scale[c], h = shift[c], e1 = b1[c], a = slope[c], e2 = b2[c];
+            if (s)
+                for (int64_t i = 0; i < S; i++) y[i] = bn_act_y(x[i] * k + h + s[i], e1, a, e2, lo, hi);
+            else
+                for (int64_t i = 0; i < S; i++) y[i] = bn_act_y(x[i] * k + h, e1, a, e2, lo, hi);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < p->batch * S; r++) {
+        const float *restrict x = p->x + r * C, *restrict s = p->s ? p->s + r * C : NULL;
+        float *restrict y = p->out + r * C;
+        if (s)
+            for (int64_t c = 0; c < C; c++)
+                y[c] = bn_act_y(x[c] * scale[c] + shift[c] + s[c], b1[c], slope[c], b2[c], lo, hi);
+        else
+            for (int64_t c = 0; c < C; c++)
+                y[c] = bn_act_y(x[c] * scale[c] + shift[c], b1[c], slope[c], b2[c], lo, hi);
+    }
+}
+
+/* dz of one item at z, and its terms of the d a sum */
+static inline float bn_act_dz(float z, float g, float b1, float a, float lo, float hi,
+                              float *t_a) {
+    float zp = z + b1;
+    float v = zp > 0.0f ? zp : a * zp;
+    float gv = (v <= lo || v >= hi) ? 0.0f : g;
+    *t_a = zp > 0.0f ? 0.0f : gv * zp;
+    return zp > 0.0f ? gv : a * gv;
+}
+
+/* The per-channel sums of bn_stats (2) or bn_act_backward (4) over items [i0, i1) of NCHW
+ * plane q (channel c) into acc (float), writing dz in the backward. */
+VECTORISED static void bn_sums_run(const BnPass *p, int backward, int64_t q, int64_t c, int64_t i0,
+                                   int64_t i1, float *acc) {
+    int64_t off = q * p->spatial;
+    const float *restrict x = p->x + off;
+    BN_LOCALS(p);
+    float k = kk[c], s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    if (!backward) {
+#pragma omp simd reduction(+ : s0, s1)
+        for (int64_t i = i0; i < i1; i++) {
+            float d = x[i] - k;
+            s0 += d;
+            s1 += d * d;
+        }
+        acc[0] += s0;
+        acc[1] += s1;
+        return;
+    }
+    const float *restrict s = p->s ? p->s + off : NULL, *restrict g = p->g + off;
+    float *restrict dz = p->out + off;
+    float sc = scale[c], sh = shift[c], e1 = b1[c], a = slope[c];
+    if (s) {
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t i = i0; i < i1; i++) {
+            float t_a, d = bn_act_dz(x[i] * sc + sh + s[i], g[i], e1, a, lo, hi, &t_a);
+            dz[i] = d;
+            s0 += d;
+            s1 += d * (x[i] - k);
+            s2 += t_a;
+            s3 += g[i];
+        }
+    } else {
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t i = i0; i < i1; i++) {
+            float t_a, d = bn_act_dz(x[i] * sc + sh, g[i], e1, a, lo, hi, &t_a);
+            dz[i] = d;
+            s0 += d;
+            s1 += d * (x[i] - k);
+            s2 += t_a;
+            s3 += g[i];
+        }
+    }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+}
+
+/* The same over channels-last rows [r0, r1) into part[k * channels + c]. */
+VECTORISED static void bn_sums_rows(const BnPass *p, int backward, int64_t r0, int64_t r1,
+                                    float *part) {
+    int64_t C = p->channels;
+    BN_LOCALS(p);
+    float *restrict p0 = part, *restrict p1 = part + C, *restrict p2 = part + 2 * C,
+                    *restrict p3 = part + 3 * C;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict x = p->x + r * C;
+        if (!backward) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float d = x[c] - kk[c];
+                p0[c] += d;
+                p1[c] += d * d;
+            }
+            continue;
+        }
+        const float *restrict s = p->s ? p->s + r * C : NULL, *restrict g = p->g + r * C;
+        float *restrict dz = p->out + r * C;
+        if (s) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float t_a, d = bn_act_dz(x[c] * scale[c] + shift[c] + s[c], g[c], b1[c], slope[c], lo,
+                                         hi, &t_a);
+                dz[c] = d;
+                p0[c] += d;
+                p1[c] += d * (x[c] - kk[c]);
+                p2[c] += t_a;
+                p3[c] += g[c];
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float t_a, d = bn_act_dz(x[c] * scale[c] + shift[c], g[c], b1[c], slope[c], lo, hi,
+                                         &t_a);
+                dz[c] = d;
+                p0[c] += d;
+                p1[c] += d * (x[c] - kk[c]);
+                p2[c] += t_a;
+                p3[c] += g[c];
+            }
+        }
+    }
+}
+
+/* sums: nsums x channels float64; scratch (channels-last): threads x nsums x channels float64,
+ * then threads x nsums x channels float32. */
+static void bn_sums_f32(const BnPass *p, int backward, double *sums, double *scratch,
+                        int channels_last, int threads) {
+    int nsums = backward ? 4 : 2;
+    int64_t C = p->channels, S = p->spatial;
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t c = 0; c < C; c++) {
+            double total[4] = {0.0, 0.0, 0.0, 0.0};
+            for (int64_t n = 0; n < p->batch; n++)
+                for (int64_t lo = 0; lo < S; lo += BN_BLOCK) {
+                    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    bn_sums_run(p, backward, n * C + c, c, lo, lo + BN_BLOCK < S ? lo + BN_BLOCK : S,
+                                acc);
+                    for (int k = 0; k < nsums; k++) total[k] += acc[k];
+                }
+            for (int k = 0; k < nsums; k++) sums[k * C + c] = total[k];
+        }
+        return;
+    }
+    for (int64_t i = 0; i < nsums * C; i++) sums[i] = 0.0;
+    if (C == 0) return;
+    int64_t rows = p->batch * S;
+    int used = 1;
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (t == 0) used = nt;
+        double *acc = scratch + (int64_t)t * nsums * C;
+        float *part = (float *)(scratch + (int64_t)nt * nsums * C) + (int64_t)t * nsums * C;
+        for (int64_t i = 0; i < nsums * C; i++) acc[i] = 0.0;
+        int64_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
+        int64_t block = BN_BLOCK / C > 0 ? BN_BLOCK / C : 1;
+        for (int64_t r0 = lo; r0 < hi; r0 += block) {
+            for (int64_t i = 0; i < nsums * C; i++) part[i] = 0.0f;
+            bn_sums_rows(p, backward, r0, r0 + block < hi ? r0 + block : hi, part);
+            for (int64_t i = 0; i < nsums * C; i++) acc[i] += part[i];
+        }
+    }
+    for (int t = 0; t < used; t++)
+        for (int64_t i = 0; i < nsums * C; i++) sums[i] += scratch[(int64_t)t * nsums * C + i];
+}
+
+/* dx = dz A_c + (x - m_c) B_c + C_c: p->g is dz, p->scale A, p->shift B, p->b2 C, p->k m. */
+VECTORISED static void bn_input_backward_f32(const BnPass *p, int channels_last, int threads) {
+    int64_t C = p->channels, S = p->spatial;
+    BN_LOCALS(p);
+    if (!channels_last) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t q = 0; q < p->batch * C; q++) {
+            int64_t c = q % C;
+            const float *restrict x = p->x + q * S, *restrict dz = p->g + q * S;
+            float *restrict dx = p->out + q * S;
+            float ka = scale[c], kb = shift[c], kc = b2[c], m = kk[c];
+            for (int64_t i = 0; i < S; i++) dx[i] = dz[i] * ka + (x[i] - m) * kb + kc;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < p->batch * S; r++) {
+        const float *restrict x = p->x + r * C, *restrict dz = p->g + r * C;
+        float *restrict dx = p->out + r * C;
+        for (int64_t c = 0; c < C; c++) dx[c] = dz[c] * scale[c] + (x[c] - kk[c]) * shift[c] + b2[c];
+    }
+}
+
 /* ------------------------------------------------------------------------------ Python glue */
 
 typedef struct {
@@ -690,6 +939,158 @@ static PyObject *py_bf16_accumulate(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The per-channel float32 vectors of a BatchNorm pass (`names` of `n`), into p's fields in
+ * order: k, scale, shift, b1, a, b2. 0, or -1 with an error set. */
+static int get_bn_vectors(PyObject **objs, const char **names, const float **dst[], int n,
+                          Buf *bufs, int64_t channels) {
+    for (int i = 0; i < n; i++) {
+        if (get_buf(objs[i], &bufs[i], names[i], channels, F32, 0) < 0) return -1;
+        *dst[i] = bufs[i].view.buf;
+    }
+    return 0;
+}
+
+/* The sizes and tensors of a BatchNorm pass: x (count items), the optional shortcut s and
+ * gradient g (None: absent), the written out. */
+static int get_bn_tensors(BnPass *p, PyObject *x, PyObject *s, PyObject *g, PyObject *out,
+                          long long batch, long long channels, long long spatial, int threads,
+                          Buf *bufs) {
+    if (check_sizes(batch, channels, threads) < 0 || check_sizes(batch * channels, spatial, 1) < 0)
+        return -1;
+    int64_t count = batch * channels * spatial;
+    p->batch = batch;
+    p->channels = channels;
+    p->spatial = spatial;
+    if (get_buf(x, &bufs[0], "batchnorm input", count, F32, 0) < 0) return -1;
+    p->x = bufs[0].view.buf;
+    p->s = p->g = NULL;
+    p->out = NULL;
+    if (s != Py_None) {
+        if (get_buf(s, &bufs[1], "shortcut", count, F32, 0) < 0) return -1;
+        p->s = bufs[1].view.buf;
+    }
+    if (g != Py_None) {
+        if (get_buf(g, &bufs[2], "gradient", count, F32, 0) < 0) return -1;
+        p->g = bufs[2].view.buf;
+    }
+    if (out != Py_None) {
+        if (get_buf(out, &bufs[3], "batchnorm out", count, F32, 1) < 0) return -1;
+        p->out = bufs[3].view.buf;
+    }
+    return 0;
+}
+
+/* bn_stats(x, k, sums, (batch, channels, spatial), channels_last, threads): sums float64 of
+ * 2 x channels. bn_act_backward(x, s, g, dz, m, scale, shift, b1, a, b2, lo, hi, sums, sizes,
+ * channels_last, threads): sums float64 of 4 x channels. */
+static PyObject *bn_sums(PyObject *args, int backward) {
+    PyObject *x, *s = Py_None, *g = Py_None, *dz = Py_None, *sums, *vec[6];
+    long long batch, channels, spatial;
+    int channels_last, threads, ok;
+    float lo = 0.0f, hi = 0.0f;
+    if (backward)
+        ok = PyArg_ParseTuple(args, "OOOOOOOOOOffO(LLL)pi", &x, &s, &g, &dz, &vec[0], &vec[1],
+                              &vec[2], &vec[3], &vec[4], &vec[5], &lo, &hi, &sums, &batch,
+                              &channels, &spatial, &channels_last, &threads);
+    else
+        ok = PyArg_ParseTuple(args, "OOO(LLL)pi", &x, &vec[0], &sums, &batch, &channels, &spatial,
+                              &channels_last, &threads);
+    if (!ok) return NULL;
+    BnPass p;
+    memset(&p, 0, sizeof(p));
+    p.lo = lo;
+    p.hi = hi;
+    Buf bufs[11];
+    memset(bufs, 0, sizeof(bufs));
+    static const char *names[6] = {"mean", "scale", "shift", "b1", "slope", "b2"};
+    const float **dst[6] = {&p.k, &p.scale, &p.shift, &p.b1, &p.a, &p.b2};
+    int nsums = backward ? 4 : 2;
+    if (get_bn_tensors(&p, x, s, g, dz, batch, channels, spatial, threads, bufs) < 0 ||
+        (backward && (p.g == NULL || p.out == NULL)) ||
+        get_bn_vectors(vec, names, dst, backward ? 6 : 1, bufs + 4, channels) < 0 ||
+        get_buf(sums, &bufs[10], "batchnorm sums", nsums * channels, F64, 1) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bn_act_backward: g and dz");
+        release(bufs, 11);
+        return NULL;
+    }
+    double *scratch = NULL;
+    if (channels_last && channels > 0) {
+        scratch = PyMem_RawMalloc((size_t)threads * nsums * (size_t)channels *
+                                  (sizeof(double) + sizeof(float)));
+        if (!scratch) {
+            release(bufs, 11);
+            return PyErr_NoMemory();
+        }
+    }
+    double *ps = bufs[10].view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    bn_sums_f32(&p, backward, ps, scratch, channels_last, threads);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    release(bufs, 11);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bn_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    return bn_sums(args, 0);
+}
+
+static PyObject *py_bn_act_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return bn_sums(args, 1);
+}
+
+/* bn_act_forward(x, s, y, scale, shift, b1, a, b2, lo, hi, sizes, channels_last, threads) and
+ * bn_input_backward(x, dz, dx, m, A, B, C, sizes, channels_last, threads). */
+static PyObject *bn_elementwise(PyObject *args, int backward) {
+    PyObject *x, *s = Py_None, *g = Py_None, *out, *vec[6];
+    long long batch, channels, spatial;
+    int channels_last, threads, ok;
+    BnPass p;
+    memset(&p, 0, sizeof(p));
+    if (backward)
+        ok = PyArg_ParseTuple(args, "OOOOOOO(LLL)pi", &x, &g, &out, &vec[0], &vec[1], &vec[2],
+                              &vec[3], &batch, &channels, &spatial, &channels_last, &threads);
+    else
+        ok = PyArg_ParseTuple(args, "OOOOOOOOff(LLL)pi", &x, &s, &out, &vec[0], &vec[1], &vec[2],
+                              &vec[3], &vec[4], &p.lo, &p.hi, &batch, &channels, &spatial,
+                              &channels_last, &threads);
+    if (!ok) return NULL;
+    Buf bufs[9];
+    memset(bufs, 0, sizeof(bufs));
+    static const char *f_names[5] = {"scale", "shift", "b1", "slope", "b2"};
+    static const char *b_names[4] = {"mean", "A", "B", "C"};
+    const float **f_dst[5] = {&p.scale, &p.shift, &p.b1, &p.a, &p.b2};
+    const float **b_dst[4] = {&p.k, &p.scale, &p.shift, &p.b2};
+    if (get_bn_tensors(&p, x, s, g, out, batch, channels, spatial, threads, bufs) < 0 ||
+        (backward && p.g == NULL) || p.out == NULL ||
+        get_bn_vectors(vec, backward ? b_names : f_names, backward ? b_dst : f_dst,
+                       backward ? 4 : 5, bufs + 4, channels) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "batchnorm: a tensor is None");
+        release(bufs, 9);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (backward)
+        bn_input_backward_f32(&p, channels_last, threads);
+    else
+        bn_act_forward_f32(&p, channels_last, threads);
+    Py_END_ALLOW_THREADS
+    release(bufs, 9);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bn_act_forward(PyObject *self, PyObject *args) {
+    (void)self;
+    return bn_elementwise(args, 0);
+}
+
+static PyObject *py_bn_input_backward(PyObject *self, PyObject *args) {
+    (void)self;
+    return bn_elementwise(args, 1);
+}
+
 static PyMethodDef METHODS[] = {
     {"sign", py_sign, METH_VARARGS, "sign(x, out, threads): out = x >= 0 ? 1 : -1."},
     {"clip_backward", py_clip_backward, METH_VARARGS,
@@ -715,12 +1116,24 @@ static PyMethodDef METHODS[] = {
     {"bf16_accumulate", py_bf16_accumulate, METH_VARARGS,
      "bf16_accumulate(part, out, scale, (batch, channels, spatial), channels_last, accumulate, "
      "threads): out = ((accumulate ? out : 0) + part) * scale_c, part bfloat16."},
+    {"bn_stats", py_bn_stats, METH_VARARGS,
+     "bn_stats(x, k, sums, (batch, channels, spatial), channels_last, threads): per channel "
+     "sum (x - k) and sum (x - k)^2, float64."},
+    {"bn_act_forward", py_bn_act_forward, METH_VARARGS,
+     "bn_act_forward(x, s, y, scale, shift, b1, a, b2, lo, hi, sizes, channels_last, threads): "
+     "y = act(x scale + shift + s) per channel."},
+    {"bn_act_backward", py_bn_act_backward, METH_VARARGS,
+     "bn_act_backward(x, s, g, dz, m, scale, shift, b1, a, b2, lo, hi, sums, sizes, "
+     "channels_last, threads): dz and the float64 sums (dz, dz (x - m), d a, d b2)."},
+    {"bn_input_backward", py_bn_input_backward, METH_VARARGS,
+     "bn_input_backward(x, dz, dx, m, A, B, C, sizes, channels_last, threads): "
+     "dx = dz A + (x - m) B + C per channel."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused",
                                     "fused CPU passes of training: binarizers, RPReLU, 2x2 average pool, exact binary "
-                                    "convolution (binarize.c).",
+                                    "convolution, BatchNorm + shortcut + activation (binarize.c).",
                                     -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
