@@ -127,7 +127,7 @@ def test_irnet_1w32a_network_is_the_official_normal_block_with_relu(one_thread):
         inner = block.act1(block.bn1(block.conv1(x)))
         shortcut = torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8))
         expected = torch.relu(block.bn2(block.conv2(inner)) + shortcut)
-        assert torch.allclose(block(x), expected, atol=1e-6)
+        assert torch.allclose(block(x), expected, atol=1e-5)  # bn_act's rounding order
         feats = model.stages(model.act1(model.bn1(model.conv1(torch.randn(2, 3, 32, 32)))))
         pooled = model.head.bn(feats.mean(dim=(2, 3)))
         assert torch.allclose(model.head(feats), model.head.fc(torch.relu(pooled)), atol=1e-6)
@@ -143,7 +143,8 @@ def test_bireal_input_act_acts_on_the_conv_input_only():
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
         expected = block.bn(block.conv(torch.relu(x))) + x  # the shortcut keeps x as it is
-        assert torch.allclose(block(x), expected, atol=1e-6)
+        # 1e-5: the block's fused BatchNorm pass (onebit.nn.bn_act) rounds in its own order
+        assert torch.allclose(block(x), expected, atol=1e-5)
     plain = create_model("birealnet18", method="bireal_caffe", bits="32w32a")
     assert plain.state_dict().keys() == model.state_dict().keys()
     binary = create_model("birealnet18", method="bireal_caffe")
