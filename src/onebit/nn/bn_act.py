@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _module
 
 from onebit.nn.layers import PReLU, RPReLU
@@ -158,6 +159,7 @@ class _BnAct(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a second derivative (create_graph) is an error, not a wrong value
     def backward(ctx, grad):
         x, shortcut, mean, b1, a, b2 = ctx.saved_tensors
         w, invstd, scale, shift, act, batch = ctx.stats
