@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -298,3 +299,19 @@ def test_a_torch_fx_trace_sees_the_modules():
     targets = [n.target for n in graph.nodes if n.op == "call_module"]
     assert "stages.0.0.bn1" in targets and "stages.0.0.act1" in targets
     assert "bn_act" not in str(graph)
+
+
+def test_a_torch_jit_trace_records_the_modules():
+    """torch.jit.trace (and the TorchScript ONNX exporter) sees PyTorch's operators, not the
+    fused autograd.Function, and the traced block computes what the block does."""
+    block = create_model("resnet20", method="fp", bits="32w32a", num_classes=10).stages[0][0]
+    block.eval()
+    x = torch.randn(2, 16, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # the checks read no tensor
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace in torch 2.13
+        traced = torch.jit.trace(block, x)
+    graph = str(traced.inlined_graph)
+    assert "_BnAct" not in graph and graph.count("aten::batch_norm") == 2
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), block(x), rtol=1e-5, atol=1e-5)

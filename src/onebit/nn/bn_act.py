@@ -14,9 +14,9 @@ It takes a float32 CPU tensor of 4 dims, an ``nn.BatchNorm2d`` that keeps runnin
 (train mode: batch statistics, and the running ones updated as PyTorch does; eval mode: the
 running ones), and an activation that is None, ``nn.Identity``, ``nn.ReLU``,
 ``nn.Hardtanh`` (``nn.ReLU6``), a per-channel PReLU or onebit's RPReLU. Everywhere else
-(CUDA, bfloat16 or autocast, torch.compile, a torch.fx trace, a forward hook on the
-BatchNorm or the activation, another activation) it calls the modules one by one, so
-traces, hooks and layer tables see them as before.
+(CUDA, bfloat16 or autocast, torch.compile, a torch.fx or torch.jit trace, a forward or
+backward hook on the BatchNorm or the activation, another activation) it calls the modules
+one by one, so traces, hooks and layer tables see them as before.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def _activation(
 def _fusable(bn: nn.Module, x: object, shortcut: object, act: nn.Module | None) -> bool:
     return (
         enabled
+        and not torch.jit.is_tracing()  # torch.jit.trace, the TorchScript ONNX exporter
         and isinstance(x, torch.Tensor)  # not a torch.fx Proxy
         and (shortcut is None or isinstance(shortcut, torch.Tensor))
         and type(bn) is nn.BatchNorm2d
