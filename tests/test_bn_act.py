@@ -272,6 +272,7 @@ def test_falls_back_to_the_modules_where_it_cannot_fuse(monkeypatch):
         bn_act.bn_act(bn, x, None, rp)
     assert seen == ["bn", "prelu"]
     for act, s, xx in (
+        (RPReLU(4).double(), None, x),  # float64 parameters: PyTorch's output is float64
         (LeakyClip(), None, x),
         (nn.ReLU(), torch.randn(1, 4, 1, 1), x),
         (nn.ReLU(), None, x.detach().bfloat16()),

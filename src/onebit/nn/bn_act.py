@@ -67,12 +67,17 @@ def _activation(
         return zero, one, zero, float(act.min_val), float(act.max_val)
     if type(act) is RPReLU:
         b1, a, b2 = act.shift_in.bias, act.prelu.weight, act.shift_out.bias
-        if type(act.prelu) is not nn.PReLU or a.numel() != channels:
+        if type(act.prelu) is not nn.PReLU or a.numel() != channels or not _float32(b1, a, b2):
             return None
         return b1, a, b2, -_INF, _INF
-    if type(act) in (PReLU, nn.PReLU) and act.weight.numel() == channels:
+    if type(act) in (PReLU, nn.PReLU) and act.weight.numel() == channels and _float32(act.weight):
         return zero, act.weight, zero, -_INF, _INF
     return None
+
+
+def _float32(*tensors: torch.Tensor) -> bool:
+    """All float32 (a float64 parameter would promote PyTorch's output to float64)."""
+    return all(t.dtype == torch.float32 for t in tensors)
 
 
 def _fusable(bn: nn.Module, x: object, shortcut: object, act: nn.Module | None) -> bool:
@@ -90,7 +95,7 @@ def _fusable(bn: nn.Module, x: object, shortcut: object, act: nn.Module | None) 
         and fused.usable(x)
         and not torch.is_autocast_enabled("cpu")
         and (not bn.training or x.numel() > x.shape[1])  # PyTorch's error for 1 value
-        and (bn.weight is None or bn.weight.dtype == torch.float32)
+        and (bn.weight is None or _float32(bn.weight, bn.bias))
         and (
             shortcut is None
             or (
