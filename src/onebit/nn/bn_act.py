@@ -158,17 +158,20 @@ class _BnAct(torch.autograd.Function):
         b = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.double()
         scale = w * invstd
         shift = (b - mean.double() * scale).float()
+        scale = scale.float()
         act = (*(v.detach().reshape(-1).float() for v in (b1, a, b2)), lo, hi)
-        y = fused.bn_act_forward(x, shortcut, scale.float(), shift, act)
-        ctx.save_for_backward(x, shortcut, mean, b1, a, b2)
-        ctx.stats = (w, invstd, scale.float(), shift, act, batch)
+        y = fused.bn_act_forward(x, shortcut, scale, shift, act)
+        ctx.save_for_backward(x, shortcut, mean)
+        ctx.stats = (w, invstd, scale, shift, act, batch)
+        ctx.shapes = (b1.shape, a.shape, b2.shape)  # of the activation's gradients
         return y
 
     @staticmethod
     @once_differentiable  # a second derivative (create_graph) is an error, not a wrong value
     def backward(ctx, grad):
-        x, shortcut, mean, b1, a, b2 = ctx.saved_tensors
+        x, shortcut, mean = ctx.saved_tensors
         w, invstd, scale, shift, act, batch = ctx.stats
+        b1_shape, a_shape, b2_shape = ctx.shapes
         needs = ctx.needs_input_grad
         dz, sums = fused.bn_act_backward(x, shortcut, grad, mean, scale, shift, act)
         s_dz, s_dzx, s_a, s_b2 = sums.unbind(0)
@@ -190,9 +193,9 @@ class _BnAct(torch.autograd.Function):
             dz if needs[1] else None,
             d_weight,
             d_bias,
-            s_dz.float().view(b1.shape) if needs[4] else None,
-            s_a.float().view(a.shape) if needs[5] else None,
-            s_b2.float().view(b2.shape) if needs[6] else None,
+            s_dz.float().view(b1_shape) if needs[4] else None,
+            s_a.float().view(a_shape) if needs[5] else None,
+            s_b2.float().view(b2_shape) if needs[6] else None,
             None,
             None,
             None,
