@@ -59,31 +59,55 @@ def test_a_run_held_by_a_process_is_training(tmp_path):
 
 def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
     q = load_queue()
+    out, archive = tmp_path / "runs", tmp_path / "archive"
     runs = {r.name: r for r in q.queue()}
-    assert runs["firnet20_best"].teacher == "firnet20_fp"
+    assert runs["resnet20_best_seed1"].teacher == "resnet20_fp_seed2"
     assert runs["resnet20_best_seed2"].teacher == "resnet20_fp_seed2"
     for run in runs.values():
         assert (ROOT / run.config).exists()
-    cmd = q.command(runs["resnet20_best_seed1"], tmp_path)
-    assert cmd[-3:] == ["--out", str(tmp_path / "resnet20_best_seed1"), "--resume"]
+    cmd = q.command(runs["resnet20_best_seed1"], out, archive)
+    assert cmd[-3:] == ["--out", str(out / "resnet20_best_seed1"), "--resume"]
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets == [
         "data.val_split=5000",
         "eval.select_on=val",
         "runtime.seed=1",
-        f"distill.teacher.checkpoint={tmp_path / 'resnet20_fp_seed1'}",
+        f"distill.teacher.checkpoint={out / 'resnet20_fp_seed2'}",
         "runtime.compile_teacher=true",
     ]
-    # a finished teacher frees its student; --list says where each run stands
-    write_last(tmp_path / "resnet20_fp_seed1", 0, 40)
-    assert q.main(["--list", "--out", str(tmp_path), "--only", "resnet20_*_seed1"]) == 0
+    listing = ["--list", "--out", str(out), "--archive", str(archive)]
+    assert q.main([*listing, "--only", "resnet20_*_seed*"]) == 0
+    assert "waits for resnet20_fp_seed2" in capsys.readouterr().out
+    # a finished teacher frees its students; --list says where each run stands
+    write_last(out / "resnet20_fp_seed2", 0, 40)
+    assert q.main([*listing, "--only", "resnet20_*_seed*"]) == 0
     listed = capsys.readouterr().out
-    assert "resnet20_fp_seed1" in listed and "finished" in listed
+    assert "resnet20_fp_seed2" in listed and "finished" in listed
     assert "resnet20_best_seed1" in listed and "waits for" not in listed
-    # every run finished: the queue ends at once, starting nothing
-    for name in ("resnet20_recu_seed1", "resnet20_best_seed1"):
-        write_last(tmp_path / name, 0, 40)
-    assert q.main(["--out", str(tmp_path), "--only", "resnet20_*_seed1", "--poll", "0"]) == 0
+    # every run finished: the queue records them in the archive and ends, starting nothing
+    (out / "resnet20_fp_seed2" / "best.safetensors").write_bytes(b"weights")
+    (out / "resnet20_fp_seed2" / "metrics.jsonl").write_text("{}\n")
+    for name in ("resnet20_recu_seed2", "resnet20_best_seed1", "resnet20_best_seed2"):
+        write_last(out / name, 0, 40)
+        (out / name / "best.safetensors").write_bytes(b"student")
+    run = [*listing[1:], "--only", "resnet20_*_seed*", "--poll", "0"]
+    assert q.main(run) == 0
+    assert "recorded in" in capsys.readouterr().out
+    teacher = archive / "resnet20_fp_seed2"
+    assert (teacher / "best.safetensors").read_bytes() == b"weights"  # a teacher's weights
+    assert (teacher / "metrics.jsonl").read_text() == "{}\n"
+    assert q.finished(archive / "resnet20_best_seed2")
+    assert not (archive / "resnet20_best_seed2" / "best.safetensors").exists()  # not a teacher
+    # a fresh machine (no runs/): the archive counts as finished and teaches
+    fresh = tmp_path / "fresh"
+    assert q.main(["--out", str(fresh), "--archive", str(archive), *run[4:]]) == 0
+    assert not fresh.exists()  # nothing started
+    cmd = q.command(runs["resnet20_best_seed2"], fresh, archive)
+    assert f"distill.teacher.checkpoint={teacher}" in cmd
+    inside = q.ROOT / "results" / "fmnist40v"
+    if q.where("resnet20_fp_seed2", fresh, inside):  # the committed archive: a relative path
+        cmd = q.command(runs["resnet20_best_seed2"], fresh)
+        assert "distill.teacher.checkpoint=results/fmnist40v/resnet20_fp_seed2" in cmd
 
 
 def test_kill_stops_the_runs_the_queue_started(tmp_path):
@@ -101,8 +125,9 @@ import fmnist_queue as q
 q.queue = lambda: [q.Run("a", "x.yaml"), q.Run("b", "y.yaml")]
 sleeper = ("import os, time; open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\\\n'); "
            "time.sleep(600)")
-q.command = lambda run, out: [sys.executable, "-c", sleeper]
-sys.exit(q.main(["--out", {str(tmp_path / "runs")!r}, "--poll", "0.1"]))
+q.command = lambda run, out, archive: [sys.executable, "-c", sleeper]
+sys.exit(q.main(["--out", {str(tmp_path / "runs")!r}, "--archive", {str(tmp_path / "archive")!r},
+                  "--poll", "0.1"]))
 """
     queue = subprocess.Popen([sys.executable, "-c", script])
     try:
