@@ -3,7 +3,7 @@
  * PyTorch computes a binarizer's forward and surrogate backward as a chain of elementwise
  * operators, each one a pass over the activation; ReCU's per-sample standardisation adds a
  * Welford variance and the backward of a division. Here each binarizer is one pass forward
- * (two for ReCU: statistics, then sign) and one or two passes backward. Arrays are flat
+ * (ReCU's per-sample sums ride along with the sign) and one or two backward. Arrays are flat
  * buffers in the tensor's memory order: elementwise work does not care about the layout, and
  * ReCU's per-sample work needs only that each sample is a contiguous block (NCHW or NHWC).
  *
