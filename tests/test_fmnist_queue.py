@@ -147,3 +147,32 @@ sys.exit(q.main(["--out", {str(tmp_path / "runs")!r}, "--archive", {str(tmp_path
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not Path(f"/proc/{pid}").exists(), f"run process {pid} outlived the queue"
+
+
+def test_the_recorded_runs_are_whole():
+    """results/fmnist40v (kept in git): every record is a finished run of the queue that
+    ``onebit report`` reads, held out as the queue trains, with weights where it teaches."""
+    import torch
+
+    from onebit.report import read_run
+    from onebit.train.checkpoint import load_model
+
+    q = load_queue()
+    runs = {r.name: r for r in q.queue()}
+    teachers = {r.teacher for r in runs.values()}
+    recorded = sorted(p for p in q.ARCHIVE.glob("*") if p.is_dir())
+    for run_dir in recorded:
+        assert run_dir.name in runs, f"{run_dir.name} is not a run of the queue"
+        assert q.finished(run_dir)
+        run = read_run(run_dir)
+        assert run.finished and run.config.data.val_split == 5000
+        assert run.config.runtime.seed == int(
+            dict(s.split("=") for s in runs[run_dir.name].sets).get("runtime.seed", 0)
+        )
+        assert (run_dir / "best.safetensors").is_file() == (run_dir.name in teachers)
+        if run_dir.name in teachers:  # the weights a student is taught by, whole
+            model, config = load_model(run_dir / "best.safetensors")
+            assert config.model["method"] == "fp" and model(torch.zeros(2, 1, 28, 28)).shape == (
+                2,
+                10,
+            )
