@@ -78,9 +78,9 @@ def queue() -> list[Run]:
     return runs
 
 
-def where(name: str, out: Path, archive: Path) -> Path | None:
-    """The directory holding run ``name`` finished: ``out/name``, else ``archive/name``."""
-    for folder in (out, archive):
+def where(name: str, *folders: Path) -> Path | None:
+    """The first of ``folders/name`` that holds run ``name`` finished, or None."""
+    for folder in folders:
         if finished(folder / name):
             return folder / name
     return None
@@ -119,8 +119,10 @@ def training(run_dir: Path) -> bool:
 def command(run: Run, out: Path, archive: Path = ARCHIVE) -> list[str]:
     sets = [*HELD_OUT, *run.sets]
     if run.teacher:
-        teacher = where(run.teacher, out, archive) or out / run.teacher
-        if teacher.is_relative_to(ROOT):  # the config records a path that holds on any clone
+        # the archive's copy first: every student's config then names the same teacher path,
+        # which holds on any clone (seeds trained on different machines group in one row)
+        teacher = where(run.teacher, archive, out) or out / run.teacher
+        if teacher.is_relative_to(ROOT):
             teacher = teacher.relative_to(ROOT)
         # the FP teacher compiled: ~1.1x the step on the CPU (a runtime key: resumable)
         sets += [f"distill.teacher.checkpoint={teacher}", "runtime.compile_teacher=true"]

@@ -104,6 +104,10 @@ def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
     assert not fresh.exists()  # nothing started
     cmd = q.command(runs["resnet20_best_seed2"], fresh, archive)
     assert f"distill.teacher.checkpoint={teacher}" in cmd
+    # the recorded copy wins over out's: every student names one teacher path
+    assert f"distill.teacher.checkpoint={teacher}" in q.command(
+        runs["resnet20_best_seed1"], out, archive
+    )
     inside = q.ROOT / "results" / "fmnist40v"
     if q.where("resnet20_fp_seed2", fresh, inside):  # the committed archive: a relative path
         cmd = q.command(runs["resnet20_best_seed2"], fresh)
