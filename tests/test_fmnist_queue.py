@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from onebit.io import folder_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,12 +157,11 @@ sys.exit(q.main(["--out", {str(tmp_path / "runs")!r}, "--archive", {str(tmp_path
 
 
 def test_the_recorded_runs_are_whole():
-    """results/fmnist40v (kept in git): every record is a finished run of the queue that
-    ``onebit report`` reads, held out as the queue trains, with weights where it teaches."""
-    import torch
-
+    """results/fmnist40v (kept in git): every record is a run of the queue that ``onebit
+    report`` reads, held out as the queue trains: finished, with weights where it teaches,
+    or carried (unfinished, with the checkpoints it continues from, its last.json theirs)."""
     from onebit.report import read_run
-    from onebit.train.checkpoint import load_model
+    from onebit.train.checkpoint import load_model, read_checkpoint
 
     q = load_queue()
     runs = {r.name: r for r in q.queue()}
@@ -167,12 +169,19 @@ def test_the_recorded_runs_are_whole():
     recorded = sorted(p for p in q.ARCHIVE.glob("*") if p.is_dir())
     for run_dir in recorded:
         assert run_dir.name in runs, f"{run_dir.name} is not a run of the queue"
-        assert q.finished(run_dir)
         run = read_run(run_dir)
-        assert run.finished and run.config.data.val_split == 5000
+        assert run.config.data.val_split == 5000
         assert run.config.runtime.seed == int(
             dict(s.split("=") for s in runs[run_dir.name].sets).get("runtime.seed", 0)
         )
+        if not q.finished(run_dir):
+            assert q.carried(run_dir) and not run.finished, f"{run_dir.name}: neither"
+            _, state = read_checkpoint(run_dir / "last.safetensors")
+            saved = json.loads((run_dir / "last.json").read_text())
+            assert saved["progress"] == state["progress"]
+            assert (run_dir / "best.safetensors").is_file()
+            continue
+        assert run.finished and not (run_dir / "last.safetensors").exists()
         assert (run_dir / "best.safetensors").is_file() == (run_dir.name in teachers)
         if run_dir.name in teachers:  # the weights a student is taught by, whole
             model, config = load_model(run_dir / "best.safetensors")
@@ -180,3 +189,67 @@ def test_the_recorded_runs_are_whole():
                 2,
                 10,
             )
+
+
+def test_a_carried_run_continues_on_a_fresh_machine(tmp_path, monkeypatch, capsys, one_thread):
+    """--carry copies an unfinished run's checkpoints into the archive; a queue on a fresh
+    machine (another --out) continues it from there to the weights of an uninterrupted run,
+    and its finished record then replaces the carried checkpoints."""
+    from safetensors.torch import load_file
+
+    from onebit.cli import main as onebit
+    from onebit.train.trainer import RunDir
+
+    q = load_queue()
+    tiny = ("data.subset=64", "data.batch_size=32", "data.eval_subset=32", "runtime.device=cpu")
+    tiny += ("schedule.epochs=2",)
+    run = q.Run("tiny", "configs/fmnist/resnet20_recu.yaml", tiny)
+    monkeypatch.setattr(q, "queue", lambda: [run])
+    monkeypatch.setattr(q, "HELD_OUT", ())
+    out, archive, fresh = tmp_path / "runs", tmp_path / "archive", tmp_path / "fresh"
+    args = [run.config, *(a for s in tiny for a in ("--set", s))]
+
+    class Stop(Exception):
+        pass
+
+    save_last = RunDir.save_last
+
+    def stop_after_epoch_1(self, tensors, state):  # the machine goes after epoch 1
+        save_last(self, tensors, state)
+        raise Stop
+
+    monkeypatch.setattr(RunDir, "save_last", stop_after_epoch_1)
+    with pytest.raises(Stop):
+        onebit(["train", *args, "--out", str(out / "tiny")])
+    monkeypatch.setattr(RunDir, "save_last", save_last)
+    assert q.progress(out / "tiny") == (0, 1, 1, 2)
+
+    listing = ["--out", str(out), "--archive", str(archive)]
+    assert q.main([*listing, "--carry"]) == 0
+    carried = archive / "tiny"
+    assert q.carried(carried) and not q.finished(carried)
+    assert q.progress(carried) == (0, 1, 1, 2)
+    assert {p.name for p in carried.iterdir()} == {
+        "config.yaml",
+        "last.safetensors",
+        "last.json",
+        "best.safetensors",
+        "metrics.jsonl",
+        "train.log",
+    }
+    assert q.main([*listing, "--carry"]) == 0  # nothing newer: nothing copied again
+    capsys.readouterr()
+    assert q.main(["--list", "--out", str(fresh), "--archive", str(archive)]) == 0
+    assert f"carried (phase 1/1, epoch 1/2; {carried})" in capsys.readouterr().out
+
+    # a fresh machine: the queue continues the carried run (a real `onebit train --resume`)
+    assert q.main(["--out", str(fresh), "--archive", str(archive), "--poll", "0.2"]) == 0
+    assert "tiny: continues the archive's" in capsys.readouterr().out
+    assert q.finished(fresh / "tiny") and q.finished(carried)
+    assert not (carried / "last.safetensors").exists()  # the record replaced the checkpoints
+    assert not (carried / "best.safetensors").exists()  # (not a teacher)
+    assert len((carried / "metrics.jsonl").read_text().splitlines()) == 2
+    assert onebit(["train", *args, "--out", str(tmp_path / "reference")]) == 0
+    a = load_file(tmp_path / "reference" / "last.safetensors")
+    b = load_file(fresh / "tiny" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
