@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--carry",
         action="store_true",
-        help="copy every unfinished run's checkpoints into the archive and exit (the next "
-        "machine continues them)",
+        help="record the finished runs, copy every unfinished run's checkpoints into the "
+        "archive (the next machine continues them) and exit",
     )
     parser.add_argument("--poll", type=float, default=60.0, help="seconds between checks")
     args = parser.parse_args(argv)
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run.name:24} {status(run, args.out, args.archive)}")
         return 0
     if args.carry:
+        record_finished(runs, args.out, args.archive)
         for run in runs:
             run_dir = args.out / run.name
             if (
@@ -267,11 +268,19 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
 
 
+def record_finished(runs: list[Run], out: Path, archive: Path) -> None:
+    """Record in ``archive`` each of ``runs`` that finished in ``out`` and is not there yet."""
+    teachers = {r.teacher for r in queue()}
+    for r in runs:
+        if finished(out / r.name) and not finished(archive / r.name):
+            target = archive_run(out / r.name, archive, r.name in teachers)
+            print(f"{time.strftime('%H:%M')} {r.name}: recorded in {target}", flush=True)
+
+
 def schedule(runs: list[Run], args: argparse.Namespace, mine: dict[str, subprocess.Popen]) -> int:
     """Train ``runs`` on ``args.lanes`` lanes until none is left; ``mine``: the processes
     this queue started, by run name."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    teachers = {r.teacher for r in queue()}
     failed: list[str] = []
 
     def done(name: str) -> bool:
@@ -284,10 +293,7 @@ def schedule(runs: list[Run], args: argparse.Namespace, mine: dict[str, subproce
                 print(f"{time.strftime('%H:%M')} {name}: exit {proc.returncode}", flush=True)
                 if proc.returncode != 0:
                     failed.append(name)
-        for r in runs:
-            if finished(args.out / r.name) and not finished(args.archive / r.name):
-                target = archive_run(args.out / r.name, args.archive, r.name in teachers)
-                print(f"{time.strftime('%H:%M')} {r.name}: recorded in {target}", flush=True)
+        record_finished(runs, args.out, args.archive)
         others = sum(training(args.out / r.name) for r in runs if r.name not in mine)
         ready = [
             r

@@ -253,3 +253,16 @@ def test_a_carried_run_continues_on_a_fresh_machine(tmp_path, monkeypatch, capsy
     a = load_file(tmp_path / "reference" / "last.safetensors")
     b = load_file(fresh / "tiny" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_carry_records_the_finished_runs_too(tmp_path, capsys):
+    q = load_queue()
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    write_last(out / "resnet20_fp_seed2", 0, 40)
+    (out / "resnet20_fp_seed2" / "best.safetensors").write_bytes(b"weights")
+    write_last(out / "resnet20_recu_seed2", 0, 7)  # unfinished, no checkpoint: nothing to carry
+    assert q.main(["--carry", "--out", str(out), "--archive", str(archive)]) == 0
+    assert "resnet20_fp_seed2: recorded in" in capsys.readouterr().out
+    assert q.finished(archive / "resnet20_fp_seed2")
+    assert (archive / "resnet20_fp_seed2" / "best.safetensors").read_bytes() == b"weights"
+    assert not (archive / "resnet20_recu_seed2").exists()
