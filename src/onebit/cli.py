@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="MODULE",
             help="import your Python module first (it registers binarizers, methods, "
             "techniques or models; searched in the current directory, then on sys.path); "
-            "a run or .onebit file that names it may then use it (repeatable)",
+            "a run directory that names it may then use it (repeatable)",
         )
     return parser
 
