@@ -92,7 +92,11 @@ def _bits_edited(state, tensors):
         (_set("progress.phase", "x"), "phase", ("eval", "resume")),
         (_set("progress.phase", 5), "phase", ("eval", "resume")),
         (_set("config.model.num_classes", "x"), "config", ("eval", "resume")),
-        (_set("config.model.in_chans", -3), "does not build a model", ("eval",)),
+        (
+            _set("config.model.in_chans", -3),
+            "model.in_chans: in_chans -3 is not a positive",
+            ("eval",),
+        ),
         (_set("rng", KeyError), "no valid rng", ("resume",)),
         (_set("rng.cpu", "!!!not base64"), "RNG state is damaged", ("resume",)),
         (_set("rng.cpu", "AAAA"), "RNG state is damaged", ("resume",)),

@@ -8,6 +8,8 @@ import pytest
 
 from onebit.cli import main
 
+ROOT = Path(__file__).resolve().parent.parent
+
 RECU = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
 
 
@@ -91,6 +93,15 @@ def test_ops_of_an_fp_twin_has_no_bops(capsys):
             "--input 3x28x28 has 3 channels but firnet20 takes 1 (--in-chans 1): give --input "
             "1x28x28, or --in-chans 3",
         ),
+        (["ops", "resnet20", "--in-chans", "0"], "in_chans 0 is not a positive whole number"),
+        (["summary", "resnet20", "--num-classes", "-1"], "num_classes -1 is not a positive"),
+        (
+            ["ops", "birealnet18", "--input", "3x8x8"],
+            "birealnet18 cannot run on a 3x8x8 input (Given input size: (128x1x1). Calculated "
+            "output size: (128x0x0). Output size is too small); give another --input",
+        ),
+        (["bench", "--models", "resnet2"], "unknown model 'resnet2'"),  # before any timing
+        (["bench", "--kernel", "nope"], "unknown kernel 'nope'"),
         (
             ["summary", "vgg_small", "--input", "3x16x16"],
             "--input 3x16x16 is 16x16 but vgg_small is built for 32x32 (option input_hw 32): "
@@ -174,3 +185,35 @@ def test_the_largest_seed_trains(tmp_path, one_thread):
     out = tmp_path / "r"
     assert main(["train", str(RECU), *sets, "--seeds", str(2**63 - 1), "--out", str(out)]) == 0
     assert (out / f"seed{2**63 - 1}" / "last.safetensors").is_file()
+
+
+def test_a_failing_module_a_file_for_a_folder_and_nan_are_one_line(tmp_path, capsys, monkeypatch):
+    """--import of a module whose own code fails says where (file, line), --out naming a file
+    says so, NaN is no config value: one line each, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_syntax.py").write_text("def (\n")
+    (tmp_path / "raises_at_import.py").write_text("x = 1\nraise RuntimeError('boom')\n")
+    (tmp_path / "a_file").write_text("")
+    recipe = str(ROOT / "configs/fmnist/resnet20_recu.yaml")
+    cases = [
+        (
+            ["models", "--import", "broken_syntax"],
+            "--import: importing 'broken_syntax' failed: SyntaxError: invalid syntax "
+            f"({tmp_path / 'broken_syntax.py'}, line 1); fix the module",
+        ),
+        (
+            ["models", "--import", "raises_at_import"],
+            "--import: importing 'raises_at_import' failed: RuntimeError: boom "
+            f"({tmp_path / 'raises_at_import.py'}, line 2); fix the module",
+        ),
+        (
+            ["train", recipe, "--out", "a_file/run"],
+            "cannot write a_file/run/.lock: a_file is a file, not a folder",
+        ),
+        (["train", recipe, "--set", "optim.lr=.nan"], "config key optim.lr: expected a number"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("onebit: error: ") and message in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err

@@ -241,8 +241,9 @@ def test_hostile_configs_are_short_one_line_errors(content, expected, tmp_path, 
 @pytest.mark.parametrize(
     "argv,expected",
     [
-        (["summary", "resnet20", "--opt", "num_classes=-1"], "cannot be built with the options"),
-        (["summary", "resnet20", "--opt", "num_classes=abc"], "cannot be built with the options"),
+        (["summary", "resnet20", "--opt", "num_classes=-1"], "num_classes -1 is not a positive"),
+        (["summary", "resnet20", "--opt", "num_classes=abc"], "num_classes 'abc' is not a posi"),
+        (["train", str(FP), "--set", "model.in_chans=0"], "model.in_chans: in_chans 0 is not a"),
         (["summary", "resnet20", "--opt", "x=" + "[" * 20000], "nested too deeply"),
         (["train", str(FP), "--set", "model.num_classes=" + "[" * 20000], "nested too deeply"),
     ],

@@ -409,7 +409,7 @@ def test_wrong_version_foreign_and_format_1_files(reactnet_file, tmp_path):
     (tmp_path / "text.onebit").write_text("hello")
     (tmp_path / "empty.onebit").write_bytes(b"")
     for name in ("plain.safetensors", "text.onebit", "empty.onebit"):
-        with pytest.raises(ExportError, match=r"not a \.onebit file$"):
+        with pytest.raises(ExportError, match=r"not a \.onebit file \(it does not start as one"):
             deploy.load(tmp_path / name)
     with pytest.raises(ExportError, match=r"missing\.onebit: cannot read it"):
         deploy.load(tmp_path / "missing.onebit")
@@ -527,6 +527,27 @@ def test_cli_export_of_a_training_run_equals_the_trained_model(tmp_path, capsys,
     assert_logits_close(deployed(x), expected, rtol=1e-4)
     assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "n.onebit")]) == 2
     assert not (tmp_path / "n.onebit").exists()
+    capsys.readouterr()
+    # export writes over a .onebit file only: never over its own checkpoint, nor into a folder
+    best = (run / "best.safetensors").read_bytes()
+    assert main(["export", str(run), str(run / "best.safetensors"), "--no-recalibrate"]) == 2
+    err = capsys.readouterr().err
+    assert "best.safetensors exists and is not a .onebit file" in err and err.count("\n") == 1
+    assert (run / "best.safetensors").read_bytes() == best
+    assert main(["export", str(run), str(run), "--no-recalibrate"]) == 2
+    assert "is a directory: give a file path" in capsys.readouterr().err
+    assert main(["export", str(run), str(tmp_path / "m.onebit"), "--no-recalibrate"]) == 0
+    # an exported file is no source to export from; one damaged at its start still says .onebit
+    assert main(["export", str(tmp_path / "m.onebit"), str(tmp_path / "again.onebit")]) == 2
+    assert "m.onebit is an exported .onebit file, not a training checkpoint" in (
+        capsys.readouterr().err
+    )
+    damaged = tmp_path / "damaged.onebit"
+    damaged.write_bytes(b"\0" * 8 + (tmp_path / "m.onebit").read_bytes()[8:])
+    assert main(["eval", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged.onebit: not a .onebit file (it does not start as one" in err
+    assert "safetensors" not in err
 
 
 def test_cli_bench_prints_both_tables(capsys, one_thread):

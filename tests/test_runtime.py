@@ -754,10 +754,17 @@ def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
     (tmp_path / "images.idx.gz").write_bytes(gzip.compress((tmp_path / "images.idx").read_bytes()))
     np.save(tmp_path / "big.npy", np.zeros((2, 33, 33), np.uint8))
     (tmp_path / "junk.onebit").write_bytes(b"not a model at all")
+    np.save(tmp_path / "f64.npy", np.zeros((2, 28, 28)))
     cases = [
+        ((tmp_path, tmp_path / "images.idx"), f"{tmp_path}: cannot read it (Is a directory)"),
+        ((model, tmp_path), f"{tmp_path}: cannot read it (Is a directory)"),
+        ((model, tmp_path / "f64.npy"), "f64.npy: dtype '<f8'; images must be uint8 or float32"),
         ((model, tmp_path / "images.idx.gz"), "gzip-compressed: decompress it first"),
         ((model, tmp_path / "big.npy"), "larger than the model's 32x32"),
-        ((tmp_path / "junk.onebit", tmp_path / "images.idx"), "fewer than the 152-byte header"),
+        (
+            (tmp_path / "junk.onebit", tmp_path / "images.idx"),
+            "junk.onebit: the file has 18 bytes, fewer than the 152-byte header",
+        ),
         ((model, tmp_path / "missing.idx"), "No such file"),
         ((model, tmp_path / "images.idx", "--labels", tmp_path / "images.idx"), "labels must be"),
         ((model, tmp_path / "images.idx", "--raw", "3"), "raw images"),
@@ -771,6 +778,7 @@ def test_cli_errors_are_one_line_and_exit_2(build, tmp_path):
         assert done.returncode == 2, (args, done.stderr)
         (line,) = done.stderr.splitlines()
         assert line.startswith("onebit-run: error: ") and message in line, (args, line)
+        assert line.count(str(args[0])) <= 1, line  # the file named once
 
 
 def test_cli_cross_built_for_aarch64_agrees_under_qemu(build, tmp_path):

@@ -53,6 +53,8 @@ static void *xmalloc(size_t bytes) {
 static uint8_t *read_all(const char *path, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (f == NULL) die("%s: %s", path, strerror(errno));
+    /* a folder opens, and seeks to an absurd size: reading a byte says what it is */
+    if (fgetc(f) == EOF && ferror(f)) die("%s: cannot read it (%s)", path, strerror(errno));
     long len = -1;
     if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
     if (len < 0 || fseek(f, 0, SEEK_SET) != 0) die("%s: cannot find its size", path);
@@ -127,9 +129,12 @@ static void parse_npy(const char *path, const uint8_t *b, size_t size, array *a)
         a->kind = 'i', item = 8;
     else if (descr && !strncmp(descr, "'<i4'", 5))
         a->kind = 'i', item = 4;
-    else
-        die("%s: dtype %.8s; images must be uint8 or float32, labels integers", path,
-            descr ? descr : "?");
+    else {
+        const char *close = descr ? strchr(descr + 1, '\'') : NULL;
+        const int n = close && close - descr - 1 <= 16 ? (int)(close - descr - 1) : 1;
+        die("%s: dtype '%.*s'; images must be uint8 or float32, labels integers", path, n,
+            close ? descr + 1 : "?");
+    }
     const char *p = strchr(shape, '(');
     a->ndim = 0;
     uint64_t count = 1;
@@ -444,7 +449,7 @@ int main(int argc, char **argv) {
 
     char err[512];
     onebit_model *m;
-    if (onebit_load_file(model_path, &m, err, sizeof err)) die("%s: %s", model_path, err);
+    if (onebit_load_file(model_path, &m, err, sizeof err)) die("%s", err); /* names the file */
     int rc = onebit_set_threads(m, (int)threads);
     if (rc == ONEBIT_E_UNSUPPORTED)
         die("--threads %ld: this build has no OpenMP (build with make OPENMP=1)", threads);

@@ -869,6 +869,12 @@ int onebit_load_file(const char *path, onebit_model **out, char *err, size_t err
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (f == NULL) return ob_fail(err, err_len, ONEBIT_E_IO, "%s: %s", path, strerror(errno));
+    /* a folder opens, and seeks to an absurd size: reading a byte says what it is */
+    if (fgetc(f) == EOF && ferror(f)) {
+        const int code = errno;
+        fclose(f);
+        return ob_fail(err, err_len, ONEBIT_E_IO, "%s: cannot read it (%s)", path, strerror(code));
+    }
     long size = -1;
     if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
     if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
@@ -889,6 +895,11 @@ int onebit_load_file(const char *path, onebit_model **out, char *err, size_t err
     }
     const int rc = onebit_load_buffer(data, (size_t)size, out, err, err_len);
     free(data);
+    if (rc != ONEBIT_OK && err != NULL && err_len > 0) { /* the file's name first */
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", err);
+        snprintf(err, err_len, "%s: %s", path, reason);
+    }
     return rc;
 }
 

@@ -106,12 +106,27 @@ def add_models(sub) -> None:
     p.set_defaults(func=cmd_models)
 
 
+def _run_on_input(table, args: argparse.Namespace) -> int:
+    """Print ``table(model, input_size)`` (one forward pass of the model the arguments
+    describe); a pass the input does not allow (memory, a size the layers cannot take) is a
+    ConfigError of one line."""
+    model, input_size = _model_from_args(args)
+    try:
+        text = table(model, input_size)
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        shape = "x".join(map(str, input_size[1:]))
+        raise ConfigError(
+            f"{args.model} cannot run on a {shape} input ({reason}); give another --input"
+        ) from None
+    print(text)
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from onebit.profile import summary
 
-    model, input_size = _model_from_args(args)
-    print(summary(model, input_size))
-    return 0
+    return _run_on_input(summary, args)
 
 
 def add_summary(sub) -> None:
@@ -125,9 +140,7 @@ def add_summary(sub) -> None:
 def cmd_ops(args: argparse.Namespace) -> int:
     from onebit.profile import count_ops
 
-    model, input_size = _model_from_args(args)
-    print(count_ops(model, input_size))
-    return 0
+    return _run_on_input(count_ops, args)
 
 
 def add_ops(sub) -> None:
@@ -292,7 +305,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from onebit.train import evaluate, load_model, resolve_device
     from onebit.train.checkpoint import checkpoint_path
 
-    if Path(args.run).is_file() and is_deploy_file(args.run):
+    # by its name too: a .onebit file damaged at the start is then reported as one
+    if Path(args.run).is_file() and (is_deploy_file(args.run) or args.run.endswith(".onebit")):
         if args.bn_recalibrate:
             raise ConfigError("--bn-recalibrate: a .onebit file has its statistics folded in")
         return _eval_deployed(args)
@@ -342,7 +356,7 @@ def add_eval(sub) -> None:
     _add_run_overrides(p)
     p.add_argument(
         "--bn-recalibrate",
-        type=int,
+        type=_positive(int, zero=True),
         default=0,
         metavar="N",
         help="first re-estimate the BatchNorm statistics from N training batches "
@@ -393,10 +407,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from onebit.data import dataset_input_spec
     from onebit.deploy import export, load
+    from onebit.deploy.format import check_export_target
     from onebit.train import evaluate
     from onebit.train.bn import RECALIBRATE_BATCHES
     from onebit.train.checkpoint import load_model
 
+    check_export_target(args.out)  # before the model is read and its statistics re-estimated
     config, checked, spec, accuracy = None, "", None, None
     if args.model:
         model = _model_with_state(args)
@@ -471,7 +487,7 @@ def add_export(sub) -> None:
     )
     p.add_argument(
         "--bn-recalibrate",
-        type=int,
+        type=_positive(int, zero=True),
         metavar="N",
         help="training batches to re-estimate them from (default: the run's "
         "eval.bn_recalibrate, else 50)",
@@ -515,7 +531,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from onebit.deploy import bench
+    from onebit.deploy.engine import select_kernel
+    from onebit.models import model_entry
 
+    models = bench.DEFAULT_MODELS if args.models is None else args.models
+    for name in models:  # a wrong name or kernel now, not after minutes of the layer table
+        model_entry(name)
+    select_kernel(args.kernel)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads: {torch.get_num_threads()}; best of repeated calls over {args.min_time} s, ms")
@@ -523,7 +545,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("\nResNet-18 binary 3x3 convs: PyTorch fp32 vs the runtime (binarize + pack + conv)")
         rows = bench.conv_rows(batches=args.batch, min_time=args.min_time, kernel=args.kernel)
         print(bench.format_conv_rows(rows))
-    models = bench.DEFAULT_MODELS if args.models is None else args.models
     if models:
         print("\nWhole models (default input size): fp32 twin vs 1w1a in PyTorch vs deployed")
         rows = bench.model_rows(models, args.batch, args.min_time, kernel=args.kernel)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -51,12 +52,15 @@ _SECTION = ConfigDict(extra="forbid")
 
 
 def as_number(value: Any) -> Any:
-    """``value``, or the float a text reads as: YAML 1.1 reads "1e-4" (no dot) as a string."""
+    """``value``, or the float a text reads as: YAML 1.1 reads "1e-4" (no dot) as a string.
+    NaN (``.nan``, "nan") is no setting of anything: an error of its own."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
-            pass
+            return value
+    if isinstance(value, float) and math.isnan(value):
+        raise PydanticCustomError("nan", "NaN is not a value it takes; give a number")
     return value
 
 

@@ -27,6 +27,15 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _cannot_write(path: Path, folder: Path, err: OSError) -> OutputError:
+    """The error for ``path`` that could not be written: where ``folder`` (the one it goes
+    in) or a folder above it is a file, that is the reason."""
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            return OutputError(f"cannot write {path}: {above} is a file, not a folder")
+    return OutputError(f"cannot write {path}: {err.strerror or err}")
+
+
 def atomic_write(path: str | Path, content: bytes | Callable[[Path], None]) -> Path:
     """Write ``content`` (bytes, or a function that writes the file at the path it is given)
     to ``path`` atomically; OutputError naming the path if it cannot be written."""
@@ -37,7 +46,7 @@ def atomic_write(path: str | Path, content: bytes | Callable[[Path], None]) -> P
             raise IsADirectoryError(21, "Is a directory")
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+        raise _cannot_write(path, path.parent, err) from None
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -103,7 +112,7 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
     except OSError as err:
-        raise OutputError(f"cannot write {lock}: {err.strerror or err}") from None
+        raise _cannot_write(lock, folder, err) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

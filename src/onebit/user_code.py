@@ -65,6 +65,20 @@ def import_modules(
         _import(name, source, search)
 
 
+def _where_it_failed(err: Exception) -> str:
+    """``Kind: message (file, line N)`` of an exception raised while a module ran."""
+    import traceback
+
+    message = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+    if isinstance(err, SyntaxError):
+        message, file, line = err.msg, err.filename, err.lineno
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        file, line = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
+    at = f" ({file}, line {line})" if file else ""
+    return f"{type(err).__name__}{': ' + message if message else ''}{at}"
+
+
 def _import(name: str, source: str, search: Path | None) -> None:
     if name in sys.modules:
         return
@@ -79,6 +93,10 @@ def _import(name: str, source: str, search: Path | None) -> None:
         where = f"in {search}/ or " if search is not None else ""
         raise ConfigError(
             f"{source}: cannot import {name!r} ({err}); put the module {where}on PYTHONPATH"
+        ) from None
+    except Exception as err:  # the module's own code failed: where, in one line
+        raise ConfigError(
+            f"{source}: importing {name!r} failed: {_where_it_failed(err)}; fix the module"
         ) from None
     finally:
         if added:

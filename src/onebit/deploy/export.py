@@ -52,6 +52,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from onebit.deploy.format import check_export_target
 from onebit.deploy.graph import VERSION, InputRecord, Node, read_graph, write_graph
 from onebit.deploy.packing import pack_weight
 from onebit.errors import ExportError, OneBitError
@@ -1221,6 +1222,7 @@ def export_graph(
     node and tensor names. An op the runtime does not run is an ExportError naming it and its
     layer.
     """
+    check_export_target(path)
     was_training = model.training
     model.eval()
     try:

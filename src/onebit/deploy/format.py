@@ -23,6 +23,20 @@ def is_deploy_file(path: str | Path) -> bool:
     return True
 
 
+def check_export_target(path: str | Path) -> None:
+    """ExportError unless ``path`` may receive an export: a new file, or a ``.onebit`` file
+    (either format) that it replaces. Anything else there (a checkpoint, a config, a damaged
+    file) is kept: export never writes over what it cannot tell is its own."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory: give a file path, e.g. {path / 'model.onebit'}")
+    if path.exists() and not (path.is_file() and is_deploy_file(path)):
+        raise ExportError(
+            f"{path} exists and is not a .onebit file: export does not write over it; give "
+            "another path (or remove that file first)"
+        )
+
+
 # a format-1 file's safetensors header is read to recognise it; real ones are a few 100 kB
 _MAX_SAFETENSORS_HEADER = 100 << 20
 
@@ -52,4 +66,7 @@ def check_format(path: str | Path) -> None:
             f"{path}: a format-1 .onebit file (safetensors, from an older onebit); this onebit "
             "runs graph files (format 2): export the model again with `onebit export RUN FILE`"
         )
-    raise ExportError(f"{path}: not a .onebit file")
+    raise ExportError(
+        f"{path}: not a .onebit file (it does not start as one: damaged, or another kind of "
+        "file); export the model again with `onebit export RUN FILE`"
+    )

@@ -149,6 +149,10 @@ def check_model_spec(spec: Mapping[str, object], path: str | None = None) -> Mod
                     check(spec[key])
                 except (TypeError, AttributeError) as err:
                     raise ConfigError(str(err)) from None
+        for key in ("in_chans", "num_classes"):  # the options every model has: counts
+            value = spec.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} {value!r} is not a positive whole number")
     except OneBitError as err:
         if path is None:
             raise

@@ -149,6 +149,13 @@ def read_checkpoint(
         tensors = load_safetensors(raw)  # validates the header and every tensor's extent
         header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     except (SafetensorError, ValueError, RecursionError) as err:
+        from onebit.deploy.graph import is_graph_file
+
+        if is_graph_file(raw[:8]) or Path(path).suffix == ".onebit":
+            raise CheckpointError(
+                f"{path} is an exported .onebit file, not a training checkpoint: run it with "
+                "`onebit eval FILE` or onebit-run; export from the run directory it came from"
+            ) from None
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise CheckpointError(
             f"{path} is not a safetensors checkpoint (corrupt: {reason})"
