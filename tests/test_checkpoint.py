@@ -147,6 +147,36 @@ def test_damaged_state_is_a_one_line_error(trained, tmp_path, capsys, edit, expe
         assert _contents(run) == files, "the run directory changed"
 
 
+def test_a_flipped_bit_in_the_weights_is_a_one_line_error(trained, tmp_path, capsys):
+    """The SHA-256 of the tensor bytes in the header: a bit flipped anywhere in them (a disk,
+    a copy) stops eval and --resume in one line, the run directory untouched; a checkpoint
+    written without the digest (before it existed, or by another tool) still loads."""
+    from onebit.train.checkpoint import DATA_SHA256
+
+    run = _copy(trained, tmp_path / "run")
+    raw = bytearray((run / "last.safetensors").read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8:start])["__metadata__"][DATA_SHA256]
+    for at in (start, (start + len(raw)) // 2, len(raw) - 1):
+        flipped = bytearray(raw)
+        flipped[at] ^= 0x10
+        (run / "last.safetensors").write_bytes(flipped)
+        files = _contents(run)
+        for argv in (
+            ["eval", str(run / "last.safetensors")],
+            ["train", str(RECU), *SETS, "--out", str(run), "--resume"],
+        ):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert "last.safetensors is damaged: its tensors are not the bytes written" in err
+            assert err.count("\n") == 1
+            assert _contents(run) == files
+    tensors, state = read_checkpoint(trained / "last.safetensors")
+    bare = tmp_path / "bare.safetensors"
+    save_file(tensors, str(bare), metadata={"onebit": json.dumps(state)})
+    assert read_checkpoint(bare)[1]["progress"] == state["progress"]
+
+
 @pytest.mark.parametrize(
     "metadata,expected",
     [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,11 +131,26 @@ def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+# the header's key for the SHA-256 of the file's tensor bytes (a training checkpoint's; the
+# format-1 .onebit files' "onebit_sha256" is another key, which format.py recognises them by)
+DATA_SHA256 = "onebit_data_sha256"
+
+
+def _data_start(raw: bytes) -> int:
+    return 8 + int.from_bytes(raw[:8], "little")
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Atomically write ``tensors`` with the JSON ``state`` in the file's metadata."""
-    state = {"format": FORMAT, **state}
-    data = save_safetensors(_contiguous_cpu(tensors), metadata={"onebit": json.dumps(state)})
-    atomic_write_bytes(path, data)
+    """Atomically write ``tensors`` with the JSON ``state`` in the file's metadata, and the
+    SHA-256 of the tensor bytes, which :func:`read_checkpoint` checks: a flipped bit in the
+    weights is an error, not a silently different model."""
+    tensors = _contiguous_cpu(tensors)
+    metadata = {"onebit": json.dumps({"format": FORMAT, **state})}
+    # the tensor bytes do not depend on the header: serialised once to hash them, then
+    # with their digest
+    bare = save_safetensors(tensors, metadata=metadata)
+    metadata[DATA_SHA256] = hashlib.sha256(memoryview(bare)[_data_start(bare) :]).hexdigest()
+    atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
 
 def read_checkpoint(
@@ -161,6 +177,12 @@ def read_checkpoint(
             f"{path} is not a safetensors checkpoint (corrupt: {reason})"
         ) from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
+    digest = meta.get(DATA_SHA256) if isinstance(meta, dict) else None
+    if digest is not None and digest != hashlib.sha256(raw[_data_start(raw) :]).hexdigest():
+        raise CheckpointError(
+            f"{path} is damaged: its tensors are not the bytes written (checksum mismatch); "
+            "use another checkpoint of the run (best or last) or train again"
+        )
     meta = meta.get("onebit") if isinstance(meta, dict) else None
     try:
         state = json.loads(meta) if isinstance(meta, str) else {}
