@@ -60,7 +60,9 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is not a readable IDX file ({err}); {_HOW_TO_GET}") from None
     if len(data) != size or extra:
-        raise DataError(f"{path} is truncated or corrupt (size does not match its header)")
+        raise DataError(
+            f"{path} is truncated or corrupt (size does not match its header); {_HOW_TO_GET}"
+        )
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
