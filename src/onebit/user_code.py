@@ -72,9 +72,11 @@ def _where_it_failed(err: Exception) -> str:
     message = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
     if isinstance(err, SyntaxError):
         message, file, line = err.msg, err.filename, err.lineno
-    else:
+    else:  # the deepest frame of the user's code (not onebit's, nor the import machinery's)
         frames = traceback.extract_tb(err.__traceback__)
-        file, line = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
+        package = str(Path(__file__).resolve().parent)
+        own = [f for f in frames if not f.filename.startswith((package, "<"))] or frames
+        file, line = (own[-1].filename, own[-1].lineno) if own else (None, None)
     at = f" ({file}, line {line})" if file else ""
     return f"{type(err).__name__}{': ' + message if message else ''}{at}"
 
