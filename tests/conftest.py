@@ -192,7 +192,11 @@ def make_dyadic(model: torch.nn.Module) -> torch.nn.Module:
             m.bias.copy_(torch.round(m.bias * 16) / 16)
             m.running_mean.copy_(torch.round(m.running_mean * 16) / 16)
         if isinstance(m, BinaryLayer) and m.weight_spec is not None:
-            if m.weight_spec.name in ("xnor", "magnitude_aware"):  # alpha = mean|W_c|, 2^k
+            if m.weight_spec.name in (
+                "xnor",
+                "xnor_exact",
+                "magnitude_aware",
+            ):  # alpha = mean|W_c|, 2^k
                 scale = torch.exp2(torch.randint(-4, 0, (m.weight.shape[0],)).float())
                 m.weight.copy_(m.weight.sign() * scale.view(-1, *[1] * (m.weight.dim() - 1)))
             if m.alpha is not None:

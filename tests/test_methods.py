@@ -34,10 +34,11 @@ from onebit.train.regularizers import (
     bnew_prox_,
     bnew_reg,
     bnew_regularizer,
+    center_,
     freeze_binary_,
 )
 from onebit.train.repeat import parse_seeds
-from onebit.train.techniques import BnewProx
+from onebit.train.techniques import TECHNIQUES, BnewProx
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = ROOT / "configs/fmnist"
@@ -50,6 +51,38 @@ TINY = [
     "runtime.device=cpu",
     "runtime.compile=false",
 ]
+
+
+# ------------------------------------------------------------------ XNOR-Net's centring
+
+
+def test_center_subtracts_the_mean_over_input_channels():
+    w = torch.randn(4, 3, 2, 2)
+    lin = torch.randn(5, 7)
+    expected = [w - w.mean(dim=1, keepdim=True), lin - lin.mean(dim=1, keepdim=True)]
+    center_([w, lin])
+    assert all(torch.allclose(a, b) for a, b in zip([w, lin], expected, strict=True))
+    assert w.mean(dim=1).abs().max() < 1e-6 and lin.mean(dim=1).abs().max() < 1e-6
+
+
+def test_latent_center_then_clamp_after_every_step(tmp_path, one_thread):
+    """latent.center (XNOR-Net) trains: after every step the latent weights are centred over
+    their input channels, then clamped (the clamp after the centring: |w| <= 1 at the end)."""
+    sets = [*TINY, "model.method=xnor_exact", "schedule.epochs=1", "optim.lr=0.5"]
+    config = load_config(FMNIST / "resnet20_recu.yaml", [*sets, "latent.center=true"])
+    trainer = Trainer(config, RunDir(tmp_path / "center"))
+    trainer.fit()
+    weights = [w.detach() for _, w in binary_weights(trainer.model)]
+    assert len(weights) == 18 and trainer.progress.step == 2
+    assert max(float(w.mean(dim=1).abs().max()) for w in weights) < 1e-6
+    config = load_config(
+        FMNIST / "resnet20_recu.yaml", [*sets, "latent.center=true", "latent.clamp=true"]
+    )
+    trainer = Trainer(config, RunDir(tmp_path / "both"))
+    trainer.fit()
+    assert max(float(w.detach().abs().max()) for _, w in binary_weights(trainer.model)) <= 1
+    order = list(TECHNIQUES)  # the order techniques run in
+    assert order.index("latent_center") < order.index("latent_clamp")
 
 
 # ------------------------------------------------------------------ BNEW regulariser

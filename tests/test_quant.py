@@ -147,6 +147,40 @@ def test_magnitude_aware_grad_is_the_clip_scaled_by_the_filter_magnitude():
     assert torch.allclose(grad_of(quant.weight("magnitude_aware"), w), expected)
 
 
+def test_xnor_exact_grad_has_the_term_through_alpha():
+    """REFERENCES, XNOR-Net: the exact gradient of alpha_c sign(W_c), alpha_c = mean|W_c|:
+    alpha_c g 1{|W| <= 1} + sign(W) / n sum_c(g sign(W)); checked against the hand formula
+    and numerically against the surrogate it differentiates (sign as its clip on |W| <= 1)."""
+    w = torch.randn(4, 3, 3, 3) * 1.3
+    n = 27
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(quant.weight("xnor_exact")(w), alpha * quant.sign(w))
+    g = torch.randn(4, 3, 3, 3)
+    x = w.clone().requires_grad_(True)
+    (quant.weight("xnor_exact")(x) * g).sum().backward()
+    s = quant.sign(w)
+    expected = alpha * g * (w.abs() <= 1) + s / n * (g * s).sum(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(x.grad, expected)
+
+    # numerically (central differences): the STE's product rule, alpha moving with W around
+    # the fixed signs, the signs moving as their clip around the fixed alpha
+    def surrogate(v):
+        clip = torch.where(v.abs() <= 1, v, v.sign())
+        return ((v.abs().mean(dim=(1, 2, 3), keepdim=True) * s + alpha * clip) * g).sum()
+
+    flat, eps = w.flatten(), 1e-6
+    numeric = torch.stack(
+        [
+            (surrogate((flat + eps * e).view_as(w)) - surrogate((flat - eps * e).view_as(w)))
+            / (2 * eps)
+            for e in torch.eye(flat.numel())
+        ]
+    ).view_as(w)
+    assert torch.allclose(x.grad, numeric, atol=1e-6)
+    # xnor (detached alpha) keeps only the clip: the two differ by the alpha terms
+    assert not torch.allclose(x.grad, grad_of(quant.weight("xnor"), w) * g)
+
+
 def test_irnet_libra_pb_forward_and_backward():
     w = torch.randn(5, 2, 3, 3) * 0.2 + 0.05
     t, k = 0.3, 1 / 0.3
@@ -263,7 +297,8 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(UnknownNameError, match="approx_sign"):
         quant.act("aprox_sign")
     with pytest.raises(
-        UnknownNameError, match="weight binarizers: irnet, magnitude_aware, recu, sign, xnor"
+        UnknownNameError,
+        match="weight binarizers: irnet, magnitude_aware, recu, sign, xnor, xnor_exact",
     ):
         quant.weight("nope")
     with pytest.raises(UnknownNameError, match="bireal"):

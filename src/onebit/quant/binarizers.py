@@ -310,6 +310,21 @@ def xnor(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     return _clipped_sign(w, alpha, clip)
 
 
+@register_binarizer("weight", "xnor_exact", **_CLIPPED)
+def xnor_exact(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
+    """XNOR-Net's weights with the exact gradient through the scale (XNOR-Net's option).
+
+    forward: alpha_c * sign(W_c), alpha_c = mean|W_c|, as ``xnor``;
+    backward: alpha_c * g * 1{|W| <= clip} + sign(W) / n * sum_c(g * sign(W)) over each
+    filter's n weights: alpha_c is not detached, d alpha_c / dW = sign(W) / n. (The official
+    Torch/PyTorch code multiplies this gradient by n (1 - 1/C_in) too, a constant per layer
+    that Adam, its optimizer, is blind to; onebit does not.)
+    Source: Rastegari et al. 2016, Sec. 3.1; allenai/XNOR-Net ``updateBinaryGradWeight``.
+    """
+    alpha = w.abs().mean(dim=_filter_dims(w), keepdim=True)
+    return _clipped_sign(w, None, clip) * alpha
+
+
 @register_binarizer("weight", "magnitude_aware", **_CLIPPED)
 def magnitude_aware(w: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Sign scaled by each filter's mean magnitude, with the scale in the gradient too.

@@ -91,6 +91,13 @@ def get_method(name: str) -> Method:
 register_method("fp", None, None, "relu", "full-precision twin")
 register_method("ste", "ste", "sign", "hardtanh", "BNN, Courbariaux et al. 2016")
 register_method("xnor", "ste", "xnor", "hardtanh", "XNOR-Net, Rastegari et al. 2016")
+register_method(
+    "xnor_exact",
+    "ste",
+    "xnor_exact",
+    "hardtanh",
+    "XNOR-Net with the exact weight gradient through alpha, Rastegari et al. 2016",
+)
 register_method("bireal", "approx_sign", "xnor", "identity", "Bi-Real Net, Liu et al. 2018")
 register_method(
     "bireal_caffe",

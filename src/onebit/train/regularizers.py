@@ -45,6 +45,7 @@ class LatentConfig:
     """What happens to the binary layers' latent weights besides the optimizer step."""
 
     clamp: Bool = False  # clamp to [-1, 1] after every step
+    center: Bool = False  # XNOR-Net: subtract the mean over input channels (before the clamp)
     bnew: BnewConfig | None = None  # the BNEW proximal step after every step
     freeze: Bool = False  # at the phase start: replace by the binarized weights, stop training
     # clamp / prox after the optimizer step, or between the backward pass and the step
@@ -82,6 +83,15 @@ def bnew_prox_(weights: list[torch.Tensor], reg: float) -> None:
     """The proximal step of R with step ``reg``, in place: w <- clamp(w + 2 reg w, -1, 1)."""
     torch._foreach_mul_(weights, 1.0 + 2.0 * reg)
     clamp_(weights)
+
+
+@torch.no_grad()
+def center_(weights: list[torch.Tensor]) -> None:
+    """w <- w - mean(w over dim 1) in place: each filter's weights centred over its input
+    channels at every kernel position (a linear layer's rows over their inputs), XNOR-Net's
+    ``meancenterConvParams``."""
+    for w in weights:
+        w.sub_(w.mean(dim=1, keepdim=True))
 
 
 @torch.no_grad()

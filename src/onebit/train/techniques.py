@@ -38,6 +38,7 @@ from onebit.train.regularizers import (
     binary_weights,
     bnew_prox_,
     bnew_reg,
+    center_,
     clamp_,
     freeze_binary_,
 )
@@ -200,8 +201,8 @@ def _latent(model: nn.Module) -> list[nn.Parameter]:
 
 
 # --------------------------------------------------------------------------- the built-ins
-# In this order: freezing comes first, so that clamp, BNEW and Bop / BMD see which latent
-# weights still train; clamp acts before the BNEW step when both are on.
+# In this order: freezing comes first, so that center, clamp, BNEW and Bop / BMD see which
+# latent weights still train; center acts before clamp, clamp before the BNEW step.
 
 
 @register_technique
@@ -233,6 +234,18 @@ class _LatentStep(Technique):
     def after_step(self, trainer: Trainer) -> None:
         if not self.before and self.weights:
             self.apply()
+
+
+@register_technique
+class LatentCenter(_LatentStep):
+    """``latent.center``: w <- w - mean(w over input channels) after every step, before
+    ``latent.clamp`` (XNOR-Net centres, then clamps, before every forward; here the first
+    forward sees the initial weights, so that a resumed run repeats an uninterrupted one)."""
+
+    name, section = "latent_center", "latent.center"
+
+    def apply(self) -> None:
+        center_(self.weights)
 
 
 @register_technique
