@@ -89,6 +89,16 @@ def test_binarize_bad_input():
         onebit.binarize(TinyNet(), skip=["nope"])
     with pytest.raises(onebit.errors.UnknownNameError, match="method"):
         onebit.binarize(TinyNet(), method="xnr")
+    for model in ("resnet20", None, nn.Conv2d):
+        with pytest.raises(ConfigError, match=r"binarize\(\) takes a torch.nn.Module instance"):
+            onebit.binarize(model)
+
+
+def test_binarize_skip_takes_one_name_as_a_string():
+    model = onebit.create_model("resnet20", method="fp", in_chans=1, num_classes=10)
+    onebit.binarize(model, act_fix="hardtanh", skip="stages.0.0.conv1")
+    block = model.stages[0][0]
+    assert type(block.conv1) is nn.Conv2d and type(block.conv2) is not nn.Conv2d
 
 
 class TorchvisionBlock(nn.Module):

@@ -656,6 +656,38 @@ def test_wrong_inputs_are_clear_value_errors(fmnist_export):
         deployed.predict(torch.zeros(40, 40, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8 or float"):
         deployed.predict(torch.zeros(28, 28, dtype=torch.int32))
+    # what was silently misread before: 0-255 floats, a colour image as 28 narrow ones
+    raw = np.zeros((2, 28, 28), np.uint8)
+    raw[:, 10:18, 10:18] = 200
+    with pytest.raises(
+        ValueError, match=r"float images must lie in \[0, 1\] \(these span 0 to 200"
+    ):
+        deployed.predict(raw.astype(np.float32))
+    assert np.array_equal(deployed.predict(raw.astype(np.float32) / 255), deployed.predict(raw))
+    with pytest.raises(ValueError, match="look like one colour image"):
+        deployed.predict(np.zeros((28, 28, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        deployed.predict(np.full((28, 28), np.nan, np.float32))
+    with pytest.raises(ValueError, match="0x0 pixels"):
+        deployed.predict(np.zeros((1, 0, 0), np.uint8))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"batch_size .* is not a positive whole number"):
+            deployed.predict(raw, batch_size=bad)
+
+
+def test_export_checks_the_input_spec_load_will_check(tmp_path):
+    """An input spec that load would refuse is refused at export, and no file is written."""
+    from onebit.input_spec import InputSpec
+
+    model = onebit.create_model("resnet20", method="recu", in_chans=1, num_classes=10)
+    for spec, message in (
+        (InputSpec(channels=1, size=28, mean=(0.5,), std=(0.0,)), "std must be positive"),
+        (InputSpec(channels=1, size=28, mean=(0.5,) * 3, std=(1.0,) * 3), "mean must be 1"),
+        (InputSpec(channels=1, size=-1, mean=(0.5,), std=(1.0,)), "size must be a positive"),
+    ):
+        with pytest.raises(ExportError, match=f"export: input_spec is malformed \\({message}"):
+            deploy.export(model, tmp_path / "m.onebit", input_spec=spec)
+        assert not (tmp_path / "m.onebit").exists()
 
 
 def test_eval_of_a_deployed_file_equals_the_trained_model(fmnist_export, capsys):

@@ -227,3 +227,21 @@ def test_epoch_line_prints_every_schedule_value():
     line = _epoch_line(record, 3)
     assert "lr 0.05  tau 0.9  sharp_beta 4  bnew_reg 0.0001  bmd_beta 1.01  1.0 s" in line
     assert "compile" not in line and "stored" not in line and "step2" not in line
+
+
+def test_a_registration_that_could_never_run_is_refused_at_once():
+    """A name that is no string, a function that is no function: refused when registered, so
+    that nothing registered later fails (an int name broke every unknown-name message)."""
+    before = set(quant.ACTIVATIONS)
+    for args, fn, message in (
+        (("act", 5), lambda x: x.sign(), "a binarizer's name is a non-empty string"),
+        (("act", ""), lambda x: x.sign(), "a binarizer's name is a non-empty string"),
+        (("act", "forty_two"), 42, "register a function fn"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            quant.register_binarizer(*args)(fn)
+    with pytest.raises(ConfigError, match="schedule= must be a function"):
+        quant.register_binarizer("act", "bad_schedule", schedule=3)(lambda x: x.sign())
+    assert set(quant.ACTIVATIONS) == before
+    with pytest.raises(UnknownNameError, match="unknown activation binarizer 'nope'"):
+        quant.act("nope")

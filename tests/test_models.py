@@ -217,3 +217,13 @@ def test_model_remembers_its_spec():
     assert m.onebit_spec["options"]["method"] == "recu"
     assert m.onebit_spec["options"]["in_chans"] == 1
     assert m.onebit_spec["options"]["bits"] == "1w1a"
+
+
+@pytest.mark.parametrize(
+    "size", [(28, 28), (1, 1, -28, 28), 28, "1x28x28", (0, 1, 28, 28), (True, 8, 8)]
+)
+def test_count_ops_and_summary_name_a_bad_input_size(size):
+    model = onebit.create_model("resnet20", in_chans=1, num_classes=10)
+    for fn in (onebit.count_ops, onebit.summary):
+        with pytest.raises(ValueError, match=r"is not \(C, H, W\) or \(N, C, H, W\) of positive"):
+            fn(model, size)

@@ -160,6 +160,13 @@ def binarize(
     """
     if act_fix is not None and act_fix not in ACT_FIXES:
         raise ConfigError(f"binarize(act_fix={act_fix!r}): use one of {', '.join(ACT_FIXES)}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"binarize() takes a torch.nn.Module instance, got {type(model).__name__}; for a "
+            "registered model use onebit.create_model(name, method=...)"
+        )
+    if isinstance(skip, str):  # one name, not its characters
+        skip = (skip,)
     kwargs = BinaryLayers.of(method, bits).binary_kwargs
     layers = [
         (name, m)

@@ -47,11 +47,13 @@ class InputSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: object, where: str) -> InputSpec:
+    def from_json(
+        cls, data: object, where: str, what: str = "the header's input spec"
+    ) -> InputSpec:
         """The spec in an export header; ExportError naming ``where`` if it is malformed."""
 
-        def bad(what: str) -> ExportError:
-            return ExportError(f"{where}: the header's input spec is malformed ({what})")
+        def bad(detail: str) -> ExportError:
+            return ExportError(f"{where}: {what} is malformed ({detail})")
 
         if not isinstance(data, dict):
             raise bad("not a mapping")
@@ -111,10 +113,21 @@ class InputSpec:
         (N, H, W) (one channel), (C, H, W), (H, W, C), (N, C, H, W) or (N, H, W, C).
         """
         x = self._batch(np.asarray(images))
+        if 0 in x.shape[-2:]:
+            raise ValueError(
+                f"images of {x.shape[-2]}x{x.shape[-1]} pixels: there is nothing to see"
+            )
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255
-        elif x.dtype.kind == "f":
+        elif x.dtype.kind == "f" and x.dtype.itemsize <= 8:
             x = x.astype(np.float32)
+            if x.size and not np.isfinite(x).all():
+                raise ValueError("images hold NaN or infinite values")
+            if x.size and (x.min() < 0 or x.max() > 1):
+                raise ValueError(
+                    f"float images must lie in [0, 1] (these span {x.min():g} to {x.max():g}); "
+                    "give uint8 images for 0-255, or divide by 255"
+                )
         else:
             raise ValueError(f"images must be uint8 or float, got {x.dtype}")
         h, w = x.shape[-2:]
@@ -144,6 +157,12 @@ class InputSpec:
                 return x[None]
             if x.shape[-1] == c and c > 1:
                 return x.transpose(2, 0, 1)[None]
+            if c == 1 and x.shape[-1] in (3, 4) and x.shape[1] > 4:  # no image is 3 wide
+                raise ValueError(
+                    f"images of shape {tuple(x.shape)} look like one colour image (H, W, "
+                    f"{x.shape[-1]}), and the model takes 1 channel: convert it to grey first "
+                    "(or give a batch as (N, 1, H, W))"
+                )
             if c == 1:
                 return x[:, None]
         if x.ndim == 4:

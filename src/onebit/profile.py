@@ -143,7 +143,19 @@ class OpsReport:
 
 
 def _as_batch(input_size: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(input_size) if len(input_size) == 4 else (1, *input_size)
+    """(N, C, H, W) of ``input_size`` ((C, H, W) or (N, C, H, W), positive integers); a
+    ValueError naming it otherwise."""
+    sizes = tuple(input_size) if isinstance(input_size, (tuple, list)) else None
+    if (
+        sizes is None
+        or len(sizes) not in (3, 4)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+    ):
+        raise ValueError(
+            f"input_size {input_size!r} is not (C, H, W) or (N, C, H, W) of positive integers, "
+            "e.g. (3, 32, 32)"
+        )
+    return sizes if len(sizes) == 4 else (1, *sizes)
 
 
 def _ops_report(

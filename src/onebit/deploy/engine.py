@@ -130,6 +130,8 @@ class DeployedModel:
 
     def predict(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Class indices (int64, one per image) of raw ``images``; names: ``class_names``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size {batch_size!r} is not a positive whole number")
         x = np.asarray(self.preprocess(images), dtype=np.float32)
         out = [self.runtime(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)

@@ -1202,6 +1202,9 @@ def _input_spec(model: nn.Module, given: InputSpec | None) -> InputSpec:
             f"input spec of {spec.channels} channels: the graph file stores the normalisation "
             "of at most 4"
         )
+    # what load will check, now: no file that its own loader refuses
+    as_stored = json.loads(json.dumps(spec.to_json()))
+    InputSpec.from_json(as_stored, "export", what="input_spec")
     return spec
 
 

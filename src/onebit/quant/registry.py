@@ -201,6 +201,12 @@ def _others(spec: Binarizer) -> list[Binarizer]:
 def _check(spec: Binarizer) -> None:
     """ConfigError for a registration the layers, schedules or config could not use."""
     where = f"binarizer {spec.name!r}"
+    if not isinstance(spec.name, str) or not spec.name.strip():
+        raise ConfigError(f"{where}: a binarizer's name is a non-empty string")
+    if not callable(spec.fn):
+        raise ConfigError(f"{where}: register a function fn(x, ...), got {type(spec.fn).__name__}")
+    if spec.schedule is not None and not callable(spec.schedule):
+        raise ConfigError(f"{where}: schedule= must be a function (epoch, epochs, options)")
     if spec.kind not in KINDS:
         raise ConfigError(f"{where}: kind {spec.kind!r} is not one of {', '.join(KINDS)}")
     names = [*spec.state, *spec.constants]
