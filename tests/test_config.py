@@ -355,3 +355,15 @@ def test_the_validation_split_seed_has_the_seed_range():
     ):
         load_config(FP, ["data.val_split=64", "data.val_split_seed=99999999999999999999"])
     assert load_config(FP, ["data.val_split=64", f"data.val_split_seed={2**63 - 1}"])
+
+
+def test_load_config_names_arguments_of_the_wrong_kind():
+    recipe = Path(__file__).resolve().parent.parent / "configs/fmnist/resnet20_recu.yaml"
+    for args, message in (
+        (({},), "takes the path of a YAML file, got dict; for a dict use"),
+        ((None,), "takes the path of a YAML file, got NoneType"),
+        ((recipe, "optim.lr=0.5"), "takes a list of 'key.path=value' strings, got 'optim"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(*args)
+    assert load_config(recipe, ("optim.lr=0.5",)).optim.lr == 0.5

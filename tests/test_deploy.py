@@ -644,8 +644,20 @@ def test_wrong_inputs_are_clear_value_errors(fmnist_export):
     expected = r"takes float batches \(N, 1, 32, 32\), a float batch .* normalised as"
     with pytest.raises(ValueError, match=expected + r".*got shape \(2, 3, 32, 32\)"):
         deployed(torch.zeros(2, 3, 32, 32))
-    with pytest.raises(ValueError, match=expected + r".*got \(1, 32, 32\)"):
+    with pytest.raises(ValueError, match=expected + r".*got float32 \(1, 32, 32\)"):
         deployed(torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match=expected + r".*got int32 \(2, 1, 32, 32\)"):
+        deployed(torch.zeros(2, 1, 32, 32, dtype=torch.int32))
+    with pytest.raises(ValueError, match="an empty batch"):
+        deployed(np.zeros((0, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="a meta tensor"):
+        deployed(torch.zeros(2, 1, 32, 32, device="meta"))
+    # bfloat16 / float16 hold exact float32 values: taken as they are
+    half = torch.randn(2, 1, 32, 32).to(torch.bfloat16)
+    assert torch.equal(deployed(half), deployed(half.float()))
+    for bad in ("2", 2.5, 0):
+        with pytest.raises(ExportError, match=r"threads .*: a whole number from 1"):
+            deployed.set_threads(bad)
     with pytest.raises(ValueError, match=expected + r".*predict\(images\) takes raw images"):
         deployed(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=expected + r".*got shape \(1, 1, 2, 2\)"):

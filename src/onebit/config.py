@@ -713,6 +713,16 @@ def read_yaml(path: str | Path) -> Any:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read the YAML recipe at ``path``, apply ``--set`` style overrides, check every key."""
+    if not isinstance(path, (str, Path)):
+        hint = "; for a dict use onebit.config.config_from_dict" if isinstance(path, dict) else ""
+        raise ConfigError(
+            f"load_config takes the path of a YAML file, got {type(path).__name__}{hint}"
+        )
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(
+            "load_config(overrides=...) takes a list of 'key.path=value' strings, got "
+            f"{overrides!r:.80}"
+        )
     data = read_yaml(path)
     if data is None:
         data = {}

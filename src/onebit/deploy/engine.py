@@ -99,9 +99,18 @@ class DeployedModel:
 
     def __call__(self, x: Any) -> Any:
         is_torch = type(x).__module__.startswith("torch")
+        if is_torch:
+            if x.device.type == "meta":
+                raise ValueError("the deployed model got a meta tensor, which holds no values")
+            if x.is_floating_point() and x.itemsize < 4:  # bfloat16 / float16: exact in fp32
+                x = x.float()
         array = x.detach().cpu().numpy() if is_torch else np.asarray(x)
         if array.ndim != 4 or array.dtype.kind != "f":
-            raise ValueError(f"the deployed model takes {self._expected()}; got {array.shape}")
+            raise ValueError(
+                f"the deployed model takes {self._expected()}; got {array.dtype} {array.shape}"
+            )
+        if len(array) == 0:
+            raise ValueError("the deployed model got an empty batch (0 images)")
         if tuple(array.shape[1:]) != self.runtime.input_shape:
             raise ValueError(
                 f"the deployed model takes {self._expected()}; got shape {tuple(array.shape)}"

@@ -153,6 +153,8 @@ class Runtime:
         return out
 
     def set_threads(self, threads: int) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 < threads <= 4096:
+            raise ExportError(f"threads {threads!r}: a whole number from 1 (to 4096)")
         status = self._lib.onebit_set_threads(self._checked(), threads)
         if status != 0:
             why = "it must be >= 1" if threads < 1 else "this build of the runtime has no OpenMP"
