@@ -136,8 +136,14 @@ def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 DATA_SHA256 = "onebit_data_sha256"
 
 
-def _data_start(raw: bytes) -> int:
-    return 8 + int.from_bytes(raw[:8], "little")
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (CPU, contiguous), by name."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -145,11 +151,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[st
     SHA-256 of the tensor bytes, which :func:`read_checkpoint` checks: a flipped bit in the
     weights is an error, not a silently different model."""
     tensors = _contiguous_cpu(tensors)
-    metadata = {"onebit": json.dumps({"format": FORMAT, **state})}
-    # the tensor bytes do not depend on the header: serialised once to hash them, then
-    # with their digest
-    bare = save_safetensors(tensors, metadata=metadata)
-    metadata[DATA_SHA256] = hashlib.sha256(memoryview(bare)[_data_start(bare) :]).hexdigest()
+    metadata = {"onebit": json.dumps({"format": FORMAT, **state}), DATA_SHA256: _digest(tensors)}
     atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
 
@@ -178,7 +180,7 @@ def read_checkpoint(
         ) from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     digest = meta.get(DATA_SHA256) if isinstance(meta, dict) else None
-    if digest is not None and digest != hashlib.sha256(raw[_data_start(raw) :]).hexdigest():
+    if digest is not None and digest != _digest(tensors):
         raise CheckpointError(
             f"{path} is damaged: its tensors are not the bytes written (checksum mismatch); "
             "use another checkpoint of the run (best or last) or train again"
