@@ -50,6 +50,8 @@ ARCHIVE = ROOT / "results" / "fmnist40v"
 RECORD = ("config.yaml", "metrics.jsonl", "train.log", "last.json")
 # what ``--carry`` adds for an unfinished run: what ``onebit train --resume`` continues from
 CHECKPOINTS = ("best.safetensors", "last.safetensors")
+# a carried run's files but last.json, which comes last
+CARRIED = ("config.yaml", *CHECKPOINTS, "metrics.jsonl", "train.log")
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def carry_run(run_dir: Path, folder: Path) -> Path:
     from onebit.train.checkpoint import atomic_write_text, read_checkpoint
 
     target = folder / run_dir.name
-    copy_files(run_dir, target, ("config.yaml", *CHECKPOINTS, "metrics.jsonl", "train.log"))
+    copy_files(run_dir, target, CARRIED)
     _, state = read_checkpoint(target / "last.safetensors")
     state.pop("format", None)
     atomic_write_text(target / "last.json", json.dumps(state, indent=1))
@@ -150,7 +152,7 @@ def take_over(run_dir: Path, folder: Path) -> bool:
     source = folder / run_dir.name
     if not carried(source) or not ahead(source, run_dir):
         return False
-    copy_files(source, run_dir, ("config.yaml", *CHECKPOINTS, "metrics.jsonl", "train.log"))
+    copy_files(source, run_dir, CARRIED)
     copy_files(source, run_dir, ("last.json",))
     return True
 

@@ -157,8 +157,7 @@ class Runtime:
             raise ExportError(f"threads {threads!r}: a whole number from 1 (to 4096)")
         status = self._lib.onebit_set_threads(self._checked(), threads)
         if status != 0:
-            why = "it must be >= 1" if threads < 1 else "this build of the runtime has no OpenMP"
-            raise ExportError(f"threads {threads}: {why}")
+            raise ExportError(f"threads {threads}: this build of the runtime has no OpenMP")
 
     def set_kernel(self, name: str) -> None:
         """ "auto", "portable", "avx2", "avx512" or "neon"."""
