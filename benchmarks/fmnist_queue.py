@@ -64,10 +64,13 @@ class Run:
 
 def queue() -> list[Run]:
     """The runs left, in order: seed 2 of ResNet-20's FP and ReCU, seeds 1 and 2 of the best
-    recipe (both taught by FP seed 2: FP seed 1's weights did not outlive its session), and
-    last the lever docs/results.md names for the ReCU goal beside more real-valued capacity
-    (FIRNet-20): a longer schedule, ReCU ResNet-20 for 80 epochs (its lr and tau schedules
-    follow). The seeds come first: they make the headline rows mean +- std of 3. The queue's
+    recipe (both taught by FP seed 2: FP seed 1's weights did not outlive its session), then
+    two levers docs/results.md names for the ReCU goal beside FIRNet-20's real-valued halves:
+    ReActNet's real-valued downsampling (a full-precision 1x1 conv + BN on the two strided
+    shortcuts, where ResNet-20's parameter-free shortcut pads half the channels with zeros;
+    40 epochs, seed 2, against ReCU seed 2) and a longer schedule (ReCU ResNet-20 for 80
+    epochs, its lr and tau schedules following). The seeds come first: they make the
+    headline rows mean +- std of 3. The queue's
     earlier runs (FIRNet-20 recu, fp and best; ResNet-20 fp and recu seed 1) finished before
     the archive existed: their figures are in docs/results.md."""
     runs = [
@@ -83,6 +86,13 @@ def queue() -> list[Run]:
                 "resnet20_fp_seed2",
             )
         )
+    runs.append(
+        Run(
+            "resnet20_recu_realdown_seed2",
+            "configs/fmnist/resnet20_recu.yaml",
+            ("runtime.seed=2", "model.downsample=avgpool_conv"),
+        )
+    )
     runs.append(
         Run("resnet20_recu_e80", "configs/fmnist/resnet20_recu.yaml", ("schedule.epochs=80",))
     )
@@ -243,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         r for r in queue() if not args.only or any(fnmatch.fnmatch(r.name, p) for p in args.only)
     ]
     if args.list:
+        width = max((len(run.name) for run in runs), default=0)
         for run in runs:
-            print(f"{run.name:24} {status(run, args.out, args.archive)}")
+            print(f"{run.name:{width}}  {status(run, args.out, args.archive)}")
         return 0
     if args.carry:
         record_finished(runs, args.out, args.archive)

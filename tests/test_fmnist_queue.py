@@ -90,7 +90,8 @@ def test_the_queue_its_teachers_and_its_commands(tmp_path, capsys):
     # every run finished: the queue records them in the archive and ends, starting nothing
     (out / "resnet20_fp_seed2" / "best.safetensors").write_bytes(b"weights")
     (out / "resnet20_fp_seed2" / "metrics.jsonl").write_text("{}\n")
-    for name in ("resnet20_recu_seed2", "resnet20_best_seed1", "resnet20_best_seed2"):
+    students = ("resnet20_best_seed1", "resnet20_best_seed2")
+    for name in ("resnet20_recu_seed2", *students, "resnet20_recu_realdown_seed2"):
         write_last(out / name, 0, 40)
         (out / name / "best.safetensors").write_bytes(b"student")
     run = [*listing[1:], "--only", "resnet20_*_seed*", "--poll", "0"]
